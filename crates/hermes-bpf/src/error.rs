@@ -1,0 +1,108 @@
+//! The loader's error type.
+
+use std::io;
+
+/// Why the dispatch program could not be loaded, attached or fed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The process lacks the capability to create BPF maps or load programs.
+    #[error(
+        "loading the Hermes dispatch program needs CAP_BPF: {what} was refused ({source}); \
+         run as root or grant it (`setcap cap_bpf+ep BINARY`), or run with plain SO_REUSEPORT hashing"
+    )]
+    MissingCapability {
+        /// The step that was refused.
+        what: &'static str,
+        /// The OS error (`EPERM` or `EACCES`).
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the object or the program for another reason
+    /// (old kernel, verifier, missing map type).
+    #[error(
+        "the kernel refused the Hermes dispatch program while {what}: {detail}; \
+         it needs Linux 5.14+ with SK_REUSEPORT programs and mmapable arrays"
+    )]
+    KernelRefused {
+        /// The step that failed.
+        what: &'static str,
+        /// The loader's message, with the verifier log when there is one.
+        detail: String,
+    },
+    /// A map could not be mapped into memory.
+    #[error("mmap of BPF map `{map}` failed: {source}")]
+    Mmap {
+        /// Map name.
+        map: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A worker id beyond the bitmap's 64 bits.
+    #[error("worker id {worker} is out of range: a dispatch group holds at most {max} workers")]
+    WorkerOutOfRange {
+        /// The id given.
+        worker: usize,
+        /// The largest number of workers.
+        max: usize,
+    },
+    /// A socket could not be placed in, or removed from, the socket array.
+    #[error(
+        "{what} worker {worker}'s listener in the socket array failed: {detail}; the listener must \
+         be a listening TCP socket with SO_REUSEPORT set before bind"
+    )]
+    Socket {
+        /// "placing" or "removing".
+        what: &'static str,
+        /// Worker id.
+        worker: usize,
+        /// The loader's message.
+        detail: String,
+    },
+    /// Attaching the program to, or detaching it from, a reuseport group failed.
+    #[error("{what} the dispatch program on the listener's SO_REUSEPORT group failed: {detail}")]
+    Attach {
+        /// "attaching" or "detaching".
+        what: &'static str,
+        /// The loader's message.
+        detail: String,
+    },
+}
+
+/// Walks an error's source chain for the OS error underneath.
+pub(crate) fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Full message of an error and its sources, joined by ": ".
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = err.source();
+    }
+    out
+}
+
+/// Classifies a loader error: permission errors become [`Error::MissingCapability`].
+pub(crate) fn classify(what: &'static str, e: &(dyn std::error::Error + 'static)) -> Error {
+    match os_error(e) {
+        Some(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            Error::MissingCapability { what, source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)) }
+        }
+        _ => Error::KernelRefused { what, detail: chain(e) },
+    }
+}

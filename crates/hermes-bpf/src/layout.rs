@@ -1,0 +1,216 @@
+//! The `#[repr(C)]` mirrors of every map the kernel program uses, with the
+//! names and indexes shared with `bpf/hermes.bpf.c`. This module is the only
+//! place these layouts are written down on the Rust side; a test parses the
+//! embedded object and checks names and value sizes against it.
+//!
+//! Fields are atomics because the memory is shared: userspace and the kernel
+//! program read and write it concurrently through `mmap`. An atomic integer
+//! has the same size and alignment as the plain integer in the C struct.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Most workers one dispatch group can hold (one bit each in the bitmap).
+pub const MAX_WORKERS: usize = 64;
+
+/// Name of the program in the object (its C function name).
+pub const PROGRAM_NAME: &str = "hermes_dispatch";
+/// Settings and candidate bitmap map: one [`Control`].
+pub const CONTROL_MAP: &str = "hermes_ctl";
+/// Worker State Table map: [`MAX_WORKERS`] [`WorkerState`] slots.
+pub const TABLE_MAP: &str = "hermes_wst";
+/// Counters map: [`COUNTERS_LEN`] `u64`s, indexed by [`counter`].
+pub const COUNTERS_MAP: &str = "hermes_counters";
+/// `REUSEPORT_SOCKARRAY` holding each worker's listener at its worker id.
+pub const SOCKETS_MAP: &str = "hermes_sockets";
+
+/// Indexes into the counters map. Indexes `0..MAX_WORKERS` count the new
+/// connections the program placed on each worker.
+pub mod counter {
+    use super::MAX_WORKERS;
+    /// Fewer candidates than the minimum: the kernel hash chose.
+    pub const FALLBACK_TOO_FEW: usize = MAX_WORKERS;
+    /// Bitmap never published or older than the staleness limit: the kernel hash chose.
+    pub const FALLBACK_STALE: usize = MAX_WORKERS + 1;
+    /// The chosen workers had no listener in their slot: the kernel hash chose.
+    pub const FALLBACK_NO_SOCKET: usize = MAX_WORKERS + 2;
+    /// Queued connections of a closing listener that the kernel migrated.
+    pub const MIGRATED: usize = MAX_WORKERS + 3;
+    /// Times the program ran.
+    pub const RUNS: usize = MAX_WORKERS + 4;
+}
+/// Number of `u64` entries in the counters map.
+pub const COUNTERS_LEN: usize = MAX_WORKERS + 8;
+
+/// Fine-filter policy: how the program picks one worker among the candidates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u32)]
+pub enum FinePolicy {
+    /// Draw two distinct candidates from the connection hash and take the one
+    /// whose table slot shows the lower load (open connections + in-flight
+    /// requests + accept queue). With two candidates this always takes the
+    /// less loaded one.
+    #[default]
+    TwoChoices = 0,
+    /// Draw one candidate from the connection hash (load is not read).
+    Hash = 1,
+}
+
+/// The settings and candidate bitmap (map [`CONTROL_MAP`], one entry).
+///
+/// Userspace writes each field with one atomic store; the program reads each
+/// field once per connection.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Bit `i` set: worker `i` may take new connections.
+    pub bitmap: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds of the last publish; 0 means never.
+    pub published_ns: AtomicU64,
+    /// Bitmaps older than this fall back to the kernel hash; 0 means no limit.
+    pub max_stale_ns: AtomicU64,
+    /// Worker id + 1 of the last publisher; 0 before the first publish.
+    pub publisher: AtomicU64,
+    /// Fewer candidates than this fall back to the kernel hash.
+    pub min_candidates: AtomicU32,
+    /// A [`FinePolicy`] discriminant.
+    pub policy: AtomicU32,
+    _reserved: [u64; 3],
+}
+
+/// Worker lifecycle states stored in [`WorkerState::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum WorkerPhase {
+    /// The slot is unused.
+    Empty = 0,
+    /// The worker is starting and not yet accepting.
+    Starting = 1,
+    /// The worker accepts and serves.
+    Serving = 2,
+    /// The worker finishes its connections and takes no new ones.
+    Draining = 3,
+}
+
+impl WorkerPhase {
+    /// Decodes a stored state; unknown values read as `Empty`.
+    pub fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Starting,
+            2 => Self::Serving,
+            3 => Self::Draining,
+            _ => Self::Empty,
+        }
+    }
+}
+
+/// One worker's slot of the Worker State Table (map [`TABLE_MAP`]): one cache
+/// line, written only by its own worker, read by every scheduler and by the
+/// kernel program's fine filter.
+///
+/// Orderings: every field is an independent gauge or counter. Readers (the
+/// scheduler, the kernel) tolerate a value that is a few nanoseconds old and
+/// never use one field to guard another, so `Relaxed` is enough everywhere;
+/// the single-writer rule means no update is lost.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    /// `CLOCK_MONOTONIC` nanoseconds of the worker's last loop turn.
+    pub heartbeat_ns: AtomicU64,
+    /// Total nanoseconds the worker's runtime spent not parked.
+    pub busy_ns: AtomicU64,
+    /// Connections accepted in total.
+    pub accepted: AtomicU64,
+    /// Requests completed in total.
+    pub requests: AtomicU64,
+    /// Connections open now.
+    pub open_conns: AtomicU32,
+    /// Requests being served now.
+    pub in_flight: AtomicU32,
+    /// The listener's accept-queue length at the last sample.
+    pub accept_queue: AtomicU32,
+    /// A [`WorkerPhase`] discriminant.
+    pub state: AtomicU32,
+    /// Total nanoseconds spent serving completed requests.
+    pub service_ns: AtomicU64,
+    _reserved: u64,
+}
+
+impl WorkerState {
+    /// The load the kernel's fine filter compares: open connections plus
+    /// in-flight requests plus the accept queue.
+    pub fn load(&self) -> u64 {
+        u64::from(self.open_conns.load(Ordering::Relaxed))
+            + u64::from(self.in_flight.load(Ordering::Relaxed))
+            + u64::from(self.accept_queue.load(Ordering::Relaxed))
+    }
+
+    /// The worker's lifecycle state.
+    pub fn phase(&self) -> WorkerPhase {
+        WorkerPhase::from_u32(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Stores the worker's lifecycle state.
+    pub fn set_phase(&self, phase: WorkerPhase) {
+        self.state.store(phase as u32, Ordering::Relaxed);
+    }
+
+    /// Zeroes every field (a slot handed to a new worker).
+    pub fn reset(&self) {
+        for f in [&self.heartbeat_ns, &self.busy_ns, &self.accepted, &self.requests, &self.service_ns] {
+            f.store(0, Ordering::Relaxed);
+        }
+        for f in [&self.open_conns, &self.in_flight, &self.accept_queue, &self.state] {
+            f.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Control {
+    /// Publishes a candidate bitmap stamped `now_ns` (`CLOCK_MONOTONIC`, see
+    /// [`crate::monotonic_ns`]) by worker `publisher`. Two plain stores and no
+    /// syscall.
+    ///
+    /// Orderings: the bitmap is stored before its timestamp, with `Release`
+    /// on the timestamp, so a reader that sees the new timestamp (and uses
+    /// `Acquire`) sees this bitmap or a newer one. The kernel program reads
+    /// both with plain loads; on x86-64 stores are not reordered with other
+    /// stores, and a reader racing with a publish sees at worst one old
+    /// bitmap with a new time, or the new bitmap with an old time (one
+    /// connection placed by the previous decision or by the kernel hash).
+    pub fn publish(&self, bitmap: u64, now_ns: u64, publisher: usize) {
+        self.bitmap.store(bitmap, Ordering::Relaxed);
+        self.publisher.store(publisher as u64 + 1, Ordering::Relaxed);
+        self.published_ns.store(now_ns, Ordering::Release);
+    }
+
+    /// Publishes like [`Control::publish`], unless a publish stamped later
+    /// than `now_ns` already happened (a slower concurrent scheduler never
+    /// rolls a newer decision back). Returns whether it published.
+    pub fn publish_if_newer(&self, bitmap: u64, now_ns: u64, publisher: usize) -> bool {
+        // Acquire pairs with the Release store of `published_ns` above.
+        if self.published_ns.load(Ordering::Acquire) > now_ns {
+            return false;
+        }
+        self.publish(bitmap, now_ns, publisher);
+        true
+    }
+
+    /// Stores the settings the program reads with each bitmap.
+    pub fn configure(&self, min_candidates: u32, max_stale_ns: u64, policy: FinePolicy) {
+        self.min_candidates.store(min_candidates, Ordering::Relaxed);
+        self.max_stale_ns.store(max_stale_ns, Ordering::Relaxed);
+        self.policy.store(policy as u32, Ordering::Relaxed);
+    }
+
+    /// The fine-filter policy in force; unknown values read as the default.
+    pub fn policy(&self) -> FinePolicy {
+        match self.policy.load(Ordering::Relaxed) {
+            1 => FinePolicy::Hash,
+            _ => FinePolicy::TwoChoices,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<Control>() == 64);
+const _: () = assert!(size_of::<WorkerState>() == 64);
+const _: () = assert!(align_of::<WorkerState>() == 64);

@@ -1,0 +1,312 @@
+//! The kernel side of Hermes: an eBPF program attached to a `SO_REUSEPORT`
+//! group that places each new connection on a worker chosen from a candidate
+//! bitmap published by userspace, and the Rust loader that owns its maps.
+//!
+//! Userspace and the program share three `BPF_F_MMAPABLE` arrays, mapped
+//! into this process so that publishing a bitmap, updating a worker's state
+//! and reading the counters are plain memory operations, never syscalls:
+//!
+//! - [`layout::Control`]: the candidate bitmap, its publish time and the settings;
+//! - [`layout::WorkerState`]: the Worker State Table, one cache line per worker;
+//! - the counters: new connections placed per worker, fallbacks by reason, migrations.
+//!
+//! For each new connection the program falls back to the kernel's own hash
+//! when the bitmap was never published or is older than the staleness limit,
+//! when fewer than the minimum candidates are set, or when the chosen
+//! workers have no listener; each fallback is counted by reason. When a
+//! listener closes, its queued connections migrate to another worker.
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use hermes_bpf::{Dispatcher, monotonic_ns};
+//!
+//! # fn listeners() -> Vec<TcpListener> { vec![] }
+//! let listeners: Vec<TcpListener> = listeners(); // SO_REUSEPORT, one per worker
+//! let mut dispatcher = Dispatcher::load()?;
+//! for (worker, listener) in listeners.iter().enumerate() {
+//!     dispatcher.insert(worker, listener)?;
+//! }
+//! dispatcher.attach(&listeners[0])?;
+//! dispatcher.control().configure(1, 50_000_000, Default::default());
+//! // Workers 0 and 2 take new connections.
+//! dispatcher.control().publish(0b101, monotonic_ns(), 0);
+//! # Ok::<(), hermes_bpf::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+pub mod layout;
+mod region;
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, ReusePortSockArray},
+    programs::SkReuseport,
+};
+
+pub use error::Error;
+use layout::{COUNTERS_LEN, Control, MAX_WORKERS, WorkerState, counter};
+pub use region::Region;
+
+/// The compiled kernel program (`bpf/hermes.bpf.c`, rebuilt by `cargo xtask bpf`).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/hermes.bpf.o");
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the program's
+/// `bpf_ktime_get_ns()`, used for publish times and heartbeats.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The settings and bitmap region, shared by every scheduler.
+pub type ControlRegion = Arc<Region<Control>>;
+/// The Worker State Table, shared by every worker.
+pub type WorkerTable = Arc<Region<WorkerState>>;
+/// The counters region.
+pub type CounterRegion = Arc<Region<AtomicU64>>;
+
+/// How new connections are being placed on workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispatchMode {
+    /// The Hermes program chooses (falling back per connection, counted).
+    Ebpf,
+    /// The kernel's `SO_REUSEPORT` hash chooses, for the reason given.
+    KernelHash {
+        /// Why the program is not in use.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DispatchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ebpf => f.write_str("ebpf"),
+            Self::KernelHash { reason } => write!(f, "kernel-hash ({reason})"),
+        }
+    }
+}
+
+/// A read of the program's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// New connections the program placed on each worker.
+    pub dispatched: [u64; MAX_WORKERS],
+    /// Connections left to the kernel hash because too few candidates were set.
+    pub fallback_too_few: u64,
+    /// Connections left to the kernel hash because the bitmap was stale or never published.
+    pub fallback_stale: u64,
+    /// Connections left to the kernel hash because the chosen slots had no listener.
+    pub fallback_no_socket: u64,
+    /// Queued connections of closing listeners that migrated.
+    pub migrated: u64,
+    /// Times the program ran.
+    pub runs: u64,
+}
+
+impl Counters {
+    /// Reads the counters region. Each value is read once with `Relaxed`:
+    /// they are independent monotonic counts, and a read racing with the
+    /// program may be one connection behind.
+    pub fn read(region: &Region<AtomicU64>) -> Self {
+        let get = |i: usize| region[i].load(Ordering::Relaxed);
+        Self {
+            dispatched: std::array::from_fn(get),
+            fallback_too_few: get(counter::FALLBACK_TOO_FEW),
+            fallback_stale: get(counter::FALLBACK_STALE),
+            fallback_no_socket: get(counter::FALLBACK_NO_SOCKET),
+            migrated: get(counter::MIGRATED),
+            runs: get(counter::RUNS),
+        }
+    }
+
+    /// Connections the kernel hash placed, all reasons together.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallback_too_few + self.fallback_stale + self.fallback_no_socket
+    }
+}
+
+/// The loaded dispatch program and its maps.
+///
+/// Place each worker's listener with [`Dispatcher::insert`], attach the
+/// program to the group through any one listener with
+/// [`Dispatcher::attach`], then steer with [`Control::publish`].
+pub struct Dispatcher {
+    ebpf: Ebpf,
+    sockets: ReusePortSockArray<MapData>,
+    control: ControlRegion,
+    table: WorkerTable,
+    counters: CounterRegion,
+    filled: u64,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher").field("filled", &format_args!("{:#x}", self.filled)).finish()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
+    ebpf.take_map(name).ok_or(Error::KernelRefused {
+        what: "reading the embedded object",
+        detail: format!("map `{name}` is missing"),
+    })
+}
+
+fn map_region<T>(ebpf: &mut Ebpf, name: &'static str, len: usize) -> Result<Arc<Region<T>>, Error> {
+    let map = take_map(ebpf, name)?;
+    let aya::maps::Map::Array(data) = map else {
+        return Err(Error::KernelRefused {
+            what: "reading the embedded object",
+            detail: format!("map `{name}` is not an array"),
+        });
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Mmap { map: name, source })?;
+    // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
+    // of at least `len` values laid out as `T` (checked by the layout test).
+    let region = unsafe { Region::map(&fd, len) }.map_err(|source| Error::Mmap { map: name, source })?;
+    // The mapping keeps the map alive; the fds can close.
+    drop(data);
+    Ok(Arc::new(region))
+}
+
+impl Dispatcher {
+    /// Loads the embedded program and creates its maps.
+    ///
+    /// # Errors
+    /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`]
+    /// when the kernel rejects the object or program.
+    pub fn load() -> Result<Self, Error> {
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| error::classify("creating the maps", &e))?;
+        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
+        let table = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
+        let counters = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
+        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, layout::SOCKETS_MAP)?)
+            .map_err(|e| error::classify("opening the socket array", &e))?;
+        let program: &mut SkReuseport = ebpf
+            .program_mut(layout::PROGRAM_NAME)
+            .ok_or(Error::KernelRefused {
+                what: "reading the embedded object",
+                detail: format!("program `{}` is missing", layout::PROGRAM_NAME),
+            })?
+            .try_into()
+            .map_err(|e| error::classify("reading the program", &e))?;
+        program.load().map_err(|e| error::classify("loading the program", &e))?;
+        Ok(Self { ebpf, sockets, control, table, counters, filled: 0 })
+    }
+
+    /// Loads the program, or says why new connections will be placed by the
+    /// kernel's hash instead. Logs the fallback once as a warning.
+    pub fn load_or_fallback() -> (Option<Self>, DispatchMode) {
+        match Self::load() {
+            Ok(d) => (Some(d), DispatchMode::Ebpf),
+            Err(e) => {
+                tracing::warn!(error = %e, "Hermes dispatch unavailable; new connections use plain SO_REUSEPORT hashing");
+                (None, DispatchMode::KernelHash { reason: e.to_string() })
+            }
+        }
+    }
+
+    /// The settings and bitmap, shared with the program.
+    pub fn control(&self) -> &ControlRegion {
+        &self.control
+    }
+
+    /// [`Control`] itself (the region's only entry).
+    pub fn settings(&self) -> &Control {
+        &self.control[0]
+    }
+
+    /// The Worker State Table the program's fine filter reads.
+    pub fn table(&self) -> &WorkerTable {
+        &self.table
+    }
+
+    /// The counters region.
+    pub fn counter_region(&self) -> &CounterRegion {
+        &self.counters
+    }
+
+    /// Reads the counters.
+    pub fn counters(&self) -> Counters {
+        Counters::read(&self.counters)
+    }
+
+    /// Bitmap of the worker slots that hold a listener.
+    pub fn filled(&self) -> u64 {
+        self.filled
+    }
+
+    fn check(worker: usize) -> Result<u32, Error> {
+        if worker < MAX_WORKERS {
+            Ok(worker as u32)
+        } else {
+            Err(Error::WorkerOutOfRange { worker, max: MAX_WORKERS })
+        }
+    }
+
+    /// Places `listener` in slot `worker`, replacing what was there. The
+    /// listener must belong to the group the program is (or will be) attached to.
+    pub fn insert(&mut self, worker: usize, listener: &impl AsRawFd) -> Result<(), Error> {
+        let slot = Self::check(worker)?;
+        self.sockets.set(slot, listener, 0).map_err(|e| Error::Socket {
+            what: "placing",
+            worker,
+            detail: error_chain(&e),
+        })?;
+        self.filled |= 1 << slot;
+        Ok(())
+    }
+
+    /// Empties slot `worker`. Emptying an empty slot is not an error. Closing
+    /// a listener empties its slot by itself.
+    pub fn remove(&mut self, worker: usize) -> Result<(), Error> {
+        let slot = Self::check(worker)?;
+        if self.filled & (1 << slot) == 0 {
+            return Ok(());
+        }
+        match self.sockets.clear_index(&slot) {
+            Ok(()) => {}
+            // The socket closed already: the kernel emptied the slot.
+            Err(e) if error::os_error(&e).and_then(|io| io.raw_os_error()) == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::Socket { what: "removing", worker, detail: error_chain(&e) });
+            }
+        }
+        self.filled &= !(1 << slot);
+        Ok(())
+    }
+
+    /// Attaches the program to the `SO_REUSEPORT` group of `listener` (the
+    /// whole group: any member will do).
+    pub fn attach(&self, listener: &impl AsFd) -> Result<(), Error> {
+        let program: &SkReuseport = self
+            .ebpf
+            .program(layout::PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("the program was loaded as SkReuseport in Dispatcher::load");
+        program.attach(listener).map_err(|e| Error::Attach { what: "attaching", detail: error_chain(&e) })
+    }
+
+    /// Detaches whatever program the group of `listener` has; the kernel hash
+    /// places new connections from then on.
+    pub fn detach(listener: &impl AsFd) -> Result<(), Error> {
+        SkReuseport::detach(listener).map_err(|e| Error::Attach { what: "detaching", detail: error_chain(&e) })
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    error::chain(e)
+}

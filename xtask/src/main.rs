@@ -1,0 +1,100 @@
+//! Project tasks. `cargo xtask bpf` rebuilds the committed kernel object;
+//! `cargo xtask bpf --check` fails if the committed object is not what the
+//! source builds to.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+/// Crate that owns the kernel program, relative to the workspace root.
+const BPF_DIR: &str = "crates/hermes-bpf/bpf";
+const SOURCE: &str = "hermes.bpf.c";
+const OBJECT: &str = "hermes.bpf.o";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["bpf"] => build_bpf(false),
+        ["bpf", "--check"] => build_bpf(true),
+        _ => Err("usage: cargo xtask bpf [--check]".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn tool(names: &[&str]) -> Result<String, String> {
+    for name in names {
+        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Ok((*name).to_owned());
+        }
+    }
+    Err(format!(
+        "none of {names:?} found; install them with `apt-get install clang-19 llvm-19 libbpf-dev`"
+    ))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+/// Compiles the program so that the bytes depend on the source only: clang
+/// runs inside the source folder with a relative path, DWARF (which records
+/// absolute paths) is stripped, BTF and BTF.ext (needed by the loader) stay.
+fn build_bpf(check: bool) -> Result<(), String> {
+    let clang = tool(&["clang-19"])?;
+    let strip = tool(&["llvm-strip-19"])?;
+    let dir = workspace_root().join(BPF_DIR);
+    let scratch = env::temp_dir().join(format!("hermes-xtask-{}", std::process::id()));
+    fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+    let unstripped = scratch.join("unstripped.o");
+    let built = scratch.join(OBJECT);
+
+    let result = (|| {
+        run(Command::new(&clang)
+            .current_dir(&dir)
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            .args(["-I/usr/include/x86_64-linux-gnu", "-fdebug-compilation-dir=."])
+            .args(["-c", SOURCE, "-o"])
+            .arg(&unstripped))?;
+        run(Command::new(&strip).arg("-g").arg(&unstripped).arg("-o").arg(&built))?;
+        let new = fs::read(&built).map_err(|e| format!("reading {}: {e}", built.display()))?;
+        let committed_path = dir.join(OBJECT);
+        if check {
+            let committed = fs::read(&committed_path)
+                .map_err(|e| format!("reading {}: {e}", committed_path.display()))?;
+            if committed != new {
+                return Err(format!(
+                    "{} is stale: it differs from what {SOURCE} builds to; run `cargo xtask bpf` and commit",
+                    committed_path.display()
+                ));
+            }
+            println!("{} is up to date ({} bytes)", committed_path.display(), new.len());
+        } else {
+            fs::write(&committed_path, &new)
+                .map_err(|e| format!("writing {}: {e}", committed_path.display()))?;
+            println!("wrote {} ({} bytes)", committed_path.display(), new.len());
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
