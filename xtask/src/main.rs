@@ -42,18 +42,12 @@ fn tool(names: &[&str]) -> Result<String, String> {
             return Ok((*name).to_owned());
         }
     }
-    Err(format!(
-        "none of {names:?} found; install them with `apt-get install clang-19 llvm-19 libbpf-dev`"
-    ))
+    Err(format!("none of {names:?} found; install them with `apt-get install clang-19 llvm-19 libbpf-dev`"))
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let status = cmd.status().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd:?} failed with {status}"))
-    }
+    if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed with {status}")) }
 }
 
 /// Compiles the program so that the bytes depend on the source only: clang

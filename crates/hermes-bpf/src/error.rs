@@ -101,7 +101,10 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 pub(crate) fn classify(what: &'static str, e: &(dyn std::error::Error + 'static)) -> Error {
     match os_error(e) {
         Some(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
-            Error::MissingCapability { what, source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)) }
+            Error::MissingCapability {
+                what,
+                source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
+            }
         }
         _ => Error::KernelRefused { what, detail: chain(e) },
     }

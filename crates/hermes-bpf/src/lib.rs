@@ -27,9 +27,9 @@
 //!     dispatcher.insert(worker, listener)?;
 //! }
 //! dispatcher.attach(&listeners[0])?;
-//! dispatcher.control().configure(1, 50_000_000, Default::default());
+//! dispatcher.settings().configure(1, 50_000_000, Default::default());
 //! // Workers 0 and 2 take new connections.
-//! dispatcher.control().publish(0b101, monotonic_ns(), 0);
+//! dispatcher.settings().publish(0b101, monotonic_ns(), 0);
 //! # Ok::<(), hermes_bpf::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -136,6 +136,15 @@ impl Counters {
     }
 }
 
+/// The kernel's run statistics of the dispatch program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Total nanoseconds spent in the program while statistics were enabled.
+    pub run_time_ns: u64,
+    /// Runs counted while statistics were enabled.
+    pub run_count: u64,
+}
+
 /// The loaded dispatch program and its maps.
 ///
 /// Place each worker's listener with [`Dispatcher::insert`], attach the
@@ -187,14 +196,8 @@ impl Dispatcher {
     /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`]
     /// when the kernel rejects the object or program.
     pub fn load() -> Result<Self, Error> {
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .map_err(|e| error::classify("creating the maps", &e))?;
-        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
-        let table = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
-        let counters = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
-        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, layout::SOCKETS_MAP)?)
-            .map_err(|e| error::classify("opening the socket array", &e))?;
+        let mut ebpf =
+            EbpfLoader::new().load(OBJECT).map_err(|e| error::classify("creating the maps", &e))?;
         let program: &mut SkReuseport = ebpf
             .program_mut(layout::PROGRAM_NAME)
             .ok_or(Error::KernelRefused {
@@ -204,6 +207,12 @@ impl Dispatcher {
             .try_into()
             .map_err(|e| error::classify("reading the program", &e))?;
         program.load().map_err(|e| error::classify("loading the program", &e))?;
+        // Taken only now: the program's load resolves the maps through their fds.
+        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
+        let table = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
+        let counters = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
+        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, layout::SOCKETS_MAP)?)
+            .map_err(|e| error::classify("opening the socket array", &e))?;
         Ok(Self { ebpf, sockets, control, table, counters, filled: 0 })
     }
 
@@ -242,6 +251,19 @@ impl Dispatcher {
     /// Reads the counters.
     pub fn counters(&self) -> Counters {
         Counters::read(&self.counters)
+    }
+
+    /// The kernel's run statistics of the program: total run time and run
+    /// count. The kernel updates them only while statistics are enabled
+    /// (`sysctl kernel.bpf_stats_enabled=1`, or [`aya::sys::enable_stats`]).
+    pub fn program_stats(&self) -> Result<ProgramStats, Error> {
+        let info = self
+            .ebpf
+            .program(layout::PROGRAM_NAME)
+            .map(|p| p.info())
+            .expect("the program exists once loaded")
+            .map_err(|e| error::classify("reading the program's info", &e))?;
+        Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
     }
 
     /// Bitmap of the worker slots that hold a listener.
@@ -303,7 +325,8 @@ impl Dispatcher {
     /// Detaches whatever program the group of `listener` has; the kernel hash
     /// places new connections from then on.
     pub fn detach(listener: &impl AsFd) -> Result<(), Error> {
-        SkReuseport::detach(listener).map_err(|e| Error::Attach { what: "detaching", detail: error_chain(&e) })
+        SkReuseport::detach(listener)
+            .map_err(|e| Error::Attach { what: "detaching", detail: error_chain(&e) })
     }
 }
 

@@ -70,9 +70,6 @@ impl<T> Deref for Region<T> {
 
 impl<T> fmt::Debug for Region<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Region")
-            .field("len", &self.len)
-            .field("kernel_map", &self.is_kernel_map())
-            .finish()
+        f.debug_struct("Region").field("len", &self.len).field("kernel_map", &self.is_kernel_map()).finish()
     }
 }
