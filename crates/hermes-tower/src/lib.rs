@@ -1,1 +1,70 @@
-//! placeholder
+//! A Tower layer that feeds the Hermes Worker State Table.
+//!
+//! Each worker thread of a Hermes server owns one slot of the Worker State
+//! Table; the scheduler and the kernel's dispatch program read the slots to
+//! decide which worker takes the next connection. [`HermesLayer`] keeps the
+//! request side of the current worker's slot up to date without any code in
+//! the handlers:
+//!
+//! - `in_flight` counts the requests being served, from `call` until the
+//!   response future completes, is dropped (the client went away, a timeout
+//!   fired) or unwinds from a panic;
+//! - `requests` counts the requests finished;
+//! - `service_ns` adds up the time spent serving them (by default measured on
+//!   one request in [`ServiceTime::DEFAULT_ONE_IN`] and scaled, see
+//!   [`ServiceTime`]).
+//!
+//! Outside a Hermes worker (no worker entered on the thread, see
+//! [`hermes_runtime::context`]) the layer does nothing: requests pass through
+//! untouched and nothing is counted. The same application can therefore run
+//! under plain Tokio in tests and under Hermes in production.
+//!
+//! # With axum
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use hermes_tower::HermesLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(HermesLayer::new());
+//! ```
+//!
+//! # With tonic
+//!
+//! ```no_run
+//! use hermes_tower::HermesLayer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! tonic::transport::Server::builder()
+//!     .layer(HermesLayer::new())
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?)
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What counts as "in flight"
+//!
+//! A request is in flight from the layer's `call` until the inner service's
+//! response future completes. For HTTP services that is when the handler has
+//! produced the response head: a body streamed afterwards (a large download,
+//! a gRPC server stream) is not counted as in flight while it streams.
+//!
+//! # Cost
+//!
+//! No allocation and no lock per request. Inside a worker a request costs
+//! the worker lookup (a thread-local read and one reference-count increment
+//! and decrement on the worker handle), two uncontended locked additions on
+//! `in_flight` and a plain increment of `requests`, all on the worker's own
+//! cache line; the clock is read only for the requests whose service time is
+//! measured. The crate's `layer` benchmark
+//! (`cargo bench -p hermes-tower --bench layer`) measures the difference
+//! against the bare service.
+#![deny(missing_docs)]
+
+pub mod hermes;
+
+pub use hermes::{Hermes, HermesLayer, ServiceTime, error::InvalidSampleRate, future::ResponseFuture};
