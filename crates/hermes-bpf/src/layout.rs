@@ -104,13 +104,13 @@ impl WorkerPhase {
 }
 
 /// One worker's slot of the Worker State Table (map [`TABLE_MAP`]): one cache
-/// line, written only by its own worker, read by every scheduler and by the
-/// kernel program's fine filter.
+/// line, written by its own worker, read by every scheduler and by the
+/// kernel program's fine filter. The one exception is `accept_queue`, a
+/// sample any worker may store: a stuck worker cannot sample its own queue.
 ///
 /// Orderings: every field is an independent gauge or counter. Readers (the
 /// scheduler, the kernel) tolerate a value that is a few nanoseconds old and
-/// never use one field to guard another, so `Relaxed` is enough everywhere;
-/// the single-writer rule means no update is lost.
+/// never use one field to guard another, so `Relaxed` is enough everywhere.
 #[repr(C, align(64))]
 #[derive(Debug, Default)]
 pub struct WorkerState {

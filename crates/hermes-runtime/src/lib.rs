@@ -1,4 +1,70 @@
 //! Thread-per-core Tokio runtimes whose new connections are placed by Hermes.
+//!
+//! A [`Builder`] makes a [`Server`]: one OS thread per worker, each running
+//! a current-thread Tokio runtime with a `LocalSet` (so `!Send` handlers
+//! work) and owning its own `SO_REUSEPORT` listener, placed in the kernel's
+//! socket array at slot = worker id. Each worker publishes its live state
+//! into its slot of the Worker State Table (open connections, accept queue,
+//! heartbeat, busy time; the Tower layer adds in-flight requests), runs a
+//! [`scheduler`] pass every tick, and any worker may publish the resulting
+//! bitmap of eligible workers. The kernel program then places each new
+//! connection on an eligible worker, so a worker stuck in a handler stops
+//! receiving connections within a few ticks.
+//!
+//! When the kernel refuses the program (no CAP_BPF, old kernel), the server
+//! runs with plain `SO_REUSEPORT` hashing, logs one warning, and reports the
+//! mode and the reason in its [`Snapshot`] and metrics (unless
+//! [`Builder::require_ebpf`] asks for an error instead).
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use hermes_runtime::{Builder, HermesListener, shutdown_signal};
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .merge(hermes_runtime::stats_router());
+//! let server = Builder::new().workers(4).bind("127.0.0.1:8080".parse().unwrap()).build()?;
+//! println!("listening on {} mode={}", server.local_addr(), server.mode());
+//! let handle = server.serve(move |listener: HermesListener| {
+//!     let app = app.clone();
+//!     async move {
+//!         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+//!     }
+//! })?;
+//! handle.join();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Modes
+//! [`Mode::Hermes`] (the default), [`Mode::KernelHash`] (plain
+//! `SO_REUSEPORT`) and [`Mode::SharedListener`] (one listener in every
+//! worker's event loop, registered with `EPOLLEXCLUSIVE`: each worker has
+//! its own epoll set holding the shared listener with `EPOLLEXCLUSIVE` and
+//! a drain eventfd, and that epoll descriptor is what the worker's Tokio
+//! reactor watches, so one new connection wakes one worker as in nginx).
+//!
+//! # Shutdown
+//! [`ServerHandle::shutdown_worker`] and [`ServerHandle::shutdown`] take a
+//! worker out of the bitmap, stop its listener (in Hermes mode its queued
+//! connections migrate to the other workers), resolve its
+//! [`shutdown_signal`], and wait up to the drain timeout for its open
+//! connections to finish. The queue of the last listener of a full shutdown,
+//! and the queue of a listener stopped in `KernelHash` mode, have nowhere
+//! to go: the kernel resets those connections.
 #![deny(missing_docs)]
 
+mod builder;
 pub mod context;
+mod listener;
+pub mod scheduler;
+mod server;
+mod stats;
+mod sys;
+
+pub use builder::{Builder, Mode};
+pub use hermes_bpf::layout::FinePolicy;
+pub use listener::{HermesListener, HermesStream};
+pub use server::{Server, ServerHandle, shutdown_signal};
+pub use stats::{Fallbacks, Snapshot, WorkerSnapshot, current_snapshot};
+#[cfg(feature = "axum")]
+pub use stats::{stats_handler, stats_router};

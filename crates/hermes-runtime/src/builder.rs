@@ -1,0 +1,287 @@
+//! [`Builder`]: the settings of a Hermes server.
+
+use std::{fmt, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
+
+use crate::{
+    Server,
+    scheduler::{LeastLoaded, Policy},
+};
+
+/// How new connections are placed on workers.
+///
+/// ```
+/// use hermes_runtime::Mode;
+///
+/// assert_eq!(Mode::default(), Mode::Hermes);
+/// assert_eq!(Mode::KernelHash.to_string(), "kernel-hash");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// Each worker has its own `SO_REUSEPORT` listener and the Hermes eBPF
+    /// program places each new connection on an eligible worker.
+    #[default]
+    Hermes,
+    /// Each worker has its own `SO_REUSEPORT` listener and the kernel's hash
+    /// of the connection's 4-tuple places it (no program).
+    KernelHash,
+    /// One listening socket registered in every worker's event loop with
+    /// `EPOLLEXCLUSIVE` (nginx's default): the first worker woken accepts.
+    SharedListener,
+}
+
+impl Mode {
+    /// The mode's name in snapshots and metrics: `hermes`, `kernel-hash` or
+    /// `shared-listener`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hermes => "hermes",
+            Mode::KernelHash => "kernel-hash",
+            Mode::SharedListener => "shared-listener",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The validated settings, shared by every worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pin_workers: bool,
+    pub(crate) backlog: u32,
+    pub(crate) tick: Duration,
+    pub(crate) hang_threshold: Duration,
+    pub(crate) min_candidates: u32,
+    pub(crate) max_stale: Duration,
+    pub(crate) fine_policy: FinePolicy,
+    pub(crate) mode: Mode,
+    pub(crate) require_ebpf: bool,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) policy: Arc<dyn Policy>,
+}
+
+/// Builds a [`Server`], in the manner of `tokio::runtime::Builder`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use hermes_runtime::{Builder, Mode};
+///
+/// let server = Builder::new()
+///     .workers(4)
+///     .bind("127.0.0.1:0".parse().unwrap())
+///     .mode(Mode::Hermes)
+///     .tick(Duration::from_millis(5))
+///     .build()?;
+/// println!("listening on {}", server.local_addr());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    workers: Option<usize>,
+    addr: SocketAddr,
+    pin_workers: bool,
+    backlog: u32,
+    tick: Duration,
+    hang_threshold: Option<Duration>,
+    min_candidates: u32,
+    max_stale: Option<Duration>,
+    fine_policy: FinePolicy,
+    mode: Mode,
+    require_ebpf: bool,
+    drain_timeout: Duration,
+    policy: Arc<dyn Policy>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl Builder {
+    /// A builder with every setting at its default.
+    pub fn new() -> Self {
+        Self {
+            workers: None,
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            pin_workers: true,
+            backlog: 1024,
+            tick: Duration::from_millis(5),
+            hang_threshold: None,
+            min_candidates: 1,
+            max_stale: None,
+            fine_policy: FinePolicy::default(),
+            mode: Mode::Hermes,
+            require_ebpf: false,
+            drain_timeout: Duration::from_secs(30),
+            policy: Arc::new(LeastLoaded::default()),
+        }
+    }
+
+    /// Number of worker threads, 1 to 64. Default: the CPUs this process may
+    /// run on (at most 64).
+    pub fn workers(&mut self, n: usize) -> &mut Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The address every worker listens on. Port 0 picks a free port once;
+    /// every worker then binds that port. Default: `0.0.0.0:8080`.
+    pub fn bind(&mut self, addr: SocketAddr) -> &mut Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Pin worker `i` to the `i`-th CPU this process may run on (modulo
+    /// their number). A refused pin is logged at debug level and ignored.
+    /// Default: on.
+    pub fn pin_workers(&mut self, pin: bool) -> &mut Self {
+        self.pin_workers = pin;
+        self
+    }
+
+    /// The `listen` backlog of each listener, at least 1. Default: 1024.
+    pub fn backlog(&mut self, backlog: u32) -> &mut Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// How often each worker stores its heartbeat, samples its accept queue,
+    /// runs a scheduler pass and exports metrics; 1 ms to 1 s. Default: 5 ms.
+    pub fn tick(&mut self, tick: Duration) -> &mut Self {
+        self.tick = tick;
+        self
+    }
+
+    /// A worker whose heartbeat is older than this is hung and never
+    /// eligible; it must exceed the tick. Default: two ticks, so a blocked
+    /// worker leaves the bitmap within three ticks.
+    pub fn hang_threshold(&mut self, threshold: Duration) -> &mut Self {
+        self.hang_threshold = Some(threshold);
+        self
+    }
+
+    /// The scheduler keeps at least this many candidates when that many
+    /// fresh, serving workers exist, adding the least loaded ones; 1 to the
+    /// number of workers. Hung workers are never added, so the bitmap can
+    /// hold fewer: the kernel program is told to honour any non-empty
+    /// bitmap, since hashing would reach the hung workers again. Default: 1.
+    pub fn min_candidates(&mut self, n: u32) -> &mut Self {
+        self.min_candidates = n;
+        self
+    }
+
+    /// A bitmap older than this is ignored by the kernel program, which then
+    /// uses the kernel's hash (every worker hung or the schedulers stopped);
+    /// it must exceed the hang threshold. Default: ten ticks.
+    pub fn staleness_limit(&mut self, limit: Duration) -> &mut Self {
+        self.max_stale = Some(limit);
+        self
+    }
+
+    /// How the kernel program picks one worker among the candidates.
+    /// Default: [`FinePolicy::TwoChoices`].
+    pub fn fine_policy(&mut self, policy: FinePolicy) -> &mut Self {
+        self.fine_policy = policy;
+        self
+    }
+
+    /// The scheduling policy. Default: [`LeastLoaded::default()`].
+    pub fn policy(&mut self, policy: impl Policy) -> &mut Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// How new connections are placed. Default: [`Mode::Hermes`].
+    pub fn mode(&mut self, mode: Mode) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// In [`Mode::Hermes`], fail in [`Builder::build`] when the dispatch
+    /// program cannot be loaded, instead of running with the kernel's hash.
+    /// Default: false.
+    pub fn require_ebpf(&mut self, require: bool) -> &mut Self {
+        self.require_ebpf = require;
+        self
+    }
+
+    /// How long a draining worker waits for its open connections to finish
+    /// before it exits and closes them. Default: 30 s.
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn config(&self) -> io::Result<Config> {
+        let workers = match self.workers {
+            Some(n) => n,
+            None => crate::sys::allowed_cpus().len().clamp(1, MAX_WORKERS),
+        };
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(invalid(format!("workers must be 1 to {MAX_WORKERS}, got {workers}")));
+        }
+        if self.backlog == 0 {
+            return Err(invalid("backlog must be at least 1".into()));
+        }
+        if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(1) {
+            return Err(invalid(format!("tick must be 1 ms to 1 s, got {:?}", self.tick)));
+        }
+        let hang_threshold = self.hang_threshold.unwrap_or(self.tick * 2);
+        if hang_threshold <= self.tick {
+            return Err(invalid(format!(
+                "hang_threshold ({hang_threshold:?}) must exceed the tick ({:?})",
+                self.tick
+            )));
+        }
+        if self.min_candidates == 0 || self.min_candidates as usize > workers {
+            return Err(invalid(format!(
+                "min_candidates must be 1 to the number of workers ({workers}), got {}",
+                self.min_candidates
+            )));
+        }
+        let max_stale = self.max_stale.unwrap_or(self.tick * 10);
+        if max_stale <= hang_threshold {
+            return Err(invalid(format!(
+                "staleness_limit ({max_stale:?}) must exceed the hang threshold ({hang_threshold:?})"
+            )));
+        }
+        Ok(Config {
+            workers,
+            addr: self.addr,
+            pin_workers: self.pin_workers,
+            backlog: self.backlog,
+            tick: self.tick,
+            hang_threshold,
+            min_candidates: self.min_candidates,
+            max_stale,
+            fine_policy: self.fine_policy,
+            mode: self.mode,
+            require_ebpf: self.require_ebpf,
+            drain_timeout: self.drain_timeout,
+            policy: self.policy.clone(),
+        })
+    }
+
+    /// Validates the settings, binds the listeners and, in [`Mode::Hermes`],
+    /// loads the dispatch program and places each listener in its slot.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the setting when one is out of range; the bind
+    /// error; in [`Mode::Hermes`] with [`Builder::require_ebpf`], the reason
+    /// the program could not be loaded (`PermissionDenied` without CAP_BPF).
+    pub fn build(&self) -> io::Result<Server> {
+        Server::new(self.config()?)
+    }
+}

@@ -1,0 +1,95 @@
+//! The fallback path without CAP_BPF: a child process drops the
+//! capabilities and serves with the kernel's hash.
+
+mod support;
+
+use std::process::Command;
+
+use hermes_runtime::{Builder, Mode};
+use support::*;
+
+const CHILD_ENV: &str = "HERMES_FALLBACK_CHILD";
+
+/// Re-runs this test binary's `fallback_child` in a child process.
+#[test]
+fn fallback_without_cap_bpf_serves_kernel_hash() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "fallback_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("CHILD-OK mode=kernel-hash"), "child output:\n{stdout}\n{stderr}");
+}
+
+/// The child: drops CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON,
+/// then builds a Hermes server. Run only by the test above.
+#[test]
+#[ignore = "run as a child process by fallback_without_cap_bpf_serves_kernel_hash"]
+fn fallback_child() {
+    use caps::{CapSet, Capability};
+    if std::env::var(CHILD_ENV).is_err() {
+        return;
+    }
+    for cap in
+        [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]
+    {
+        caps::drop(None, CapSet::Effective, cap).unwrap();
+        caps::drop(None, CapSet::Permitted, cap).unwrap();
+    }
+    let err = Builder::new()
+        .workers(2)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .require_ebpf(true)
+        .build()
+        .expect_err("require_ebpf fails without CAP_BPF");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()));
+    assert_eq!(h.mode(), Mode::KernelHash);
+    for _ in 0..10 {
+        assert_eq!(get(h.local_addr(), "/").unwrap().status, 200);
+    }
+    let stats = get(h.local_addr(), "/_hermes/stats").unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    assert_eq!(json["mode"], "kernel-hash");
+    let reason = json["mode_reason"].as_str().expect("a reason");
+    assert!(reason.contains("CAP_BPF"), "{reason}");
+    assert_eq!(json["workers"].as_array().unwrap().len(), 2);
+    println!("CHILD-OK mode={} reason={reason}", json["mode"].as_str().unwrap());
+    h.shutdown();
+}
+
+/// Invalid settings are `InvalidInput` errors naming the setting.
+#[test]
+fn invalid_settings_are_errors() {
+    let cases: [(&str, Builder); 4] = [
+        ("workers", {
+            let mut b = Builder::new();
+            b.workers(65);
+            b
+        }),
+        ("min_candidates", {
+            let mut b = Builder::new();
+            b.workers(2).min_candidates(3);
+            b
+        }),
+        ("hang_threshold", {
+            let mut b = Builder::new();
+            b.hang_threshold(std::time::Duration::from_millis(1));
+            b
+        }),
+        ("backlog", {
+            let mut b = Builder::new();
+            b.backlog(0);
+            b
+        }),
+    ];
+    for (name, b) in cases {
+        let err = b.build().expect_err(name);
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Connection accounting, shutdown of one worker, and supervision.
+
+mod support;
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hermes_runtime::{
+    Builder, HermesListener, Mode,
+    scheduler::{PassInput, Policy},
+};
+use support::*;
+
+/// Open connections come back to zero after normal requests, handler
+/// panics, clients hanging up mid-request and idle keep-alive clients.
+#[test]
+fn counts_return_to_zero_after_panic_and_hangup() {
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::KernelHash));
+    let addr = h.local_addr();
+    let mut made = 0u64;
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").unwrap().status, 200);
+        made += 1;
+    }
+    for _ in 0..4 {
+        // A panicking handler closes its connection only.
+        assert!(get(addr, "/panic").is_err(), "a panicking handler sends no response");
+        made += 1;
+    }
+    for _ in 0..4 {
+        // Hang up in the middle of the request head.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+        made += 1;
+    }
+    let mut hangups = Vec::new();
+    for _ in 0..3 {
+        // Hang up while the handler runs.
+        let mut s = TcpStream::connect(addr).unwrap();
+        send(&mut s, "/sleep?ms=200", true).unwrap();
+        hangups.push(s);
+        made += 1;
+    }
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        send(&mut s, "/", true).unwrap();
+        assert_eq!(read_response(&mut s).unwrap().status, 200);
+        idle.push(s);
+        made += 1;
+    }
+    poll_until(Duration::from_secs(5), || (open_total(&h.snapshot()) >= 8).then_some(()))
+        .expect("idle and hung-up connections are counted open");
+    drop(hangups);
+    drop(idle);
+    let s = poll_until(Duration::from_secs(10), || {
+        let s = h.snapshot();
+        (open_total(&s) == 0).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("open connections never returned to zero: {:?}", h.snapshot()));
+    let accepted: u64 = s.workers.iter().map(|w| w.accepted).sum();
+    assert_eq!(accepted, made);
+    // The workers still serve.
+    assert_eq!(get(addr, "/").unwrap().status, 200);
+    h.shutdown();
+}
+
+/// A policy the test steers: exactly the workers in the mask (even a hung
+/// one, which a real policy must never return).
+#[derive(Debug)]
+struct Steered(Arc<AtomicU64>);
+
+impl Policy for Steered {
+    fn eligible(&self, _input: &PassInput<'_>) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Worker 0 is blocked with 20 connections queued on its listener; shutting
+/// it down migrates them to the other workers: each is answered, none is
+/// reset, and worker 0's own in-progress request completes.
+#[test]
+fn ebpf_shutdown_worker_migrates_queued_connections() {
+    if !require_bpf("ebpf_shutdown_worker_migrates_queued_connections") {
+        return;
+    }
+    let mask = Arc::new(AtomicU64::new(0b0001));
+    let h = start(
+        Builder::new()
+            .workers(4)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .require_ebpf(true)
+            .policy(Steered(mask.clone()))
+            .drain_timeout(Duration::from_secs(10)),
+    );
+    let addr = h.local_addr();
+    poll_until(Duration::from_secs(5), || (h.snapshot().bitmap == 1).then_some(()))
+        .expect("bitmap published");
+    let mut blocker = TcpStream::connect(addr).unwrap();
+    blocker.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send(&mut blocker, "/", true).unwrap();
+    assert_eq!(read_response(&mut blocker).unwrap().worker, Some(0));
+    send(&mut blocker, "/block?ms=1500", true).unwrap();
+    poll_until(Duration::from_secs(1), || (h.snapshot().workers[0].heartbeat_age_ms > 20.0).then_some(()))
+        .expect("worker 0 blocks");
+
+    let mut queued: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            send(&mut s, "/", false).unwrap();
+            s
+        })
+        .collect();
+    let before = h.snapshot();
+    assert_eq!(before.workers[0].accepted, 1, "worker 0 is blocked and accepts nothing");
+
+    mask.store(0b1110, Ordering::Relaxed);
+    h.shutdown_worker(0).unwrap();
+    for (i, s) in queued.iter_mut().enumerate() {
+        let r = read_response(s).unwrap_or_else(|e| panic!("queued connection {i}: {e}"));
+        assert_eq!(r.status, 200);
+        assert_ne!(r.worker, Some(0));
+    }
+    let r = read_response(&mut blocker).expect("worker 0's in-progress request completes");
+    assert_eq!((r.status, r.worker), (200, Some(0)));
+    let s = poll_until(Duration::from_secs(5), || {
+        let s = h.snapshot();
+        (s.workers[0].state == "stopped").then_some(s)
+    })
+    .expect("worker 0 exits after draining");
+    eprintln!("after shutdown: {s:?}");
+    assert!(s.migrated >= 20, "the kernel migrated the queue: {}", s.migrated);
+    assert_eq!(get(addr, "/").unwrap().status, 200);
+    h.shutdown();
+}
+
+/// A panic in a worker's serve future restarts that worker in its slot.
+#[test]
+fn panicking_serve_future_restarts_worker() {
+    use std::sync::atomic::AtomicUsize;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = Builder::new()
+        .workers(2)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .mode(Mode::KernelHash)
+        .build()
+        .unwrap();
+    let addr = server.local_addr();
+    let c = calls.clone();
+    let h = server
+        .serve(move |listener: HermesListener| {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            let app = app(listener.worker_id());
+            async move {
+                if first {
+                    panic!("first serve future fails");
+                }
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(hermes_runtime::shutdown_signal())
+                    .await;
+            }
+        })
+        .unwrap();
+    poll_until(Duration::from_secs(5), || (calls.load(Ordering::SeqCst) >= 3).then_some(()))
+        .expect("the panicked worker was restarted");
+    wait_all_eligible(&h);
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").unwrap().status, 200);
+    }
+    h.shutdown();
+}
+
+/// The shared-listener mode serves from every worker's event loop, and one
+/// worker can drain while the others keep serving.
+#[test]
+fn shared_listener_serves_and_drains_one_worker() {
+    let h = start(Builder::new().workers(3).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::SharedListener));
+    assert_eq!(h.mode(), Mode::SharedListener);
+    let addr = h.local_addr();
+    let mut seen = [0u64; 3];
+    for _ in 0..60 {
+        let r = get(addr, "/").unwrap();
+        assert_eq!(r.status, 200);
+        seen[r.worker.unwrap()] += 1;
+    }
+    let s = h.snapshot();
+    assert_eq!(s.mode, "shared-listener");
+    for w in &s.workers {
+        assert_eq!(w.accepted, seen[w.id]);
+    }
+    h.shutdown_worker(1).unwrap();
+    poll_until(Duration::from_secs(5), || (h.snapshot().workers[1].state == "stopped").then_some(()))
+        .expect("worker 1 stops");
+    for _ in 0..30 {
+        let r = get(addr, "/").unwrap();
+        assert_eq!(r.status, 200);
+        assert_ne!(r.worker, Some(1));
+    }
+    h.shutdown();
+}
+
+/// Hermes mode: a worker whose serve future panicked is restarted with a new
+/// listener in its kernel slot, and the program dispatches to it again.
+#[test]
+fn ebpf_panicked_worker_restarts_in_its_slot() {
+    use std::sync::atomic::AtomicUsize;
+    if !require_bpf("ebpf_panicked_worker_restarts_in_its_slot") {
+        return;
+    }
+    let first = Arc::new(AtomicUsize::new(usize::MAX));
+    let server =
+        Builder::new().workers(4).bind("127.0.0.1:0".parse().unwrap()).require_ebpf(true).build().unwrap();
+    let addr = server.local_addr();
+    let f = first.clone();
+    let h = server
+        .serve(move |listener: HermesListener| {
+            let id = listener.worker_id();
+            let panics = f.compare_exchange(usize::MAX, id, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+            let app = app(id);
+            async move {
+                if panics {
+                    panic!("worker {id}'s first serve future fails");
+                }
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(hermes_runtime::shutdown_signal())
+                    .await;
+            }
+        })
+        .unwrap();
+    poll_until(Duration::from_secs(5), || (first.load(Ordering::SeqCst) != usize::MAX).then_some(()))
+        .expect("one worker panicked");
+    let restarted = first.load(Ordering::SeqCst);
+    wait_all_eligible(&h);
+    let before = h.snapshot().workers[restarted].dispatched;
+    let mut on_restarted = 0;
+    for _ in 0..200 {
+        let r = get(addr, "/").unwrap();
+        assert_eq!(r.status, 200);
+        on_restarted += u64::from(r.worker == Some(restarted));
+    }
+    let after = h.snapshot().workers[restarted].dispatched;
+    assert!(on_restarted > 0, "the restarted worker {restarted} takes connections again");
+    assert_eq!(after - before, on_restarted, "placed by the program in slot {restarted}");
+    h.shutdown();
+}
