@@ -19,6 +19,20 @@
 //! untouched and nothing is counted. The same application can therefore run
 //! under plain Tokio in tests and under Hermes in production.
 //!
+//! # The one line
+//!
+//! [`serve()`] and [`serve_tonic`] start an axum `Router` or tonic services on
+//! a Hermes server with the layer added, in place of `axum::serve` or
+//! tonic's `Server::serve` (features `axum` and `tonic`, on by default):
+//!
+//! ```diff
+//! -axum::serve(listener, app).await?;
+//! +hermes_tower::serve(listener, app).await?;
+//! ```
+//!
+//! See the [`serve`](mod@serve) module. The sections below add the layer by
+//! hand, for servers started with [`hermes_runtime::Builder`].
+//!
 //! # With axum
 //!
 //! ```
@@ -66,5 +80,11 @@
 #![deny(missing_docs)]
 
 pub mod hermes;
+pub mod serve;
+
+#[cfg(feature = "axum")]
+pub use serve::serve;
+#[cfg(feature = "tonic")]
+pub use serve::serve_tonic;
 
 pub use hermes::{Hermes, HermesLayer, ServiceTime, error::InvalidSampleRate, future::ResponseFuture};

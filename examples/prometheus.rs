@@ -1,0 +1,27 @@
+//! The runtime's metrics (per-worker in-flight requests, open connections,
+//! accept queues, eligibility, dispatch counts, fallbacks) in Prometheus'
+//! text format, through `metrics-exporter-prometheus`.
+//!
+//! ```text
+//! cargo run --release --example prometheus
+//! curl http://127.0.0.1:3000/metrics
+//! ```
+//!
+//! The workers export their slot of the table every 100 ms to the `metrics`
+//! recorder installed here, before the server starts; `/metrics` renders it.
+
+use axum::{Router, routing::get};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    hermes_examples::init_logging();
+    let recorder = PrometheusBuilder::new().install_recorder().map_err(std::io::Error::other)?;
+
+    let app = Router::new().route("/", get(|| async { "hello\n" }));
+    let metrics = Router::new().route("/metrics", get(move || std::future::ready(recorder.render())));
+    let handle = hermes_tower::serve("127.0.0.1:3000", app.merge(metrics)).start()?;
+    println!("dispatch mode: {}", handle.mode());
+    println!("metrics: http://{}/metrics", handle.local_addr());
+    hermes_tower::serve::shutdown_on_signal(handle).await
+}
