@@ -26,7 +26,11 @@
 #define CNT_FALLBACK_NO_SOCKET (MAX_WORKERS + 2)
 #define CNT_MIGRATED (MAX_WORKERS + 3) // queued connections of a closing listener, however placed
 #define CNT_RUNS (MAX_WORKERS + 4)
-#define CNT_LEN (MAX_WORKERS + 8)
+// Per worker: connections placed since userspace last sampled the worker's
+// accept queue (userspace stores 0 with each sample). Added to the load, it
+// lets the fine filter see its own placements within a tick.
+#define CNT_RECENT (MAX_WORKERS + 8)
+#define CNT_LEN (2 * MAX_WORKERS + 8)
 
 // Settings and the candidate bitmap. Userspace writes each field with a
 // single atomic store through the mmap; the program reads each field once.
@@ -126,12 +130,14 @@ static __always_inline __u32 nth_set_bit(__u64 x, __u32 n)
 
 static __always_inline __u64 load_of(__u32 worker)
 {
+	__u32 idx = CNT_RECENT + (worker & (MAX_WORKERS - 1));
 	struct hermes_worker_state *w = bpf_map_lookup_elem(&hermes_wst, &worker);
-	if (!w)
+	__u64 *recent = bpf_map_lookup_elem(&hermes_counters, &idx);
+	if (!w || !recent)
 		return ~0ULL;
 	// Single reads of fields each worker stores atomically.
 	return (__u64)READ_ONCE(w->open_conns) + READ_ONCE(w->in_flight) +
-	       READ_ONCE(w->accept_queue);
+	       READ_ONCE(w->accept_queue) + READ_ONCE(*recent);
 }
 
 static __always_inline int try_select(struct sk_reuseport_md *ctx, __u32 worker)
@@ -192,6 +198,7 @@ int hermes_dispatch(struct sk_reuseport_md *ctx)
 	// leave the choice to the kernel's hash over the remaining listeners.
 	if (try_select(ctx, pick) == 0 || (other != pick && try_select(ctx, (pick = other)) == 0)) {
 		count(pick);
+		count(CNT_RECENT + pick);
 		return SK_PASS;
 	}
 	count(CNT_FALLBACK_NO_SOCKET);

@@ -37,9 +37,16 @@ pub mod counter {
     pub const MIGRATED: usize = MAX_WORKERS + 3;
     /// Times the program ran.
     pub const RUNS: usize = MAX_WORKERS + 4;
+    /// Start of a block of [`MAX_WORKERS`] counters: the connections placed on
+    /// each worker since its accept queue was last sampled. The program adds
+    /// them to the load its fine filter compares, so a burst arriving between
+    /// two samples is spread instead of following one stale reading; whoever
+    /// stores a sample in [`WorkerState::accept_queue`](super::WorkerState)
+    /// zeroes the worker's counter ([`Counters::clear_recent`](crate::Counters::clear_recent)).
+    pub const RECENT: usize = MAX_WORKERS + 8;
 }
 /// Number of `u64` entries in the counters map.
-pub const COUNTERS_LEN: usize = MAX_WORKERS + 8;
+pub const COUNTERS_LEN: usize = 2 * MAX_WORKERS + 8;
 
 /// Fine-filter policy: how the program picks one worker among the candidates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -47,8 +54,8 @@ pub const COUNTERS_LEN: usize = MAX_WORKERS + 8;
 pub enum FinePolicy {
     /// Draw two distinct candidates from the connection hash and take the one
     /// whose table slot shows the lower load (open connections + in-flight
-    /// requests + accept queue). With two candidates this always takes the
-    /// less loaded one.
+    /// requests + accept queue + connections placed since the queue was
+    /// sampled). With two candidates this always takes the less loaded one.
     #[default]
     TwoChoices = 0,
     /// Draw one candidate from the connection hash (load is not read).
@@ -136,8 +143,9 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
-    /// The load the kernel's fine filter compares: open connections plus
-    /// in-flight requests plus the accept queue.
+    /// Open connections plus in-flight requests plus the accept queue. The
+    /// kernel's fine filter compares this sum plus the connections it placed
+    /// on the worker since the queue was sampled ([`counter::RECENT`]).
     pub fn load(&self) -> u64 {
         u64::from(self.open_conns.load(Ordering::Relaxed))
             + u64::from(self.in_flight.load(Ordering::Relaxed))

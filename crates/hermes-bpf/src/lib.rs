@@ -112,6 +112,8 @@ pub struct Counters {
     pub migrated: u64,
     /// Times the program ran.
     pub runs: u64,
+    /// Connections placed on each worker since its accept queue was last sampled.
+    pub recent: [u64; MAX_WORKERS],
 }
 
 impl Counters {
@@ -127,6 +129,17 @@ impl Counters {
             fallback_no_socket: get(counter::FALLBACK_NO_SOCKET),
             migrated: get(counter::MIGRATED),
             runs: get(counter::RUNS),
+            recent: std::array::from_fn(|i| get(counter::RECENT + i)),
+        }
+    }
+
+    /// Zeroes worker `worker`'s count of connections placed since its last
+    /// accept-queue sample; call it right after storing a sample. Relaxed: a
+    /// placement racing with the store may be lost from this count, and it
+    /// is then in the next sample's queue or in the open connections.
+    pub fn clear_recent(region: &Region<AtomicU64>, worker: usize) {
+        if let Some(c) = region.get(counter::RECENT + worker) {
+            c.store(0, Ordering::Relaxed);
         }
     }
 

@@ -106,7 +106,8 @@ fn ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash() {
     assert_eq!(c.fallback_stale, 300);
     assert_eq!(c.dispatched.iter().sum::<u64>(), 0);
 
-    // Fresh again: the bitmap is obeyed.
+    // Fresh again, under a limit the test cannot outlive: the bitmap is obeyed.
+    d.settings().configure(1, 60_000_000_000, FinePolicy::TwoChoices);
     d.settings().publish(1 << 3, monotonic_ns(), 0);
     let _third = connect(addr, 50);
     assert_eq!(counts(&accept_all(&refs(&listeners), 50)), [0, 0, 0, 50]);
@@ -133,6 +134,34 @@ fn ebpf_two_choices_avoids_the_loaded_worker() {
     let _more = connect(addr, 200);
     let got = counts(&accept_all(&refs(&listeners), 200));
     assert!(got[0] > 0 && got[1] > 0 && got[2] == 0 && got[3] == 0, "hash policy: {got:?}");
+}
+
+/// A burst of new connections that nobody accepts yet: the table shows no
+/// load at all, so only the program's own count of recent placements tells
+/// the two candidates apart. Two choices on that count alternates, so the
+/// split is even to within one connection (a hash alone splits unevenly).
+#[test]
+fn ebpf_burst_is_spread_by_recent_placements() {
+    let Some(mut d) = dispatcher_or_skip("ebpf_burst_is_spread_by_recent_placements") else {
+        return;
+    };
+    let (listeners, addr) = reuseport_group(4);
+    steer(&mut d, &listeners, 1, 0b11);
+
+    let _clients = connect(addr, 201);
+    let got = counts(&accept_all(&refs(&listeners), 201));
+    assert_eq!(got.iter().sum::<usize>(), 201);
+    assert!(got[0].abs_diff(got[1]) <= 1 && got[2] == 0 && got[3] == 0, "even split expected: {got:?}");
+    let c = d.counters();
+    assert_eq!(&c.recent[..2], &[got[0] as u64, got[1] as u64], "recent counts every placement");
+
+    // A queue sample resets the count: the worker that was sampled (and has
+    // a zero count now) takes the next connection.
+    let heavier = usize::from(c.recent[1] > c.recent[0]);
+    hermes_bpf::Counters::clear_recent(d.counter_region(), heavier);
+    let _one = connect(addr, 1);
+    let next = counts(&accept_all(&refs(&listeners), 1));
+    assert_eq!(next[heavier], 1, "the cleared worker is the less loaded one: {next:?}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::{
 };
 
 use hermes_bpf::{
-    ControlRegion, CounterRegion, DispatchMode, Dispatcher, Region, WorkerTable,
+    ControlRegion, CounterRegion, Counters, DispatchMode, Dispatcher, Region, WorkerTable,
     layout::{MAX_WORKERS, WorkerPhase},
     monotonic_ns,
 };
@@ -189,13 +189,19 @@ impl Shared {
     fn sample_accept_queues(&self) {
         let shared_queue =
             self.shared_listener.as_ref().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
-        for (slot, control) in self.table.iter().zip(self.workers.iter()) {
+        for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
             let queue = match shared_queue {
                 Some(q) => q,
                 None => control.with_listener_fd(sys::accept_queue).and_then(Result::ok).unwrap_or(0),
             };
             // Relaxed: a lone gauge (see `WorkerState`).
             slot.accept_queue.store(queue, Ordering::Relaxed);
+            // The sample now holds the connections the kernel placed on this
+            // worker and it has not accepted: restart the kernel's count of
+            // placements since the sample.
+            if let Some(counters) = &self.counters {
+                Counters::clear_recent(counters, id);
+            }
         }
     }
 
