@@ -1,0 +1,166 @@
+//! The peers: which binary serves each one, how it is built, and the running server process.
+
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Every peer, in report order; `hermes` first because ratios are taken against it.
+pub const ALL: [&str; 5] = ["hermes", "reuseport", "shared", "tokio", "ntex"];
+
+/// The peer the ratios are taken against.
+pub const BASELINE: &str = "hermes";
+
+/// Which binary serves a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `hermes-workload` from the `hermes-runtime` package.
+    Workload,
+    /// The ntex workload server in `benches/ntex-workload`, outside the workspace.
+    Ntex,
+}
+
+/// The binary serving `peer`.
+pub fn binary_of(peer: &str) -> Binary {
+    if peer == "ntex" { Binary::Ntex } else { Binary::Workload }
+}
+
+/// The workspace root, two levels above this crate.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn target_dir(default: PathBuf) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(default)
+}
+
+fn run_build(mut cmd: Command, what: &str) -> io::Result<()> {
+    eprintln!("building {what}: {cmd:?}");
+    let status = cmd.current_dir(workspace_root()).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("building {what} failed ({status}); pass the binary's path instead")))
+    }
+}
+
+/// Builds `hermes-workload` in release mode and returns its path.
+pub fn build_workload() -> io::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "hermes-runtime", "--bin", "hermes-workload"]);
+    run_build(cmd, "the workload server (--workload-bin)")?;
+    Ok(target_dir(workspace_root().join("target")).join("release/hermes-workload"))
+}
+
+/// Builds the ntex workload server (its own workspace; ntex-server 4.3 declares a newer
+/// rust-version than the workspace's, hence `--ignore-rust-version`) and returns its path.
+pub fn build_ntex() -> io::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "--ignore-rust-version",
+        "--manifest-path",
+        "benches/ntex-workload/Cargo.toml",
+    ]);
+    run_build(cmd, "the ntex workload server (--ntex-bin)")?;
+    Ok(target_dir(workspace_root().join("benches/ntex-workload/target")).join("release/ntex-workload"))
+}
+
+/// A workload server process, killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// The address it listens on, from its first line.
+    pub addr: SocketAddr,
+    /// The `mode=` it announced.
+    pub mode: String,
+    /// The `workers=` it announced.
+    pub workers: usize,
+}
+
+/// Parses the contract's first line: `listening on ADDR mode=MODE workers=N`.
+pub fn parse_first_line(line: &str) -> Option<(SocketAddr, String, usize)> {
+    let rest = line.trim().strip_prefix("listening on ")?;
+    let mut parts = rest.split_whitespace();
+    let addr = parts.next()?.parse().ok()?;
+    let mode = parts.next()?.strip_prefix("mode=")?.to_owned();
+    let workers = parts.next()?.strip_prefix("workers=")?.parse().ok()?;
+    Some((addr, mode, workers))
+}
+
+impl Server {
+    /// Starts `bin --mode MODE --workers N --addr 127.0.0.1:0` and waits for its first line.
+    /// The server's stderr goes to `log`.
+    pub fn start(bin: &Path, mode: &str, workers: usize, log: &Path) -> io::Result<Server> {
+        let log_file = std::fs::File::create(log)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--mode", mode, "--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
+        // Where eBPF is required (CI), a `hermes` peer that fell back to
+        // kernel hashing must fail to start rather than be measured as hermes.
+        if mode == "hermes" && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
+            cmd.arg("--require-ebpf");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", bin.display())))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads the first line, then keeps draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let fail = |child: &mut Child, msg: String| {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(io::Error::other(format!("{msg} (server log: {})", log.display())))
+        };
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Some(Ok(line))) => match parse_first_line(&line) {
+                Some((addr, announced, n)) => {
+                    if !addr.ip().is_loopback() {
+                        return fail(&mut child, format!("server listens on {addr}, not loopback"));
+                    }
+                    Ok(Server { child, addr, mode: announced, workers: n })
+                }
+                None => fail(&mut child, format!("unexpected first line from --mode {mode}: {line:?}")),
+            },
+            Ok(_) => fail(&mut child, format!("--mode {mode} exited before announcing its address")),
+            Err(_) => fail(&mut child, format!("--mode {mode} did not announce its address within 15 s")),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_first_line() {
+        let (addr, mode, n) =
+            parse_first_line("listening on 127.0.0.1:4000 mode=hermes workers=2\n").unwrap();
+        assert_eq!(addr, "127.0.0.1:4000".parse::<SocketAddr>().unwrap());
+        assert_eq!((mode.as_str(), n), ("hermes", 2));
+        assert!(parse_first_line("listening at 127.0.0.1:4000").is_none());
+        assert!(parse_first_line("listening on 127.0.0.1:4000 mode=hermes").is_none());
+    }
+}

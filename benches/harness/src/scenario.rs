@@ -1,0 +1,182 @@
+//! The scenarios: what traffic each one sends and for how long.
+//!
+//! Heavy requests are `/block?ms=N` (the worker thread sleeps), not `/work?us=N` (the worker spins):
+//! on a 2-core machine the generator and the server share the cores, and CPU spin in the server
+//! would slow the generator and blur what is measured. Blocking holds the worker exactly as a
+//! spinning handler would, as far as the worker's other connections can tell.
+
+use std::time::Duration;
+
+use crate::load::{Hang, Plan, Stream, Transport};
+
+/// Every scenario, in report order.
+pub const ALL: [&str; 6] = ["light", "mixed", "skew", "churn", "hang", "h2"];
+
+/// The heavy request: 10 ms of worker time, emulated by blocking the worker thread.
+pub const HEAVY: &str = "/block?ms=10";
+
+/// The note printed with every report about how heavy work is emulated.
+pub const EMULATION_NOTE: &str = "Heavy work is emulated with `/block?ms=N` (the worker thread blocks) \
+     rather than `/work?us=N` (CPU spin): on this machine the load generator and the server share \
+     the cores, and spinning would take CPU from the generator.";
+
+/// How long and how hard to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// A few seconds per scenario and peer: all scenarios for five peers in under 5 minutes.
+    Quick,
+    /// Three times longer than quick.
+    Full,
+    /// About a second, low rate: only proves every peer serves.
+    Smoke,
+}
+
+/// A scenario's description for the report.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub plan: Plan,
+}
+
+fn light_mix() -> Vec<(f64, String)> {
+    vec![(1.0, "/".to_owned())]
+}
+
+fn mixed_mix() -> Vec<(f64, String)> {
+    vec![(95.0, "/".to_owned()), (5.0, HEAVY.to_owned())]
+}
+
+fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
+    let scale = match size {
+        Size::Quick => 1.0,
+        Size::Full => 3.0,
+        Size::Smoke => 0.0,
+    };
+    let duration =
+        if size == Size::Smoke { Duration::from_secs(1) } else { Duration::from_secs_f64(secs * scale) };
+    Plan {
+        streams,
+        hang: None,
+        duration,
+        drain: Duration::from_secs(3),
+        max_in_flight: 2000,
+        request_timeout: Duration::from_secs(8),
+    }
+}
+
+/// Builds a scenario by name, or `None` for an unknown name. `rate_scale` multiplies every rate.
+pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
+    let r = |rate: f64| Some(rate * rate_scale * if size == Size::Smoke { 0.1 } else { 1.0 });
+    let s = match name {
+        "light" => Scenario {
+            name: "light",
+            description: "uniform cheap requests (`/`) over 32 keep-alive connections, 3000 req/s",
+            plan: plan(
+                vec![Stream {
+                    transport: Transport::KeepAlive { conns: 32 },
+                    rate: r(3000.0),
+                    mix: light_mix(),
+                }],
+                4.0,
+                size,
+            ),
+        },
+        "mixed" => Scenario {
+            name: "mixed",
+            description: "95% `/`, 5% 10 ms of blocked worker time, 32 keep-alive connections, 1500 req/s",
+            plan: plan(
+                vec![Stream {
+                    transport: Transport::KeepAlive { conns: 32 },
+                    rate: r(1500.0),
+                    mix: mixed_mix(),
+                }],
+                5.0,
+                size,
+            ),
+        },
+        "skew" => Scenario {
+            name: "skew",
+            description: "30 keep-alive connections of `/` at 1500 req/s, and a heavy tenant: 2 keep-alive \
+                 connections carrying all the 10 ms blocking requests, 80 req/s",
+            plan: plan(
+                vec![
+                    Stream {
+                        transport: Transport::KeepAlive { conns: 30 },
+                        rate: r(1500.0),
+                        mix: light_mix(),
+                    },
+                    Stream {
+                        transport: Transport::KeepAlive { conns: 2 },
+                        rate: r(80.0),
+                        mix: vec![(1.0, HEAVY.to_owned())],
+                    },
+                ],
+                5.0,
+                size,
+            ),
+        },
+        "churn" => Scenario {
+            name: "churn",
+            description: "a new connection per request (`/`), 800 req/s",
+            plan: plan(
+                vec![Stream { transport: Transport::Fresh, rate: r(800.0), mix: light_mix() }],
+                4.0,
+                size,
+            ),
+        },
+        "hang" => {
+            let mut p = plan(
+                vec![Stream { transport: Transport::Fresh, rate: r(400.0), mix: light_mix() }],
+                12.0,
+                size,
+            );
+            p.hang = Some(Hang {
+                first_at: if size == Size::Smoke {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_secs(1)
+                },
+                every: Duration::from_secs(10),
+                block_ms: if size == Size::Smoke { 300 } else { 2000 },
+            });
+            Scenario {
+                name: "hang",
+                description: "a new connection per request (`/`), 400 req/s, while one worker is blocked \
+                     for 2 s every 10 s (a keep-alive connection sends it `/block?ms=2000`)",
+                plan: p,
+            }
+        }
+        "h2" => Scenario {
+            name: "h2",
+            description: "8 long-lived HTTP/2 connections with multiplexed requests, 95% `/`, 5% 10 ms \
+                 of blocked worker time, 1500 req/s",
+            plan: plan(
+                vec![Stream { transport: Transport::H2 { conns: 8 }, rate: r(1500.0), mix: mixed_mix() }],
+                4.0,
+                size,
+            ),
+        },
+        _ => return None,
+    };
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_builds_and_quick_fits_the_budget() {
+        let peers = 5.0;
+        let mut secs = 0.0;
+        for name in ALL {
+            let s = build(name, Size::Quick, 1.0).unwrap();
+            assert_eq!(s.name, name);
+            // Window, a worst-case drain, and about two seconds of server start and stop.
+            secs += (s.plan.duration.as_secs_f64() + 2.0) * peers;
+        }
+        assert!(secs < 280.0, "quick would take about {secs} s");
+        assert!(build("nope", Size::Quick, 1.0).is_none());
+    }
+}
