@@ -22,7 +22,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::RawQuery,
+    extract::Query,
     http::HeaderValue,
     response::{IntoResponse, Response},
     routing::get,
@@ -76,14 +76,14 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn query_u64(query: Option<&str>, key: &str) -> u64 {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+/// The cost parameters of `/work?us=N` and `/block?ms=N`; a missing one is 0,
+/// a malformed one is answered with 400 by axum's `Query` extractor.
+#[derive(serde::Deserialize)]
+struct Cost {
+    #[serde(default)]
+    us: u64,
+    #[serde(default)]
+    ms: u64,
 }
 
 /// The endpoints, answering with `x-hermes-worker: id`.
@@ -92,8 +92,8 @@ fn app(stats: Router, worker: impl Fn() -> usize + Clone + Send + Sync + 'static
         .route("/", get(|| async { "ok" }))
         .route(
             "/work",
-            get(|RawQuery(q): RawQuery| async move {
-                let end = Instant::now() + Duration::from_micros(query_u64(q.as_deref(), "us"));
+            get(|Query(cost): Query<Cost>| async move {
+                let end = Instant::now() + Duration::from_micros(cost.us);
                 while Instant::now() < end {
                     std::hint::spin_loop();
                 }
@@ -102,9 +102,9 @@ fn app(stats: Router, worker: impl Fn() -> usize + Clone + Send + Sync + 'static
         )
         .route(
             "/block",
-            get(|RawQuery(q): RawQuery| async move {
+            get(|Query(cost): Query<Cost>| async move {
                 // Blocks the worker thread, as a stuck handler would.
-                std::thread::sleep(Duration::from_millis(query_u64(q.as_deref(), "ms")));
+                std::thread::sleep(Duration::from_millis(cost.ms));
                 "unblocked"
             }),
         )

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, extract::RawQuery, http::HeaderValue, response::Response, routing::get as route_get};
+use axum::{Router, extract::Query, http::HeaderValue, response::Response, routing::get as route_get};
 use hermes_runtime::{Builder, HermesListener, ServerHandle, Snapshot};
 
 /// Whether eBPF tests can run. Without eBPF: panics when
@@ -30,14 +30,12 @@ pub fn require_bpf(test: &str) -> bool {
     }
 }
 
-fn query_u64(query: Option<&str>, key: &str) -> u64 {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+/// The `?ms=N` of the blocking and sleeping endpoints; missing is 0, a
+/// malformed value is answered with 400 by axum's `Query` extractor.
+#[derive(serde::Deserialize)]
+struct Cost {
+    #[serde(default)]
+    ms: u64,
 }
 
 /// `/`, `/block?ms=N` (blocks the thread), `/sleep?ms=N` (async), `/panic`,
@@ -47,15 +45,15 @@ pub fn app(id: usize) -> Router {
         .route("/", route_get(|| async { "ok" }))
         .route(
             "/block",
-            route_get(|RawQuery(q): RawQuery| async move {
-                std::thread::sleep(Duration::from_millis(query_u64(q.as_deref(), "ms")));
+            route_get(|Query(cost): Query<Cost>| async move {
+                std::thread::sleep(Duration::from_millis(cost.ms));
                 "unblocked"
             }),
         )
         .route(
             "/sleep",
-            route_get(|RawQuery(q): RawQuery| async move {
-                tokio::time::sleep(Duration::from_millis(query_u64(q.as_deref(), "ms"))).await;
+            route_get(|Query(cost): Query<Cost>| async move {
+                tokio::time::sleep(Duration::from_millis(cost.ms)).await;
                 "slept"
             }),
         )

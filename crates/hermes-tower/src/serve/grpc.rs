@@ -4,6 +4,7 @@ use std::{io, sync::Arc};
 
 use hermes_runtime::{Builder, HermesListener, ServerHandle, shutdown_signal};
 use tonic::{service::Routes, transport::Server};
+use tower::util::option_layer;
 
 use super::{IntoBindAddr, log_start, shutdown_on_signal};
 use crate::HermesLayer;
@@ -117,21 +118,11 @@ where
             let routes = routes();
             async move {
                 let worker = listener.worker_id();
-                let served = match layer {
-                    Some(layer) => {
-                        Server::builder()
-                            .layer(layer)
-                            .add_routes(routes)
-                            .serve_with_incoming_shutdown(listener, shutdown_signal())
-                            .await
-                    }
-                    None => {
-                        Server::builder()
-                            .add_routes(routes)
-                            .serve_with_incoming_shutdown(listener, shutdown_signal())
-                            .await
-                    }
-                };
+                let served = Server::builder()
+                    .layer(option_layer(layer))
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(listener, shutdown_signal())
+                    .await;
                 if let Err(e) = served {
                     tracing::error!(worker, error = %e, "tonic stopped serving");
                 }
