@@ -9,7 +9,7 @@ use std::{
 };
 
 /// Crate that owns the kernel program, relative to the workspace root.
-const BPF_DIR: &str = "crates/hermes-bpf/bpf";
+const BPF_DIR: &str = "hermes-bpf/bpf";
 const SOURCE: &str = "hermes.bpf.c";
 const OBJECT: &str = "hermes.bpf.o";
 

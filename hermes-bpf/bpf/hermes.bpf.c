@@ -5,7 +5,7 @@
 // queued connections of a closing listener to an eligible worker.
 //
 // Every layout below is mirrored by a `#[repr(C)]` type in
-// `crates/hermes-bpf/src/layout.rs`; a test checks both against this object.
+// `hermes-bpf/src/layout.rs`; a test checks both against this object.
 // Rebuild the committed object with `cargo xtask bpf`.
 
 #include <linux/bpf.h>
