@@ -16,8 +16,11 @@ use crate::{
 ///
 /// assert_eq!(Mode::default(), Mode::Hermes);
 /// assert_eq!(Mode::KernelHash.to_string(), "kernel-hash");
+/// // Snapshots (`/_hermes/stats`) carry the same name.
+/// assert_eq!(serde_json::to_string(&Mode::SharedListener).unwrap(), r#""shared-listener""#);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Each worker has its own `SO_REUSEPORT` listener and the Hermes eBPF
     /// program places each new connection on an eligible worker.

@@ -55,16 +55,20 @@
 
 mod builder;
 pub mod context;
-mod listener;
+mod control;
+mod net;
 pub mod scheduler;
 mod server;
+mod shared;
 mod stats;
 mod sys;
+mod worker;
 
 pub use builder::{Builder, Mode};
 pub use hermes_bpf::layout::FinePolicy;
-pub use listener::{HermesListener, HermesStream};
-pub use server::{Server, ServerHandle, shutdown_signal};
-pub use stats::{Fallbacks, Snapshot, WorkerSnapshot, current_snapshot};
+pub use net::{HermesListener, HermesStream};
+pub use server::{Server, ServerHandle};
+pub use stats::{Fallbacks, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
 #[cfg(feature = "axum")]
 pub use stats::{stats_handler, stats_router};
+pub use worker::shutdown_signal;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use hermes_runtime::{
-    Builder, HermesListener, Mode,
+    Builder, HermesListener, Mode, WorkerStatus,
     scheduler::{PassInput, Policy},
 };
 use support::*;
@@ -133,7 +133,7 @@ fn ebpf_shutdown_worker_migrates_queued_connections() {
     assert_eq!((r.status, r.worker), (200, Some(0)));
     let s = poll_until(Duration::from_secs(5), || {
         let s = h.snapshot();
-        (s.workers[0].state == "stopped").then_some(s)
+        (s.workers[0].state == WorkerStatus::Stopped).then_some(s)
     })
     .expect("worker 0 exits after draining");
     eprintln!("after shutdown: {s:?}");
@@ -192,13 +192,15 @@ fn shared_listener_serves_and_drains_one_worker() {
         seen[r.worker.unwrap()] += 1;
     }
     let s = h.snapshot();
-    assert_eq!(s.mode, "shared-listener");
+    assert_eq!(s.mode, Mode::SharedListener);
     for w in &s.workers {
         assert_eq!(w.accepted, seen[w.id]);
     }
     h.shutdown_worker(1).unwrap();
-    poll_until(Duration::from_secs(5), || (h.snapshot().workers[1].state == "stopped").then_some(()))
-        .expect("worker 1 stops");
+    poll_until(Duration::from_secs(5), || {
+        (h.snapshot().workers[1].state == WorkerStatus::Stopped).then_some(())
+    })
+    .expect("worker 1 stops");
     for _ in 0..30 {
         let r = get(addr, "/").unwrap();
         assert_eq!(r.status, 200);

@@ -9,7 +9,7 @@ use std::{
 };
 
 use axum::{Router, extract::Query, http::HeaderValue, response::Response, routing::get as route_get};
-use hermes_runtime::{Builder, HermesListener, ServerHandle, Snapshot};
+use hermes_runtime::{Builder, HermesListener, ServerHandle, Snapshot, WorkerStatus};
 
 /// Whether eBPF tests can run. Without eBPF: panics when
 /// `HERMES_REQUIRE_BPF=1`, else says loudly that the test is skipped.
@@ -161,7 +161,7 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 pub fn wait_all_eligible(h: &ServerHandle) -> Snapshot {
     poll_until(Duration::from_secs(5), || {
         let s = h.snapshot();
-        s.workers.iter().all(|w| w.eligible && w.state == "serving").then_some(s)
+        s.workers.iter().all(|w| w.eligible && w.state == WorkerStatus::Serving).then_some(s)
     })
     .unwrap_or_else(|| panic!("workers never all eligible: {:?}", h.snapshot()))
 }

@@ -38,9 +38,9 @@ use std::{io, time::Duration};
 pub use addr::IntoBindAddr;
 #[cfg(feature = "tonic")]
 pub use grpc::{ServeTonic, serve_tonic};
-use hermes_runtime::ServerHandle;
 #[cfg(feature = "axum")]
 use hermes_runtime::{Builder, HermesListener, shutdown_signal};
+use hermes_runtime::{ServerHandle, WorkerStatus};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[cfg(feature = "axum")]
@@ -252,7 +252,7 @@ pub async fn shutdown_on_signal(handle: ServerHandle) -> io::Result<()> {
 async fn all_stopped(handle: &ServerHandle) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if handle.snapshot().workers.iter().all(|w| w.state == "stopped") {
+        if handle.snapshot().workers.iter().all(|w| w.state == WorkerStatus::Stopped) {
             return;
         }
     }

@@ -1,0 +1,124 @@
+//! [`WorkerControl`]: what a worker can be asked to do from other threads
+//! (drain, stop its listener), and the drain signal its listener and
+//! handlers wait on.
+
+use std::{
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use tokio::sync::Notify;
+
+use crate::sys;
+
+/// What a worker can be asked to do from other threads.
+pub(crate) struct WorkerControl {
+    draining: AtomicBool,
+    notify: Notify,
+    /// How to stop the current listener from another thread.
+    stop: Mutex<Option<Stop>>,
+    /// Whether the worker was counted in `Shared::started`.
+    started_once: AtomicBool,
+}
+
+/// How to stop a worker's listener from another thread.
+pub(crate) enum Stop {
+    /// A second descriptor of the worker's own listener (`shutdown` on it).
+    Listener(OwnedFd),
+    /// The eventfd in the worker's epoll set (shared-listener mode).
+    Wake(OwnedFd),
+}
+
+impl Stop {
+    fn run(self) {
+        match self {
+            Stop::Listener(fd) => {
+                if let Err(e) = sys::stop_listening(fd.as_raw_fd()) {
+                    tracing::debug!(error = %e, "stopping a listener");
+                }
+            }
+            Stop::Wake(fd) => sys::wake_eventfd(fd.as_raw_fd()),
+        }
+    }
+}
+
+impl WorkerControl {
+    pub(crate) fn new() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            notify: Notify::new(),
+            stop: Mutex::new(None),
+            started_once: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        // Acquire pairs with the AcqRel swap in `mark_draining`.
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Sets the drain flag; `false` if it was set already.
+    pub(crate) fn mark_draining(&self) -> bool {
+        // AcqRel: the flag is seen set by whoever is woken by what follows.
+        !self.draining.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes every task waiting in [`WorkerControl::draining`].
+    pub(crate) fn notify_draining(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Marks the worker as started; `true` the first time only.
+    pub(crate) fn first_start(&self) -> bool {
+        // Relaxed: only the worker's own thread swaps it; the count it guards
+        // (`Shared::started`) carries its own ordering.
+        !self.started_once.swap(true, Ordering::Relaxed)
+    }
+
+    /// Resolves once the worker drains.
+    pub(crate) async fn draining(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Installs how to stop the listener of a new incarnation, or stops it
+    /// at once if the worker is draining already.
+    pub(crate) fn install(&self, stop: Stop) {
+        let mut slot = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_draining() {
+            drop(slot);
+            stop.run();
+        } else if let Some(previous) = slot.replace(stop) {
+            // A listener left from an incarnation that ended abruptly.
+            drop(slot);
+            previous.run();
+        }
+    }
+
+    /// Stops the current listener (migrating its queue in Hermes mode).
+    pub(crate) fn stop_listener(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(stop) = stop {
+            stop.run();
+        }
+    }
+
+    /// Runs `f` on the descriptor of the worker's own listener, if it has one.
+    pub(crate) fn with_listener_fd<R>(&self, f: impl FnOnce(RawFd) -> R) -> Option<R> {
+        let slot = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some(Stop::Listener(fd)) => Some(f(fd.as_raw_fd())),
+            _ => None,
+        }
+    }
+}

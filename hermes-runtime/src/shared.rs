@@ -1,0 +1,220 @@
+//! [`Shared`]: the state the workers, the handle and the stats share (the
+//! Worker State Table, the kernel's maps, each worker's control), how it is
+//! opened from a [`Config`], and what any worker does with it every tick:
+//! the scheduler pass and the accept-queue sample.
+
+use std::{
+    cell::RefCell,
+    io,
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use hermes_bpf::{
+    ControlRegion, CounterRegion, Counters, DispatchMode, Dispatcher, Region, WorkerTable,
+    layout::{MAX_WORKERS, WorkerPhase},
+    monotonic_ns,
+};
+
+use crate::{
+    Mode,
+    builder::Config,
+    control::WorkerControl,
+    scheduler::{self, PassInput},
+    sys,
+};
+
+/// State shared by the workers, the handle and the stats handler.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) mode: Mode,
+    pub(crate) mode_reason: Option<String>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) table: WorkerTable,
+    pub(crate) control: ControlRegion,
+    pub(crate) counters: Option<CounterRegion>,
+    pub(crate) dispatcher: Option<Mutex<Dispatcher>>,
+    pub(crate) workers: Box<[Arc<WorkerControl>]>,
+    pub(crate) shared_listener: Option<Arc<std::net::TcpListener>>,
+    pub(crate) cpus: Vec<usize>,
+    /// Workers that reached `Serving` at least once. No bitmap is published
+    /// before every worker has: a bitmap of the first workers up would send
+    /// the first burst of connections to them alone, while the kernel's hash
+    /// (what an unpublished bitmap means) spreads it over every listener.
+    started: AtomicUsize,
+}
+
+fn bpf_error(e: hermes_bpf::Error) -> io::Error {
+    let kind = match &e {
+        hermes_bpf::Error::MissingCapability { .. } => io::ErrorKind::PermissionDenied,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+impl Shared {
+    /// Loads the kernel program (or falls back), binds every listener and
+    /// places them in the kernel's socket array. Returns the shared state
+    /// and one listener per worker (`None` in the shared-listener mode).
+    pub(crate) fn open(config: Config) -> io::Result<(Arc<Self>, Vec<Option<std::net::TcpListener>>)> {
+        let n = config.workers;
+        let (dispatcher, mode, mode_reason) = match config.mode {
+            Mode::Hermes if config.require_ebpf => {
+                (Some(Dispatcher::load().map_err(bpf_error)?), Mode::Hermes, None)
+            }
+            Mode::Hermes => match Dispatcher::load_or_fallback() {
+                (Some(d), _) => (Some(d), Mode::Hermes, None),
+                (None, DispatchMode::KernelHash { reason }) => (None, Mode::KernelHash, Some(reason)),
+                (None, DispatchMode::Ebpf) => (None, Mode::KernelHash, Some("unknown".into())),
+            },
+            other => (None, other, None),
+        };
+        let table = dispatcher
+            .as_ref()
+            .map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+        let control =
+            dispatcher.as_ref().map_or_else(|| Arc::new(Region::in_memory(1)), |d| d.control().clone());
+        let counters = dispatcher.as_ref().map(|d| d.counter_region().clone());
+        for slot in table.iter().take(n) {
+            slot.reset();
+            slot.set_phase(WorkerPhase::Starting);
+        }
+        // The kernel honours any non-empty bitmap: the scheduler itself keeps
+        // `min_candidates` when enough healthy workers exist, and a bitmap
+        // without the hung workers beats the hash, which would include them.
+        control[0].configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+
+        let mut listeners = Vec::with_capacity(n);
+        let mut shared_listener = None;
+        let addr;
+        if mode == Mode::SharedListener {
+            let l = sys::listener(config.addr, false, config.backlog)?;
+            addr = l.local_addr()?;
+            shared_listener = Some(Arc::new(l));
+            listeners.resize_with(n, || None);
+        } else {
+            let first = sys::listener(config.addr, true, config.backlog)?;
+            addr = first.local_addr()?;
+            listeners.push(Some(first));
+            for _ in 1..n {
+                listeners.push(Some(sys::listener(addr, true, config.backlog)?));
+            }
+        }
+        let dispatcher = match dispatcher {
+            Some(mut d) => {
+                for (i, l) in listeners.iter().enumerate() {
+                    d.insert(i, l.as_ref().expect("bound above")).map_err(bpf_error)?;
+                }
+                d.attach(listeners[0].as_ref().expect("bound above")).map_err(bpf_error)?;
+                Some(Mutex::new(d))
+            }
+            None => None,
+        };
+        let cpus = if config.pin_workers { sys::allowed_cpus() } else { Vec::new() };
+        let workers = (0..n).map(|_| Arc::new(WorkerControl::new())).collect();
+        let shared = Arc::new(Shared {
+            config,
+            mode,
+            mode_reason,
+            addr,
+            table,
+            control,
+            counters,
+            dispatcher,
+            workers,
+            shared_listener,
+            cpus,
+            started: AtomicUsize::new(0),
+        });
+        Ok((shared, listeners))
+    }
+
+    /// Workers that reached `Serving` at least once.
+    pub(crate) fn started(&self) -> usize {
+        // Acquire pairs with the Release increment in `count_started`.
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Counts one more worker as started (once per worker).
+    pub(crate) fn count_started(&self) {
+        // Release: pairs with the Acquire loads in `started`.
+        self.started.fetch_add(1, Ordering::Release);
+    }
+
+    /// One scheduler pass published as worker `publisher`.
+    pub(crate) fn schedule(&self, publisher: usize) -> u64 {
+        if self.started() < self.config.workers {
+            return 0;
+        }
+        let input = PassInput {
+            workers: &self.table[..self.config.workers],
+            now_ns: monotonic_ns(),
+            hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
+            min_candidates: self.config.min_candidates,
+        };
+        scheduler::pass(&*self.config.policy, &input, &self.control[0], publisher)
+    }
+
+    /// Graceful drain of worker `id`, from any thread (even while the worker
+    /// is blocked): out of the bitmap first, then the listener stops (its
+    /// queued connections migrate to the others), then the signal.
+    pub(crate) fn begin_drain(&self, id: usize) {
+        let control = &self.workers[id];
+        if !control.mark_draining() {
+            return;
+        }
+        self.table[id].set_phase(WorkerPhase::Draining);
+        self.schedule(id);
+        control.stop_listener();
+        control.notify_draining();
+        tracing::info!(worker = id, "worker draining");
+    }
+
+    /// Samples the accept queue of every worker's listener (one
+    /// `getsockopt(TCP_INFO)` each) into the workers' slots.
+    ///
+    /// Every worker samples every listener, rather than only its own: a
+    /// worker that is descheduled or stuck is exactly the one whose queue
+    /// grows, and it cannot sample it itself. Without this, its slot shows a
+    /// low load while connections pile up in its queue, and both the
+    /// scheduler's margin and the kernel's fine filter send it even more.
+    /// This makes `accept_queue` the one field of a slot that other workers
+    /// also write; each writer stores a fresh sample of the same kernel
+    /// value, so the last store wins and nothing is lost.
+    pub(crate) fn sample_accept_queues(&self) {
+        let shared_queue =
+            self.shared_listener.as_ref().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
+        for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
+            let queue = match shared_queue {
+                Some(q) => q,
+                None => control.with_listener_fd(sys::accept_queue).and_then(Result::ok).unwrap_or(0),
+            };
+            // Relaxed: a lone gauge (see `WorkerState`).
+            slot.accept_queue.store(queue, Ordering::Relaxed);
+            // The sample now holds the connections the kernel placed on this
+            // worker and it has not accepted: restart the kernel's count of
+            // placements since the sample.
+            if let Some(counters) = &self.counters {
+                Counters::clear_recent(counters, id);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<(Arc<Shared>, usize)>> = const { RefCell::new(None) };
+}
+
+/// The server and worker id of the current thread, if it is a worker.
+pub(crate) fn current() -> Option<(Arc<Shared>, usize)> {
+    CURRENT.with(|s| s.borrow().clone())
+}
+
+/// Makes `server` the current thread's server (`None`: no server).
+pub(crate) fn set_current(server: Option<(Arc<Shared>, usize)>) {
+    CURRENT.with(|s| *s.borrow_mut() = server);
+}

@@ -1,0 +1,85 @@
+//! The `metrics` export: [`WorkerMetrics`], one worker's handles on the
+//! installed recorder, set from its slot and the kernel's counters.
+
+use std::sync::atomic::Ordering;
+
+use hermes_bpf::{Counters, monotonic_ns};
+
+use crate::shared::Shared;
+
+/// Handles registered with the `metrics` recorder for one worker.
+///
+/// Metrics (label `worker` on all but the server-wide ones):
+/// gauges `hermes_open_connections`, `hermes_in_flight`,
+/// `hermes_accept_queue`, `hermes_eligible`, `hermes_heartbeat_age_seconds`;
+/// counters `hermes_accepted_total`, `hermes_requests_total`,
+/// `hermes_busy_seconds_total`, `hermes_dispatched_total`; server-wide gauge
+/// `hermes_mode{mode, reason}` (1) and counters
+/// `hermes_fallbacks_total{reason}` and `hermes_migrated_total`.
+pub(crate) struct WorkerMetrics {
+    id: usize,
+    open: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    queue: metrics::Gauge,
+    eligible: metrics::Gauge,
+    heartbeat_age: metrics::Gauge,
+    accepted: metrics::Counter,
+    requests: metrics::Counter,
+    busy: metrics::Gauge,
+    dispatched: metrics::Counter,
+    mode: metrics::Gauge,
+    fallbacks: [metrics::Counter; 3],
+    migrated: metrics::Counter,
+}
+
+impl WorkerMetrics {
+    pub(crate) fn new(shared: &Shared, id: usize) -> Self {
+        let w = id.to_string();
+        Self {
+            id,
+            open: metrics::gauge!("hermes_open_connections", "worker" => w.clone()),
+            in_flight: metrics::gauge!("hermes_in_flight", "worker" => w.clone()),
+            queue: metrics::gauge!("hermes_accept_queue", "worker" => w.clone()),
+            eligible: metrics::gauge!("hermes_eligible", "worker" => w.clone()),
+            heartbeat_age: metrics::gauge!("hermes_heartbeat_age_seconds", "worker" => w.clone()),
+            accepted: metrics::counter!("hermes_accepted_total", "worker" => w.clone()),
+            requests: metrics::counter!("hermes_requests_total", "worker" => w.clone()),
+            busy: metrics::gauge!("hermes_busy_seconds_total", "worker" => w.clone()),
+            dispatched: metrics::counter!("hermes_dispatched_total", "worker" => w),
+            mode: metrics::gauge!(
+                "hermes_mode",
+                "mode" => shared.mode.as_str(),
+                "reason" => shared.mode_reason.clone().unwrap_or_default()
+            ),
+            fallbacks: ["too_few", "stale", "no_socket"]
+                .map(|reason| metrics::counter!("hermes_fallbacks_total", "reason" => reason)),
+            migrated: metrics::counter!("hermes_migrated_total"),
+        }
+    }
+
+    /// Sets every metric from the worker's slot and the kernel's counters.
+    pub(crate) fn export(&self, shared: &Shared, bitmap: u64) {
+        let id = self.id;
+        let w = &shared.table[id];
+        // Relaxed: independent gauges and counters (see `WorkerState`).
+        self.open.set(w.open_conns.load(Ordering::Relaxed) as f64);
+        self.in_flight.set(w.in_flight.load(Ordering::Relaxed) as f64);
+        self.queue.set(w.accept_queue.load(Ordering::Relaxed) as f64);
+        self.eligible.set(if bitmap & (1 << id) != 0 { 1.0 } else { 0.0 });
+        let hb = w.heartbeat_ns.load(Ordering::Relaxed);
+        self.heartbeat_age.set(monotonic_ns().saturating_sub(hb) as f64 / 1e9);
+        self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
+        self.requests.absolute(w.requests.load(Ordering::Relaxed));
+        self.busy.set(w.busy_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        self.mode.set(1.0);
+        if let Some(c) = shared.counters.as_deref().map(Counters::read) {
+            self.dispatched.absolute(c.dispatched[id]);
+            for (m, v) in
+                self.fallbacks.iter().zip([c.fallback_too_few, c.fallback_stale, c.fallback_no_socket])
+            {
+                m.absolute(v);
+            }
+            self.migrated.absolute(c.migrated);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! [`Snapshot`]: the server's table, bitmap and kernel counters at one
+//! instant, serializable (the JSON of `/_hermes/stats`).
+
+use std::sync::atomic::Ordering;
+
+use hermes_bpf::{Counters, layout::WorkerPhase, monotonic_ns};
+use serde::Serialize;
+
+use crate::{Mode, shared::Shared};
+
+/// The server's state at one instant: per-worker table values, eligibility
+/// and kernel dispatch counts, fallbacks by reason, and the mode.
+///
+/// ```
+/// let json = serde_json::to_value(hermes_runtime::Snapshot::default()).unwrap();
+/// assert!(json["workers"].is_array());
+/// ```
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Snapshot {
+    /// The mode in force (`hermes`, `kernel-hash` or `shared-listener` in JSON).
+    pub mode: Mode,
+    /// Why the server fell back from Hermes to the kernel's hash, if it did.
+    pub mode_reason: Option<String>,
+    /// The candidate bitmap last published (bit `i` = worker `i`).
+    pub bitmap: u64,
+    /// Milliseconds since that bitmap was published.
+    pub bitmap_age_ms: f64,
+    /// One entry per worker, by id.
+    pub workers: Vec<WorkerSnapshot>,
+    /// New connections the kernel program left to the kernel's hash, by reason.
+    pub fallbacks: Fallbacks,
+    /// Queued connections of closing listeners that the kernel migrated.
+    pub migrated: u64,
+}
+
+/// Connections the kernel program left to the kernel's hash, by reason
+/// (all zero outside Hermes mode).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Fallbacks {
+    /// Fewer candidates than the kernel's minimum.
+    pub too_few: u64,
+    /// The bitmap was never published or older than the staleness limit.
+    pub stale: u64,
+    /// The chosen workers had no listener.
+    pub no_socket: u64,
+}
+
+/// One worker in a [`Snapshot`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct WorkerSnapshot {
+    /// Worker id (its slot in the table and the kernel's socket array).
+    pub id: usize,
+    /// Connections accepted in total.
+    pub accepted: u64,
+    /// Connections open now.
+    pub open_connections: u32,
+    /// Requests being served now (fed by the Tower layer).
+    pub in_flight: u32,
+    /// The listener's accept-queue length at the last tick (in the
+    /// shared-listener mode, the shared listener's, the same for every worker).
+    pub accept_queue: u32,
+    /// Whether the last published bitmap has this worker.
+    pub eligible: bool,
+    /// New connections the kernel program placed on this worker (Hermes mode).
+    pub dispatched: u64,
+    /// Requests completed in total (fed by the Tower layer).
+    pub requests: u64,
+    /// Nanoseconds the worker's runtime spent not parked.
+    pub busy_ns: u64,
+    /// Milliseconds since the worker's last heartbeat.
+    pub heartbeat_age_ms: f64,
+    /// Where the worker is in its life (`starting`, `serving`, `draining` or
+    /// `stopped` in JSON).
+    pub state: WorkerStatus,
+}
+
+/// Where a worker is in its life, as a [`WorkerSnapshot`] shows it.
+///
+/// ```
+/// use hermes_runtime::WorkerStatus;
+///
+/// assert_eq!(serde_json::to_string(&WorkerStatus::Stopped).unwrap(), r#""stopped""#);
+/// assert_eq!(WorkerStatus::Serving.as_str(), "serving");
+/// ```
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Not serving: never started in this slot, or exited.
+    #[default]
+    Stopped,
+    /// Opening its listener (at start-up, or restarting after a failure).
+    Starting,
+    /// Accepting and serving connections.
+    Serving,
+    /// Out of the bitmap, its listener closed, finishing its connections.
+    Draining,
+}
+
+impl WorkerStatus {
+    /// The name in snapshots: `starting`, `serving`, `draining` or `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Stopped => "stopped",
+            WorkerStatus::Starting => "starting",
+            WorkerStatus::Serving => "serving",
+            WorkerStatus::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<WorkerPhase> for WorkerStatus {
+    fn from(p: WorkerPhase) -> Self {
+        match p {
+            WorkerPhase::Empty => WorkerStatus::Stopped,
+            WorkerPhase::Starting => WorkerStatus::Starting,
+            WorkerPhase::Serving => WorkerStatus::Serving,
+            WorkerPhase::Draining => WorkerStatus::Draining,
+        }
+    }
+}
+
+pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
+    let now = monotonic_ns();
+    let control = &shared.control[0];
+    // Acquire pairs with the Release store of the publish time: the bitmap
+    // read after it is that publish's or a newer one.
+    let published = control.published_ns.load(Ordering::Acquire);
+    let bitmap = control.bitmap.load(Ordering::Relaxed);
+    let counters = shared.counters.as_deref().map(Counters::read);
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let workers = shared.table[..shared.config.workers]
+        .iter()
+        .enumerate()
+        .map(|(id, w)| {
+            // Relaxed: independent gauges and counters (see `WorkerState`).
+            let hb = w.heartbeat_ns.load(Ordering::Relaxed);
+            WorkerSnapshot {
+                id,
+                accepted: w.accepted.load(Ordering::Relaxed),
+                open_connections: w.open_conns.load(Ordering::Relaxed),
+                in_flight: w.in_flight.load(Ordering::Relaxed),
+                accept_queue: w.accept_queue.load(Ordering::Relaxed),
+                eligible: bitmap & (1 << id) != 0,
+                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[id]),
+                requests: w.requests.load(Ordering::Relaxed),
+                busy_ns: w.busy_ns.load(Ordering::Relaxed),
+                heartbeat_age_ms: if hb == 0 { f64::INFINITY } else { ms(now.saturating_sub(hb)) },
+                state: w.phase().into(),
+            }
+        })
+        .collect();
+    let (fallbacks, migrated) = counters.as_ref().map_or((Fallbacks::default(), 0), |c| {
+        (
+            Fallbacks {
+                too_few: c.fallback_too_few,
+                stale: c.fallback_stale,
+                no_socket: c.fallback_no_socket,
+            },
+            c.migrated,
+        )
+    });
+    Snapshot {
+        mode: shared.mode,
+        mode_reason: shared.mode_reason.clone(),
+        bitmap,
+        bitmap_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
+        workers,
+        fallbacks,
+        migrated,
+    }
+}
