@@ -1,6 +1,11 @@
 //! Code shared by the examples in this folder and their tests: the tonic
 //! greeter ([`greeter`]) and the Redis-protocol server ([`resp`]).
 //!
+//! Modules:
+//!
+//! - [`greeter`]: the `helloworld.Greeter` gRPC service;
+//! - [`resp`]: the Redis-protocol (RESP2) server on a `HermesListener`.
+//!
 //! Each example says in its first lines how to run it; from the workspace
 //! root: `cargo run --release --example hello` (or `greeter`, `redis`,
 //! `prometheus`).

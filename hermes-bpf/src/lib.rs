@@ -2,6 +2,13 @@
 //! group that places each new connection on a worker chosen from a candidate
 //! bitmap published by userspace, and the Rust loader that owns its maps.
 //!
+//! Modules:
+//!
+//! - [`layout`]: the `#[repr(C)]` mirrors of the program's maps, names and indexes;
+//! - `region`: [`Region`], a map `mmap`ed into the process (or plain memory of the same layout);
+//! - `error`: [`Error`], the loader's error;
+//! - this file: [`Dispatcher`], the loader that owns the program and its maps.
+//!
 //! Userspace and the program share three `BPF_F_MMAPABLE` arrays, mapped
 //! into this process so that publishing a bitmap, updating a worker's state
 //! and reading the counters are plain memory operations, never syscalls:

@@ -6,69 +6,9 @@ use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 
 use crate::{
     Server,
+    config::{Config, Mode},
     scheduler::{LeastLoaded, Policy},
 };
-
-/// How new connections are placed on workers.
-///
-/// ```
-/// use hermes_runtime::Mode;
-///
-/// assert_eq!(Mode::default(), Mode::Hermes);
-/// assert_eq!(Mode::KernelHash.to_string(), "kernel-hash");
-/// // Snapshots (`/_hermes/stats`) carry the same name.
-/// assert_eq!(serde_json::to_string(&Mode::SharedListener).unwrap(), r#""shared-listener""#);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Each worker has its own `SO_REUSEPORT` listener and the Hermes eBPF
-    /// program places each new connection on an eligible worker.
-    #[default]
-    Hermes,
-    /// Each worker has its own `SO_REUSEPORT` listener and the kernel's hash
-    /// of the connection's 4-tuple places it (no program).
-    KernelHash,
-    /// One listening socket registered in every worker's event loop with
-    /// `EPOLLEXCLUSIVE` (nginx's default): the first worker woken accepts.
-    SharedListener,
-}
-
-impl Mode {
-    /// The mode's name in snapshots and metrics: `hermes`, `kernel-hash` or
-    /// `shared-listener`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Hermes => "hermes",
-            Mode::KernelHash => "kernel-hash",
-            Mode::SharedListener => "shared-listener",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The validated settings, shared by every worker.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) addr: SocketAddr,
-    pub(crate) pin_workers: bool,
-    pub(crate) backlog: u32,
-    pub(crate) tick: Duration,
-    pub(crate) hang_threshold: Duration,
-    pub(crate) min_candidates: u32,
-    pub(crate) max_stale: Duration,
-    pub(crate) fine_policy: FinePolicy,
-    pub(crate) mode: Mode,
-    pub(crate) require_ebpf: bool,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) policy: Arc<dyn Policy>,
-}
 
 /// Builds a [`Server`], in the manner of `tokio::runtime::Builder`.
 ///

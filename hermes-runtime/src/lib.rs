@@ -1,5 +1,22 @@
 //! Thread-per-core Tokio runtimes whose new connections are placed by Hermes.
 //!
+//! Modules, from the system calls up to the server (each imports only the
+//! ones above it):
+//!
+//! - `sys`: the Linux calls std and socket2 do not wrap (`TCP_INFO`, CPU
+//!   pinning, listener shutdown, the `EPOLLEXCLUSIVE` epoll set);
+//! - [`context`]: [`context::WorkerRef`], the current worker's slot of the table;
+//! - [`scheduler`]: the scheduler pass and its [`scheduler::Policy`];
+//! - `config`: [`Mode`] and the validated settings;
+//! - `control`: a worker's drain flag, and how to stop its listener from another thread;
+//! - `net`: [`HermesListener`] and [`HermesStream`];
+//! - `shared`: the state the workers share (table, kernel maps), the
+//!   scheduler pass and the accept-queue sample;
+//! - `stats`: [`Snapshot`], the `metrics` export, the `/_hermes/stats` handler;
+//! - `worker`: each worker's thread, runtime, loop and housekeeping; [`shutdown_signal`];
+//! - `server`: [`Server`] and [`ServerHandle`];
+//! - `builder`: [`Builder`].
+//!
 //! A [`Builder`] makes a [`Server`]: one OS thread per worker, each running
 //! a current-thread Tokio runtime with a `LocalSet` (so `!Send` handlers
 //! work) and owning its own `SO_REUSEPORT` listener, placed in the kernel's
@@ -54,6 +71,7 @@
 #![deny(missing_docs)]
 
 mod builder;
+mod config;
 pub mod context;
 mod control;
 mod net;
@@ -64,7 +82,8 @@ mod stats;
 mod sys;
 mod worker;
 
-pub use builder::{Builder, Mode};
+pub use builder::Builder;
+pub use config::Mode;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
 pub use server::{Server, ServerHandle};

@@ -13,8 +13,8 @@ use std::{
 };
 
 use crate::{
-    Mode,
-    builder::Config,
+    config::Config,
+    config::Mode,
     net::HermesListener,
     shared::Shared,
     stats::{self, Snapshot},

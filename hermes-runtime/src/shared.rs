@@ -21,8 +21,8 @@ use hermes_bpf::{
 };
 
 use crate::{
-    Mode,
-    builder::Config,
+    config::Config,
+    config::Mode,
     control::WorkerControl,
     scheduler::{self, PassInput},
     sys,

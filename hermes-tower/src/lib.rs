@@ -1,5 +1,11 @@
 //! A Tower layer that feeds the Hermes Worker State Table.
 //!
+//! Modules:
+//!
+//! - [`hermes`](mod@hermes): the middleware, [`Hermes`], [`HermesLayer`],
+//!   [`ResponseFuture`] and the [`ServiceTime`] setting;
+//! - [`serve`](mod@serve): the one-line entry points [`serve()`] and `serve_tonic`.
+//!
 //! Each worker thread of a Hermes server owns one slot of the Worker State
 //! Table; the scheduler and the kernel's dispatch program read the slots to
 //! decide which worker takes the next connection. [`HermesLayer`] keeps the

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use hermes_bpf::{Counters, layout::WorkerPhase, monotonic_ns};
 use serde::Serialize;
 
-use crate::{Mode, shared::Shared};
+use crate::{config::Mode, shared::Shared};
 
 /// The server's state at one instant: per-worker table values, eligibility
 /// and kernel dispatch counts, fallbacks by reason, and the mode.
