@@ -1,6 +1,6 @@
 //! [`Builder`]: the settings of a Hermes server.
 
-use std::{fmt, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 

@@ -13,8 +13,7 @@ use std::{
 };
 
 use crate::{
-    config::Config,
-    config::Mode,
+    config::{Config, Mode},
     net::HermesListener,
     shared::Shared,
     stats::{self, Snapshot},
