@@ -21,8 +21,7 @@ use hermes_bpf::{
 };
 
 use crate::{
-    config::Config,
-    config::Mode,
+    config::{Config, Mode},
     control::WorkerControl,
     scheduler::{self, PassInput},
     sys,
