@@ -2,7 +2,7 @@
 
 use super::current_snapshot;
 
-/// An axum handler that serves the current server's [`Snapshot`] as JSON
+/// An axum handler that serves the current server's [`Snapshot`](super::Snapshot) as JSON
 /// (`503` when not running on a Hermes worker).
 ///
 /// ```no_run
