@@ -59,6 +59,9 @@ pub struct Stream {
     pub rate: Option<f64>,
     /// Request paths with their relative weights.
     pub mix: Vec<(f64, String)>,
+    /// A name under which the report shows where this stream's connections and requests landed
+    /// (per-worker counts, from the response header); `None` for no such figures.
+    pub label: Option<&'static str>,
 }
 
 /// A worker made to hang during the run: a dedicated keep-alive connection sends
@@ -114,6 +117,22 @@ pub struct Outcome {
     pub hung_worker: Option<String>,
     /// Number of blocks the hang connection issued.
     pub hangs: u64,
+    /// Arrivals scheduled within the window (sent or not), all streams together.
+    pub offered: u64,
+    /// How late the generator woke up for the arrivals it was waiting for, in microseconds: its
+    /// own lag (a starved client), not the server's.
+    pub wake: Histogram<u64>,
+    /// Per-stream placement, in the plan's stream order.
+    pub streams: Vec<StreamCounts>,
+}
+
+/// Where one stream's traffic landed, from the response header.
+#[derive(Debug, Clone, Default)]
+pub struct StreamCounts {
+    /// Successful requests per worker.
+    pub requests_by_worker: BTreeMap<String, u64>,
+    /// Connections per worker, from each connection's first response.
+    pub conns_by_worker: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -127,6 +146,11 @@ impl Outcome {
     /// Total failures.
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Arrivals scheduled per second of the window.
+    pub fn offered_rate(&self) -> f64 {
+        self.offered as f64 / self.window.as_secs_f64().max(1e-9)
     }
 }
 
@@ -143,6 +167,9 @@ struct Tally {
     errors: BTreeMap<String, u64>,
     requests_by_worker: BTreeMap<String, u64>,
     conns_by_worker: BTreeMap<String, u64>,
+    offered: u64,
+    wake: Histogram<u64>,
+    streams: Vec<StreamCounts>,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
@@ -157,6 +184,8 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
 impl Tally {
     fn new(end: Instant) -> Self {
         let hist = Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds");
+        // Two significant digits are plenty for the generator's own lateness.
+        let wake = Histogram::new_with_bounds(1, HIST_MAX_US, 2).expect("valid histogram bounds");
         Self {
             end,
             hist,
@@ -166,11 +195,28 @@ impl Tally {
             errors: BTreeMap::new(),
             requests_by_worker: BTreeMap::new(),
             conns_by_worker: BTreeMap::new(),
+            offered: 0,
+            wake,
+            streams: Vec::new(),
         }
     }
 
-    /// Records a success; `origin` is what latency is measured from (see [`origin`]).
-    fn success(&mut self, origin: Instant, worker: Option<&HeaderValue>, first_on_conn: bool) {
+    fn stream(&mut self, stream: usize) -> &mut StreamCounts {
+        if self.streams.len() <= stream {
+            self.streams.resize_with(stream + 1, StreamCounts::default);
+        }
+        &mut self.streams[stream]
+    }
+
+    /// Records how late the generator woke up for an arrival due at `scheduled`.
+    fn woke(&mut self, scheduled: Instant) {
+        let us = Instant::now().saturating_duration_since(scheduled).as_micros() as u64;
+        self.wake.record(us.clamp(1, HIST_MAX_US)).expect("value within bounds");
+    }
+
+    /// Records a success of stream `stream`; `origin` is what latency is measured from (see
+    /// [`origin`]).
+    fn success(&mut self, stream: usize, origin: Instant, worker: Option<&HeaderValue>, first_on_conn: bool) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(origin);
         let us = (latency.as_micros() as u64).clamp(1, HIST_MAX_US);
@@ -185,8 +231,10 @@ impl Tally {
         let worker = worker.and_then(|w| w.to_str().ok()).unwrap_or("?");
         if first_on_conn {
             bump(&mut self.conns_by_worker, worker, 1);
+            bump(&mut self.stream(stream).conns_by_worker, worker, 1);
         }
         bump(&mut self.requests_by_worker, worker, 1);
+        bump(&mut self.stream(stream).requests_by_worker, worker, 1);
     }
 
     fn errors(&mut self, kind: &str, n: u64) {
@@ -209,6 +257,17 @@ impl Tally {
         for (k, v) in other.conns_by_worker {
             bump(&mut self.conns_by_worker, &k, v);
         }
+        self.offered += other.offered;
+        self.wake.add(&other.wake).expect("histograms of the same bounds");
+        for (i, theirs) in other.streams.into_iter().enumerate() {
+            let ours = self.stream(i);
+            for (k, v) in theirs.requests_by_worker {
+                bump(&mut ours.requests_by_worker, &k, v);
+            }
+            for (k, v) in theirs.conns_by_worker {
+                bump(&mut ours.conns_by_worker, &k, v);
+            }
+        }
     }
 }
 
@@ -224,8 +283,15 @@ impl Recorder {
         Self { inner: Mutex::new(Tally::new(end)) }
     }
 
-    fn success(&self, origin: Instant, worker: Option<&HeaderValue>, first_on_conn: bool) {
-        self.inner.lock().expect("recorder lock").success(origin, worker, first_on_conn);
+    fn success(&self, stream: usize, origin: Instant, worker: Option<&HeaderValue>, first_on_conn: bool) {
+        self.inner.lock().expect("recorder lock").success(stream, origin, worker, first_on_conn);
+    }
+
+    /// Adds the arrivals a task scheduled and its wake-up lateness.
+    fn merge_schedule(&self, offered: u64, wake: &Histogram<u64>) {
+        let mut g = self.inner.lock().expect("recorder lock");
+        g.offered += offered;
+        g.wake.add(wake).expect("histograms of the same bounds");
     }
 
     fn error(&self, kind: &str) {
@@ -253,6 +319,9 @@ impl Recorder {
             conns_by_worker: g.conns_by_worker,
             hung_worker,
             hangs,
+            offered: g.offered,
+            wake: g.wake,
+            streams: g.streams,
         }
     }
 }
@@ -504,7 +573,7 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
         seed
     };
 
-    for ((stream, h1_pool), h2_pool) in plan.streams.iter().zip(h1_pools).zip(h2_pools) {
+    for (si, ((stream, h1_pool), h2_pool)) in plan.streams.iter().zip(h1_pools).zip(h2_pools).enumerate() {
         let mix = Mix::new(&stream.mix);
         match stream.transport {
             Transport::KeepAlive { conns } => {
@@ -514,6 +583,7 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
                     let limit = plan.request_timeout;
                     tasks.spawn(keepalive_conn(
                         addr,
+                        si,
                         sender,
                         per_conn,
                         mix,
@@ -532,6 +602,7 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
                     let limit = plan.request_timeout;
                     tasks.spawn(h2_conn(
                         addr,
+                        si,
                         sender,
                         per_conn,
                         mix,
@@ -547,7 +618,7 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
                 let (rec, rng) = (rec.clone(), Rng::new(next_seed()));
                 let rate = stream.rate.unwrap_or(1000.0);
                 let (cap, limit) = (plan.max_in_flight, plan.request_timeout);
-                tasks.spawn(fresh_stream(addr, rate, mix, rng, rec, (start, end), limit, cap));
+                tasks.spawn(fresh_stream(addr, si, rate, mix, rng, rec, (start, end), limit, cap));
             }
         }
     }
@@ -568,7 +639,10 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
         None => (None, 0),
     };
     let rec = Arc::try_unwrap(rec).map_err(|_| io::Error::other("load tasks outlived the run"))?;
-    Ok(rec.finish(plan.duration, hung_worker, hangs))
+    let mut outcome = rec.finish(plan.duration, hung_worker, hangs);
+    // A stream that never got an answer still has its (empty) entry.
+    outcome.streams.resize_with(plan.streams.len().max(outcome.streams.len()), StreamCounts::default);
+    Ok(outcome)
 }
 
 type Window = (Instant, Instant, Instant);
@@ -626,6 +700,7 @@ async fn hang_conn_task(
 #[allow(clippy::too_many_arguments)]
 async fn keepalive_conn(
     addr: SocketAddr,
+    stream: usize,
     mut link: Link,
     rate: Option<f64>,
     mix: Mix,
@@ -635,7 +710,8 @@ async fn keepalive_conn(
     limit: Duration,
 ) {
     let mut tally = Tally::new(end);
-    keepalive_loop(addr, &mut link, rate, &mix, &mut rng, &mut tally, (start, end, give_up), limit).await;
+    keepalive_loop(addr, stream, &mut link, rate, &mix, &mut rng, &mut tally, (start, end, give_up), limit)
+        .await;
     rec.merge(tally);
 }
 
@@ -643,6 +719,7 @@ async fn keepalive_conn(
 #[allow(clippy::too_many_arguments)]
 async fn keepalive_loop(
     addr: SocketAddr,
+    stream: usize,
     link: &mut Link,
     rate: Option<f64>,
     mix: &Mix,
@@ -667,13 +744,18 @@ async fn keepalive_loop(
                     unsent += 1;
                     next += rng.gap(rate);
                 }
+                rec.offered += unsent;
                 rec.errors("not sent", unsent);
             }
             return;
         }
         let scheduled = next;
-        if rate.is_some() {
+        rec.offered += 1;
+        if rate.is_some() && Instant::now() < scheduled {
+            // Waiting for the arrival: how late the wake-up comes is the generator's own lag. An
+            // arrival already due (the previous answer came late) is the server's lag instead.
             sleep_until(scheduled).await;
+            rec.woke(scheduled);
         }
         let uri = mix.pick_uri(rng).clone();
         let scheduled = if rate.is_none() { Instant::now() } else { origin(scheduled) };
@@ -682,7 +764,7 @@ async fn keepalive_loop(
         req.headers_mut().insert(HOST, host.clone());
         match link.send(req, limit).await {
             Ok(worker) => {
-                rec.success(scheduled, worker.as_ref(), first);
+                rec.success(stream, scheduled, worker.as_ref(), first);
                 first = false;
             }
             Err(e) => {
@@ -708,10 +790,38 @@ fn advance(next: Instant, rate: Option<f64>, rng: &mut Rng) -> Instant {
     }
 }
 
+/// The arrivals a sending task scheduled and how late it woke up for them.
+#[derive(Debug)]
+struct Schedule {
+    offered: u64,
+    wake: Histogram<u64>,
+}
+
+impl Schedule {
+    fn new() -> Self {
+        Self {
+            offered: 0,
+            wake: Histogram::new_with_bounds(1, HIST_MAX_US, 2).expect("valid histogram bounds"),
+        }
+    }
+
+    /// Sleeps until `scheduled` and records the arrival and the wake-up lateness (the task only
+    /// spawns requests, so it is never held up by the server, only by its own CPU share).
+    async fn wait_for(&mut self, scheduled: Instant) {
+        self.offered += 1;
+        if Instant::now() < scheduled {
+            sleep_until(scheduled).await;
+            let us = Instant::now().saturating_duration_since(scheduled).as_micros() as u64;
+            self.wake.record(us.clamp(1, HIST_MAX_US)).expect("value within bounds");
+        }
+    }
+}
+
 /// One long-lived HTTP/2 connection; each arrival is its own multiplexed stream.
 #[allow(clippy::too_many_arguments)]
 async fn h2_conn(
     addr: SocketAddr,
+    stream: usize,
     sender: hyper::client::conn::http2::SendRequest<Body>,
     rate: Option<f64>,
     mix: Mix,
@@ -727,9 +837,10 @@ async fn h2_conn(
     let mut first = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let mut sender = sender;
     let mut requests = tokio::task::JoinSet::new();
+    let mut schedule = Schedule::new();
     while next < end {
         let scheduled = next;
-        sleep_until(scheduled).await;
+        schedule.wait_for(scheduled).await;
         next += rng.gap(rate);
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             rec.error("client in-flight cap");
@@ -756,13 +867,14 @@ async fn h2_conn(
             match exchange(s.send_request(request(addr, &path, true, false)), limit).await {
                 Ok(worker) => {
                     let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
-                    rec.success(scheduled, worker.as_ref(), first);
+                    rec.success(stream, scheduled, worker.as_ref(), first);
                 }
                 Err(e) => rec.error(&e),
             }
         });
         while requests.try_join_next().is_some() {}
     }
+    rec.merge_schedule(schedule.offered, &schedule.wake);
     while requests.join_next().await.is_some() {}
 }
 
@@ -770,6 +882,7 @@ async fn h2_conn(
 #[allow(clippy::too_many_arguments)]
 async fn fresh_stream(
     addr: SocketAddr,
+    stream: usize,
     rate: f64,
     mix: Mix,
     mut rng: Rng,
@@ -781,9 +894,10 @@ async fn fresh_stream(
     let in_flight = Arc::new(Semaphore::new(cap));
     let mut next = start + rng.gap(rate);
     let mut requests = tokio::task::JoinSet::new();
+    let mut schedule = Schedule::new();
     while next < end {
         let scheduled = next;
-        sleep_until(scheduled).await;
+        schedule.wait_for(scheduled).await;
         next += rng.gap(rate);
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             rec.error("client in-flight cap");
@@ -799,13 +913,14 @@ async fn fresh_stream(
                 exchange(sender.send_request(request(addr, &path, false, true)), limit).await
             };
             match timeout(limit, work).await {
-                Ok(Ok(worker)) => rec.success(scheduled, worker.as_ref(), true),
+                Ok(Ok(worker)) => rec.success(stream, scheduled, worker.as_ref(), true),
                 Ok(Err(e)) => rec.error(&e),
                 Err(_) => rec.error("timeout"),
             }
         });
         while requests.try_join_next().is_some() {}
     }
+    rec.merge_schedule(schedule.offered, &schedule.wake);
     while requests.join_next().await.is_some() {}
 }
 

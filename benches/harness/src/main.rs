@@ -1,8 +1,9 @@
-//! `hermes-bench`: starts the workload server once per peer, drives it with an open-loop load
-//! generator, and writes a markdown table and an SVG chart per scenario.
+//! `hermes-bench`: starts the workload server once per peer and run, drives it with an open-loop
+//! load generator, and writes a markdown table and an SVG chart per scenario, and `summary.json`.
 //!
 //! ```text
 //! cargo run --release -p hermes-bench -- --scenario mixed --quick
+//! cargo run --release -p hermes-bench -- --scenario mixed,skew,h2 --quick --repeat 3
 //! cargo run --release -p hermes-bench -- --scenario all --quick --peers hermes,reuseport,shared,tokio,ntex
 //! cargo run --release -p hermes-bench -- --smoke
 //! cargo run --release -p hermes-bench -- --validate
@@ -22,16 +23,21 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use crate::report::PeerResult;
+use crate::report::{PeerResult, PeerRow, Placement};
 use crate::scenario::Size;
 
 /// Side-by-side evaluation of Hermes against the servers users would pick instead.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Scenario to run: light, mixed, skew, churn, hang, h2, or all.
-    #[arg(long, default_value = "mixed")]
-    scenario: String,
+    /// Comma-separated scenarios: light, mixed, mixed-spin, skew, churn, hang, h2, or all
+    /// [default: mixed; light with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    scenario: Option<Vec<String>>,
+    /// Runs each scenario N times (the peers interleaved within each run) and reports the median
+    /// and the spread of each figure.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex.
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
     peers: Vec<String>,
@@ -115,17 +121,21 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     } else {
         Size::Full
     };
-    let scenarios: Vec<&str> = if args.scenario == "all" {
-        scenario::ALL.to_vec()
-    } else if args.smoke && args.scenario == "mixed" && !std::env::args().any(|a| a.starts_with("--scenario"))
-    {
-        vec!["light"]
-    } else {
-        vec![args.scenario.as_str()]
+    let asked: Vec<&str> = match &args.scenario {
+        Some(list) => list.iter().map(|s| s.trim()).collect(),
+        None if args.smoke => vec!["light"],
+        None => vec!["mixed"],
     };
-    for s in &scenarios {
-        if scenario::build(s, size, 1.0).is_none() {
-            return Err(format!("unknown scenario {s:?}; known: {} or all", scenario::ALL.join(", ")));
+    let mut scenarios: Vec<&str> = Vec::new();
+    for s in asked {
+        let names = if s == "all" { scenario::ALL.to_vec() } else { vec![s] };
+        for name in names {
+            if scenario::build(name, size, 1.0).is_none() {
+                return Err(format!("unknown scenario {name:?}; known: {} or all", scenario::ALL.join(", ")));
+            }
+            if !scenarios.contains(&name) {
+                scenarios.push(name);
+            }
         }
     }
     if args.rate_scale.is_nan() || args.rate_scale <= 0.0 {
@@ -177,7 +187,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
             Err(e) => bench.build_errors.push(("workload".to_owned(), e.to_string())),
         }
     }
-    let run_scenarios = !args.validate || std::env::args().any(|a| a.starts_with("--scenario"));
+    let run_scenarios = !args.validate || args.scenario.is_some();
     if run_scenarios && args.peers.iter().any(|p| p == "ntex") {
         match args.ntex_bin.clone().map(Ok).unwrap_or_else(peer::build_ntex) {
             Ok(p) => bench.ntex_bin = Some(p),
@@ -192,6 +202,9 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     let mut all_ok = true;
     let mut summary = String::new();
     let _ = writeln!(summary, "# hermes-bench results\n");
+    let mut summary_json = serde_json::Map::new();
+    let summary_path = bench.out.join("summary.md");
+    let json_path = bench.out.join("summary.json");
 
     if args.validate {
         let bin = bench.workload_bin.clone().ok_or("--validate needs the workload binary")?;
@@ -206,39 +219,52 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     if run_scenarios {
         for name in &scenarios {
             let sc = scenario::build(name, size, args.rate_scale).expect("checked above");
-            // The peers run in an order rotated per scenario, so that drift in the machine's other
-            // load does not always favour the same peer; the report keeps the given order.
-            let mut results: Vec<PeerResult> = Vec::new();
+            let mut rows: Vec<PeerRow> = args.peers.iter().map(|p| PeerRow::new(p)).collect();
             let n = args.peers.len();
-            let offset = scenario::ALL.iter().position(|s| s == name).unwrap_or(0) % n.max(1);
-            for p in args.peers.iter().cycle().skip(offset).take(n) {
-                let r = bench.run_peer(&sc, p);
-                eprintln!(
-                    "  {name}/{p}: {}",
-                    r.failure.clone().unwrap_or_else(|| format!(
-                        "{:.0} req/s, p99 {:.2} ms, {} errors",
-                        r.throughput, r.p99_ms, r.errors
-                    ))
-                );
-                results.push(r);
+            let index = scenario::ALL.iter().position(|s| s == name).unwrap_or(0);
+            for run in 0..args.repeat as usize {
+                // Every peer runs once per repeat, so drift in the machine's other load hits them
+                // alike; the order is rotated per scenario and repeat so that no peer always runs
+                // first. The report keeps the given order.
+                let offset = (index + run) % n.max(1);
+                for p in args.peers.iter().cycle().skip(offset).take(n) {
+                    let r = bench.run_peer(&sc, p, run);
+                    eprintln!(
+                        "  {name}/{p} (run {}/{}): {}",
+                        run + 1,
+                        args.repeat,
+                        r.failure.clone().unwrap_or_else(|| format!(
+                            "{:.0} req/s, p99 {:.2} ms, {} errors",
+                            r.throughput, r.p99_ms, r.errors
+                        ))
+                    );
+                    if let Some(row) = rows.iter_mut().find(|row| row.peer == *p) {
+                        row.runs.push(r);
+                    }
+                }
             }
-            results.sort_by_key(|r| args.peers.iter().position(|p| *p == r.peer));
             if *name == "h2"
                 && let Some(note) = validate::h2load_note(&bench, &args.peers)
-                && let Some(r) = results.iter_mut().find(|r| r.peer == peer::BASELINE)
+                && let Some(r) = rows.iter_mut().find(|r| r.peer == peer::BASELINE)
             {
                 r.notes.push(note);
             }
-            let (md, chart) = report::write(&bench.out, name, sc.description, &bench.header, &results)
+            let (md, chart) = report::write(&bench.out, name, sc.description, &bench.header, &rows)
                 .map_err(|e| format!("writing the {name} report: {e}"))?;
             let text = std::fs::read_to_string(&md).unwrap_or_default();
             println!("{text}");
             println!("(written: {} and {})\n", md.display(), chart.display());
             let _ = writeln!(summary, "{text}");
+            summary_json
+                .insert((*name).to_owned(), report::summary_json(sc.description, bench.workers, &rows));
+            // Written after every scenario, so a long run that is stopped keeps what it measured.
+            std::fs::write(&summary_path, &summary)
+                .map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
+            write_json(&json_path, &summary_json, &command)?;
             if args.smoke {
-                for r in &results {
-                    if !r.served() {
-                        eprintln!("smoke: peer {} did not serve in {name}", r.peer);
+                for r in &rows {
+                    if !r.served_every_run() {
+                        eprintln!("smoke: peer {} did not serve in every run of {name}", r.peer);
                         all_ok = false;
                     }
                 }
@@ -249,10 +275,56 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
             }
         }
     }
-    let summary_path = bench.out.join("summary.md");
     std::fs::write(&summary_path, summary).map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
-    eprintln!("done in {:.0} s; summary: {}", started.elapsed().as_secs_f64(), summary_path.display());
+    write_json(&json_path, &summary_json, &command)?;
+    if args.smoke && !smoke_json_ok(&json_path, &scenarios, &args.peers) {
+        all_ok = false;
+    }
+    eprintln!(
+        "done in {:.0} s; summary: {} and {}",
+        started.elapsed().as_secs_f64(),
+        summary_path.display(),
+        json_path.display()
+    );
     Ok(if all_ok || !(args.smoke || args.validate) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Writes `summary.json`: `{"command": .., "scenarios": {NAME: {"workers": .., "peers": {PEER:
+/// {"p99_ms": .., "p50_ms": .., "rps": .., "over_1s": .., "errors": .., ...}}}}}`.
+fn write_json(
+    path: &Path,
+    scenarios: &serde_json::Map<String, serde_json::Value>,
+    command: &[String],
+) -> Result<(), String> {
+    let doc = serde_json::json!({
+        "command": format!("hermes-bench {}", command.join(" ")),
+        "scenarios": scenarios,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("encoding {}: {e}", path.display()))?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Smoke check: `summary.json` reads back with a number for each documented figure of every
+/// scenario and peer.
+fn smoke_json_ok(path: &Path, scenarios: &[&str], peers: &[String]) -> bool {
+    let doc: Option<serde_json::Value> =
+        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let Some(doc) = doc else {
+        eprintln!("smoke: {} is missing or not JSON", path.display());
+        return false;
+    };
+    let mut ok = true;
+    for s in scenarios {
+        for p in peers {
+            for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
+                if !doc["scenarios"][s]["peers"][p][key].is_number() {
+                    eprintln!("smoke: summary.json has no number at scenarios.{s}.peers.{p}.{key}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    ok
 }
 
 impl Bench {
@@ -270,9 +342,10 @@ impl Bench {
         })
     }
 
-    /// Starts the peer's server, drives it with the scenario's plan, and gathers the figures.
-    fn run_peer(&self, sc: &scenario::Scenario, name: &str) -> PeerResult {
-        let mut r = PeerResult { peer: name.to_owned(), mode: name.to_owned(), ..Default::default() };
+    /// Starts the peer's server, drives it with the scenario's plan, and gathers the figures of
+    /// run `run` (the peers of one run share the arrival schedule; each run has its own).
+    fn run_peer(&self, sc: &scenario::Scenario, name: &str, run: usize) -> PeerResult {
+        let mut r = PeerResult { mode: name.to_owned(), ..Default::default() };
         let bin = match self.binary(name) {
             Ok(b) => b,
             Err(e) => {
@@ -298,13 +371,21 @@ impl Bench {
         }
         let addr = server.addr;
         let seed = sc.name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        let (before, outcome, after) = self.rt.block_on(async {
+        let seed = seed.wrapping_add(run as u64 * 0x9E37_79B9);
+        let pid = server.pid().to_string();
+        let (before, outcome, after, cpu) = self.rt.block_on(async {
             let before = stats::fetch(addr).await;
+            let cpu_before = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
             let outcome = load::run(addr, &sc.plan, seed).await;
+            let cpu_after = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
             let after = stats::fetch(addr).await;
-            (before, outcome, after)
+            (before, outcome, after, (cpu_before, cpu_after))
         });
         drop(server);
+        let ((server0, gen0, t0), (server1, gen1, t1)) = cpu;
+        let wall = t1.duration_since(t0).as_secs_f64().max(1e-9);
+        r.server_cpu = server0.zip(server1).map(|(a, b)| (b - a) / wall / self.workers as f64);
+        r.generator_cpu = gen0.zip(gen1).map(|(a, b)| (b - a) / wall);
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -355,6 +436,19 @@ impl Bench {
         if let Some(busy) = after.as_ref().and_then(|a| stats::delta(before.as_ref(), a, |w| w.busy_ns)) {
             let ms: Vec<f64> = busy.iter().map(|ns| ns / 1e6).collect();
             r.busy_sd_ms = stats::spread(&ms).map(|s| s.sd);
+        }
+        r.offered_rps = outcome.offered_rate();
+        r.wake_p99_ms = outcome.wake.value_at_quantile(0.99) as f64 / 1000.0;
+        r.wake_max_ms = outcome.wake.max() as f64 / 1000.0;
+        for (stream, counts) in sc.plan.streams.iter().zip(&outcome.streams) {
+            if let Some(label) = stream.label {
+                let whole = |v: Vec<f64>| v.into_iter().map(|x| x as u64).collect();
+                r.placements.push(Placement {
+                    label: label.to_owned(),
+                    conns: whole(stats::from_headers(&counts.conns_by_worker, self.workers)),
+                    requests: whole(stats::from_headers(&counts.requests_by_worker, self.workers)),
+                });
+            }
         }
         let reqs = stats::from_headers(&outcome.requests_by_worker, self.workers);
         r.notes.push(format!(

@@ -13,10 +13,16 @@ pub const ALL: [&str; 5] = ["hermes", "reuseport", "shared", "tokio", "ntex"];
 /// The peer the ratios are taken against.
 pub const BASELINE: &str = "hermes";
 
+/// The workspace package that holds the `hermes-workload` binary (the only place that names it).
+pub const WORKLOAD_PACKAGE: &str = "hermes-runtime";
+
+/// The workload binary's name.
+pub const WORKLOAD_BIN: &str = "hermes-workload";
+
 /// Which binary serves a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binary {
-    /// `hermes-workload` from the `hermes-runtime` package.
+    /// `hermes-workload` from the [`WORKLOAD_PACKAGE`] package.
     Workload,
     /// The ntex workload server in `benches/ntex-workload`, outside the workspace.
     Ntex,
@@ -53,9 +59,9 @@ fn run_build(mut cmd: Command, what: &str) -> io::Result<()> {
 /// Builds `hermes-workload` in release mode and returns its path.
 pub fn build_workload() -> io::Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "-p", "hermes-runtime", "--bin", "hermes-workload"]);
+    cmd.args(["build", "--release", "-p", WORKLOAD_PACKAGE, "--bin", WORKLOAD_BIN]);
     run_build(cmd, "the workload server (--workload-bin)")?;
-    Ok(target_dir(workspace_root().join("target")).join("release/hermes-workload"))
+    Ok(target_dir(workspace_root().join("target")).join("release").join(WORKLOAD_BIN))
 }
 
 /// Builds the ntex workload server (its own workspace; ntex-server 4.3 declares a newer
@@ -83,6 +89,13 @@ pub struct Server {
     pub mode: String,
     /// The `workers=` it announced.
     pub workers: usize,
+}
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 /// Parses the contract's first line: `listening on ADDR mode=MODE workers=N`.

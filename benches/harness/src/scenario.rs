@@ -3,22 +3,38 @@
 //! Heavy requests are `/block?ms=N` (the worker thread sleeps), not `/work?us=N` (the worker spins):
 //! on a 2-core machine the generator and the server share the cores, and CPU spin in the server
 //! would slow the generator and blur what is measured. Blocking holds the worker exactly as a
-//! spinning handler would, as far as the worker's other connections can tell.
+//! spinning handler would, as far as the worker's other connections can tell. `mixed-spin` is the
+//! exception that checks this: `mixed` with real CPU spin, at a rate low enough that the spin
+//! leaves the generator its share of the cores (see [`SPIN_RATE`]).
 
 use std::time::Duration;
 
 use crate::load::{Hang, Plan, Stream, Transport};
 
 /// Every scenario, in report order.
-pub const ALL: [&str; 6] = ["light", "mixed", "skew", "churn", "hang", "h2"];
+pub const ALL: [&str; 7] = ["light", "mixed", "mixed-spin", "skew", "churn", "hang", "h2"];
 
 /// The heavy request: 10 ms of worker time, emulated by blocking the worker thread.
 pub const HEAVY: &str = "/block?ms=10";
 
+/// The heavy request of `mixed-spin`: 10 ms of CPU spin in the worker.
+pub const SPIN: &str = "/work?us=10000";
+
+/// The arrival rate of `mixed-spin`. 5% of the arrivals spin 10 ms, so the server spins
+/// 1000 × 0.05 × 10 ms = 0.5 CPU-seconds per second: a quarter of two workers, half a core of a
+/// 2-core machine, and the cheap requests and the generator fit in the rest. At `mixed`'s
+/// 1500 req/s the spin alone would take 0.75 of a core, and with the cheap requests and the
+/// generator the machine would run near saturation, where the generator's own lag would be
+/// measured as the server's. Every run reports the arrivals offered against the responses
+/// completed, the generator's wake-up lateness and the CPU the server and the generator used,
+/// so a run where the generator did not keep up shows it.
+pub const SPIN_RATE: f64 = 1000.0;
+
 /// The note printed with every report about how heavy work is emulated.
 pub const EMULATION_NOTE: &str = "Heavy work is emulated with `/block?ms=N` (the worker thread blocks) \
      rather than `/work?us=N` (CPU spin): on this machine the load generator and the server share \
-     the cores, and spinning would take CPU from the generator.";
+     the cores, and spinning would take CPU from the generator. `mixed-spin` spins for real, at a \
+     rate that leaves the generator its share of the cores.";
 
 /// How long and how hard to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +61,10 @@ fn light_mix() -> Vec<(f64, String)> {
 
 fn mixed_mix() -> Vec<(f64, String)> {
     vec![(95.0, "/".to_owned()), (5.0, HEAVY.to_owned())]
+}
+
+fn spin_mix() -> Vec<(f64, String)> {
+    vec![(95.0, "/".to_owned()), (5.0, SPIN.to_owned())]
 }
 
 fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
@@ -77,6 +97,7 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
                     transport: Transport::KeepAlive { conns: 32 },
                     rate: r(3000.0),
                     mix: light_mix(),
+                    label: None,
                 }],
                 4.0,
                 size,
@@ -90,8 +111,24 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
                     transport: Transport::KeepAlive { conns: 32 },
                     rate: r(1500.0),
                     mix: mixed_mix(),
+                    label: None,
                 }],
                 5.0,
+                size,
+            ),
+        },
+        "mixed-spin" => Scenario {
+            name: "mixed-spin",
+            description: "95% `/`, 5% 10 ms of CPU spin (`/work?us=10000`), 32 keep-alive connections, \
+                 1000 req/s (lower than `mixed`, so the generator keeps its share of the cores)",
+            plan: plan(
+                vec![Stream {
+                    transport: Transport::KeepAlive { conns: 32 },
+                    rate: r(SPIN_RATE),
+                    mix: spin_mix(),
+                    label: None,
+                }],
+                4.0,
                 size,
             ),
         },
@@ -105,11 +142,13 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
                         transport: Transport::KeepAlive { conns: 30 },
                         rate: r(1500.0),
                         mix: light_mix(),
+                        label: None,
                     },
                     Stream {
                         transport: Transport::KeepAlive { conns: 2 },
                         rate: r(80.0),
                         mix: vec![(1.0, HEAVY.to_owned())],
+                        label: Some("heavy"),
                     },
                 ],
                 5.0,
@@ -120,14 +159,14 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
             name: "churn",
             description: "a new connection per request (`/`), 800 req/s",
             plan: plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(800.0), mix: light_mix() }],
+                vec![Stream { transport: Transport::Fresh, rate: r(800.0), mix: light_mix(), label: None }],
                 4.0,
                 size,
             ),
         },
         "hang" => {
             let mut p = plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(400.0), mix: light_mix() }],
+                vec![Stream { transport: Transport::Fresh, rate: r(400.0), mix: light_mix(), label: None }],
                 12.0,
                 size,
             );
@@ -152,7 +191,12 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
             description: "8 long-lived HTTP/2 connections with multiplexed requests, 95% `/`, 5% 10 ms \
                  of blocked worker time, 1500 req/s",
             plan: plan(
-                vec![Stream { transport: Transport::H2 { conns: 8 }, rate: r(1500.0), mix: mixed_mix() }],
+                vec![Stream {
+                    transport: Transport::H2 { conns: 8 },
+                    rate: r(1500.0),
+                    mix: mixed_mix(),
+                    label: None,
+                }],
                 4.0,
                 size,
             ),
@@ -178,5 +222,26 @@ mod tests {
         }
         assert!(secs < 280.0, "quick would take about {secs} s");
         assert!(build("nope", Size::Quick, 1.0).is_none());
+    }
+
+    #[test]
+    fn mixed_spin_is_mixed_with_cpu_spin_at_its_own_rate() {
+        let spin = build("mixed-spin", Size::Quick, 1.0).unwrap();
+        let mixed = build("mixed", Size::Quick, 1.0).unwrap();
+        let (s, m) = (&spin.plan.streams[0], &mixed.plan.streams[0]);
+        assert_eq!(s.transport, m.transport);
+        assert_eq!(s.rate, Some(SPIN_RATE));
+        assert!(s.mix.iter().any(|(w, p)| *w == 5.0 && p == SPIN), "{:?}", s.mix);
+        assert!(!s.mix.iter().any(|(_, p)| p.starts_with("/block")), "{:?}", s.mix);
+        // The server's spin stays at half a core: 5% of the arrivals, 10 ms each.
+        let spin_cores = SPIN_RATE * 0.05 * 0.010;
+        assert!(spin_cores <= 0.5, "{spin_cores}");
+    }
+
+    #[test]
+    fn skew_labels_its_heavy_stream() {
+        let skew = build("skew", Size::Quick, 1.0).unwrap();
+        let labels: Vec<_> = skew.plan.streams.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [None, Some("heavy")]);
     }
 }

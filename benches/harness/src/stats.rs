@@ -107,15 +107,44 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
 }
 
 /// Per-worker counts from response headers, padded with zeros for the workers that served
-/// nothing when ids are the numbers `0..workers`.
+/// nothing when ids are the numbers `0..workers`, and then in worker order.
 pub fn from_headers(counts: &BTreeMap<String, u64>, workers: usize) -> Vec<f64> {
-    let mut all: BTreeMap<String, u64> = counts.clone();
     if counts.keys().all(|k| k.parse::<usize>().is_ok_and(|i| i < workers)) {
-        for i in 0..workers {
-            all.entry(i.to_string()).or_default();
+        let mut all = vec![0.0; workers];
+        for (k, &v) in counts {
+            if let Ok(i) = k.parse::<usize>() {
+                all[i] = v as f64;
+            }
         }
+        return all;
     }
-    all.values().map(|&v| v as f64).collect()
+    counts.values().map(|&v| v as f64).collect()
+}
+
+/// The median (the mean of the two middle values for an even count); `None` for no values.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// CPU time (user and system, all threads) a process has used so far, in seconds, from
+/// `/proc/PROC/stat`; `proc` is a pid or `self`. `None` when it cannot be read.
+pub fn cpu_seconds(proc: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file (utime, stime), in clock ticks; `rest` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_sec > 0).then(|| ticks as f64 / per_sec as f64)
 }
 
 #[cfg(test)]
@@ -148,5 +177,28 @@ mod tests {
     fn header_counts_include_idle_workers() {
         let counts = BTreeMap::from([("1".to_owned(), 4)]);
         assert_eq!(from_headers(&counts, 2), vec![0.0, 4.0]);
+        // Numeric order, not the strings' order.
+        let counts = BTreeMap::from([("10".to_owned(), 1), ("2".to_owned(), 3)]);
+        assert_eq!(from_headers(&counts, 11)[2..], [3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let before = cpu_seconds("self").expect("/proc/self/stat");
+        // Spins until the counter moves (one clock tick of CPU), or gives up after 10 s.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        let mut now = before;
+        while now <= before && std::time::Instant::now() < give_up {
+            std::hint::spin_loop();
+            now = cpu_seconds("self").unwrap();
+        }
+        assert!(now > before && now - before < 10.0, "CPU time went from {before} to {now} s");
     }
 }

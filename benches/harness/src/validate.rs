@@ -21,9 +21,8 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
 /// Alternating rounds of each generator, so drift in the machine's other load hits both alike.
 const ROUNDS: usize = 5;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+fn median(v: Vec<f64>) -> f64 {
+    crate::stats::median(&v).unwrap_or(0.0)
 }
 
 /// Runs wrk and this generator the same closed-loop way (each connection sends its next request
@@ -50,6 +49,7 @@ pub fn wrk_vs_ours(
             transport: Transport::KeepAlive { conns: CONNS },
             rate: None,
             mix: vec![(1.0, "/".to_owned())],
+            label: None,
         }],
         hang: None,
         duration: Duration::from_secs(SECS),
