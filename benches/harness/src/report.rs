@@ -310,13 +310,6 @@ pub fn markdown(scenario: &str, description: &str, header: &str, rows: &[PeerRow
             );
         }
     }
-    let placement = placement_notes(rows);
-    if !placement.is_empty() {
-        let _ = writeln!(s, "\n### Where the labelled streams landed\n");
-        for n in placement {
-            let _ = writeln!(s, "- {n}");
-        }
-    }
     let mut notes = Vec::new();
     for r in rows {
         if !r.served() {
@@ -373,6 +366,13 @@ pub fn markdown(scenario: &str, description: &str, header: &str, rows: &[PeerRow
     if !notes.is_empty() {
         let _ = writeln!(s);
         for n in notes {
+            let _ = writeln!(s, "- {n}");
+        }
+    }
+    let placement = placement_notes(rows);
+    if !placement.is_empty() {
+        let _ = writeln!(s, "\n### Where the labelled streams landed\n");
+        for n in placement {
             let _ = writeln!(s, "- {n}");
         }
     }
@@ -464,9 +464,11 @@ pub fn summary_json(description: &str, workers: usize, rows: &[PeerRow]) -> Valu
             ("server_cpu", fig::server_cpu),
             ("generator_cpu", fig::generator_cpu),
         ];
+        // Microseconds are the histograms' resolution: three decimals of a millisecond.
+        let round = |v: Option<f64>| v.map(|v| (v * 1000.0).round() / 1000.0);
         for (name, f) in figures {
-            p.insert(name.to_owned(), json!(r.median(f)));
-            p.insert(format!("{name}_runs"), json!(r.per_run(f)));
+            p.insert(name.to_owned(), json!(round(r.median(f))));
+            p.insert(format!("{name}_runs"), json!(r.per_run(f).into_iter().map(round).collect::<Vec<_>>()));
         }
         p.insert("mode".to_owned(), json!(r.mode()));
         p.insert("runs".to_owned(), json!(r.runs.len()));
