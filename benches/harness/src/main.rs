@@ -36,7 +36,7 @@ struct Args {
     scenario: Option<Vec<String>>,
     /// Runs each scenario N times (the peers interleaved within each run) and reports the median
     /// and the spread of each figure.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex.
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
@@ -44,14 +44,14 @@ struct Args {
     /// Workers per server (default: the available cores).
     #[arg(long)]
     workers: Option<usize>,
-    /// Folder for the reports.
+    /// Folder for the reports (SCENARIO.md, SCENARIO.svg, summary.md, summary.json, logs/).
     #[arg(long, default_value = "results")]
     out: PathBuf,
     /// Short runs: every scenario for every peer in under 5 minutes on a 2-core machine.
     #[arg(long)]
     quick: bool,
-    /// A few seconds: one scenario, all the peers; fails unless every peer served and the report
-    /// was written.
+    /// A few seconds: one scenario, all the peers; fails unless every peer served in every run and
+    /// the reports and summary.json were written.
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
     /// Compares this generator's throughput with wrk's on `light` at the same connection count.
