@@ -3,16 +3,10 @@
 //! program (names say `ebpf`); without CAP_BPF they skip loudly, or fail
 //! under `HERMES_REQUIRE_BPF=1`.
 
-mod support;
-
-use std::{net::TcpListener, process::Command, sync::atomic::Ordering};
+use std::sync::atomic::Ordering;
 
 use hermes_bpf::{Dispatcher, Error, layout::FinePolicy, monotonic_ns};
-use support::*;
-
-fn refs(listeners: &[TcpListener]) -> Vec<&TcpListener> {
-    listeners.iter().collect()
-}
+use hermes_test_support::{child, ebpf::dispatcher_or_skip, kernel::*};
 
 #[test]
 fn ebpf_single_candidate_takes_every_connection() {
@@ -218,27 +212,16 @@ fn ebpf_without_cap_bpf_fails_typed_and_hash_still_serves() {
     if dispatcher_or_skip("ebpf_without_cap_bpf_fails_typed_and_hash_still_serves").is_none() {
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "no_cap_child", "--nocapture", "--test-threads=1"])
-        .env("HERMES_NO_CAP_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("no_cap_child: checked"), "child did not run its checks:\n{stdout}\n{stderr}");
+    child::run_child("no_cap_child", "no_cap_child: checked");
 }
 
 #[test]
 #[ignore = "run by ebpf_without_cap_bpf_fails_typed_and_hash_still_serves in a child process"]
 fn no_cap_child() {
-    assert_eq!(std::env::var("HERMES_NO_CAP_CHILD").as_deref(), Ok("1"), "run through the parent test");
-    // Capabilities are per thread: drop them on this one, which does the loading.
-    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable] {
-        caps::clear(None, set).unwrap();
+    // Capabilities are per thread: they are dropped on this one, which does the loading.
+    if !child::child_without_caps("no_cap_child") {
+        return;
     }
-    assert!(!caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_BPF).unwrap());
-
     let err = Dispatcher::load().expect_err("loading must fail without CAP_BPF");
     assert!(matches!(err, Error::MissingCapability { .. }), "typed error expected, got {err:?}");
     let msg = err.to_string();

@@ -1,7 +1,5 @@
 //! Dispatch over real sockets: which worker takes each new connection.
 
-mod support;
-
 use std::{
     net::TcpStream,
     sync::{
@@ -12,7 +10,13 @@ use std::{
 };
 
 use hermes_runtime::{Builder, Mode};
-use support::*;
+use hermes_test_support::{
+    ebpf::require_bpf,
+    http::{get, read_response, send},
+    server::start,
+    snapshot::wait_all_eligible,
+    wait::poll_until,
+};
 
 const TICK: Duration = Duration::from_millis(5);
 

@@ -1,43 +1,22 @@
 //! The fallback path without CAP_BPF: a child process drops the
 //! capabilities and serves with the kernel's hash.
 
-mod support;
-
-use std::process::Command;
-
 use hermes_runtime::{Builder, Mode};
-use support::*;
-
-const CHILD_ENV: &str = "HERMES_FALLBACK_CHILD";
+use hermes_test_support::{child, http::get, server::start};
 
 /// Re-runs this test binary's `fallback_child` in a child process.
 #[test]
 fn fallback_without_cap_bpf_serves_kernel_hash() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "fallback_child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("CHILD-OK mode=kernel-hash"), "child output:\n{stdout}\n{stderr}");
+    child::run_child("fallback_child", "CHILD-OK mode=kernel-hash");
 }
 
-/// The child: drops CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON,
-/// then builds a Hermes server. Run only by the test above.
+/// The child: drops its capabilities (CAP_BPF among them), then builds a
+/// Hermes server. Run only by the test above.
 #[test]
 #[ignore = "run as a child process by fallback_without_cap_bpf_serves_kernel_hash"]
 fn fallback_child() {
-    use caps::{CapSet, Capability};
-    if std::env::var(CHILD_ENV).is_err() {
+    if !child::child_without_caps("fallback_child") {
         return;
-    }
-    for cap in
-        [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN, Capability::CAP_NET_ADMIN, Capability::CAP_PERFMON]
-    {
-        caps::drop(None, CapSet::Effective, cap).unwrap();
-        caps::drop(None, CapSet::Permitted, cap).unwrap();
     }
     let err = Builder::new()
         .workers(2)

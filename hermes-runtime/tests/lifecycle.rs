@@ -1,7 +1,5 @@
 //! Connection accounting, shutdown of one worker, and supervision.
 
-mod support;
-
 use std::{
     io::Write,
     net::TcpStream,
@@ -16,7 +14,13 @@ use hermes_runtime::{
     Builder, HermesListener, Mode, WorkerStatus,
     scheduler::{PassInput, Policy},
 };
-use support::*;
+use hermes_test_support::{
+    ebpf::require_bpf,
+    http::{get, read_response, send},
+    server::{app, start},
+    snapshot::{open_total, wait_all_eligible},
+    wait::poll_until,
+};
 
 /// Open connections come back to zero after normal requests, handler
 /// panics, clients hanging up mid-request and idle keep-alive clients.

@@ -1,7 +1,5 @@
 //! The `metrics` export: per-worker values with a `worker` label, and the mode.
 
-mod support;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -12,8 +10,8 @@ use std::{
 };
 
 use hermes_runtime::{Builder, Mode};
+use hermes_test_support::{http::get, server::start, wait::poll_until};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use support::*;
 
 /// Keeps every counter and gauge in an atomic, by `name{label=value,...}`.
 #[derive(Debug, Default, Clone)]

@@ -3,8 +3,6 @@
 //!
 //! `cargo test -p hermes-runtime --test policy -- --ignored --nocapture`
 
-mod support;
-
 use std::{
     net::TcpStream,
     time::{Duration, Instant},
@@ -14,7 +12,13 @@ use hermes_runtime::{
     Builder, Mode,
     scheduler::{LeastLoaded, PassInput, Policy},
 };
-use support::*;
+use hermes_test_support::{
+    ebpf::require_bpf,
+    http::{read_response, send},
+    server::start,
+    snapshot::{open_total, wait_all_eligible},
+    wait::poll_until,
+};
 
 /// Every fresh worker: leaves the whole choice to the kernel's fine filter.
 #[derive(Debug)]

@@ -2,28 +2,16 @@
 //! current-thread runtime with its Hermes worker entered) with `HermesLayer`
 //! on its `Router`, and a plain HTTP/1.1 client on the test's thread.
 
-mod support;
-
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
-use hermes_tower::{HermesLayer, ServiceTime};
-use support::{WorkerServer, eventually, slot, table};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::Notify,
+use hermes_test_support::{
+    http::get_path,
+    wait::eventually,
+    worker::{WorkerServer, slot, table},
 };
-
-/// Sends `GET path` on a new connection and returns the whole response.
-async fn get_path(addr: SocketAddr, path: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.expect("connect to the worker");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read response");
-    response
-}
+use hermes_tower::{HermesLayer, ServiceTime};
+use tokio::sync::Notify;
 
 fn app(gate: Arc<Notify>) -> Router {
     Router::new()

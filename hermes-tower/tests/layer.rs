@@ -2,8 +2,6 @@
 //! worker's slot on completion, cancellation, errors and panics, and that
 //! it does nothing outside a worker.
 
-mod support;
-
 use std::{
     convert::Infallible,
     future::Ready,
@@ -13,8 +11,8 @@ use std::{
 };
 
 use hermes_runtime::context::WorkerRef;
+use hermes_test_support::worker::{Slot, slot, table, untouched};
 use hermes_tower::{Hermes, HermesLayer, ServiceTime};
-use support::{Slot, slot, table, untouched};
 use tower::{Service, ServiceExt, service_fn};
 use tower_test::mock;
 

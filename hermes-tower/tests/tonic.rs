@@ -2,12 +2,13 @@
 //! `Server::builder().layer(HermesLayer::new())` on a worker thread, called
 //! by its generated client.
 
-mod support;
-
 use std::sync::Arc;
 
+use hermes_test_support::{
+    wait::eventually,
+    worker::{WorkerServer, slot, table},
+};
 use hermes_tower::HermesLayer;
-use support::{WorkerServer, eventually, slot, table};
 use tokio::sync::Notify;
 use tonic::transport::{Channel, server::TcpIncoming};
 use tonic_health::pb::{

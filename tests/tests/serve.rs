@@ -3,56 +3,16 @@
 //! hash otherwise): the layer it adds feeds the table, and the stats
 //! endpoint it mounts reports it.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
-use hermes_runtime::{Builder, ServerHandle, Snapshot};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::Notify,
+use hermes_test_support::{
+    http::get_path,
+    server::{shutdown, two_workers},
+    snapshot::{in_flight, requests},
+    wait::eventually_snapshot as eventually,
 };
-
-/// Sends `GET path` on a new connection and returns the whole response.
-async fn get_path(addr: SocketAddr, path: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.expect("connect to the server");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read response");
-    response
-}
-
-/// Waits (up to 5 s) until `cond` holds on the server's snapshot.
-async fn eventually(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let snapshot = handle.snapshot();
-        if cond(&snapshot) {
-            return snapshot;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {snapshot:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn in_flight(s: &Snapshot) -> u32 {
-    s.workers.iter().map(|w| w.in_flight).sum()
-}
-
-fn requests(s: &Snapshot) -> u64 {
-    s.workers.iter().map(|w| w.requests).sum()
-}
-
-fn two_workers() -> Builder {
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    builder
-}
-
-async fn shutdown(handle: ServerHandle) {
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
-}
+use tokio::sync::Notify;
 
 #[tokio::test]
 async fn a_slow_request_through_serve_is_in_flight_on_its_worker_until_answered() {

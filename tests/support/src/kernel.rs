@@ -1,6 +1,5 @@
-//! Shared helpers for the kernel-path tests: reuseport groups on loopback
-//! port 0, client connections, and accept counting.
-#![allow(dead_code)]
+//! `SO_REUSEPORT` groups on loopback port 0, client connections and accept
+//! counting, for the dispatch program's own tests.
 
 use std::{
     io::{self, Read, Write},
@@ -11,25 +10,13 @@ use std::{
 use hermes_bpf::{Dispatcher, monotonic_ns};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Loads the dispatch program. Without the privileges to do so, fails when
-/// `HERMES_REQUIRE_BPF=1` (as in CI) and otherwise skips loudly.
-pub fn dispatcher_or_skip(test: &str) -> Option<Dispatcher> {
-    match Dispatcher::load() {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") => {
-            panic!("{test}: HERMES_REQUIRE_BPF=1 but the dispatch program did not load: {e}")
-        }
-        Err(e) => {
-            eprintln!("\n*** SKIPPED {test}: needs CAP_BPF to load the dispatch program: {e} ***\n");
-            None
-        }
-    }
-}
-
-/// `n` listeners in one SO_REUSEPORT group on 127.0.0.1 with a kernel-chosen
-/// port, non-blocking, with room in their accept queues.
+/// `n` listeners in one `SO_REUSEPORT` group on 127.0.0.1 with a
+/// kernel-chosen port, non-blocking, with room in their accept queues.
+///
+/// # Panics
+/// When a socket cannot be made, bound or listened on.
 pub fn reuseport_group(n: usize) -> (Vec<TcpListener>, SocketAddr) {
-    let mut addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
@@ -44,7 +31,15 @@ pub fn reuseport_group(n: usize) -> (Vec<TcpListener>, SocketAddr) {
     (listeners, addr)
 }
 
+/// The listeners as references, for [`accept_all`].
+pub fn refs(listeners: &[TcpListener]) -> Vec<&TcpListener> {
+    listeners.iter().collect()
+}
+
 /// Opens `count` connections to `addr`, each on a fresh source port.
+///
+/// # Panics
+/// When a connection fails.
 pub fn connect(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
     (0..count)
         .map(|_| {
@@ -57,6 +52,9 @@ pub fn connect(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
 
 /// Accepts from every listener until `expected` connections were accepted
 /// in all, or 5 s passed. Returns the accepted streams per listener.
+///
+/// # Panics
+/// On an accept error other than `WouldBlock`.
 pub fn accept_all(listeners: &[&TcpListener], expected: usize) -> Vec<Vec<TcpStream>> {
     let mut out: Vec<Vec<TcpStream>> = listeners.iter().map(|_| Vec::new()).collect();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -89,6 +87,9 @@ pub fn counts(accepted: &[Vec<TcpStream>]) -> Vec<usize> {
 
 /// Proves a connection is alive end to end: the server side writes a byte
 /// and the client reads it (a reset would fail the read).
+///
+/// # Errors
+/// The write's and the read's.
 pub fn round_trip(server: &mut TcpStream, client: &mut TcpStream) -> io::Result<()> {
     server.write_all(b"h")?;
     let mut b = [0u8; 1];
@@ -99,6 +100,9 @@ pub fn round_trip(server: &mut TcpStream, client: &mut TcpStream) -> io::Result<
 
 /// Places each listener in its slot, attaches the program to the group,
 /// sets the policy and publishes `bitmap` now.
+///
+/// # Panics
+/// When a map update or the attach fails.
 pub fn steer(d: &mut Dispatcher, listeners: &[TcpListener], min: u32, bitmap: u64) {
     for (i, l) in listeners.iter().enumerate() {
         d.insert(i, l).unwrap();

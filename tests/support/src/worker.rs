@@ -1,14 +1,12 @@
-//! Shared helpers: an in-memory Worker State Table, reading a slot, and a
-//! server thread that runs like a Hermes worker (a current-thread Tokio
-//! runtime with its worker entered).
-#![allow(dead_code)] // each test binary uses part of it
+//! An in-memory Worker State Table, reading a slot, and a server thread that
+//! runs like a Hermes worker (a current-thread Tokio runtime with its worker
+//! entered), for the Tower layer's tests.
 
 use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
     thread,
-    time::{Duration, Instant},
 };
 
 use hermes_bpf::{Region, WorkerTable, layout::WorkerState};
@@ -23,11 +21,15 @@ pub fn table(slots: usize) -> WorkerTable {
 /// The counters the layer writes, read from one slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
+    /// Requests in flight.
     pub in_flight: u32,
+    /// Requests finished.
     pub requests: u64,
+    /// Service time counted, in nanoseconds.
     pub service_ns: u64,
 }
 
+/// Reads slot `id` of `table`.
 pub fn slot(table: &WorkerTable, id: usize) -> Slot {
     let s = &table[id];
     Slot {
@@ -42,18 +44,11 @@ pub fn untouched(table: &WorkerTable) -> bool {
     (0..table.len()).all(|i| slot(table, i) == Slot { in_flight: 0, requests: 0, service_ns: 0 })
 }
 
-/// Waits (up to 5 s) until `cond` holds, polling every millisecond.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// A server running on its own thread as worker `id` of `table` would: a
 /// current-thread runtime with the worker entered. Stops when dropped.
+#[derive(Debug)]
 pub struct WorkerServer {
+    /// Where it listens (127.0.0.1, a kernel-chosen port).
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -62,6 +57,9 @@ pub struct WorkerServer {
 impl WorkerServer {
     /// Binds 127.0.0.1:0 on the worker thread and runs `serve(listener, stop)`
     /// there; `serve` should return once `stop` resolves.
+    ///
+    /// # Panics
+    /// When the thread cannot be spawned or the bind fails.
     pub fn start<F, Fut>(table: WorkerTable, id: usize, serve: F) -> Self
     where
         F: FnOnce(TcpListener, oneshot::Receiver<()>) -> Fut + Send + 'static,

@@ -1,44 +1,18 @@
 //! The tonic greeter through the one-line tonic entry,
 //! `hermes_tower::serve_tonic`, over real sockets, called by its client.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use hermes_examples::greeter::{
     Greeter, GreeterClient, GreeterServer, HelloReply, HelloRequest, WorkerGreeter,
 };
-use hermes_runtime::{Builder, ServerHandle, Snapshot};
+use hermes_test_support::{
+    server::{shutdown, two_workers},
+    snapshot::{in_flight, requests},
+    wait::eventually_snapshot as eventually,
+};
 use tokio::sync::Notify;
 use tonic::{Status, service::Routes};
-
-fn two_workers() -> Builder {
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    builder
-}
-
-async fn eventually(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let snapshot = handle.snapshot();
-        if cond(&snapshot) {
-            return snapshot;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {snapshot:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn in_flight(s: &Snapshot) -> u32 {
-    s.workers.iter().map(|w| w.in_flight).sum()
-}
-
-fn requests(s: &Snapshot) -> u64 {
-    s.workers.iter().map(|w| w.requests).sum()
-}
-
-async fn shutdown(handle: ServerHandle) {
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
-}
 
 #[tokio::test]
 async fn the_client_is_greeted_by_a_hermes_worker() {

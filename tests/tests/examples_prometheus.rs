@@ -3,33 +3,21 @@
 //! started with `hermes_tower::serve`. Its own test binary, since the
 //! recorder is process-wide.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use axum::{Router, routing::get};
-use hermes_runtime::Builder;
-use metrics_exporter_prometheus::PrometheusBuilder;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use hermes_test_support::{
+    http::get_path,
+    server::{shutdown, two_workers},
 };
-
-async fn get_path(addr: SocketAddr, path: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.expect("connect to the server");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read response");
-    response
-}
+use metrics_exporter_prometheus::PrometheusBuilder;
 
 #[tokio::test]
 async fn metrics_lists_every_worker_and_the_mode() {
     let recorder = PrometheusBuilder::new().install_recorder().expect("install the recorder");
     let metrics = Router::new().route("/metrics", get(move || std::future::ready(recorder.render())));
     let app = Router::new().route("/", get(|| async { "hello" })).merge(metrics);
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    let handle = hermes_tower::serve("127.0.0.1:0", app).with_builder(builder).start().expect("start");
+    let handle = hermes_tower::serve("127.0.0.1:0", app).with_builder(two_workers()).start().expect("start");
     let addr = handle.local_addr();
     assert!(get_path(addr, "/").await.ends_with("hello"));
 
@@ -50,5 +38,5 @@ async fn metrics_lists_every_worker_and_the_mode() {
         assert!(tokio::time::Instant::now() < deadline, "missing metrics in:\n{body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+    shutdown(handle).await;
 }

@@ -5,7 +5,8 @@
 use std::process::Command;
 
 use hermes_examples::resp::{self, Store};
-use hermes_runtime::{Builder, HermesListener};
+use hermes_runtime::HermesListener;
+use hermes_test_support::{server::two_workers, snapshot::accepted};
 
 fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
@@ -29,12 +30,8 @@ fn redis_cli_pings_sets_and_gets_across_workers() {
         );
         return;
     }
-    let server = Builder::new()
-        .workers(2)
-        .pin_workers(false)
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .build()
-        .expect("build the server");
+    let server =
+        two_workers().bind("127.0.0.1:0".parse().expect("address")).build().expect("build the server");
     let port = server.local_addr().port();
     let store = Store::default();
     let handle =
@@ -50,7 +47,7 @@ fn redis_cli_pings_sets_and_gets_across_workers() {
     assert_eq!(redis_cli(port, &["GET", "missing"]), "");
     assert!(redis_cli(port, &["FLUSHALL"]).contains("unknown command"));
 
-    let accepted: u64 = handle.snapshot().workers.iter().map(|w| w.accepted).sum();
-    assert_eq!(accepted, 9, "{:?}", handle.snapshot());
+    let snapshot = handle.snapshot();
+    assert_eq!(accepted(&snapshot), 9, "{snapshot:?}");
     handle.shutdown();
 }

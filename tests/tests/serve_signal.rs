@@ -5,31 +5,24 @@
 use std::time::Duration;
 
 use axum::{Router, routing::get};
-use hermes_runtime::Builder;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use hermes_test_support::{http::get_path, server::two_workers};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn the_one_line_serves_until_sigterm_then_resolves() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local address");
     let app = Router::new().route("/", get(|| async { "hello" }));
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false).drain_timeout(Duration::from_secs(2));
+    let mut builder = two_workers();
+    builder.drain_timeout(Duration::from_secs(2));
     let server = tokio::spawn(async move { hermes_tower::serve(listener, app).with_builder(builder).await });
 
     // Once the server answers, its signal handlers are installed (they are
     // installed in the same poll that starts the workers).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let response = loop {
-        if let Ok(mut conn) = TcpStream::connect(addr).await {
-            let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-            conn.write_all(request.as_bytes()).await.expect("send request");
-            let mut response = String::new();
-            conn.read_to_string(&mut response).await.expect("read response");
-            break response;
+        if TcpStream::connect(addr).await.is_ok() {
+            break get_path(addr, "/").await;
         }
         assert!(tokio::time::Instant::now() < deadline, "the server never answered");
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,234 @@
+//! The workload server the benchmarks drive.
+//!
+//! ```text
+//! cargo run --release -p hermes-tests --bin hermes-workload -- --mode hermes|reuseport|shared|tokio --workers N --addr 127.0.0.1:0
+//! ```
+//!
+//! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
+//! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
+//! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
+//! `/work?us=N` (spins the worker's CPU for N µs), `/block?ms=N` (blocks the
+//! worker thread for N ms), `/_hermes/stats` (the snapshot as JSON). Every
+//! response of the endpoints carries `x-hermes-worker: ID`. Ctrl-C or SIGTERM
+//! drains and exits.
+//!
+//! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
+//! README tells users to serve an axum app: `hermes_tower::serve(addr, app)`
+//! with `.with_builder(..)` and `.with_stats()`, so [`HermesLayer`] with its
+//! default settings counts every request into the Worker State Table, and
+//! `/_hermes/stats` is mounted outside the layer. `tokio` serves the same
+//! router composition (endpoints, then the layer, then a stats route) with
+//! `axum::serve` on the stock multi-thread runtime; there the layer finds no
+//! Hermes worker and passes requests straight through, so every peer runs
+//! the same middleware.
+
+use std::{
+    cell::Cell,
+    io::Write,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::Query,
+    http::HeaderValue,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::{Parser, ValueEnum};
+use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
+use hermes_tower::HermesLayer;
+
+/// The workload server of the Hermes benchmarks: the same endpoints on
+/// Hermes dispatch or on the servers users would pick instead.
+///
+/// Prints `listening on ADDR mode=MODE workers=N` once every worker accepts;
+/// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
+/// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
+/// (spins the worker's CPU for N µs), `/block?ms=N` (blocks the worker thread
+/// for N ms), `/_hermes/stats`. Ctrl-C or SIGTERM drains and exits.
+#[derive(Debug, Parser)]
+#[command(name = "hermes-workload", version)]
+struct Args {
+    /// How new connections reach the workers.
+    #[arg(long, value_enum, default_value_t = Peer::Hermes)]
+    mode: Peer,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N", default_value_t = default_workers())]
+    workers: usize,
+    /// Address to listen on (port 0: the kernel picks one, printed on the first line).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Fail instead of falling back to the kernel's hash when the dispatch program cannot be loaded.
+    #[arg(long)]
+    require_ebpf: bool,
+    /// Scheduler tick of the Hermes modes, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    tick_ms: u64,
+    /// How the kernel program picks one worker among the eligible ones.
+    #[arg(long, value_enum, default_value_t = Fine::TwoChoices)]
+    fine: Fine,
+    /// The scheduler's absolute margin: a worker is eligible within this many
+    /// units of load of the least loaded (default: the policy's own).
+    #[arg(long, value_name = "N")]
+    margin: Option<u64>,
+}
+
+/// The server under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    /// Hermes dispatch: the kernel program places each connection on an eligible worker.
+    Hermes,
+    /// Hermes workers with plain SO_REUSEPORT hashing.
+    Reuseport,
+    /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
+    Shared,
+    /// The stock multi-thread Tokio runtime with one listener, as `axum::serve`.
+    Tokio,
+}
+
+/// The kernel program's fine filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Fine {
+    /// The less loaded of two candidates drawn from the connection hash.
+    TwoChoices,
+    /// One candidate drawn from the connection hash.
+    Hash,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The cost parameters of `/work?us=N` and `/block?ms=N`; a missing one is 0,
+/// a malformed one is answered with 400 by axum's `Query` extractor.
+#[derive(serde::Deserialize)]
+struct Cost {
+    #[serde(default)]
+    us: u64,
+    #[serde(default)]
+    ms: u64,
+}
+
+thread_local! {
+    /// The index of a stock Tokio runtime's worker thread (mode `tokio`).
+    static TOKIO_WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The worker serving the current request: the Hermes worker of this thread,
+/// else the stock runtime's thread index.
+fn worker_id() -> usize {
+    hermes_runtime::context::current().map_or_else(|| TOKIO_WORKER.with(Cell::get), |w| w.id())
+}
+
+/// The endpoints, answering with `x-hermes-worker: id`.
+fn endpoints() -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/work",
+            get(|Query(cost): Query<Cost>| async move {
+                let end = Instant::now() + Duration::from_micros(cost.us);
+                while Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+                "worked"
+            }),
+        )
+        .route(
+            "/block",
+            get(|Query(cost): Query<Cost>| async move {
+                // Blocks the worker thread, as a stuck handler would.
+                std::thread::sleep(Duration::from_millis(cost.ms));
+                "unblocked"
+            }),
+        )
+        .layer(axum::middleware::map_response(|mut res: Response| async move {
+            res.headers_mut().insert("x-hermes-worker", HeaderValue::from(worker_id()));
+            res
+        }))
+}
+
+fn run_tokio(args: &Args) -> std::io::Result<()> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers)
+        .enable_all()
+        // Relaxed: the counter only hands out distinct indices.
+        .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
+        .build()?;
+    let workers = args.workers;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+        println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        // The composition `hermes_tower::serve(..).with_stats()` makes: the
+        // layer around the app, the stats route outside it.
+        let stats = Router::new().route(
+            "/_hermes/stats",
+            get(|| async { axum::Json(serde_json::json!({"mode": "tokio", "workers": []})).into_response() }),
+        );
+        let app = endpoints().layer(HermesLayer::new()).merge(stats);
+        let signal = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        axum::serve(listener, app).with_graceful_shutdown(signal).await
+    })
+}
+
+fn run_hermes(args: &Args) -> std::io::Result<()> {
+    let mode = match args.mode {
+        Peer::Hermes => Mode::Hermes,
+        Peer::Reuseport => Mode::KernelHash,
+        Peer::Shared => Mode::SharedListener,
+        Peer::Tokio => unreachable!("served by run_tokio"),
+    };
+    let mut builder = Builder::new();
+    if let Some(absolute) = args.margin {
+        builder.policy(LeastLoaded { absolute, ..LeastLoaded::default() });
+    }
+    builder
+        .workers(args.workers)
+        .mode(mode)
+        .require_ebpf(args.require_ebpf)
+        .tick(Duration::from_millis(args.tick_ms))
+        .fine_policy(match args.fine {
+            Fine::TwoChoices => FinePolicy::TwoChoices,
+            Fine::Hash => FinePolicy::Hash,
+        });
+    // As the README tells users: the one-line entry with its default layer.
+    // `start` returns once every worker accepts: only then say so.
+    let handle = hermes_tower::serve(args.addr, endpoints()).with_builder(builder).with_stats().start()?;
+    if let Some(reason) = handle.mode_reason() {
+        eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
+    }
+    let shown = match handle.mode() {
+        Mode::Hermes => "hermes",
+        Mode::KernelHash => "reuseport",
+        Mode::SharedListener => "shared",
+    };
+    println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
+    std::io::stdout().flush()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(hermes_tower::serve::shutdown_on_signal(handle))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = if args.mode == Peer::Tokio { run_tokio(&args) } else { run_hermes(&args) };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hermes-workload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The helpers the workspace's tests share, in one place.
+//!
+//! - [`ebpf`]: the gate of the kernel-path tests (skip loudly, or fail when
+//!   `HERMES_REQUIRE_BPF=1`).
+//! - [`wait`]: waiting until a condition holds, on a snapshot or anything else.
+//! - [`snapshot`]: sums over a server's [`Snapshot`](hermes_runtime::Snapshot).
+//! - [`http`]: HTTP/1.1 requests over real loopback sockets, async and blocking.
+//! - [`server`]: Hermes servers for tests: two unpinned workers, an app like
+//!   the workload's, a shutdown that does not block the test's runtime.
+//! - [`worker`]: an in-memory Worker State Table and a server thread that runs
+//!   as a Hermes worker would.
+//! - [`kernel`]: `SO_REUSEPORT` groups, connections and accepts for the
+//!   dispatch program's own tests.
+//! - [`child`]: re-running one test in a child process without CAP_BPF.
+#![deny(missing_docs)]
+
+pub mod child;
+pub mod ebpf;
+pub mod http;
+pub mod kernel;
+pub mod server;
+pub mod snapshot;
+pub mod wait;
+pub mod worker;

@@ -1,0 +1,183 @@
+//! The `hermes-workload` binary as the benchmarks run it, black-box over
+//! real loopback sockets: its Hermes mode serves through
+//! `hermes_tower::serve`, so a slow request is in flight on its worker in
+//! `/_hermes/stats` until answered; its flags are parsed with `--help` text;
+//! SIGTERM drains and exits.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use hermes_test_support::{
+    ebpf,
+    http::{get, get_within},
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
+
+/// A running `hermes-workload`; killed when dropped, unless stopped.
+struct Workload {
+    child: Child,
+    addr: SocketAddr,
+    mode: String,
+}
+
+impl Workload {
+    /// Starts the binary with `args` and reads its first line,
+    /// `listening on ADDR mode=MODE workers=N`.
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start hermes-workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the first line");
+        let rest = line.trim_end().strip_prefix("listening on ").unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("unexpected first line {line:?}")
+        });
+        let mut words = rest.split(' ');
+        let addr = words.next().and_then(|a| a.parse().ok()).expect("an address on the first line");
+        let mode = words.next().and_then(|m| m.strip_prefix("mode=")).expect("mode=").to_owned();
+        let workers = words.next().and_then(|w| w.strip_prefix("workers=")).expect("workers=");
+        let wanted = args.windows(2).find(|w| w[0] == "--workers").map_or("", |w| w[1]);
+        assert_eq!(workers, wanted, "{line}");
+        Self { child, addr, mode }
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for a clean exit.
+    fn stop(mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: `kill` on our own child with a signal it handles.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for hermes-workload") {
+                assert!(status.success(), "hermes-workload exited with {status} after SIGTERM");
+                return;
+            }
+            assert!(Instant::now() < deadline, "hermes-workload still runs 10 s after SIGTERM");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `(in_flight, requests)` of each worker in `/_hermes/stats`, or `None`
+/// when no answer came within `timeout` (the connection may have landed on
+/// the blocked worker).
+fn workers(addr: SocketAddr, timeout: Duration) -> Option<Vec<(u64, u64)>> {
+    let resp = get_within(addr, "/_hermes/stats", timeout).ok()?;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let json: Value = serde_json::from_str(&resp.body).expect("stats are JSON");
+    let workers = json["workers"].as_array().expect("a workers array");
+    Some(
+        workers
+            .iter()
+            .map(|w| (w["in_flight"].as_u64().expect("in_flight"), w["requests"].as_u64().expect("requests")))
+            .collect(),
+    )
+}
+
+#[test]
+fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
+    let test = "ebpf_workload_counts_a_slow_request_in_flight_on_its_worker";
+    let mut args = vec!["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0"];
+    if ebpf::required() {
+        args.push("--require-ebpf");
+    }
+    let workload = Workload::start(&args);
+    if workload.mode != "hermes" {
+        // Without CAP_BPF the binary serves by the kernel's hash; the layer
+        // counts all the same, so the rest of the test still runs.
+        ebpf::skipped(
+            &format!("{test} (Hermes dispatch part; running on mode={})", workload.mode),
+            "the dispatch program did not load",
+        );
+    }
+    let addr = workload.addr;
+    let before = workers(addr, Duration::from_secs(5)).expect("stats answer");
+    assert_eq!(before.len(), 2);
+    assert!(before.iter().all(|&(in_flight, _)| in_flight == 0), "stats are not counted as load: {before:?}");
+
+    let slow = thread::spawn(move || get(addr, "/block?ms=1500").expect("the slow request"));
+    let sent = Instant::now();
+    // The blocked worker cannot answer; a stats request that lands on it
+    // times out and the next connection is tried.
+    let during = loop {
+        assert!(sent.elapsed() < Duration::from_millis(1400), "the slow request never showed in flight");
+        if let Some(w) = workers(addr, Duration::from_millis(200))
+            && w.iter().any(|&(in_flight, _)| in_flight == 1)
+        {
+            break w;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(during.iter().map(|&(in_flight, _)| in_flight).sum::<u64>(), 1, "{during:?}");
+    let busy = during.iter().position(|&(in_flight, _)| in_flight == 1).expect("the busy worker");
+
+    let resp = slow.join().expect("client thread");
+    assert_eq!((resp.status, resp.body.as_str()), (200, "unblocked"));
+    assert_eq!(resp.worker, Some(busy), "the worker that answered is the one that had it in flight");
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let w = workers(addr, Duration::from_secs(5)).expect("stats answer");
+        if w.iter().all(|&(in_flight, _)| in_flight == 0) && w[busy].1 > before[busy].1 {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "the slow request never finished in the table: {w:?}");
+        thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(after[busy].1, before[busy].1 + 1, "{before:?} -> {after:?}");
+    workload.stop();
+}
+
+#[test]
+fn tokio_mode_serves_the_same_endpoints() {
+    let workload = Workload::start(&["--mode", "tokio", "--workers", "2", "--addr", "127.0.0.1:0"]);
+    assert_eq!(workload.mode, "tokio");
+    let ok = get(workload.addr, "/").expect("GET /");
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ok"));
+    assert!(ok.worker.is_some_and(|w| w < 2), "{ok:?}");
+    let worked = get(workload.addr, "/work?us=100").expect("GET /work");
+    assert_eq!((worked.status, worked.body.as_str()), (200, "worked"));
+    let bad = get(workload.addr, "/block?ms=soon").expect("GET /block");
+    assert_eq!(bad.status, 400, "a malformed cost is a client error: {bad:?}");
+    let stats: Value = serde_json::from_str(&get(workload.addr, "/_hermes/stats").expect("stats").body)
+        .expect("stats are JSON");
+    assert_eq!(stats["mode"], "tokio");
+    workload.stop();
+}
+
+#[test]
+fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
+    let help = Command::new(BIN).arg("--help").output().expect("run --help");
+    assert!(help.status.success(), "{help:?}");
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--mode", "--workers", "--addr", "--require-ebpf", "--tick-ms", "--fine", "--margin"] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+    for value in ["hermes", "reuseport", "shared", "tokio", "two-choices", "hash"] {
+        assert!(text.contains(value), "--help lacks {value}:\n{text}");
+    }
+
+    let bad = Command::new(BIN).args(["--mode", "nginx"]).output().expect("run with a bad mode");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nginx"), "{bad:?}");
+}
