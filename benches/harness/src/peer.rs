@@ -14,7 +14,7 @@ pub const ALL: [&str; 5] = ["hermes", "reuseport", "shared", "tokio", "ntex"];
 pub const BASELINE: &str = "hermes";
 
 /// The workspace package that holds the `hermes-workload` binary (the only place that names it).
-pub const WORKLOAD_PACKAGE: &str = "hermes-runtime";
+pub const WORKLOAD_PACKAGE: &str = "hermes-tests";
 
 /// The workload binary's name.
 pub const WORKLOAD_BIN: &str = "hermes-workload";
