@@ -8,17 +8,36 @@ use std::{
     process::{Command, ExitCode},
 };
 
+use clap::{Parser, Subcommand};
+
 /// Crate that owns the kernel program, relative to the workspace root.
 const BPF_DIR: &str = "hermes-bpf/bpf";
 const SOURCE: &str = "hermes.bpf.c";
 const OBJECT: &str = "hermes.bpf.o";
 
+/// Project tasks, run as `cargo xtask TASK`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Rebuilds the committed kernel object `hermes-bpf/bpf/hermes.bpf.o` from
+    /// `hermes.bpf.c` (needs clang-19, llvm-19 and libbpf-dev).
+    Bpf {
+        /// Writes nothing; fails when the committed object is not what the
+        /// source builds to.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["bpf"] => build_bpf(false),
-        ["bpf", "--check"] => build_bpf(true),
-        _ => Err("usage: cargo xtask bpf [--check]".to_owned()),
+    let result = match Cli::parse().task {
+        Task::Bpf { check } => build_bpf(check),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
