@@ -7,8 +7,8 @@
 //! It serves `helloworld.Greeter` on 127.0.0.1:50051 (one tonic server per
 //! worker, `HermesLayer` added by `hermes_tower::serve_tonic`), calls it
 //! once with the client in `hermes_examples::greeter`, prints the reply and
-//! serves until ctrl-c. The test `cargo test -p hermes-examples --test
-//! greeter` runs the same client.
+//! serves until ctrl-c. The test `cargo test -p hermes-tests --test
+//! examples_greeter` runs the same client.
 
 use hermes_examples::greeter::{GreeterClient, GreeterServer, HelloRequest, WorkerGreeter};
 use tonic::service::Routes;
