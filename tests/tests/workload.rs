@@ -78,20 +78,20 @@ impl Drop for Workload {
     }
 }
 
-/// The `(in_flight, requests)` of each worker in `/_hermes/stats`, or `None`
-/// when no answer came within `timeout` (the connection may have landed on
-/// the blocked worker).
-fn workers(addr: SocketAddr, timeout: Duration) -> Option<Vec<(u64, u64)>> {
+/// The `(in_flight, requests)` of each worker in `/_hermes/stats`, and the
+/// worker that answered (the harness reads it to take the stats connection
+/// out of that worker's count); `None` when no answer came within `timeout`
+/// (the connection may have landed on the blocked worker).
+fn workers(addr: SocketAddr, timeout: Duration) -> Option<(Vec<(u64, u64)>, usize)> {
     let resp = get_within(addr, "/_hermes/stats", timeout).ok()?;
     assert_eq!(resp.status, 200, "{resp:?}");
     let json: Value = serde_json::from_str(&resp.body).expect("stats are JSON");
     let workers = json["workers"].as_array().expect("a workers array");
-    Some(
-        workers
-            .iter()
-            .map(|w| (w["in_flight"].as_u64().expect("in_flight"), w["requests"].as_u64().expect("requests")))
-            .collect(),
-    )
+    let counts = workers
+        .iter()
+        .map(|w| (w["in_flight"].as_u64().expect("in_flight"), w["requests"].as_u64().expect("requests")))
+        .collect();
+    Some((counts, resp.worker.expect("the stats response names its worker")))
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
         );
     }
     let addr = workload.addr;
-    let before = workers(addr, Duration::from_secs(5)).expect("stats answer");
+    let (before, _) = workers(addr, Duration::from_secs(5)).expect("stats answer");
     assert_eq!(before.len(), 2);
     assert!(before.iter().all(|&(in_flight, _)| in_flight == 0), "stats are not counted as load: {before:?}");
 
@@ -119,17 +119,18 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
     let sent = Instant::now();
     // The blocked worker cannot answer; a stats request that lands on it
     // times out and the next connection is tried.
-    let during = loop {
+    let (during, answered_by) = loop {
         assert!(sent.elapsed() < Duration::from_millis(1400), "the slow request never showed in flight");
-        if let Some(w) = workers(addr, Duration::from_millis(200))
+        if let Some((w, by)) = workers(addr, Duration::from_millis(200))
             && w.iter().any(|&(in_flight, _)| in_flight == 1)
         {
-            break w;
+            break (w, by);
         }
         thread::sleep(Duration::from_millis(5));
     };
     assert_eq!(during.iter().map(|&(in_flight, _)| in_flight).sum::<u64>(), 1, "{during:?}");
     let busy = during.iter().position(|&(in_flight, _)| in_flight == 1).expect("the busy worker");
+    assert_ne!(answered_by, busy, "the blocked worker cannot have answered the stats request");
 
     let resp = slow.join().expect("client thread");
     assert_eq!((resp.status, resp.body.as_str()), (200, "unblocked"));
@@ -137,7 +138,7 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
 
     let deadline = Instant::now() + Duration::from_secs(5);
     let after = loop {
-        let w = workers(addr, Duration::from_secs(5)).expect("stats answer");
+        let (w, _) = workers(addr, Duration::from_secs(5)).expect("stats answer");
         if w.iter().all(|&(in_flight, _)| in_flight == 0) && w[busy].1 > before[busy].1 {
             break w;
         }
@@ -149,20 +150,26 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
 }
 
 #[test]
-fn tokio_mode_serves_the_same_endpoints() {
-    let workload = Workload::start(&["--mode", "tokio", "--workers", "2", "--addr", "127.0.0.1:0"]);
-    assert_eq!(workload.mode, "tokio");
-    let ok = get(workload.addr, "/").expect("GET /");
-    assert_eq!((ok.status, ok.body.as_str()), (200, "ok"));
-    assert!(ok.worker.is_some_and(|w| w < 2), "{ok:?}");
-    let worked = get(workload.addr, "/work?us=100").expect("GET /work");
-    assert_eq!((worked.status, worked.body.as_str()), (200, "worked"));
-    let bad = get(workload.addr, "/block?ms=soon").expect("GET /block");
-    assert_eq!(bad.status, 400, "a malformed cost is a client error: {bad:?}");
-    let stats: Value = serde_json::from_str(&get(workload.addr, "/_hermes/stats").expect("stats").body)
-        .expect("stats are JSON");
-    assert_eq!(stats["mode"], "tokio");
-    workload.stop();
+fn every_mode_serves_the_same_endpoints() {
+    // `hermes` itself is the test above; its fallback is `reuseport`.
+    for (mode, stats_mode) in
+        [("reuseport", "kernel-hash"), ("shared", "shared-listener"), ("tokio", "tokio")]
+    {
+        let workload = Workload::start(&["--mode", mode, "--workers", "2", "--addr", "127.0.0.1:0"]);
+        assert_eq!(workload.mode, mode);
+        let ok = get(workload.addr, "/").expect("GET /");
+        assert_eq!((ok.status, ok.body.as_str()), (200, "ok"), "{mode}");
+        assert!(ok.worker.is_some_and(|w| w < 2), "{mode}: {ok:?}");
+        let worked = get(workload.addr, "/work?us=100").expect("GET /work");
+        assert_eq!((worked.status, worked.body.as_str()), (200, "worked"), "{mode}");
+        let bad = get(workload.addr, "/block?ms=soon").expect("GET /block");
+        assert_eq!(bad.status, 400, "{mode}: a malformed cost is a client error: {bad:?}");
+        let stats = get(workload.addr, "/_hermes/stats").expect("stats");
+        assert!(stats.worker.is_some(), "{mode}: {stats:?}");
+        let stats: Value = serde_json::from_str(&stats.body).expect("stats are JSON");
+        assert_eq!(stats["mode"], stats_mode);
+        workload.stop();
+    }
 }
 
 #[test]

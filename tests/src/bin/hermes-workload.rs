@@ -9,15 +9,18 @@
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
 //! `/work?us=N` (spins the worker's CPU for N µs), `/block?ms=N` (blocks the
 //! worker thread for N ms), `/_hermes/stats` (the snapshot as JSON). Every
-//! response of the endpoints carries `x-hermes-worker: ID`. Ctrl-C or SIGTERM
-//! drains and exits.
+//! response carries `x-hermes-worker: ID`. Ctrl-C or SIGTERM drains and
+//! exits.
 //!
 //! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
-//! README tells users to serve an axum app: `hermes_tower::serve(addr, app)`
-//! with `.with_builder(..)` and `.with_stats()`, so [`HermesLayer`] with its
-//! default settings counts every request into the Worker State Table, and
-//! `/_hermes/stats` is mounted outside the layer. `tokio` serves the same
-//! router composition (endpoints, then the layer, then a stats route) with
+//! README tells users to serve an axum app: through `hermes_tower::serve`,
+//! with [`HermesLayer`] at its default settings counting every request into
+//! the Worker State Table and `/_hermes/stats` mounted outside the layer,
+//! the router `.with_stats()` composes. The app is composed here (and served
+//! with `.without_layer()`, the README's option for an app that adds the
+//! layer itself) only so that the worker header wraps the stats response
+//! too: the harness reads it to take the stats connection out of that
+//! worker's accepted count. `tokio` serves the same router with
 //! `axum::serve` on the stock multi-thread runtime; there the layer finds no
 //! Hermes worker and passes requests straight through, so every peer runs
 //! the same middleware.
@@ -124,7 +127,7 @@ fn worker_id() -> usize {
     hermes_runtime::context::current().map_or_else(|| TOKIO_WORKER.with(Cell::get), |w| w.id())
 }
 
-/// The endpoints, answering with `x-hermes-worker: id`.
+/// The endpoints.
 fn endpoints() -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
@@ -146,10 +149,19 @@ fn endpoints() -> Router {
                 "unblocked"
             }),
         )
-        .layer(axum::middleware::map_response(|mut res: Response| async move {
+}
+
+/// What every mode serves: the endpoints inside [`HermesLayer`] (default
+/// settings), `stats` outside it (reading stats is not load), as
+/// `hermes_tower::serve(..).with_stats()` composes them; every response,
+/// the stats one included, answers with `x-hermes-worker: id`.
+fn app(stats: Router) -> Router {
+    endpoints().layer(HermesLayer::new()).merge(stats).layer(axum::middleware::map_response(
+        |mut res: Response| async move {
             res.headers_mut().insert("x-hermes-worker", HeaderValue::from(worker_id()));
             res
-        }))
+        },
+    ))
 }
 
 fn run_tokio(args: &Args) -> std::io::Result<()> {
@@ -165,13 +177,11 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
         println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        // The composition `hermes_tower::serve(..).with_stats()` makes: the
-        // layer around the app, the stats route outside it.
         let stats = Router::new().route(
             "/_hermes/stats",
             get(|| async { axum::Json(serde_json::json!({"mode": "tokio", "workers": []})).into_response() }),
         );
-        let app = endpoints().layer(HermesLayer::new()).merge(stats);
+        let app = app(stats);
         let signal = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
@@ -204,9 +214,13 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
         });
-    // As the README tells users: the one-line entry with its default layer.
-    // `start` returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, endpoints()).with_builder(builder).with_stats().start()?;
+    // The one-line entry, as the README tells users; `app` carries the
+    // default layer and the stats route (see the module's docs). `start`
+    // returns once every worker accepts: only then say so.
+    let handle = hermes_tower::serve(args.addr, app(hermes_runtime::stats_router()))
+        .with_builder(builder)
+        .without_layer()
+        .start()?;
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
     }
