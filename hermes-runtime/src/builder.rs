@@ -40,6 +40,7 @@ pub struct Builder {
     require_ebpf: bool,
     drain_timeout: Duration,
     policy: Arc<dyn Policy>,
+    tcp_nodelay: bool,
 }
 
 impl Default for Builder {
@@ -69,6 +70,7 @@ impl Builder {
             require_ebpf: false,
             drain_timeout: Duration::from_secs(30),
             policy: Arc::new(LeastLoaded::default()),
+            tcp_nodelay: true,
         }
     }
 
@@ -167,6 +169,24 @@ impl Builder {
         self
     }
 
+    /// Sets `TCP_NODELAY` on every accepted connection, in every mode (and
+    /// so in `hermes_tower::serve` and `serve_tonic`). Default: on, as in
+    /// tonic.
+    ///
+    /// With Nagle's algorithm (the option off), the kernel holds back a small
+    /// write while an earlier one is unacknowledged, and the client's delayed
+    /// ACK holds that acknowledgement for up to 40 ms: a server that writes a
+    /// reply in more than one piece, or answers pipelined requests one write
+    /// at a time, then waits about 40 ms per round trip. Servers here write
+    /// whole replies, so they gain nothing from the kernel coalescing them;
+    /// turn it off only for a protocol that makes many tiny writes and cares
+    /// more for packets than for latency. A refused option is logged at
+    /// debug level and the connection is served anyway.
+    pub fn tcp_nodelay(&mut self, nodelay: bool) -> &mut Self {
+        self.tcp_nodelay = nodelay;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -214,6 +234,7 @@ impl Builder {
             require_ebpf: self.require_ebpf,
             drain_timeout: self.drain_timeout,
             policy: self.policy.clone(),
+            tcp_nodelay: self.tcp_nodelay,
         })
     }
 

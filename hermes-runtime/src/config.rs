@@ -65,4 +65,5 @@ pub(crate) struct Config {
     pub(crate) require_ebpf: bool,
     pub(crate) drain_timeout: Duration,
     pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) tcp_nodelay: bool,
 }

@@ -83,6 +83,8 @@ pub struct HermesListener {
     source: Option<Source>,
     backoff: Pin<Box<Sleep>>,
     backing_off: bool,
+    /// Set `TCP_NODELAY` on each accepted stream ([`crate::Builder::tcp_nodelay`]).
+    nodelay: bool,
 }
 
 impl fmt::Debug for HermesListener {
@@ -119,7 +121,14 @@ impl HermesListener {
             source: Some(source),
             backoff: Box::pin(tokio::time::sleep(Duration::ZERO)),
             backing_off: false,
+            nodelay: true,
         }
+    }
+
+    /// Whether accepted streams get `TCP_NODELAY` (see [`crate::Builder::tcp_nodelay`]).
+    pub(crate) fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
     }
 
     /// The worker this listener belongs to.
@@ -178,6 +187,13 @@ impl HermesListener {
             };
             match result {
                 Ok((stream, addr)) => {
+                    // One `setsockopt` per connection. A refusal (the peer
+                    // already reset it) is not worth failing the accept for.
+                    if self.nodelay
+                        && let Err(e) = stream.set_nodelay(true)
+                    {
+                        tracing::debug!(worker = self.worker.id(), error = %e, "setting TCP_NODELAY");
+                    }
                     return Poll::Ready(Some((HermesStream::new(stream, &self.worker), addr)));
                 }
                 Err(e) if is_connection_error(&e) => continue,

@@ -74,7 +74,8 @@ pub(super) async fn worker_loop<F, Fut>(
                 continue;
             }
         };
-        let listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source);
+        let listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source)
+            .tcp_nodelay(shared.config.tcp_nodelay);
         // Starting -> Serving, unless a drain began meanwhile (Relaxed: the
         // state is a lone value; the compare-exchange only keeps a drain's
         // store from being overwritten).
