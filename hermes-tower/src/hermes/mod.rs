@@ -3,7 +3,7 @@
 
 use std::task::{Context, Poll};
 
-use hermes_runtime::context;
+use hermes_runtime::context::{self, InFlight, SampleRate};
 use tower_service::Service;
 
 pub mod error;
@@ -13,7 +13,7 @@ mod layer;
 pub use layer::HermesLayer;
 
 use error::InvalidSampleRate;
-use future::{InFlight, ResponseFuture};
+use future::ResponseFuture;
 
 /// Which requests have their service time measured.
 ///
@@ -42,18 +42,17 @@ use future::{InFlight, ResponseFuture};
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceTime {
-    /// Measure one request in `every`; 0 measures none. Always 0 or a power
-    /// of two, so that choosing a request is a mask.
-    every: u32,
+    /// The runtime guard's rate: one request in a power of two, or none.
+    sampling: SampleRate,
 }
 
 impl ServiceTime {
     /// Measures no request; `service_ns` is not written.
-    pub const OFF: Self = Self { every: 0 };
+    pub const OFF: Self = Self { sampling: SampleRate::OFF };
     /// Measures every request; `service_ns` is exact.
-    pub const EVERY_REQUEST: Self = Self { every: 1 };
+    pub const EVERY_REQUEST: Self = Self { sampling: SampleRate::EVERY_REQUEST };
     /// The default rate: one request in this many is measured.
-    pub const DEFAULT_ONE_IN: u32 = 64;
+    pub const DEFAULT_ONE_IN: u32 = SampleRate::DEFAULT_ONE_IN;
 
     /// Measures one request in `n` and counts its time `n` times.
     ///
@@ -64,19 +63,22 @@ impl ServiceTime {
     /// # Errors
     /// If `n` is not a power of two (0 included: use [`ServiceTime::OFF`]).
     pub const fn one_in(n: u32) -> Result<Self, InvalidSampleRate> {
-        if n.is_power_of_two() { Ok(Self { every: n }) } else { Err(InvalidSampleRate::new(n)) }
+        match SampleRate::one_in(n) {
+            Some(sampling) => Ok(Self { sampling }),
+            None => Err(InvalidSampleRate::new(n)),
+        }
     }
 
     /// One request in how many is measured, or `None` when off.
     pub const fn rate(&self) -> Option<u32> {
-        if self.every == 0 { None } else { Some(self.every) }
+        self.sampling.rate()
     }
 }
 
 impl Default for ServiceTime {
     /// One request in [`ServiceTime::DEFAULT_ONE_IN`].
     fn default() -> Self {
-        Self { every: Self::DEFAULT_ONE_IN }
+        Self { sampling: SampleRate::DEFAULT }
     }
 }
 
@@ -167,7 +169,7 @@ where
         // The guard exists before the inner `call` runs: its synchronous part
         // (routing, decoding) counts as service, and if it panics the guard
         // unwinds with it and `in_flight` does not leak.
-        let in_flight = context::current().map(|worker| InFlight::start(worker, self.service_time));
+        let in_flight = context::current().map(|worker| InFlight::start(worker, self.service_time.sampling));
         ResponseFuture::new(self.inner.call(request), in_flight)
     }
 }
