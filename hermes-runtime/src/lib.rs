@@ -22,7 +22,8 @@
 //! work) and owning its own `SO_REUSEPORT` listener, placed in the kernel's
 //! socket array at slot = worker id. Each worker publishes its live state
 //! into its slot of the Worker State Table (open connections, accept queue,
-//! heartbeat, busy time; the Tower layer adds in-flight requests), runs a
+//! heartbeat, busy time; in-flight requests come from [`context::InFlight`]
+//! guards, which the Tower layer opens per request), runs a
 //! [`scheduler`] pass every tick, and any worker may publish the resulting
 //! bitmap of eligible workers. The kernel program then places each new
 //! connection on an eligible worker, so a worker stuck in a handler stops

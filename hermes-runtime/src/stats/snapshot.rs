@@ -54,7 +54,8 @@ pub struct WorkerSnapshot {
     pub accepted: u64,
     /// Connections open now.
     pub open_connections: u32,
-    /// Requests being served now (fed by the Tower layer).
+    /// Requests being served now (fed by [`crate::context::InFlight`]
+    /// guards: the Tower layer's, or a hand-written server's).
     pub in_flight: u32,
     /// The listener's accept-queue length at the last tick (in the
     /// shared-listener mode, the shared listener's, the same for every worker).
@@ -63,7 +64,7 @@ pub struct WorkerSnapshot {
     pub eligible: bool,
     /// New connections the kernel program placed on this worker (Hermes mode).
     pub dispatched: u64,
-    /// Requests completed in total (fed by the Tower layer).
+    /// Requests completed in total (fed by the same guards).
     pub requests: u64,
     /// Nanoseconds the worker's runtime spent not parked.
     pub busy_ns: u64,
