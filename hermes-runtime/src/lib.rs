@@ -5,7 +5,8 @@
 //!
 //! - `sys`: the Linux calls std and socket2 do not wrap (`TCP_INFO`, CPU
 //!   pinning, listener shutdown, the `EPOLLEXCLUSIVE` epoll set);
-//! - [`context`]: [`context::WorkerRef`], the current worker's slot of the table;
+//! - [`context`]: [`context::WorkerRef`], the current worker's slot of the table, and
+//!   [`context::InFlight`], the per-request guard that feeds its load signal;
 //! - [`scheduler`]: the scheduler pass and its [`scheduler::Policy`];
 //! - `config`: [`Mode`] and the validated settings;
 //! - `control`: a worker's drain flag, and how to stop its listener from another thread;
