@@ -1,7 +1,7 @@
 //! `TCP_NODELAY` on accepted streams: on by default in every mode, off when
 //! the builder says so. Read on the server side, from the accepted socket.
 
-mod support;
+use hermes_test_support::ebpf as support;
 
 use std::{net::TcpStream, sync::mpsc, time::Duration};
 
