@@ -90,3 +90,113 @@ fn an_unresolvable_address_is_reported() {
     let e = hermes_tower::serve("no port here", app).start().expect_err("no address");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
 }
+
+#[tokio::test]
+async fn connect_info_gives_handlers_the_clients_address() {
+    use axum::extract::ConnectInfo;
+
+    let app = Router::new()
+        .route("/peer", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
+    let handle = hermes_tower::serve("127.0.0.1:0", app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_builder(two_workers())
+        .tcp_nodelay(true)
+        .start()
+        .expect("start the server");
+    let addr = handle.local_addr();
+    // The client's own address, bound before connecting, is what the
+    // handler must see.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind the client");
+    let client_addr = socket.local_addr().expect("client address");
+    let mut conn = socket.connect(addr).await.expect("connect");
+    let request = format!("GET /peer HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("read response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(&client_addr.to_string()), "expected {client_addr} in {response}");
+    shutdown(handle).await;
+
+}
+
+#[tokio::test]
+async fn a_custom_shutdown_future_drains_the_server_and_resolves_serve() {
+    use std::future::IntoFuture;
+
+    let (entered, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|State((entered, gate)): State<(Arc<Notify>, Arc<Notify>)>| async move {
+                entered.notify_one();
+                gate.notified().await;
+                "slow"
+            }),
+        )
+        .with_state((entered.clone(), gate.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let future: hermes_tower::serve::ServeFuture = hermes_tower::serve(listener, app)
+        .with_builder(two_workers())
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .into_future();
+    let server = tokio::spawn(future);
+
+    // A slow request in flight when the signal comes is answered first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut conn = loop {
+        match TcpStream::connect(addr).await {
+            Ok(conn) => break conn,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "the server never listened: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    conn.write_all(format!("GET /slow HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("send");
+    // Wait until the request is being served before signalling.
+    tokio::time::timeout(Duration::from_secs(5), entered.notified())
+        .await
+        .expect("the slow request reaches its handler");
+    stop.send(()).expect("the server waits for the signal");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!server.is_finished(), "serve resolved while a request was in flight");
+    assert!(TcpStream::connect(addr).await.is_err(), "the listeners close on the signal");
+
+    gate.notify_one();
+    let mut response = vec![0u8; 1024];
+    let n = conn.read(&mut response).await.expect("read the answer");
+    let response = String::from_utf8_lossy(&response[..n]).to_string();
+    assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("slow"), "{response}");
+    // Once answered, the keep-alive connection is closed by the drain.
+    let result = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve resolves after the drain")
+        .expect("server task");
+    result.expect("the server stopped cleanly");
+}
+
+#[tokio::test]
+async fn serve_speaks_http2_with_prior_knowledge() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let app = Router::new().route("/", get(|| async { "over h2" }));
+    let handle =
+        hermes_tower::serve("127.0.0.1:0", app).with_builder(two_workers()).start().expect("start the server");
+    let tcp = TcpStream::connect(handle.local_addr()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/").body(Empty::<Bytes>::new()).expect("request");
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"over h2");
+    eventually(&handle, "the request counted", |s| requests(s) == 1).await;
+    drop(sender);
+    shutdown(handle).await;
+}

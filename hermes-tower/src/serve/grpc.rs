@@ -1,13 +1,23 @@
 //! [`serve_tonic`]: the one-line start of tonic services on a Hermes server.
 
-use std::{io, sync::Arc};
+use std::{fmt, io, pin::Pin, sync::Arc};
 
-use hermes_runtime::{Builder, HermesListener, ServerHandle, shutdown_signal};
-use tonic::{service::Routes, transport::Server};
-use tower::util::option_layer;
+use futures_util::StreamExt;
+use hermes_runtime::{Builder, HermesListener, ServerHandle};
+use tonic::{body::Body, service::Routes, transport::Server};
+use tower::{
+    Layer, Service,
+    layer::util::Identity,
+    util::{Either, option_layer},
+};
 
-use super::{IntoBindAddr, log_start, shutdown_on_signal};
-use crate::HermesLayer;
+use super::{IntoBindAddr, ServeFuture, log_start, shutdown_on_signal, shutdown_when};
+use crate::{Hermes, HermesLayer};
+
+/// The service each worker's tonic server is given: the routes, behind
+/// [`HermesLayer`] when it is on. A [`Server`]'s layers (given with
+/// [`ServeTonic::with_server`]) go around it.
+pub type TonicService = Either<Hermes<Routes>, Routes>;
 
 /// Starts the gRPC services that `routes` makes on a Hermes server
 /// listening on `addr`; await it in place of
@@ -16,7 +26,8 @@ use crate::HermesLayer;
 /// `routes` is called once on each worker thread (and again when a worker
 /// is restarted after a panic), so each worker may have its own service
 /// state; services that share state hold it in an `Arc`. Every worker serves
-/// the routes with `Server::builder().layer(HermesLayer::new())`.
+/// the routes behind [`HermesLayer`] with `Server::builder()`, or with the
+/// configured server given to [`ServeTonic::with_server`].
 ///
 /// ```diff
 /// -Server::builder().add_service(GreeterServer::new(greeter)).serve(addr).await?;
@@ -40,7 +51,15 @@ where
     A: IntoBindAddr,
     F: Fn() -> Routes + Send + Sync + 'static,
 {
-    ServeTonic { addr, routes, builder: Builder::new(), layer: Some(HermesLayer::new()) }
+    ServeTonic {
+        addr,
+        routes,
+        builder: Builder::new(),
+        layer: Some(HermesLayer::new()),
+        server: Server::builder(),
+        nodelay: true,
+        signal: None,
+    }
 }
 
 /// gRPC services about to be served by a Hermes server; made by
@@ -63,24 +82,90 @@ where
 /// # }
 /// ```
 #[must_use = "a ServeTonic does nothing until it is awaited or started"]
-pub struct ServeTonic<A, F> {
+pub struct ServeTonic<A, F, L = Identity> {
     addr: A,
     routes: F,
     builder: Builder,
     layer: Option<HermesLayer>,
+    server: Server<L>,
+    nodelay: bool,
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl<A, F> std::fmt::Debug for ServeTonic<A, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServeTonic").field("builder", &self.builder).field("layer", &self.layer).finish()
+impl<A, F, L> fmt::Debug for ServeTonic<A, F, L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeTonic")
+            .field("builder", &self.builder)
+            .field("layer", &self.layer)
+            .field("nodelay", &self.nodelay)
+            .field("graceful_shutdown", &self.signal.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl<A, F> ServeTonic<A, F>
+impl<A, F, L> ServeTonic<A, F, L>
 where
     A: IntoBindAddr,
     F: Fn() -> Routes + Send + Sync + 'static,
+    L: Layer<TonicService> + Clone + Send + Sync + 'static,
+    L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    <L::Service as Service<http::Request<Body>>>::Future: Send,
+    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
+    /// The tonic server each worker serves with, configured as you would
+    /// before `.add_service(..)`: timeouts, concurrency limits, HTTP/2
+    /// keepalive, window sizes, frame size, `accept_http1`, your own layers
+    /// (they go around [`HermesLayer`]). It is cloned on every worker.
+    /// Message sizes are set on the generated services, in `routes`
+    /// (`GreeterServer::new(..).max_decoding_message_size(..)`).
+    ///
+    /// tonic ignores its `tcp_nodelay` and `tcp_keepalive` settings for
+    /// connections it did not accept itself; use
+    /// [`ServeTonic::tcp_nodelay`] here. Default: `Server::builder()`.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tonic::{service::Routes, transport::Server};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let server = Server::builder()
+    ///     .timeout(Duration::from_secs(5))
+    ///     .concurrency_limit_per_connection(64)
+    ///     .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    /// hermes_tower::serve_tonic("127.0.0.1:50051", || Routes::new(tonic_health::server::health_reporter().1))
+    ///     .with_server(server)
+    ///     .await
+    /// # }
+    /// ```
+    pub fn with_server<L2>(self, server: Server<L2>) -> ServeTonic<A, F, L2> {
+        ServeTonic {
+            addr: self.addr,
+            routes: self.routes,
+            builder: self.builder,
+            layer: self.layer,
+            server,
+            nodelay: self.nodelay,
+            signal: self.signal,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` on every accepted connection. Default: on (as
+    /// tonic's own default).
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Stops the server when `signal` resolves, in place of ctrl-c and
+    /// `SIGTERM`; see [`Serve::with_graceful_shutdown`](super::Serve::with_graceful_shutdown).
+    pub fn with_graceful_shutdown<S>(mut self, signal: S) -> Self
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
+        self.signal = Some(Box::pin(signal));
+        self
+    }
+
     /// The server's settings; its address is replaced by the one given to
     /// [`serve_tonic`]. Default: [`Builder::new()`].
     pub fn with_builder(mut self, builder: Builder) -> Self {
@@ -113,35 +198,61 @@ where
         let mut builder = self.builder;
         let server = builder.bind(addr).build()?;
         let routes = Arc::new(self.routes);
-        let layer = self.layer;
+        let (layer, tonic_server, nodelay) = (self.layer, self.server, self.nodelay);
         let handle = server.serve(move |listener: HermesListener| {
-            let routes = routes();
-            async move {
-                let worker = listener.worker_id();
-                let served = Server::builder()
-                    .layer(option_layer(layer))
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(listener, shutdown_signal())
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(worker, error = %e, "tonic stopped serving");
-                }
-            }
+            let service = option_layer(layer).layer(routes().prepare());
+            serve_worker(listener, tonic_server.clone(), service, nodelay)
         })?;
         log_start(&handle);
         Ok(handle)
     }
 }
 
-impl<A, F> std::future::IntoFuture for ServeTonic<A, F>
+/// One worker's tonic server: `server` on the worker's listener until the
+/// worker drains.
+async fn serve_worker<L>(listener: HermesListener, server: Server<L>, service: TonicService, nodelay: bool)
+where
+    L: Layer<TonicService>,
+    L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    <L::Service as Service<http::Request<Body>>>::Future: Send,
+    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let worker = listener.worker_id();
+    let drain = listener.shutdown_signal();
+    // tonic sets TCP_NODELAY only on the connections it accepts itself.
+    let incoming = listener.map(move |conn| {
+        if let Ok(conn) = &conn
+            && let Err(e) = conn.get_ref().set_nodelay(nodelay)
+        {
+            tracing::debug!(worker, error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+        conn
+    });
+    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await {
+        tracing::error!(worker, error = %e, "tonic stopped serving");
+    }
+}
+
+impl<A, F, L> std::future::IntoFuture for ServeTonic<A, F, L>
 where
     A: IntoBindAddr + Send + 'static,
     F: Fn() -> Routes + Send + Sync + 'static,
+    L: Layer<TonicService> + Clone + Send + Sync + 'static,
+    L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    <L::Service as Service<http::Request<Body>>>::Future: Send,
+    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Output = io::Result<()>;
-    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+    type IntoFuture = ServeFuture;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { shutdown_on_signal(self.start()?).await })
+    fn into_future(mut self) -> ServeFuture {
+        let signal = self.signal.take();
+        ServeFuture::new(async move {
+            let handle = self.start()?;
+            match signal {
+                Some(signal) => shutdown_when(handle, signal).await,
+                None => shutdown_on_signal(handle).await,
+            }
+        })
     }
 }

@@ -1,5 +1,5 @@
-//! The one-line start: an axum `Router` ([`serve()`]) or tonic services
-//! ([`serve_tonic`]) on a Hermes server, with [`HermesLayer`] added.
+//! The one-line start: an axum application ([`serve()`]) or tonic services
+//! ([`serve_tonic`]) on a Hermes server, with [`HermesLayer`](crate::HermesLayer) added.
 //!
 //! An axum application moves to Hermes dispatch by changing one line:
 //!
@@ -9,17 +9,29 @@
 //! +hermes_tower::serve(listener, app).await?;
 //! ```
 //!
-//! The future starts a Hermes server with the [`Builder`]'s defaults (one
-//! worker per CPU, [`Mode::Hermes`](hermes_runtime::Mode::Hermes) with the
-//! fallback to the kernel's hash when the dispatch program cannot be
-//! loaded), serves `app` on every worker with [`HermesLayer`] added and
-//! graceful shutdown wired to [`hermes_runtime::shutdown_signal`], and
+//! `app` is anything `axum::serve` takes: a `Router`, or a make-service
+//! such as `app.into_make_service_with_connect_info::<SocketAddr>()`:
+//!
+//! ```diff
+//! -axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! +hermes_tower::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! ```
+//!
+//! The future ([`ServeFuture`]) starts a Hermes server with the
+//! [`Builder`](hermes_runtime::Builder)'s defaults (one worker per CPU,
+//! [`Mode::Hermes`](hermes_runtime::Mode::Hermes) with the fallback to the
+//! kernel's hash when the dispatch program cannot be loaded), serves `app`
+//! with `axum::serve` on every worker with [`HermesLayer`](crate::HermesLayer)
+//! added and axum's graceful shutdown wired to the worker's drain, and
 //! resolves once the server has stopped: after ctrl-c or `SIGTERM` (see
-//! [`shutdown_on_signal`]), or when every worker stopped by itself.
+//! [`shutdown_on_signal`]) or the future given to
+//! [`Serve::with_graceful_shutdown`], or when every worker stopped by itself.
+//! [`Serve::with_tls`] serves HTTPS (rustls, ALPN `h2` and `http/1.1`,
+//! certificates reloadable while serving: [`RustlsConfig`]).
 //!
 //! For a handle instead of a future (tests, printing the mode, stopping the
 //! server from code), use [`Serve::start`]. For full control (other
-//! servers than axum and tonic, per-worker state, your own shutdown), use
+//! servers than axum and tonic, per-worker state), use
 //! [`hermes_runtime::Builder`] and [`hermes_runtime::Server::serve`]
 //! directly; the layer is then yours to add.
 //!
@@ -29,161 +41,70 @@
 //! JSON) is off by default: the one-line change must not add a path to an
 //! application's public surface. Turn it on with [`Serve::with_stats`].
 
-mod addr;
 #[cfg(feature = "tonic")]
 mod grpc;
+mod addr;
+#[cfg(feature = "axum")]
+mod conn;
+#[cfg(feature = "axum")]
+mod http;
+#[cfg(feature = "tls")]
+mod tls;
 
-use std::{io, time::Duration};
+use std::{
+    fmt, io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 pub use addr::IntoBindAddr;
+#[cfg(feature = "axum")]
+pub use conn::{Connection, IncomingStream, WorkerListener};
 #[cfg(feature = "tonic")]
 pub use grpc::{ServeTonic, serve_tonic};
 #[cfg(feature = "axum")]
-use hermes_runtime::{Builder, HermesListener, shutdown_signal};
+pub use http::{Serve, serve};
 use hermes_runtime::{ServerHandle, WorkerStatus};
+#[cfg(feature = "tls")]
+pub use tls::{ALPN, RustlsConfig, TlsStats};
 use tokio::signal::unix::{SignalKind, signal};
 
-#[cfg(feature = "axum")]
-use crate::HermesLayer;
-
-/// Starts `app` on a Hermes server listening on `addr`; await it in place of
-/// `axum::serve(listener, app)`.
-///
-/// `addr` is an address or a listener whose address is taken over (see
-/// [`IntoBindAddr`] for the short window this leaves). Nothing happens until
-/// the returned [`Serve`] is awaited or started.
+/// The future of [`Serve`] and [`ServeTonic`] awaited: resolves once the
+/// server has stopped.
 ///
 /// ```no_run
-/// use axum::{Router, routing::get};
+/// use hermes_tower::serve::ServeFuture;
 ///
-/// #[tokio::main]
-/// async fn main() -> std::io::Result<()> {
-///     let app = Router::new().route("/", get(|| async { "hello" }));
-///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-///     hermes_tower::serve(listener, app).await
-/// }
-/// ```
-#[cfg(feature = "axum")]
-pub fn serve<A: IntoBindAddr>(addr: A, app: axum::Router) -> Serve<A> {
-    Serve { addr, app, builder: Builder::new(), layer: Some(HermesLayer::new()), stats: false }
-}
-
-/// An axum application about to be served by a Hermes server; made by
-/// [`serve()`].
-///
-/// Await it to serve until ctrl-c or `SIGTERM`, or [`start`](Serve::start)
-/// it for a [`ServerHandle`].
-///
-/// ```no_run
-/// use axum::{Router, routing::get};
-/// use hermes_runtime::Builder;
-///
-/// # async fn run() -> std::io::Result<()> {
-/// let app = Router::new().route("/", get(|| async { "hello" }));
-/// let mut builder = Builder::new();
-/// builder.workers(2);
-/// let handle = hermes_tower::serve("127.0.0.1:0", app)
-///     .with_builder(builder)
-///     .with_stats()
-///     .start()?;
-/// println!("http://{}/_hermes/stats (mode {})", handle.local_addr(), handle.mode());
-/// handle.shutdown();
-/// # Ok(())
+/// # fn f(app: axum::Router) {
+/// let server: ServeFuture = std::future::IntoFuture::into_future(hermes_tower::serve("127.0.0.1:3000", app));
+/// let _task = tokio::spawn(server);
 /// # }
 /// ```
-#[cfg(feature = "axum")]
-#[must_use = "a Serve does nothing until it is awaited or started"]
-#[derive(Debug)]
-pub struct Serve<A> {
-    addr: A,
-    app: axum::Router,
-    builder: Builder,
-    layer: Option<HermesLayer>,
-    stats: bool,
-}
+#[must_use = "futures do nothing unless awaited"]
+pub struct ServeFuture(Pin<Box<dyn Future<Output = io::Result<()>> + Send>>);
 
-#[cfg(feature = "axum")]
-impl<A: IntoBindAddr> Serve<A> {
-    /// The server's settings (workers, mode, `require_ebpf`, drain timeout,
-    /// ...). Its address is replaced by the one given to [`serve()`].
-    /// Default: [`Builder::new()`].
-    pub fn with_builder(mut self, builder: Builder) -> Self {
-        self.builder = builder;
-        self
-    }
-
-    /// The layer added to `app`, for other settings than the default ones
-    /// (such as [`HermesLayer::service_time`]). Default: [`HermesLayer::new()`].
-    pub fn with_layer(mut self, layer: HermesLayer) -> Self {
-        self.layer = Some(layer);
-        self
-    }
-
-    /// Serves `app` as it is, without [`HermesLayer`] (for an app that adds
-    /// the layer itself). Without the layer the table has no in-flight
-    /// counts, and the scheduler sees only connections, accept queues and
-    /// heartbeats.
-    pub fn without_layer(mut self) -> Self {
-        self.layer = None;
-        self
-    }
-
-    /// Also serves the server's snapshot as JSON at `/_hermes/stats`
-    /// ([`hermes_runtime::stats_router`]), outside the layer, so reading the
-    /// stats does not count as load. `app` must not have that path already
-    /// (axum panics on overlapping routes). Default: off.
-    pub fn with_stats(mut self) -> Self {
-        self.stats = true;
-        self
-    }
-
-    /// Binds the address, starts the workers and returns at once.
-    ///
-    /// Nothing stops the server on a signal: call
-    /// [`ServerHandle::shutdown`], or pass the handle to
-    /// [`shutdown_on_signal`].
-    ///
-    /// # Errors
-    /// The address's resolution error, and [`Builder::build`]'s and
-    /// [`hermes_runtime::Server::serve`]'s errors (a bad setting, the bind
-    /// error, a refused dispatch program with `require_ebpf`).
-    pub fn start(self) -> io::Result<ServerHandle> {
-        let addr = self.addr.into_bind_addr()?;
-        let mut builder = self.builder;
-        let server = builder.bind(addr).build()?;
-        let mut app = self.app;
-        if let Some(layer) = self.layer {
-            app = app.layer(layer);
-        }
-        if self.stats {
-            app = app.merge(hermes_runtime::stats_router());
-        }
-        let handle = server.serve(move |listener: HermesListener| {
-            let app = app.clone();
-            async move {
-                let worker = listener.worker_id();
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
-                    tracing::error!(worker, error = %e, "axum stopped serving");
-                }
-            }
-        })?;
-        log_start(&handle);
-        Ok(handle)
+impl ServeFuture {
+    fn new(future: impl Future<Output = io::Result<()>> + Send + 'static) -> Self {
+        Self(Box::pin(future))
     }
 }
 
-#[cfg(feature = "axum")]
-impl<A: IntoBindAddr + Send + 'static> std::future::IntoFuture for Serve<A> {
+impl Future for ServeFuture {
     type Output = io::Result<()>;
-    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { shutdown_on_signal(self.start()?).await })
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ServeFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServeFuture").finish_non_exhaustive()
     }
 }
 
 /// Logs where the server listens and its mode (with the fallback's reason).
-#[cfg(any(feature = "axum", feature = "tonic"))]
 fn log_start(handle: &ServerHandle) {
     match handle.mode_reason() {
         Some(reason) => tracing::info!(
@@ -246,6 +167,67 @@ pub async fn shutdown_on_signal(handle: ServerHandle) -> io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Shuts `handle`'s server down gracefully once `signal` resolves, and
+/// resolves once every worker has stopped; also resolves when every worker
+/// stopped by itself. [`Serve::with_graceful_shutdown`] awaits this.
+///
+/// Call it from a Tokio runtime (its blocking pool waits for the workers).
+///
+/// ```no_run
+/// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// let handle = hermes_tower::serve("127.0.0.1:3000", app).start()?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// # drop(stop);
+/// hermes_tower::serve::shutdown_when(handle, async move {
+///     let _ = stopped.await;
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// # Errors
+/// When the task waiting for the workers panicked.
+pub async fn shutdown_when<F>(handle: ServerHandle, signal: F) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    tokio::select! {
+        () = signal => tracing::info!("shutdown signal: shutting the Hermes server down"),
+        () = all_stopped(&handle) => {
+            return tokio::task::spawn_blocking(move || handle.join()).await.map_err(io::Error::other);
+        }
+    }
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)
+}
+
+/// Resolves on ctrl-c (`SIGINT`) or `SIGTERM`: the default shutdown signals,
+/// to combine with your own in [`Serve::with_graceful_shutdown`].
+///
+/// ```no_run
+/// # async fn run(app: axum::Router, token: tokio::sync::Notify) -> std::io::Result<()> {
+/// hermes_tower::serve("127.0.0.1:3000", app)
+///     .with_graceful_shutdown(async move {
+///         tokio::select! {
+///             _ = hermes_tower::serve::ctrl_c_or_sigterm() => {}
+///             _ = token.notified() => {}
+///         }
+///     })
+///     .await
+/// # }
+/// ```
+///
+/// # Errors
+/// When the signal handlers cannot be installed.
+pub async fn ctrl_c_or_sigterm() -> io::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+    }
+    Ok(())
 }
 
 /// Resolves once every worker of `handle` has stopped.

@@ -1,0 +1,379 @@
+//! [`serve()`]: the one-line start of an axum application on a Hermes
+//! server.
+//!
+//! The structure, from the outside in: [`Serve::start`] builds the server
+//! and gives every worker [`serve_worker`]; that runs `axum::serve` on the
+//! worker's [`WorkerListener`] (plain or TLS) with the application's
+//! make-service wrapped in [`WorkerMakeService`], which wraps each
+//! connection's service in [`WorkerService`]: the stats endpoint, then
+//! [`HermesLayer`], then the application.
+
+use std::{
+    convert::Infallible,
+    fmt, io,
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use axum::{extract::Request, response::Response, routing::future::RouteFuture};
+use futures_util::future::Either;
+use hermes_runtime::{Builder, HermesListener, ServerHandle};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when};
+#[cfg(feature = "tls")]
+use super::tls::RustlsConfig;
+use crate::{Hermes, HermesLayer};
+
+/// The path of the stats endpoint mounted by [`Serve::with_stats`].
+const STATS_PATH: &str = "/_hermes/stats";
+
+/// Starts an axum application on a Hermes server listening on `addr`; await
+/// it in place of `axum::serve(listener, app)`.
+///
+/// `app` is what `axum::serve` takes: a `Router`, or a make-service such as
+/// `app.into_make_service_with_connect_info::<SocketAddr>()` (handlers then
+/// get the client's address from `ConnectInfo<SocketAddr>`). It is cloned
+/// once per worker. `addr` is an address or a listener whose address is
+/// taken over (see [`IntoBindAddr`] for the short window this leaves).
+/// Nothing happens until the returned [`Serve`] is awaited or started.
+///
+/// ```no_run
+/// use std::net::SocketAddr;
+///
+/// use axum::{Router, extract::ConnectInfo, routing::get};
+///
+/// #[tokio::main]
+/// async fn main() -> std::io::Result<()> {
+///     let app = Router::new()
+///         .route("/", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
+///     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+///     hermes_tower::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+/// }
+/// ```
+pub fn serve<A, M, S>(addr: A, app: M) -> Serve<A, M, S>
+where
+    A: IntoBindAddr,
+    M: for<'a> Service<IncomingStream<'a>, Error = Infallible, Response = S> + Clone + Send + Sync + 'static,
+    for<'a> <M as Service<IncomingStream<'a>>>::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    Serve {
+        addr,
+        app,
+        builder: Builder::new(),
+        layer: Some(HermesLayer::new()),
+        stats: false,
+        nodelay: false,
+        #[cfg(feature = "tls")]
+        tls: None,
+        signal: None,
+        _service: PhantomData,
+    }
+}
+
+/// An axum application about to be served by a Hermes server; made by
+/// [`serve()`].
+///
+/// Await it to serve until ctrl-c or `SIGTERM` (or the future given to
+/// [`with_graceful_shutdown`](Serve::with_graceful_shutdown)), or
+/// [`start`](Serve::start) it for a [`ServerHandle`].
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use hermes_runtime::Builder;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let mut builder = Builder::new();
+/// builder.workers(2);
+/// let handle = hermes_tower::serve("127.0.0.1:0", app)
+///     .with_builder(builder)
+///     .with_stats()
+///     .start()?;
+/// println!("http://{}/_hermes/stats (mode {})", handle.local_addr(), handle.mode());
+/// handle.shutdown();
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "a Serve does nothing until it is awaited or started"]
+pub struct Serve<A, M, S> {
+    addr: A,
+    app: M,
+    builder: Builder,
+    layer: Option<HermesLayer>,
+    stats: bool,
+    nodelay: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<RustlsConfig>,
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    _service: PhantomData<fn() -> S>,
+}
+
+impl<A, M, S> fmt::Debug for Serve<A, M, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Serve");
+        d.field("builder", &self.builder)
+            .field("layer", &self.layer)
+            .field("stats", &self.stats)
+            .field("nodelay", &self.nodelay);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.field("graceful_shutdown", &self.signal.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl<A, M, S> Serve<A, M, S>
+where
+    A: IntoBindAddr,
+    M: for<'a> Service<IncomingStream<'a>, Error = Infallible, Response = S> + Clone + Send + Sync + 'static,
+    for<'a> <M as Service<IncomingStream<'a>>>::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    /// The server's settings (workers, mode, `require_ebpf`, drain timeout,
+    /// the worker runtimes, ...). Its address is replaced by the one given
+    /// to [`serve()`]. Default: [`Builder::new()`].
+    pub fn with_builder(mut self, builder: Builder) -> Self {
+        self.builder = builder;
+        self
+    }
+
+    /// The layer put around each connection's service, for other settings
+    /// than the default ones (such as [`HermesLayer::service_time`]).
+    /// Default: [`HermesLayer::new()`].
+    pub fn with_layer(mut self, layer: HermesLayer) -> Self {
+        self.layer = Some(layer);
+        self
+    }
+
+    /// Serves `app` as it is, without [`HermesLayer`] (for an app that adds
+    /// the layer itself). Without the layer the table has no in-flight
+    /// counts, and the scheduler sees only connections, accept queues and
+    /// heartbeats.
+    pub fn without_layer(mut self) -> Self {
+        self.layer = None;
+        self
+    }
+
+    /// Also serves the server's snapshot as JSON at `/_hermes/stats`
+    /// ([`hermes_runtime::stats_router`]), ahead of `app` and outside the
+    /// layer, so reading the stats does not count as load (and `app` never
+    /// sees that path). Default: off.
+    pub fn with_stats(mut self) -> Self {
+        self.stats = true;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on every accepted connection (what axum users do
+    /// with `listener.tap_io(..)`). Default: off, as with `axum::serve`.
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Serves HTTPS: each worker runs the TLS handshakes of the connections
+    /// it accepted (so their cost counts as that worker's load), then serves
+    /// HTTP/2 or HTTP/1.1 as negotiated by ALPN. See [`RustlsConfig`] for
+    /// the certificates, their reload and the handshake timeout.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, config: RustlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Stops the server when `signal` resolves, in place of ctrl-c and
+    /// `SIGTERM`: every worker stops accepting, finishes its requests (up to
+    /// the drain timeout), and the future resolves. As with axum's
+    /// `with_graceful_shutdown`, the signals are then yours to handle (see
+    /// [`ctrl_c_or_sigterm`](super::ctrl_c_or_sigterm) to keep them).
+    /// Applies to `.await`; [`start`](Serve::start) ignores it.
+    ///
+    /// ```no_run
+    /// use axum::{Router, routing::get};
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let app = Router::new().route("/", get(|| async { "hello" }));
+    /// let server = hermes_tower::serve("127.0.0.1:3000", app).with_graceful_shutdown(async move {
+    ///     let _ = stopped.await;
+    /// });
+    /// # drop(stop);
+    /// server.await
+    /// # }
+    /// ```
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.signal = Some(Box::pin(signal));
+        self
+    }
+
+    /// Binds the address, starts the workers and returns at once.
+    ///
+    /// Nothing stops the server on a signal: call
+    /// [`ServerHandle::shutdown`], or pass the handle to
+    /// [`shutdown_on_signal`] or [`shutdown_when`].
+    ///
+    /// # Errors
+    /// The address's resolution error, and [`Builder::build`]'s and
+    /// [`hermes_runtime::Server::serve`]'s errors (a bad setting, the bind
+    /// error, a refused dispatch program with `require_ebpf`).
+    pub fn start(self) -> io::Result<ServerHandle> {
+        let addr = self.addr.into_bind_addr()?;
+        let mut builder = self.builder;
+        let server = builder.bind(addr).build()?;
+        let make = WorkerMakeService {
+            inner: self.app,
+            layer: self.layer,
+            stats: self.stats.then(hermes_runtime::stats_router),
+        };
+        let settings = WorkerSettings {
+            nodelay: self.nodelay,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+        };
+        let handle = server.serve(move |listener: HermesListener| serve_worker(listener, make.clone(), settings.clone()))?;
+        log_start(&handle);
+        Ok(handle)
+    }
+}
+
+impl<A, M, S> std::future::IntoFuture for Serve<A, M, S>
+where
+    A: IntoBindAddr + Send + 'static,
+    M: for<'a> Service<IncomingStream<'a>, Error = Infallible, Response = S> + Clone + Send + Sync + 'static,
+    for<'a> <M as Service<IncomingStream<'a>>>::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = ServeFuture;
+
+    fn into_future(mut self) -> ServeFuture {
+        let signal = self.signal.take();
+        ServeFuture::new(async move {
+            let handle = self.start()?;
+            match signal {
+                Some(signal) => shutdown_when(handle, signal).await,
+                None => shutdown_on_signal(handle).await,
+            }
+        })
+    }
+}
+
+/// What every worker serves with, besides the application.
+#[derive(Clone)]
+struct WorkerSettings {
+    nodelay: bool,
+    #[cfg(feature = "tls")]
+    tls: Option<RustlsConfig>,
+}
+
+/// One worker's server: `axum::serve` on the worker's listener until the
+/// worker drains.
+async fn serve_worker<M, S>(listener: HermesListener, make: WorkerMakeService<M>, settings: WorkerSettings)
+where
+    M: for<'a> Service<IncomingStream<'a>, Error = Infallible, Response = S> + Send + 'static,
+    for<'a> <M as Service<IncomingStream<'a>>>::Future: Send,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let worker = listener.worker_id();
+    let drain = listener.shutdown_signal();
+    let listener = match settings {
+        #[cfg(feature = "tls")]
+        WorkerSettings { tls: Some(tls), .. } => WorkerListener::tls(listener, tls),
+        _ => WorkerListener::plain(listener),
+    };
+    let listener = listener.tapped(settings.nodelay);
+    if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(drain).await {
+        tracing::error!(worker, error = %e, "axum stopped serving");
+    }
+}
+
+/// The application's make-service, with each connection's service wrapped
+/// in a [`WorkerService`].
+#[derive(Clone)]
+struct WorkerMakeService<M> {
+    inner: M,
+    layer: Option<HermesLayer>,
+    stats: Option<axum::Router>,
+}
+
+impl<'a, M, S> Service<IncomingStream<'a>> for WorkerMakeService<M>
+where
+    M: Service<IncomingStream<'a>, Error = Infallible, Response = S>,
+{
+    type Response = WorkerService<S>;
+    type Error = Infallible;
+    type Future = MakeFuture<M::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, stream: IncomingStream<'a>) -> Self::Future {
+        MakeFuture { inner: self.inner.call(stream), layer: self.layer, stats: self.stats.clone() }
+    }
+}
+
+pin_project! {
+    /// The application's make-service future, its service then wrapped.
+    struct MakeFuture<F> {
+        #[pin]
+        inner: F,
+        layer: Option<HermesLayer>,
+        stats: Option<axum::Router>,
+    }
+}
+
+impl<F, S> Future for MakeFuture<F>
+where
+    F: Future<Output = Result<S, Infallible>>,
+{
+    type Output = Result<WorkerService<S>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(app) = std::task::ready!(this.inner.poll(cx));
+        let app = match this.layer {
+            Some(layer) => tower::util::Either::Left(layer.layer(app)),
+            None => tower::util::Either::Right(app),
+        };
+        Poll::Ready(Ok(WorkerService { app, stats: this.stats.take() }))
+    }
+}
+
+/// One connection's service: `/_hermes/stats` when mounted, otherwise the
+/// application behind [`HermesLayer`] (when on).
+#[derive(Clone)]
+struct WorkerService<S> {
+    app: tower::util::Either<Hermes<S>, S>,
+    stats: Option<axum::Router>,
+}
+
+impl<S> Service<Request> for WorkerService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<<tower::util::Either<Hermes<S>, S> as Service<Request>>::Future, RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.app.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match &mut self.stats {
+            Some(stats) if req.uri().path() == STATS_PATH => Either::Right(stats.call(req)),
+            _ => Either::Left(self.app.call(req)),
+        }
+    }
+}
