@@ -1,0 +1,117 @@
+//! `hermes_tower::serve_tonic` with a configured `tonic::transport::Server`,
+//! over real sockets on a real Hermes server: the server's settings and
+//! layers take effect on every worker, the Hermes layer still counts the
+//! calls, and a shutdown future of the application's own stops it.
+
+use std::{future::IntoFuture, sync::Arc, time::Duration};
+
+use hermes_runtime::Builder;
+use tokio::sync::Notify;
+use tonic::{Code, service::Routes, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tower::util::MapFutureLayer;
+
+fn two_workers() -> Builder {
+    let mut builder = Builder::new();
+    builder.workers(2).pin_workers(false);
+    builder
+}
+
+/// Connects once the server listens (a spawned `serve_tonic` starts its
+/// workers on its first poll).
+async fn client(addr: std::net::SocketAddr) -> HealthClient<Channel> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Channel::from_shared(format!("http://{addr}")).expect("URI").connect().await {
+            Ok(channel) => return HealthClient::new(channel),
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "the server never listened: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_configured_tonic_server_times_out_slow_calls_and_a_shutdown_future_stops_it() {
+    let gate = Arc::new(Notify::new());
+    let held = gate.clone();
+    // A layer of the application's own, holding each call until the gate
+    // opens: a slow call.
+    let slow = MapFutureLayer::new(move |call| {
+        let gate = held.clone();
+        async move {
+            gate.notified().await;
+            call.await
+        }
+    });
+    let server = tonic::transport::Server::builder().timeout(Duration::from_millis(200)).layer(slow);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let serving = tokio::spawn(
+        hermes_tower::serve_tonic(listener, || Routes::new(tonic_health::server::health_reporter().1))
+            .with_builder(two_workers())
+            .with_server(server)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+
+    let mut health = client(addr).await;
+    // The server's timeout answers the held call.
+    let started = tokio::time::Instant::now();
+    let status = health.check(HealthCheckRequest { service: String::new() }).await.expect_err("timed out");
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(status.message().contains("Timeout"), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // Within the timeout, the call goes through the layer and is answered.
+    let call = tokio::spawn(async move { health.check(HealthCheckRequest { service: String::new() }).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.notify_one();
+    call.await.expect("client task").expect("health check");
+
+    stop.send(()).expect("the server waits for the signal");
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve_tonic resolves after the shutdown future")
+        .expect("server task")
+        .expect("stopped cleanly");
+}
+
+#[tokio::test]
+async fn serve_tonic_counts_calls_in_flight_behind_a_configured_server() {
+    let gate = Arc::new(Notify::new());
+    let held = gate.clone();
+    let slow = MapFutureLayer::new(move |call| {
+        let gate = held.clone();
+        async move {
+            gate.notified().await;
+            call.await
+        }
+    });
+    let server = tonic::transport::Server::builder().concurrency_limit_per_connection(8).layer(slow);
+    let handle = hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
+        .with_builder(two_workers())
+        .with_server(server)
+        .tcp_nodelay(true)
+        .start()
+        .expect("start");
+    let mut health = client(handle.local_addr()).await;
+    let call = tokio::spawn(async move { health.check(HealthCheckRequest { service: String::new() }).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // The application's layer wraps the Hermes layer's response future: the
+    // held call is in flight on one worker until answered.
+    while handle.snapshot().workers.iter().map(|w| w.in_flight).sum::<u32>() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the held call is not in flight: {:?}", handle.snapshot());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(handle.snapshot().workers.iter().map(|w| w.requests).sum::<u64>(), 0);
+    gate.notify_one();
+    call.await.expect("client task").expect("health check");
+    while handle.snapshot().workers.iter().map(|w| w.requests).sum::<u64>() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the call was not counted: {:?}", handle.snapshot());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+}
