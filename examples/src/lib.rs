@@ -1,5 +1,6 @@
 //! Code shared by the examples in this folder and their tests: the tonic
-//! greeter ([`greeter`]) and the Redis-protocol server ([`resp`]).
+//! greeter ([`greeter`]), the Redis-protocol server ([`resp`]) and the
+//! `tls` example's self-signed certificate ([`tls`]).
 //!
 //! Modules:
 //!
@@ -8,11 +9,12 @@
 //!
 //! Each example says in its first lines how to run it; from the workspace
 //! root: `cargo run --release --example hello` (or `greeter`, `redis`,
-//! `prometheus`).
+//! `prometheus`, `tls`).
 #![deny(missing_docs)]
 
 pub mod greeter;
 pub mod resp;
+pub mod tls;
 
 /// Installs a log subscriber printing `info` and above, or what `RUST_LOG`
 /// asks for.

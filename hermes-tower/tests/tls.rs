@@ -276,3 +276,22 @@ fn bad_pem_files_are_reported_with_their_path() {
     assert!(e.to_string().contains("no PEM certificate"), "{e}");
     assert!(RustlsConfig::from_pem(cert.as_bytes(), b"nope").is_err());
 }
+
+#[tokio::test]
+async fn sighup_rereads_the_pem_files() {
+    let dir = TempDir::new("sighup");
+    let (cert_a, key_a, _) = self_signed();
+    let (cert_path, key_path) = (dir.write("cert.pem", &cert_a), dir.write("key.pem", &key_a));
+    let tls = RustlsConfig::from_pem_file(&cert_path, &key_path).expect("load the PEM files");
+    let task = tls.reload_on_sighup().expect("install the SIGHUP handler");
+    let before = tls.current();
+    let (cert_b, key_b, _) = self_signed();
+    dir.write("cert.pem", &cert_b);
+    dir.write("key.pem", &key_b);
+    // SAFETY: `kill` on our own pid; the handler was installed above and
+    // stays installed for the process's life, so SIGHUP cannot end it.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    eventually("the SIGHUP reload", || (tls.stats().reloads == 1).then_some(())).await;
+    assert!(!Arc::ptr_eq(&before, &tls.current()), "a new configuration is served");
+    task.abort();
+}

@@ -286,7 +286,7 @@ impl RustlsConfig {
         Ok(tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 match this.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Ok(()) => tracing::debug!("SIGHUP: TLS certificate reloaded"),
                     Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
                 }
             }
