@@ -35,7 +35,8 @@ pub fn self_signed_pem_files(dir: &Path) -> io::Result<PemFiles> {
     fs::create_dir_all(dir)?;
     let files = PemFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
     fs::write(&files.cert, certified.cert.pem())?;
-    let mut key = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&files.key)?;
+    let mut key =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&files.key)?;
     io::Write::write_all(&mut key, certified.signing_key.serialize_pem().as_bytes())?;
     Ok(files)
 }

@@ -91,19 +91,24 @@ async fn serve_tonic_counts_calls_in_flight_behind_a_configured_server() {
         }
     });
     let server = tonic::transport::Server::builder().concurrency_limit_per_connection(8).layer(slow);
-    let handle = hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
-        .with_builder(two_workers())
-        .with_server(server)
-        .tcp_nodelay(true)
-        .start()
-        .expect("start");
+    let handle =
+        hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
+            .with_builder(two_workers())
+            .with_server(server)
+            .tcp_nodelay(true)
+            .start()
+            .expect("start");
     let mut health = client(handle.local_addr()).await;
     let call = tokio::spawn(async move { health.check(HealthCheckRequest { service: String::new() }).await });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // The application's layer wraps the Hermes layer's response future: the
     // held call is in flight on one worker until answered.
     while handle.snapshot().workers.iter().map(|w| w.in_flight).sum::<u32>() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the held call is not in flight: {:?}", handle.snapshot());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the held call is not in flight: {:?}",
+            handle.snapshot()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(handle.snapshot().workers.iter().map(|w| w.requests).sum::<u64>(), 0);

@@ -12,9 +12,9 @@ use std::{
 };
 
 use axum::{Router, extract::State, routing::get};
-use http_body_util::{BodyExt, Empty};
 use hermes_runtime::{Builder, ServerHandle, Snapshot};
 use hermes_tower::serve::RustlsConfig;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{
@@ -31,7 +31,8 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 /// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM, cert DER).
 fn self_signed() -> (String, String, CertificateDer<'static>) {
     let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("rcgen");
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("rcgen");
     (certified.cert.pem(), certified.signing_key.serialize_pem(), certified.cert.der().clone())
 }
 
@@ -176,7 +177,10 @@ async fn https_serves_h2_and_http1_by_alpn_and_reloads_the_certificate_without_r
     gate.notify_one();
     let (version, body) = slow.await.expect("client task");
     assert_eq!((version, body), (hyper::Version::HTTP_2, format!("slow on {worker}")));
-    eventually("the slow request finished", || (handle.snapshot().workers[worker].in_flight == 0).then_some(())).await;
+    eventually("the slow request finished", || {
+        (handle.snapshot().workers[worker].in_flight == 0).then_some(())
+    })
+    .await;
 
     // An HTTP/2 connection opened before the reload.
     let before = tls_connect(addr, client_config(&der_a, &[b"h2"])).await.expect("TLS handshake");
@@ -190,7 +194,8 @@ async fn https_serves_h2_and_http1_by_alpn_and_reloads_the_certificate_without_r
     dir.write("key.pem", &key_b);
     tls.reload().expect("reload the PEM files");
     assert_eq!(tls.stats().reloads, 1);
-    let conn = tls_connect(addr, client_config(&der_b, &[b"h2"])).await.expect("the new certificate is served");
+    let conn =
+        tls_connect(addr, client_config(&der_b, &[b"h2"])).await.expect("the new certificate is served");
     assert_eq!(conn.get_ref().1.peer_certificates().expect("server certificate")[0], der_b);
     assert_eq!(get_over(conn, "/").await.1, "hello over tls");
     // A client trusting only the old certificate is refused; the server
@@ -235,7 +240,8 @@ async fn stalled_and_broken_handshakes_are_closed_and_counted_while_serving_goes
     // A client that connects and says nothing: closed at the timeout.
     let mut silent = TcpStream::connect(addr).await.expect("connect");
     // Meanwhile, on the same single worker, a real client is served.
-    let conn = tls_connect(addr, client_config(&der, &[b"h2"])).await.expect("TLS handshake beside a stalled one");
+    let conn =
+        tls_connect(addr, client_config(&der, &[b"h2"])).await.expect("TLS handshake beside a stalled one");
     assert_eq!(get_over(conn, "/").await.1, "hello over tls");
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))

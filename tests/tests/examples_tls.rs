@@ -23,7 +23,8 @@ async fn the_generated_certificate_serves_https_with_the_clients_address() {
     let dir = std::env::temp_dir().join(format!("hermes-examples-tls-{}", std::process::id()));
     let files = hermes_examples::tls::self_signed_pem_files(&dir).expect("make the certificate");
     let tls = RustlsConfig::from_pem_file(&files.cert, &files.key).expect("load it");
-    let app = Router::new().route("/", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
+    let app = Router::new()
+        .route("/", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
     let mut builder = Builder::new();
     builder.workers(2).pin_workers(false);
     let handle = hermes_tower::serve("127.0.0.1:0", app.into_make_service_with_connect_info::<SocketAddr>())

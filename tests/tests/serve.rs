@@ -116,7 +116,6 @@ async fn connect_info_gives_handlers_the_clients_address() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(&client_addr.to_string()), "expected {client_addr} in {response}");
     shutdown(handle).await;
-
 }
 
 #[tokio::test]
@@ -184,11 +183,14 @@ async fn serve_speaks_http2_with_prior_knowledge() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let app = Router::new().route("/", get(|| async { "over h2" }));
-    let handle =
-        hermes_tower::serve("127.0.0.1:0", app).with_builder(two_workers()).start().expect("start the server");
+    let handle = hermes_tower::serve("127.0.0.1:0", app)
+        .with_builder(two_workers())
+        .start()
+        .expect("start the server");
     let tcp = TcpStream::connect(handle.local_addr()).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2 handshake");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
     tokio::spawn(conn);
     let request = hyper::Request::get("/").body(Empty::<Bytes>::new()).expect("request");
     let response = sender.send_request(request).await.expect("h2 request");

@@ -110,7 +110,8 @@ where
     L: Layer<TonicService> + Clone + Send + Sync + 'static,
     L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    <L::Service as Service<http::Request<Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     /// The tonic server each worker serves with, configured as you would
     /// before `.add_service(..)`: timeouts, concurrency limits, HTTP/2
@@ -215,7 +216,8 @@ where
     L: Layer<TonicService>,
     L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    <L::Service as Service<http::Request<Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let worker = listener.worker_id();
     let drain = listener.shutdown_signal();
@@ -228,7 +230,8 @@ where
         }
         conn
     });
-    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await {
+    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await
+    {
         tracing::error!(worker, error = %e, "tonic stopped serving");
     }
 }
@@ -240,7 +243,8 @@ where
     L: Layer<TonicService> + Clone + Send + Sync + 'static,
     L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    <L::Service as Service<http::Request<Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     type Output = io::Result<()>;
     type IntoFuture = ServeFuture;

@@ -23,9 +23,11 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when};
 #[cfg(feature = "tls")]
 use super::tls::RustlsConfig;
+use super::{
+    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when,
+};
 use crate::{Hermes, HermesLayer};
 
 /// The path of the stats endpoint mounted by [`Serve::with_stats`].
@@ -238,7 +240,8 @@ where
             #[cfg(feature = "tls")]
             tls: self.tls,
         };
-        let handle = server.serve(move |listener: HermesListener| serve_worker(listener, make.clone(), settings.clone()))?;
+        let handle = server
+            .serve(move |listener: HermesListener| serve_worker(listener, make.clone(), settings.clone()))?;
         log_start(&handle);
         Ok(handle)
     }
@@ -364,7 +367,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<<tower::util::Either<Hermes<S>, S> as Service<Request>>::Future, RouteFuture<Infallible>>;
+    type Future =
+        Either<<tower::util::Either<Hermes<S>, S> as Service<Request>>::Future, RouteFuture<Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)

@@ -41,11 +41,11 @@
 //! JSON) is off by default: the one-line change must not add a path to an
 //! application's public surface. Turn it on with [`Serve::with_stats`].
 
-#[cfg(feature = "tonic")]
-mod grpc;
 mod addr;
 #[cfg(feature = "axum")]
 mod conn;
+#[cfg(feature = "tonic")]
+mod grpc;
 #[cfg(feature = "axum")]
 mod http;
 #[cfg(feature = "tls")]

@@ -134,13 +134,16 @@ fn parse_pem(cert: &[u8], key: &[u8]) -> io::Result<ServerConfig> {
     if certs.is_empty() {
         return Err(invalid("the certificate PEM holds no certificate"));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(format!("parsing the PEM private key: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| invalid(format!("parsing the PEM private key: {e}")))?;
     server_config(certs, key_der).map_err(invalid)
 }
 
 /// A server configuration on the `ring` provider with ALPN `h2`, `http/1.1`.
-fn server_config(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, rustls::Error> {
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -287,7 +290,9 @@ impl RustlsConfig {
             while hangup.recv().await.is_some() {
                 match this.reload() {
                     Ok(()) => tracing::debug!("SIGHUP: TLS certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate")
+                    }
                 }
             }
         }))
@@ -374,7 +379,8 @@ impl TlsListener {
                     Poll::Ready(Some((stream, peer))) => {
                         // One atomic load: the configuration current now.
                         let acceptor = TlsAcceptor::from(self.config.shared.config.load_full());
-                        let accept = tokio::time::timeout(self.config.handshake_timeout, acceptor.accept(stream));
+                        let accept =
+                            tokio::time::timeout(self.config.handshake_timeout, acceptor.accept(stream));
                         self.handshakes.push(Handshake { accept, peer });
                     }
                     Poll::Ready(None) => self.closed = true,
@@ -393,12 +399,14 @@ impl TlsListener {
                 Ok(Ok(stream)) => return Poll::Ready(Some((stream, peer))),
                 Ok(Err(e)) => {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "error").increment(1);
+                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "error")
+                        .increment(1);
                     tracing::debug!(worker, %peer, error = %e, "TLS handshake failed");
                 }
                 Err(_elapsed) => {
                     shared.timed_out.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "timeout")
+                        .increment(1);
                     tracing::debug!(worker, %peer, timeout = ?self.config.handshake_timeout, "TLS handshake timed out");
                 }
             }
