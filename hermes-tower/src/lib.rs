@@ -27,9 +27,11 @@
 //!
 //! # The one line
 //!
-//! [`serve()`] and [`serve_tonic`] start an axum `Router` or tonic services on
-//! a Hermes server with the layer added, in place of `axum::serve` or
-//! tonic's `Server::serve` (features `axum` and `tonic`, on by default):
+//! [`serve()`] and [`serve_tonic`] start an axum application (a `Router` or
+//! any make-service `axum::serve` takes) or tonic services on a Hermes
+//! server with the layer added, in place of `axum::serve` or tonic's
+//! `Server::serve`, HTTPS included (features `axum`, `tonic` and `tls`, on by
+//! default):
 //!
 //! ```diff
 //! -axum::serve(listener, app).await?;

@@ -85,6 +85,7 @@ use tokio::signal::unix::{SignalKind, signal};
 pub struct ServeFuture(Pin<Box<dyn Future<Output = io::Result<()>> + Send>>);
 
 impl ServeFuture {
+    #[cfg(any(feature = "axum", feature = "tonic"))]
     fn new(future: impl Future<Output = io::Result<()>> + Send + 'static) -> Self {
         Self(Box::pin(future))
     }
@@ -105,6 +106,7 @@ impl fmt::Debug for ServeFuture {
 }
 
 /// Logs where the server listens and its mode (with the fallback's reason).
+#[cfg(any(feature = "axum", feature = "tonic"))]
 fn log_start(handle: &ServerHandle) {
     match handle.mode_reason() {
         Some(reason) => tracing::info!(
