@@ -6,7 +6,7 @@ use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 
 use crate::{
     Server,
-    config::{Config, Mode},
+    config::{Config, Hook, Mode, RuntimeHook, StartHook},
     scheduler::{LeastLoaded, Policy},
 };
 
@@ -25,6 +25,40 @@ use crate::{
 /// println!("listening on {}", server.local_addr());
 /// # Ok::<(), std::io::Error>(())
 /// ```
+///
+/// # Each worker
+///
+/// A worker is an OS thread named `hermes-worker-{id}` running a
+/// current-thread Tokio runtime. [`Builder::on_worker_runtime`] configures
+/// that runtime (its blocking pool, its threads' names and hooks),
+/// [`Builder::on_worker_start`] runs code on the worker before it serves,
+/// and [`Builder::worker_stack_size`] sizes its thread. Everything a worker
+/// runs is inside a `tracing` span `hermes_worker` with a `worker` field, so
+/// the handlers' logs carry the worker id.
+///
+/// # Blocking in a handler
+///
+/// `tokio::task::block_in_place` panics on a current-thread runtime, so it
+/// cannot be used on a worker. Use `tokio::task::spawn_blocking` instead: the
+/// closure runs on the worker's blocking pool (sized with
+/// `max_blocking_threads` through [`Builder::on_worker_runtime`]) while the
+/// worker goes on serving. Blocking the worker thread itself stops its
+/// heartbeat, and the scheduler takes it out of the bitmap until it returns.
+///
+/// ```no_run
+/// use hermes_runtime::Builder;
+///
+/// let mut builder = Builder::new();
+/// builder
+///     .on_worker_runtime(|id, runtime| {
+///         runtime.max_blocking_threads(4).thread_name(format!("hermes-blocking-{id}"));
+///     })
+///     .on_worker_start(|id| tracing::info!("worker {id} starting"))
+///     .worker_stack_size(4 << 20);
+/// let server = builder.bind("127.0.0.1:0".parse().unwrap()).build()?;
+/// // In a handler: let digest = tokio::task::spawn_blocking(move || expensive(&body)).await?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Builder {
     workers: Option<usize>,
@@ -41,6 +75,9 @@ pub struct Builder {
     drain_timeout: Duration,
     policy: Arc<dyn Policy>,
     tcp_nodelay: bool,
+    on_runtime: Option<Hook<RuntimeHook>>,
+    on_start: Option<Hook<StartHook>>,
+    stack_size: Option<usize>,
 }
 
 impl Default for Builder {
@@ -71,6 +108,9 @@ impl Builder {
             drain_timeout: Duration::from_secs(30),
             policy: Arc::new(LeastLoaded::default()),
             tcp_nodelay: true,
+            on_runtime: None,
+            on_start: None,
+            stack_size: None,
         }
     }
 
@@ -184,6 +224,44 @@ impl Builder {
     /// debug level and the connection is served anyway.
     pub fn tcp_nodelay(&mut self, nodelay: bool) -> &mut Self {
         self.tcp_nodelay = nodelay;
+    /// Configures each worker's Tokio runtime: `f` is called on the worker's
+    /// thread with the worker id and the worker's `tokio::runtime::Builder`
+    /// (current-thread, all drivers enabled) each time the worker's runtime
+    /// is built (at start, and again when a worker is restarted after a
+    /// panic). Use it for the blocking pool (`max_blocking_threads`,
+    /// `thread_keep_alive`, `thread_stack_size`, `thread_name`,
+    /// `on_thread_start` and `on_thread_stop`, which apply to the pool's
+    /// threads), `event_interval`, `global_queue_interval`, and so on.
+    ///
+    /// `on_thread_park` and `on_thread_unpark` are the worker's heartbeat
+    /// and busy time: set here, they are replaced by the worker's own.
+    /// Default: none.
+    pub fn on_worker_runtime<F>(&mut self, f: F) -> &mut Self
+    where
+        F: Fn(usize, &mut tokio::runtime::Builder) + Send + Sync + 'static,
+    {
+        self.on_runtime = Some(Hook(Arc::new(f)));
+        self
+    }
+
+    /// Runs `f` on each worker's thread with the worker id, inside the
+    /// worker's runtime and `tracing` span, before the worker serves (at
+    /// start, and again after a restart). Per-worker state (a thread-local
+    /// cache, a connection pool) is made here. Default: none.
+    pub fn on_worker_start<F>(&mut self, f: F) -> &mut Self
+    where
+        F: Fn(usize) + Send + Sync + 'static,
+    {
+        self.on_start = Some(Hook(Arc::new(f)));
+        self
+    }
+
+    /// The stack size of each worker thread, in bytes (more than 0). The
+    /// blocking pool's threads are sized with `thread_stack_size` in
+    /// [`Builder::on_worker_runtime`]. Default: Rust's default for spawned
+    /// threads (2 MiB, or `RUST_MIN_STACK`).
+    pub fn worker_stack_size(&mut self, bytes: usize) -> &mut Self {
+        self.stack_size = Some(bytes);
         self
     }
 
@@ -220,6 +298,9 @@ impl Builder {
                 "staleness_limit ({max_stale:?}) must exceed the hang threshold ({hang_threshold:?})"
             )));
         }
+        if self.stack_size == Some(0) {
+            return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
+        }
         Ok(Config {
             workers,
             addr: self.addr,
@@ -235,6 +316,9 @@ impl Builder {
             drain_timeout: self.drain_timeout,
             policy: self.policy.clone(),
             tcp_nodelay: self.tcp_nodelay,
+            on_runtime: self.on_runtime.clone(),
+            on_start: self.on_start.clone(),
+            stack_size: self.stack_size,
         })
     }
 

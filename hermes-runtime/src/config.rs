@@ -66,4 +66,27 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) tcp_nodelay: bool,
+    pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
+    pub(crate) on_start: Option<Hook<StartHook>>,
+    pub(crate) stack_size: Option<usize>,
 }
+
+/// A function run on each worker, shared by every worker.
+pub(crate) struct Hook<F: ?Sized>(pub(crate) Arc<F>);
+
+impl<F: ?Sized> Clone for Hook<F> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<F: ?Sized> fmt::Debug for Hook<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hook(..)")
+    }
+}
+
+/// [`Builder::on_worker_runtime`](crate::Builder::on_worker_runtime)'s function.
+pub(crate) type RuntimeHook = dyn Fn(usize, &mut tokio::runtime::Builder) + Send + Sync;
+/// [`Builder::on_worker_start`](crate::Builder::on_worker_start)'s function.
+pub(crate) type StartHook = dyn Fn(usize) + Send + Sync;

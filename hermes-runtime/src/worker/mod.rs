@@ -30,9 +30,11 @@ where
     F: Fn(HermesListener) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    thread::Builder::new()
-        .name(format!("hermes-worker-{id}"))
-        .spawn(move || worker_thread(shared, id, serve, listener))
+    let mut thread = thread::Builder::new().name(format!("hermes-worker-{id}"));
+    if let Some(bytes) = shared.config.stack_size {
+        thread = thread.stack_size(bytes);
+    }
+    thread.spawn(move || worker_thread(shared, id, serve, listener))
 }
 
 fn worker_thread<F, Fut>(
@@ -50,6 +52,8 @@ fn worker_thread<F, Fut>(
             tracing::debug!(worker = id, cpu, error = %e, "could not pin the worker");
         }
     }
+    // Everything the worker runs, handlers included, is inside this span.
+    let _span = tracing::info_span!("hermes_worker", worker = id).entered();
     let worker = WorkerRef::new(id, shared.table.clone());
     let _enter = worker.enter();
     shared::set_current(Some((shared.clone(), id)));

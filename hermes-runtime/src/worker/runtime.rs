@@ -24,8 +24,13 @@ pub(super) fn run<F, Fut>(
     Fut: Future<Output = ()> + 'static,
 {
     let (on_park, on_unpark) = (worker.clone(), worker.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(hook) = &shared.config.on_runtime {
+        (hook.0)(worker.id(), &mut builder);
+    }
+    // Set after the application's hook: the park hooks are the heartbeat.
+    let rt = builder
         .on_thread_park(move || {
             let now = monotonic_ns();
             let slot = on_park.state();
@@ -53,5 +58,11 @@ pub(super) fn run<F, Fut>(
     };
     UNPARKED_AT.with(|t| t.set(monotonic_ns()));
     let local = LocalSet::new();
-    local.block_on(&rt, worker_loop(shared.clone(), worker.clone(), serve.clone(), listener));
+    let on_start = shared.config.on_start.clone();
+    local.block_on(&rt, async {
+        if let Some(hook) = on_start {
+            (hook.0)(worker.id());
+        }
+        worker_loop(shared.clone(), worker.clone(), serve.clone(), listener).await;
+    });
 }
