@@ -63,9 +63,9 @@ pub use addr::IntoBindAddr;
 pub use conn::{Connection, IncomingStream, WorkerListener};
 #[cfg(feature = "tonic")]
 pub use grpc::{ServeTonic, serve_tonic};
+use hermes_runtime::{ServerHandle, WorkerStatus};
 #[cfg(feature = "axum")]
 pub use http::{Serve, serve};
-use hermes_runtime::{ServerHandle, WorkerStatus};
 #[cfg(feature = "tls")]
 pub use tls::{ALPN, RustlsConfig, TlsStats};
 use tokio::signal::unix::{SignalKind, signal};
