@@ -301,3 +301,32 @@ async fn sighup_rereads_the_pem_files() {
     assert!(!Arc::ptr_eq(&before, &tls.current()), "a new configuration is served");
     task.abort();
 }
+
+#[tokio::test]
+async fn at_max_handshakes_a_worker_takes_no_new_connection_until_one_finishes() {
+    let (cert, key, der) = self_signed();
+    let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes())
+        .expect("parse the PEM")
+        .handshake_timeout(Duration::from_millis(500))
+        .max_handshakes(1);
+    let mut builder = Builder::new();
+    builder.workers(1).pin_workers(false);
+    let handle = hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
+        .with_builder(builder)
+        .with_tls(tls.clone())
+        .start()
+        .expect("start the server");
+    let addr = handle.local_addr();
+
+    // A silent client takes the one handshake slot ...
+    let _silent = TcpStream::connect(addr).await.expect("connect");
+    eventually("the silent connection accepted", || {
+        (handle.snapshot().workers[0].open_connections == 1).then_some(())
+    })
+    .await;
+    // ... so a real client's handshake starts only once it timed out.
+    let conn = tls_connect(addr, client_config(&der, &[b"h2"])).await.expect("TLS handshake");
+    assert_eq!(tls.stats().timed_out, 1, "the second handshake ran before the first ended");
+    assert_eq!(get_over(conn, "/").await.1, "hello over tls");
+    shutdown(handle).await;
+}

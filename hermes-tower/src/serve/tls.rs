@@ -203,8 +203,8 @@ impl RustlsConfig {
         Self::new(config, None)
     }
 
-    /// How long a handshake may take, from accept to the first request
-    /// byte's readiness; a connection still handshaking then is closed and
+    /// How long a handshake may take, from accept to its end
+    /// (the ClientHello included); a connection still handshaking then is closed and
     /// counted in [`TlsStats::timed_out`], so slow or silent clients cannot
     /// hold connections. Default: [`Self::DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
