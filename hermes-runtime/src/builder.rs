@@ -224,6 +224,9 @@ impl Builder {
     /// debug level and the connection is served anyway.
     pub fn tcp_nodelay(&mut self, nodelay: bool) -> &mut Self {
         self.tcp_nodelay = nodelay;
+        self
+    }
+
     /// Configures each worker's Tokio runtime: `f` is called on the worker's
     /// thread with the worker id and the worker's `tokio::runtime::Builder`
     /// (current-thread, all drivers enabled) each time the worker's runtime

@@ -3,7 +3,7 @@
 //! hash otherwise): the layer it adds feeds the table, and the stats
 //! endpoint it mounts reports it.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, routing::get};
 use hermes_test_support::{
@@ -12,7 +12,11 @@ use hermes_test_support::{
     snapshot::{in_flight, requests},
     wait::eventually_snapshot as eventually,
 };
-use tokio::sync::Notify;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Notify,
+};
 
 #[tokio::test]
 async fn a_slow_request_through_serve_is_in_flight_on_its_worker_until_answered() {

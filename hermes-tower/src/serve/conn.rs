@@ -56,12 +56,6 @@ impl fmt::Debug for WorkerListener {
     }
 }
 
-fn set_nodelay(conn: &mut Connection) {
-    if let Err(e) = conn.tcp().set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY on an accepted connection");
-    }
-}
-
 fn leave_as_is(_: &mut Connection) {}
 
 impl WorkerListener {
@@ -77,11 +71,11 @@ impl WorkerListener {
         Self { inner: Inner::Tls(TlsListener::new(listener, config)) }
     }
 
-    /// `self` with `TCP_NODELAY` set (or not) on every connection, in the
-    /// form [`IncomingStream`] names.
-    pub(crate) fn tapped(self, nodelay: bool) -> TapIo<Self, fn(&mut Connection)> {
-        let tap: fn(&mut Connection) = if nodelay { set_nodelay } else { leave_as_is };
-        self.tap_io(tap)
+    /// `self` in the form [`IncomingStream`] names (axum's `TapIo`, which
+    /// makes `SocketAddr` a `ConnectInfo`); the tap does nothing, since the
+    /// runtime sets `TCP_NODELAY` as it accepts (`Builder::tcp_nodelay`).
+    pub(crate) fn tapped(self) -> TapIo<Self, fn(&mut Connection)> {
+        self.tap_io(leave_as_is as fn(&mut Connection))
     }
 
     fn worker_id(&self) -> usize {

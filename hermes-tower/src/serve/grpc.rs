@@ -2,7 +2,6 @@
 
 use std::{fmt, io, pin::Pin, sync::Arc};
 
-use futures_util::StreamExt;
 use hermes_runtime::{Builder, HermesListener, ServerHandle};
 use tonic::{body::Body, service::Routes, transport::Server};
 use tower::{
@@ -57,7 +56,6 @@ where
         builder: Builder::new(),
         layer: Some(HermesLayer::new()),
         server: Server::builder(),
-        nodelay: true,
         signal: None,
     }
 }
@@ -88,7 +86,6 @@ pub struct ServeTonic<A, F, L = Identity> {
     builder: Builder,
     layer: Option<HermesLayer>,
     server: Server<L>,
-    nodelay: bool,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
@@ -97,7 +94,6 @@ impl<A, F, L> fmt::Debug for ServeTonic<A, F, L> {
         f.debug_struct("ServeTonic")
             .field("builder", &self.builder)
             .field("layer", &self.layer)
-            .field("nodelay", &self.nodelay)
             .field("graceful_shutdown", &self.signal.is_some())
             .finish_non_exhaustive()
     }
@@ -145,7 +141,6 @@ where
             builder: self.builder,
             layer: self.layer,
             server,
-            nodelay: self.nodelay,
             signal: self.signal,
         }
     }
@@ -153,7 +148,7 @@ where
     /// Sets `TCP_NODELAY` on every accepted connection. Default: on (as
     /// tonic's own default).
     pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
-        self.nodelay = nodelay;
+        self.builder.tcp_nodelay(nodelay);
         self
     }
 
@@ -199,10 +194,10 @@ where
         let mut builder = self.builder;
         let server = builder.bind(addr).build()?;
         let routes = Arc::new(self.routes);
-        let (layer, tonic_server, nodelay) = (self.layer, self.server, self.nodelay);
+        let (layer, tonic_server) = (self.layer, self.server);
         let handle = server.serve(move |listener: HermesListener| {
             let service = option_layer(layer).layer(routes().prepare());
-            serve_worker(listener, tonic_server.clone(), service, nodelay)
+            serve_worker(listener, tonic_server.clone(), service)
         })?;
         log_start(&handle);
         Ok(handle)
@@ -211,7 +206,7 @@ where
 
 /// One worker's tonic server: `server` on the worker's listener until the
 /// worker drains.
-async fn serve_worker<L>(listener: HermesListener, server: Server<L>, service: TonicService, nodelay: bool)
+async fn serve_worker<L>(listener: HermesListener, server: Server<L>, service: TonicService)
 where
     L: Layer<TonicService>,
     L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -221,16 +216,9 @@ where
 {
     let worker = listener.worker_id();
     let drain = listener.shutdown_signal();
-    // tonic sets TCP_NODELAY only on the connections it accepts itself.
-    let incoming = listener.map(move |conn| {
-        if let Ok(conn) = &conn
-            && let Err(e) = conn.get_ref().set_nodelay(nodelay)
-        {
-            tracing::debug!(worker, error = %e, "could not set TCP_NODELAY on an accepted connection");
-        }
-        conn
-    });
-    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await
+    // tonic sets TCP_NODELAY only on the connections it accepts itself; the
+    // runtime sets it on ours as it accepts them (`Builder::tcp_nodelay`).
+    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, listener, drain).await
     {
         tracing::error!(worker, error = %e, "tonic stopped serving");
     }

@@ -70,7 +70,6 @@ where
         builder: Builder::new(),
         layer: Some(HermesLayer::new()),
         stats: false,
-        nodelay: false,
         #[cfg(feature = "tls")]
         tls: None,
         signal: None,
@@ -109,7 +108,6 @@ pub struct Serve<A, M, S> {
     builder: Builder,
     layer: Option<HermesLayer>,
     stats: bool,
-    nodelay: bool,
     #[cfg(feature = "tls")]
     tls: Option<RustlsConfig>,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -119,10 +117,7 @@ pub struct Serve<A, M, S> {
 impl<A, M, S> fmt::Debug for Serve<A, M, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Serve");
-        d.field("builder", &self.builder)
-            .field("layer", &self.layer)
-            .field("stats", &self.stats)
-            .field("nodelay", &self.nodelay);
+        d.field("builder", &self.builder).field("layer", &self.layer).field("stats", &self.stats);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
         d.field("graceful_shutdown", &self.signal.is_some()).finish_non_exhaustive()
@@ -171,10 +166,11 @@ where
         self
     }
 
-    /// Sets `TCP_NODELAY` on every accepted connection (what axum users do
-    /// with `listener.tap_io(..)`). Default: off, as with `axum::serve`.
+    /// Sets `TCP_NODELAY` on every accepted connection, or not: the same
+    /// as [`Builder::tcp_nodelay`] on the server's builder (what axum users
+    /// do with `listener.tap_io(..)`). Default: on.
     pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
-        self.nodelay = nodelay;
+        self.builder.tcp_nodelay(nodelay);
         self
     }
 
@@ -236,7 +232,6 @@ where
             stats: self.stats.then(hermes_runtime::stats_router),
         };
         let settings = WorkerSettings {
-            nodelay: self.nodelay,
             #[cfg(feature = "tls")]
             tls: self.tls,
         };
@@ -273,7 +268,6 @@ where
 /// What every worker serves with, besides the application.
 #[derive(Clone)]
 struct WorkerSettings {
-    nodelay: bool,
     #[cfg(feature = "tls")]
     tls: Option<RustlsConfig>,
 }
@@ -294,7 +288,7 @@ where
         WorkerSettings { tls: Some(tls), .. } => WorkerListener::tls(listener, tls),
         _ => WorkerListener::plain(listener),
     };
-    let listener = listener.tapped(settings.nodelay);
+    let listener = listener.tapped();
     if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(drain).await {
         tracing::error!(worker, error = %e, "axum stopped serving");
     }
