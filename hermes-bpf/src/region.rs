@@ -43,7 +43,7 @@ impl<T> Region<T> {
     /// # Safety
     /// `fd` must be an mmapable BPF array whose values have exactly the
     /// layout of `T` and which has at least `len` entries.
-    pub(crate) unsafe fn map(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
+    pub unsafe fn map(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
         let bytes = len * size_of::<T>();
         let mmap = MmapOptions::new().len(bytes).map_raw(fd.as_raw_fd())?;
         let ptr = NonNull::new(mmap.as_mut_ptr().cast::<T>())

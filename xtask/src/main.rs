@@ -1,5 +1,5 @@
-//! Project tasks. `cargo xtask bpf` rebuilds the committed kernel object;
-//! `cargo xtask bpf --check` fails if the committed object is not what the
+//! Project tasks. `cargo xtask bpf` rebuilds the committed kernel objects;
+//! `cargo xtask bpf --check` fails if a committed object is not what its
 //! source builds to.
 
 use std::{
@@ -10,10 +10,13 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
-/// Crate that owns the kernel program, relative to the workspace root.
-const BPF_DIR: &str = "hermes-bpf/bpf";
-const SOURCE: &str = "hermes.bpf.c";
-const OBJECT: &str = "hermes.bpf.o";
+/// Every committed kernel object: (folder relative to the workspace root,
+/// source, object). Each builds inside its folder.
+const OBJECTS: &[(&str, &str, &str)] = &[
+    ("hermes-bpf/bpf", "hermes.bpf.c", "hermes.bpf.o"),
+    ("hermes-dsr/bpf", "dsr_lb.bpf.c", "dsr_lb.bpf.o"),
+    ("hermes-dsr/bpf", "dsr_host.bpf.c", "dsr_host.bpf.o"),
+];
 
 /// Project tasks, run as `cargo xtask TASK`.
 #[derive(Debug, Parser)]
@@ -25,10 +28,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Rebuilds the committed kernel object `hermes-bpf/bpf/hermes.bpf.o` from
-    /// `hermes.bpf.c` (needs clang-19, llvm-19 and libbpf-dev).
+    /// Rebuilds the committed kernel objects (`hermes-bpf/bpf/hermes.bpf.o`,
+    /// `hermes-dsr/bpf/dsr_lb.bpf.o`, `dsr_host.bpf.o`) from their C sources
+    /// (needs clang-19, llvm-19 and libbpf-dev).
     Bpf {
-        /// Writes nothing; fails when the committed object is not what the
+        /// Writes nothing; fails when a committed object is not what its
         /// source builds to.
         #[arg(long)]
         check: bool,
@@ -37,7 +41,7 @@ enum Task {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
-        Task::Bpf { check } => build_bpf(check),
+        Task::Bpf { check } => OBJECTS.iter().try_for_each(|o| build_bpf(*o, check)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,31 +76,31 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 /// Compiles the program so that the bytes depend on the source only: clang
 /// runs inside the source folder with a relative path, DWARF (which records
 /// absolute paths) is stripped, BTF and BTF.ext (needed by the loader) stay.
-fn build_bpf(check: bool) -> Result<(), String> {
+fn build_bpf((bpf_dir, source, object): (&str, &str, &str), check: bool) -> Result<(), String> {
     let clang = tool(&["clang-19"])?;
     let strip = tool(&["llvm-strip-19"])?;
-    let dir = workspace_root().join(BPF_DIR);
+    let dir = workspace_root().join(bpf_dir);
     let scratch = env::temp_dir().join(format!("hermes-xtask-{}", std::process::id()));
     fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
     let unstripped = scratch.join("unstripped.o");
-    let built = scratch.join(OBJECT);
+    let built = scratch.join(object);
 
     let result = (|| {
         run(Command::new(&clang)
             .current_dir(&dir)
             .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
             .args(["-I/usr/include/x86_64-linux-gnu", "-fdebug-compilation-dir=."])
-            .args(["-c", SOURCE, "-o"])
+            .args(["-c", source, "-o"])
             .arg(&unstripped))?;
         run(Command::new(&strip).arg("-g").arg(&unstripped).arg("-o").arg(&built))?;
         let new = fs::read(&built).map_err(|e| format!("reading {}: {e}", built.display()))?;
-        let committed_path = dir.join(OBJECT);
+        let committed_path = dir.join(object);
         if check {
             let committed = fs::read(&committed_path)
                 .map_err(|e| format!("reading {}: {e}", committed_path.display()))?;
             if committed != new {
                 return Err(format!(
-                    "{} is stale: it differs from what {SOURCE} builds to; run `cargo xtask bpf` and commit",
+                    "{} is stale: it differs from what {source} builds to; run `cargo xtask bpf` and commit",
                     committed_path.display()
                 ));
             }

@@ -1,0 +1,250 @@
+//! The balancer side: loads `dsr_balance`, fills its servers and Maglev
+//! table, attaches it to the balancer's interface, reads its figures.
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::programs::TcAttachType;
+use hermes_bpf::{Region, monotonic_ns};
+
+use crate::{
+    error::Error,
+    layout::{self, LbConfig, MAGLEV_SIZE, MAX_SERVERS, Policy, ServerSlot, lb_counter},
+    loader::{Loaded, ProgramStats},
+    maglev,
+};
+
+/// The compiled balancer program (`bpf/dsr_lb.bpf.c`, rebuilt by `cargo xtask bpf`).
+pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/dsr_lb.bpf.o");
+
+/// One server behind the VIP. It holds the VIP on its loopback interface
+/// (with `arp_ignore=1`, `arp_announce=2`) and sits on the balancer's L2 segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The MAC of its interface on the balancer's segment.
+    pub mac: [u8; 6],
+    /// Its own address (bookkeeping and logs).
+    pub addr: Ipv4Addr,
+}
+
+/// The balancer's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BalancerSettings {
+    /// The virtual address clients connect to.
+    pub vip: Ipv4Addr,
+    /// The service port; 0 balances every TCP port of the VIP.
+    pub port: u16,
+    /// The MAC of the balancer's interface (source of the frames it forwards).
+    pub own_mac: [u8; 6],
+    /// A server whose metric is older than this takes no new flows.
+    pub max_stale: Duration,
+    /// The new-flow policy.
+    pub policy: Policy,
+}
+
+/// A read of the balancer's counters (see [`layout::lb_counter`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbCounters {
+    /// Packets forwarded to a server.
+    pub forwarded: u64,
+    /// New flows placed by policy.
+    pub new_flows: u64,
+    /// New flows hashed because every metric was stale.
+    pub fallback_stale: u64,
+    /// New flows placed while some server was drained for a stale metric.
+    pub drained: u64,
+    /// Non-SYN packets of flows the map did not know (hashed).
+    pub no_flow: u64,
+    /// Load metrics received.
+    pub feedback: u64,
+    /// Load metrics from an unknown MAC.
+    pub feedback_unknown: u64,
+    /// Packets from the VIP that reached the balancer: with DSR, zero.
+    pub reply_seen: u64,
+    /// Packets not for the VIP.
+    pub passed: u64,
+    /// New flows placed by Maglev under [`Policy::Hash`].
+    pub hashed: u64,
+}
+
+/// One server's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServerStats {
+    /// Its address.
+    pub addr: Option<Ipv4Addr>,
+    /// The load last learned.
+    pub load: u32,
+    /// Eligible workers last learned.
+    pub eligible: u32,
+    /// Age of the metric in ms (infinite before the first).
+    pub metric_age_ms: f64,
+    /// Metrics received.
+    pub feedbacks: u64,
+    /// New flows placed on it.
+    pub new_flows: u64,
+    /// Packets forwarded to it.
+    pub packets: u64,
+}
+
+/// The loaded balancer program, its maps and settings.
+///
+/// ```no_run
+/// use hermes_dsr::{Backend, Balancer, BalancerSettings, Policy};
+/// use std::time::Duration;
+///
+/// let settings = BalancerSettings {
+///     vip: "198.51.100.10".parse().unwrap(),
+///     port: 80,
+///     own_mac: [0x02, 0, 0, 0, 0, 2],
+///     max_stale: Duration::from_millis(500),
+///     policy: Policy::Load,
+/// };
+/// let servers = [
+///     Backend { mac: [0x02, 0, 0, 0, 0, 11], addr: "192.0.2.11".parse().unwrap() },
+///     Backend { mac: [0x02, 0, 0, 0, 0, 12], addr: "192.0.2.12".parse().unwrap() },
+/// ];
+/// let mut balancer = Balancer::load(&settings, &servers)?;
+/// balancer.attach("eth0")?;
+/// println!("{:?}", balancer.counters());
+/// # Ok::<(), hermes_dsr::Error>(())
+/// ```
+pub struct Balancer {
+    loaded: Loaded,
+    config: Arc<Region<LbConfig>>,
+    servers: Arc<Region<ServerSlot>>,
+    counters: Arc<Region<AtomicU64>>,
+    backends: Vec<Backend>,
+}
+
+impl fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer").field("backends", &self.backends).finish()
+    }
+}
+
+const PROGRAM: &str = "balancer";
+
+impl Balancer {
+    /// Loads the balancer program with `servers` (at most [`MAX_SERVERS`]).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for no or too many servers or a zero VIP;
+    /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`].
+    pub fn load(settings: &BalancerSettings, servers: &[Backend]) -> Result<Self, Error> {
+        if servers.is_empty() || servers.len() > MAX_SERVERS {
+            return Err(Error::Invalid(format!(
+                "a balancer needs 1 to {MAX_SERVERS} servers, {} given",
+                servers.len()
+            )));
+        }
+        if settings.vip.is_unspecified() {
+            return Err(Error::Invalid("the VIP must not be 0.0.0.0".to_owned()));
+        }
+        let mut loaded = Loaded::load(LB_OBJECT, PROGRAM, layout::LB_PROGRAM)?;
+        let config = loaded.region::<LbConfig>(layout::LB_CONFIG_MAP, 1)?;
+        let slots = loaded.region::<ServerSlot>(layout::SERVERS_MAP, MAX_SERVERS)?;
+        let counters = loaded.region::<AtomicU64>(layout::LB_COUNTERS_MAP, layout::LB_COUNTERS_LEN)?;
+        let table = loaded.region::<AtomicU32>(layout::MAGLEV_MAP, MAGLEV_SIZE)?;
+        for (slot, b) in slots.iter().zip(servers) {
+            slot.mac.store(layout::mac_to_u64(b.mac), Ordering::Relaxed);
+            slot.addr.store(layout::ipv4_to_u32(b.addr), Ordering::Relaxed);
+        }
+        let names: Vec<u64> = servers.iter().map(|b| layout::mac_to_u64(b.mac)).collect();
+        for (entry, server) in table.iter().zip(maglev::table(&names, MAGLEV_SIZE)) {
+            entry.store(server, Ordering::Relaxed);
+        }
+        let c = &config[0];
+        c.own_mac.store(layout::mac_to_u64(settings.own_mac), Ordering::Relaxed);
+        c.port.store(u32::from(settings.port), Ordering::Relaxed);
+        c.max_stale_ns.store(settings.max_stale.as_nanos() as u64, Ordering::Relaxed);
+        c.policy.store(settings.policy as u32, Ordering::Relaxed);
+        c.servers.store(servers.len() as u32, Ordering::Relaxed);
+        // Release: the VIP is the switch that makes the program act; a
+        // program that sees it sees the servers and table stored above.
+        c.vip.store(layout::ipv4_to_u32(settings.vip), Ordering::Release);
+        Ok(Self { loaded, config, servers: slots, counters, backends: servers.to_vec() })
+    }
+
+    /// Attaches the program at ingress of `interface` (in the calling
+    /// thread's network namespace). It stays attached while `self` lives.
+    pub fn attach(&mut self, interface: &str) -> Result<(), Error> {
+        self.loaded.attach(interface, TcAttachType::Ingress)
+    }
+
+    /// Changes the new-flow policy (existing flows keep their server).
+    pub fn set_policy(&self, policy: Policy) {
+        self.config[0].policy.store(policy as u32, Ordering::Relaxed);
+    }
+
+    /// Changes the staleness limit.
+    pub fn set_max_stale(&self, limit: Duration) {
+        self.config[0].max_stale_ns.store(limit.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Stores a load for `server` as if a metric had just arrived: what a
+    /// polling balancer does with the figures it fetched. Out-of-range
+    /// servers are ignored.
+    pub fn store_load(&self, server: usize, load: u32, eligible: u32) {
+        if let Some(s) = self.servers.get(server).filter(|_| server < self.backends.len()) {
+            s.load.store(load, Ordering::Relaxed);
+            s.eligible.store(eligible, Ordering::Relaxed);
+            s.recent.store(0, Ordering::Relaxed);
+            s.updated_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+    }
+
+    /// The servers, in slot order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Reads the counters (each once, `Relaxed`: independent counts).
+    pub fn counters(&self) -> LbCounters {
+        let get = |i: usize| self.counters[i].load(Ordering::Relaxed);
+        LbCounters {
+            forwarded: get(lb_counter::FORWARDED),
+            new_flows: get(lb_counter::NEW_FLOWS),
+            fallback_stale: get(lb_counter::FALLBACK_STALE),
+            drained: get(lb_counter::DRAINED),
+            no_flow: get(lb_counter::NO_FLOW),
+            feedback: get(lb_counter::FEEDBACK),
+            feedback_unknown: get(lb_counter::FEEDBACK_UNKNOWN),
+            reply_seen: get(lb_counter::REPLY_SEEN),
+            passed: get(lb_counter::PASSED),
+            hashed: get(lb_counter::HASHED),
+        }
+    }
+
+    /// Per-server figures, in slot order.
+    pub fn server_stats(&self) -> Vec<ServerStats> {
+        let now = monotonic_ns();
+        self.backends
+            .iter()
+            .zip(self.servers.iter())
+            .map(|(b, s)| {
+                let t = s.updated_ns.load(Ordering::Relaxed);
+                ServerStats {
+                    addr: Some(b.addr),
+                    load: s.load.load(Ordering::Relaxed),
+                    eligible: s.eligible.load(Ordering::Relaxed),
+                    metric_age_ms: if t == 0 { f64::INFINITY } else { now.saturating_sub(t) as f64 / 1e6 },
+                    feedbacks: s.feedbacks.load(Ordering::Relaxed),
+                    new_flows: s.new_flows.load(Ordering::Relaxed),
+                    packets: s.packets.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// The kernel's run statistics of the balancer program.
+    pub fn program_stats(&self) -> Result<ProgramStats, Error> {
+        self.loaded.stats()
+    }
+}

@@ -1,0 +1,84 @@
+//! The crate's error type.
+
+use std::io;
+
+/// Why a program of the tier could not be loaded, attached or configured.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The process lacks the capability to create BPF maps or load programs.
+    #[error(
+        "the hermes-dsr {program} program needs CAP_BPF and CAP_NET_ADMIN: {what} was refused ({source}); \
+         run as root or grant them"
+    )]
+    MissingCapability {
+        /// `balancer` or `host feedback`.
+        program: &'static str,
+        /// The step that was refused.
+        what: &'static str,
+        /// The OS error (`EPERM` or `EACCES`).
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the object, a map or the program for another reason.
+    #[error("the kernel refused the hermes-dsr {program} program while {what}: {detail}")]
+    KernelRefused {
+        /// `balancer` or `host feedback`.
+        program: &'static str,
+        /// The step that failed.
+        what: &'static str,
+        /// The loader's message, with the verifier log when there is one.
+        detail: String,
+    },
+    /// Attaching to an interface failed (no such interface in this network
+    /// namespace, or tc refused).
+    #[error("attaching the hermes-dsr {program} program to interface `{interface}` failed: {detail}")]
+    Attach {
+        /// `balancer` or `host feedback`.
+        program: &'static str,
+        /// The interface name.
+        interface: String,
+        /// The loader's message.
+        detail: String,
+    },
+    /// Bad settings: nothing was changed.
+    #[error("invalid hermes-dsr settings: {0}")]
+    Invalid(String),
+}
+
+/// Walks an error's source chain for the OS error underneath.
+fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Full message of an error and its sources, joined by ": ".
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = err.source();
+    }
+    out
+}
+
+/// Classifies a loader error: permission errors become [`Error::MissingCapability`].
+pub(crate) fn classify(program: &'static str, what: &'static str, e: &(dyn std::error::Error + 'static)) -> Error {
+    match os_error(e).and_then(io::Error::raw_os_error) {
+        Some(code @ (libc::EPERM | libc::EACCES)) => {
+            Error::MissingCapability { program, what, source: io::Error::from_raw_os_error(code) }
+        }
+        _ => Error::KernelRefused { program, what, detail: chain(e) },
+    }
+}

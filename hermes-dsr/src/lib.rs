@@ -1,0 +1,34 @@
+//! The cross-host tier of Hermes: a load-aware Direct Server Return (DSR)
+//! L4 balancer, fed in band by each host's Hermes Worker State Table.
+//!
+//! - On the balancer, [`Balancer`] attaches `dsr_balance` (tc ingress) to the
+//!   interface that receives the VIP's traffic. An existing flow keeps its
+//!   server (LRU map on the 5-tuple); a SYN goes to the less loaded of two
+//!   servers drawn at random among those with a fresh metric; servers with a
+//!   stale metric take no new flows; when every metric is stale, Maglev
+//!   hashing places the flow and the fallback is counted. Packets leave
+//!   through the same interface with the server's MAC: servers hold the VIP
+//!   on loopback and answer the client directly.
+//! - On every server host, [`Agent`] attaches `dsr_feedback` (tc egress) and
+//!   samples the Hermes server (in flight + accept queue, eligible workers)
+//!   every 5 ms. At most once per interval, the program copies one packet
+//!   the host sends anyway to the balancer with the load in an IPv4 option
+//!   (type 0x9E, RFC 4727 experimental); the original leaves unchanged, so
+//!   clients never see the option. The balancer learns the load and drops
+//!   the copy. No polling request, no extra process.
+//!
+//! Layouts shared with the programs are in [`layout`].
+#![deny(missing_docs)]
+
+mod balancer;
+mod error;
+mod host;
+pub mod layout;
+mod loader;
+pub mod maglev;
+
+pub use balancer::{Backend, Balancer, BalancerSettings, LB_OBJECT, LbCounters, ServerStats};
+pub use error::Error;
+pub use host::{AGENT_TICK, Agent, FeedbackHost, HOST_OBJECT, HostCounters, HostSettings, LoadSample};
+pub use layout::Policy;
+pub use loader::ProgramStats;

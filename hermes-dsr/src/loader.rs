@@ -1,0 +1,103 @@
+//! What the balancer and the host have in common: loading an embedded
+//! object, mapping its mmapable arrays, attaching a tc program.
+
+use std::{os::fd::AsFd, sync::Arc};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{SchedClassifier, TcAttachType},
+};
+use hermes_bpf::Region;
+
+use crate::error::{self, Error};
+
+/// The kernel's run statistics of a program (enabled by
+/// `sysctl kernel.bpf_stats_enabled=1` or [`aya::sys::enable_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Total nanoseconds spent in the program while statistics were enabled.
+    pub run_time_ns: u64,
+    /// Runs counted while statistics were enabled.
+    pub run_count: u64,
+}
+
+impl ProgramStats {
+    /// Mean nanoseconds per run, or 0 before any counted run.
+    pub fn ns_per_run(&self) -> f64 {
+        if self.run_count == 0 { 0.0 } else { self.run_time_ns as f64 / self.run_count as f64 }
+    }
+}
+
+pub(crate) struct Loaded {
+    pub(crate) ebpf: Ebpf,
+    program: &'static str,
+    name: &'static str,
+}
+
+impl Loaded {
+    pub(crate) fn load(object: &[u8], program: &'static str, name: &'static str) -> Result<Self, Error> {
+        let mut ebpf =
+            EbpfLoader::new().load(object).map_err(|e| error::classify(program, "creating the maps", &e))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::KernelRefused {
+                program,
+                what: "reading the embedded object",
+                detail: format!("program `{name}` is missing"),
+            })?
+            .try_into()
+            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        prog.load().map_err(|e| error::classify(program, "loading the program", &e))?;
+        Ok(Self { ebpf, program, name })
+    }
+
+    /// Maps `len` values of the mmapable array `map` as `T`.
+    pub(crate) fn region<T>(&mut self, map: &'static str, len: usize) -> Result<Arc<Region<T>>, Error> {
+        let program = self.program;
+        let refused = |detail: String| Error::KernelRefused { program, what: "mapping the maps", detail };
+        let m = self.ebpf.take_map(map).ok_or_else(|| refused(format!("map `{map}` is missing")))?;
+        let aya::maps::Map::Array(data) = m else {
+            return Err(refused(format!("map `{map}` is not an array")));
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| refused(format!("`{map}`: {e}")))?;
+        // SAFETY: `map` is declared in `bpf/dsr.h`'s programs as an mmapable
+        // array of at least `len` values laid out as `T` (checked by the
+        // layout test against the embedded object).
+        let region = unsafe { Region::map(&fd, len) }.map_err(|e| refused(format!("mmap of `{map}`: {e}")))?;
+        Ok(Arc::new(region))
+    }
+
+    /// Attaches the program to `interface` (in the calling thread's network
+    /// namespace) at `attach`. The attachment lasts as long as `self`.
+    pub(crate) fn attach(&mut self, interface: &str, attach: TcAttachType) -> Result<(), Error> {
+        let program = self.program;
+        let fail = |e: &(dyn std::error::Error + 'static)| Error::Attach {
+            program,
+            interface: interface.to_owned(),
+            detail: error::chain(e),
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(self.name)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded as SchedClassifier in Loaded::load");
+        match prog.attach(interface, attach) {
+            Ok(_) => Ok(()),
+            Err(first) => {
+                // Kernels before 6.6 have no TCX: tc needs the clsact qdisc.
+                let _ = aya::programs::tc::qdisc_add_clsact(interface);
+                prog.attach(interface, attach).map(|_| ()).map_err(|_| fail(&first))
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Result<ProgramStats, Error> {
+        let info = self
+            .ebpf
+            .program(self.name)
+            .expect("the program exists once loaded")
+            .info()
+            .map_err(|e| error::classify(self.program, "reading the program's info", &e))?;
+        Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+    }
+}
