@@ -98,16 +98,42 @@ static __always_inline __u64 score(struct dsr_server *s)
 	return (load << 8) / eligible;
 }
 
-// The n-th set bit of `bits` (bits has more than n set).
-static __always_inline __u32 nth_bit(__u32 bits, __u32 n)
+// One pass over the servers (run by bpf_loop, so the verifier checks the
+// body once): counts the fresh servers and keeps the two with the lowest
+// random priority, a uniform draw of two distinct fresh servers.
+struct scan_ctx {
+	__u64 now;
+	__u64 max_stale;
+	__u32 rnd;
+	__u32 fresh;
+	__u32 first;
+	__u32 second;
+	__u32 first_prio;
+	__u32 second_prio;
+};
+
+static long scan_server(__u64 i, void *data)
 {
-	__u32 seen = 0;
-	for (__u32 i = 0; i < DSR_MAX_SERVERS; i++) {
-		if (bits & (1u << i)) {
-			if (seen == n)
-				return i;
-			seen++;
-		}
+	struct scan_ctx *c = data;
+	__u32 key = i;
+	struct dsr_server *s = bpf_map_lookup_elem(&dsr_servers, &key);
+	if (!s)
+		return 1;
+	__u64 t = READ_ONCE(s->updated_ns);
+	if (t == 0)
+		return 0;
+	if (c->max_stale && c->now > t && c->now - t > c->max_stale)
+		return 0;
+	c->fresh++;
+	__u32 prio = mix(c->rnd ^ (key * 0x9e3779b9u));
+	if (prio < c->first_prio) {
+		c->second = c->first;
+		c->second_prio = c->first_prio;
+		c->first = key;
+		c->first_prio = prio;
+	} else if (prio < c->second_prio) {
+		c->second = key;
+		c->second_prio = prio;
 	}
 	return 0;
 }
@@ -122,43 +148,30 @@ static __always_inline int pick(struct dsr_lb_config *cfg, __u32 hash, __u32 *se
 		count(DSR_CNT_HASHED);
 		return maglev(hash, server);
 	}
-	__u64 now = bpf_ktime_get_ns();
-	__u64 max_stale = READ_ONCE(cfg->max_stale_ns);
-	__u32 fresh = 0, nfresh = 0;
-	for (__u32 i = 0; i < DSR_MAX_SERVERS; i++) {
-		if (i >= n)
-			break;
-		__u32 key = i;
-		struct dsr_server *s = bpf_map_lookup_elem(&dsr_servers, &key);
-		if (!s)
-			continue;
-		__u64 t = READ_ONCE(s->updated_ns);
-		if (t == 0)
-			continue;
-		if (max_stale && now > t && now - t > max_stale)
-			continue;
-		fresh |= 1u << i;
-		nfresh++;
-	}
-	if (nfresh == 0) {
+	struct scan_ctx c = {
+		.now = bpf_ktime_get_ns(),
+		.max_stale = READ_ONCE(cfg->max_stale_ns),
+		.rnd = bpf_get_prandom_u32(),
+		.first_prio = ~0u,
+		.second_prio = ~0u,
+	};
+	bpf_loop(n, scan_server, &c, 0);
+	if (c.fresh == 0) {
 		count(DSR_CNT_FALLBACK_STALE);
 		return maglev(hash, server);
 	}
-	if (nfresh < n)
+	if (c.fresh < n)
 		count(DSR_CNT_DRAINED);
-	__u32 r = bpf_get_prandom_u32();
-	__u32 a = nth_bit(fresh, r % nfresh);
-	if (nfresh == 1) {
-		*server = a;
+	if (c.fresh == 1) {
+		*server = c.first;
 		return 0;
 	}
-	__u32 b = nth_bit(fresh & ~(1u << a), (r >> 16) % (nfresh - 1));
-	__u32 ka = a, kb = b;
+	__u32 ka = c.first, kb = c.second;
 	struct dsr_server *sa = bpf_map_lookup_elem(&dsr_servers, &ka);
 	struct dsr_server *sb = bpf_map_lookup_elem(&dsr_servers, &kb);
 	if (!sa || !sb)
 		return -1;
-	*server = score(sb) < score(sa) ? b : a;
+	*server = score(sb) < score(sa) ? kb : ka;
 	return 0;
 }
 

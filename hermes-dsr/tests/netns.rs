@@ -1,0 +1,315 @@
+//! The tier end to end in network namespaces: a client, the balancer and
+//! three Hermes servers (hermes_tower::serve over real sockets) on one
+//! bridge. The balancer program runs at tc ingress of the balancer's
+//! interface; each server runs the feedback program at tc egress and the
+//! agent that samples its Worker State Table. Real TCP connections from the
+//! client's namespace to the VIP.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use axum::{Router, routing::get};
+use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, HostSettings, Policy};
+use hermes_runtime::{Builder, ServerHandle};
+use support::*;
+
+const SERVERS: usize = 3;
+
+/// Everything one test runs; dropping it stops the agents and servers and
+/// removes the namespaces, in that order, also when the test fails.
+struct Cluster {
+    agents: Vec<Agent>,
+    servers: Vec<Arc<ServerHandle>>,
+    balancer: Option<Balancer>,
+    gate: Arc<AtomicBool>,
+    port: u16,
+    bed: Testbed,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agents.clear();
+        self.balancer = None;
+        self.gate.store(true, Ordering::Relaxed);
+        for handle in self.servers.drain(..) {
+            if let Ok(handle) = Arc::try_unwrap(handle) {
+                handle.shutdown();
+            }
+        }
+    }
+}
+
+fn app(name: String, gate: Arc<AtomicBool>) -> Router {
+    Router::new().route("/whoami", get(move || async move { name })).route(
+        "/hold",
+        get(move || async move {
+            // Held in flight until the test opens the gate (bounded).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // Relaxed: the flag carries no data.
+            while !gate.load(Ordering::Relaxed) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            "released"
+        }),
+    )
+}
+
+impl Cluster {
+    fn start(test: &str, max_stale: Duration) -> Option<Self> {
+        if !privileged_or_skip(test) {
+            return None;
+        }
+        let bed = Testbed::new(SERVERS);
+        let gate = Arc::new(AtomicBool::new(false));
+        let mut cluster =
+            Cluster { agents: Vec::new(), servers: Vec::new(), balancer: None, gate: gate.clone(), port: 0, bed };
+        for i in 0..SERVERS {
+            let (name, gate, port) = (format!("s{i}"), gate.clone(), cluster.port);
+            let handle = in_ns(&cluster.bed.ns(&name), move || {
+                let mut builder = Builder::new();
+                builder.workers(1).pin_workers(false);
+                hermes_tower::serve(SocketAddr::from(([0, 0, 0, 0], port)), app(name, gate))
+                    .with_builder(builder)
+                    .start()
+                    .expect("start the Hermes server")
+            });
+            cluster.port = handle.local_addr().port();
+            let handle = Arc::new(handle);
+            cluster.servers.push(handle.clone());
+            let mut settings = HostSettings::new(BALANCER_MAC, VIP);
+            settings.interval = Duration::from_millis(2);
+            let agent = in_ns(&cluster.bed.ns(&format!("s{i}")), move || {
+                Agent::start("eth0", settings, move || handle.snapshot())
+            });
+            match agent {
+                Ok(agent) => cluster.agents.push(agent),
+                Err(e) if std::env::var("HERMES_REQUIRE_BPF").as_deref() != Ok("1") => {
+                    eprintln!("\n*** SKIPPED {test}: the host feedback program did not load: {e} ***\n");
+                    return None;
+                }
+                Err(e) => panic!("{test}: the host feedback program did not load: {e}"),
+            }
+        }
+        let settings = BalancerSettings {
+            vip: VIP,
+            port: cluster.port,
+            own_mac: BALANCER_MAC,
+            max_stale,
+            policy: Policy::Load,
+        };
+        let backends: Vec<Backend> =
+            (0..SERVERS).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+        let balancer = in_ns(&cluster.bed.ns("lb"), move || {
+            let mut b = Balancer::load(&settings, &backends)?;
+            b.attach("eth0")?;
+            Ok::<_, hermes_dsr::Error>(b)
+        })
+        .unwrap_or_else(|e| panic!("{test}: the balancer did not load: {e}"));
+        cluster.balancer = Some(balancer);
+        Some(cluster)
+    }
+
+    fn lb(&self) -> &Balancer {
+        self.balancer.as_ref().expect("balancer")
+    }
+
+    fn vip(&self) -> SocketAddr {
+        SocketAddr::from((VIP, self.port))
+    }
+
+    fn direct(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((server_addr(i), self.port))
+    }
+
+    /// `n` new connections to the VIP from the client, one request each;
+    /// returns how many each server answered.
+    fn vip_flows(&self, n: usize) -> BTreeMap<String, usize> {
+        let vip = self.vip();
+        in_ns(&self.bed.ns("c"), move || {
+            let mut by_server = BTreeMap::new();
+            for _ in 0..n {
+                *by_server.entry(fetch(vip, "/whoami")).or_insert(0) += 1;
+            }
+            by_server
+        })
+    }
+
+    /// One request straight to each of `servers` (not through the VIP): the
+    /// reply is a packet the host sends, which carries its metric out.
+    fn touch(&self, servers: &[usize]) {
+        let addrs: Vec<SocketAddr> = servers.iter().map(|&i| self.direct(i)).collect();
+        in_ns(&self.bed.ns("c"), move || {
+            for a in addrs {
+                fetch(a, "/whoami");
+            }
+        });
+    }
+
+    /// Touches `servers` until `cond` holds on the balancer (5 s at most).
+    fn touch_until(&self, servers: &[usize], what: &str, cond: impl Fn(&Balancer) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.touch(servers);
+            if cond(self.lb()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {:?} {:?}",
+                self.lb().counters(),
+                self.lb().server_stats()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+#[test]
+fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
+    let Some(cluster) = Cluster::start("vip_flows_stick_to_their_server_and_replies_bypass_the_balancer", Duration::from_secs(2))
+    else {
+        return;
+    };
+    let vip = cluster.vip();
+    // Eight long connections, six requests each: every answer on one
+    // connection comes from the same server (a packet sent elsewhere would
+    // reset the connection), while new flows spread.
+    let per_conn: Vec<Vec<String>> = in_ns(&cluster.bed.ns("c"), move || {
+        let mut conns: Vec<TcpStream> = (0..8).map(|_| connect(vip)).collect();
+        let mut answers = vec![Vec::new(); conns.len()];
+        for _ in 0..6 {
+            for (c, a) in conns.iter_mut().zip(answers.iter_mut()) {
+                a.push(request(c, "/whoami"));
+                thread::sleep(Duration::from_millis(3));
+            }
+        }
+        answers
+    });
+    for answers in &per_conn {
+        assert!(answers.iter().all(|a| a == &answers[0]), "a flow changed server: {answers:?}");
+    }
+    let spread = cluster.vip_flows(30);
+    assert_eq!(spread.values().sum::<usize>(), 30);
+    let c = cluster.lb().counters();
+    let hosts: Vec<_> = cluster.agents.iter().map(|a| a.host().counters()).collect();
+    eprintln!("answers per flow: {per_conn:?}\nnew flows: {spread:?}\nbalancer: {c:?}\nhosts: {hosts:?}");
+    assert_eq!(c.new_flows, 38, "every connection placed once, by policy: {c:?}");
+    assert_eq!(c.no_flow, 0, "every packet after the SYN found its flow: {c:?}");
+    // Replies bypass the balancer: it saw no packet from the VIP, while the
+    // servers sent their replies from the VIP straight to the client.
+    assert_eq!(c.reply_seen, 0, "replies reached the balancer: {c:?}");
+    let replies: u64 = hosts.iter().map(|h| h.replies).sum();
+    assert!(replies >= 38 * 2, "servers sent {replies} packets from the VIP");
+    // Client-to-server packets went through it (SYN, request, ACKs, FIN).
+    assert!(c.forwarded >= 38 * 3, "{c:?}");
+    // Metrics arrived in band, from known servers, without errors.
+    assert!(c.feedback > 0 && c.feedback_unknown == 0, "{c:?}");
+    assert!(hosts.iter().all(|h| h.errors == 0), "{hosts:?}");
+    let stats = cluster.lb().server_stats();
+    assert!(stats.iter().map(|s| s.new_flows).sum::<u64>() == 38, "{stats:?}");
+}
+
+#[test]
+fn new_flows_avoid_the_loaded_server() {
+    let Some(cluster) = Cluster::start("new_flows_avoid_the_loaded_server", Duration::from_secs(2)) else {
+        return;
+    };
+    // 32 requests held in flight on s0 (straight to its own address).
+    let direct = cluster.direct(0);
+    let held: Vec<TcpStream> = in_ns(&cluster.bed.ns("c"), move || {
+        (0..32)
+            .map(|_| {
+                let mut c = connect(direct);
+                std::io::Write::write_all(&mut c, b"GET /hold HTTP/1.1\r\nHost: hermes\r\n\r\n").unwrap();
+                c
+            })
+            .collect()
+    });
+    cluster.touch_until(&[0, 1, 2], "the balancer to learn s0's load", |lb| {
+        let s = lb.server_stats();
+        s[0].load >= 32 && s.iter().all(|s| s.metric_age_ms < 500.0)
+    });
+    let before = cluster.lb().counters();
+    let spread = cluster.vip_flows(20);
+    let after = cluster.lb().counters();
+    eprintln!("new flows with s0 loaded: {spread:?}\n{:?}", cluster.lb().server_stats());
+    assert_eq!(spread.get("s0"), None, "the loaded server received new flows: {spread:?}");
+    assert_eq!(spread.values().sum::<usize>(), 20);
+    assert_eq!(after.new_flows - before.new_flows, 20);
+    assert_eq!(after.fallback_stale, before.fallback_stale, "no hashing while metrics are fresh");
+    // Released: s0's load falls, and it takes new flows again.
+    cluster.gate.store(true, Ordering::Relaxed);
+    drop(held);
+    cluster.touch_until(&[0, 1, 2], "s0's load to fall", |lb| lb.server_stats()[0].load == 0);
+    let spread = cluster.vip_flows(30);
+    assert!(spread.get("s0").copied().unwrap_or(0) > 0, "s0 idle again but no new flow: {spread:?}");
+}
+
+#[test]
+fn silent_servers_are_drained_and_all_stale_falls_back_to_hashing_counted() {
+    let limit = Duration::from_millis(300);
+    let Some(cluster) =
+        Cluster::start("silent_servers_are_drained_and_all_stale_falls_back_to_hashing_counted", limit)
+    else {
+        return;
+    };
+    // s2 stops sending metrics; s0 and s1 keep theirs fresh.
+    cluster.agents[2].host().set_enabled(false);
+    cluster.touch_until(&[0, 1], "s2's metric to go stale", |lb| {
+        let s = lb.server_stats();
+        s[2].metric_age_ms > limit.as_secs_f64() * 1e3 && s[0].metric_age_ms < 100.0 && s[1].metric_age_ms < 100.0
+    });
+    let before = cluster.lb().counters();
+    let spread = cluster.vip_flows(15);
+    let after = cluster.lb().counters();
+    eprintln!("new flows with s2 silent: {spread:?}\n{after:?}");
+    assert_eq!(spread.get("s2"), None, "a silent server received new flows: {spread:?}");
+    assert_eq!(after.drained - before.drained, 15, "each placement counted as draining s2");
+    assert_eq!(after.fallback_stale, before.fallback_stale);
+
+    // Every host silent: past the limit, new flows are hashed (Maglev) and counted.
+    for a in &cluster.agents {
+        a.host().set_enabled(false);
+    }
+    thread::sleep(limit + Duration::from_millis(100));
+    assert!(cluster.lb().server_stats().iter().all(|s| s.metric_age_ms > 300.0));
+    let before = cluster.lb().counters();
+    let spread = cluster.vip_flows(24);
+    let after = cluster.lb().counters();
+    eprintln!("new flows with every metric stale: {spread:?}\n{after:?}");
+    assert_eq!(spread.values().sum::<usize>(), 24, "every flow still served");
+    assert_eq!(after.fallback_stale - before.fallback_stale, 24, "each hashed flow counted");
+    assert!(spread.len() >= 2, "Maglev spreads flows over servers: {spread:?}");
+    // Metrics again: the policy takes over from hashing.
+    for a in &cluster.agents {
+        a.host().set_enabled(true);
+    }
+    cluster.touch_until(&[0, 1, 2], "fresh metrics", |lb| lb.server_stats().iter().all(|s| s.metric_age_ms < 100.0));
+    let before = cluster.lb().counters();
+    cluster.vip_flows(5);
+    assert_eq!(cluster.lb().counters().fallback_stale, before.fallback_stale);
+}
+
+#[test]
+fn hash_policy_places_flows_by_maglev_without_metrics() {
+    let Some(cluster) = Cluster::start("hash_policy_places_flows_by_maglev_without_metrics", Duration::from_secs(2))
+    else {
+        return;
+    };
+    cluster.lb().set_policy(Policy::Hash);
+    let spread = cluster.vip_flows(24);
+    let c = cluster.lb().counters();
+    assert_eq!(spread.values().sum::<usize>(), 24);
+    assert_eq!(c.hashed, 24, "{c:?}");
+    assert_eq!(c.fallback_stale, 0, "hash policy is not a fallback: {c:?}");
+}
