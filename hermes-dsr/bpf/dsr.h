@@ -13,6 +13,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/tcp.h>
+#include <linux/udp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -85,7 +86,9 @@ struct dsr_host_config {
 	__u32 enabled;      // 0: send nothing
 	__u64 interval_ns;  // at most one metric per interval
 	__u64 max_age_ns;   // a host load older than this is not sent
-	__u64 _reserved[4];
+	__u32 keepalive_port; // UDP port of the agent's keepalives to the balancer; 0 = none
+	__u32 _pad;
+	__u64 _reserved[3];
 };
 
 // The host's load, stored by the agent (map dsr_host_load, one entry).
@@ -107,6 +110,7 @@ struct dsr_host_load {
 #define DSR_HCNT_STALE 5      // due packets with no fresh load to send
 #define DSR_HCNT_LAST_NS 6    // bpf_ktime_get_ns() of the last metric
 #define DSR_HCNT_BYTES 7      // bytes of the frames sent as metrics
-#define DSR_HCNT_LEN 8
+#define DSR_HCNT_KEEPALIVES 8 // of the metrics, those carried by keepalives
+#define DSR_HCNT_LEN 16
 
 #endif

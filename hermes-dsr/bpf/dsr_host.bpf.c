@@ -10,6 +10,11 @@
 // the balancer, so the copy is how the metric reaches it; clients never
 // receive the option. The load comes from the map dsr_host_load, which the
 // agent in the Hermes server stores from its Worker State Table.
+//
+// A host that sends nothing (idle) has no packet to carry its metric: its
+// agent then sends a one-byte UDP keepalive to the balancer, and the option
+// goes in that datagram itself (no copy). Without a fresh load, or when
+// disabled, keepalives are dropped here, so the balancer drains the host.
 // Rebuild the committed object with `cargo xtask bpf`.
 
 #include "dsr.h"
@@ -67,6 +72,76 @@ static __always_inline __u16 ip_checksum(const void *hdr)
 	return (__u16)~sum;
 }
 
+// The header of a metric: `ip` with the load option, checksummed.
+static __always_inline void metric_header(struct ip_with_opt *fb, const struct iphdr *ip,
+					  struct dsr_host_load *hl)
+{
+	__builtin_memset(fb, 0, sizeof(*fb));
+	fb->ip = *ip;
+	fb->ip.ihl = 7;
+	fb->ip.tot_len = bpf_htons(bpf_ntohs(ip->tot_len) + DSR_OPT_LEN);
+	fb->ip.check = 0;
+	__u32 load = READ_ONCE(hl->load);
+	__u32 eligible = READ_ONCE(hl->eligible);
+	__u32 workers = READ_ONCE(hl->workers);
+	fb->opt[0] = DSR_OPT_TYPE;
+	fb->opt[1] = DSR_OPT_LEN;
+	fb->opt[2] = eligible > 255 ? 255 : eligible;
+	fb->opt[3] = workers > 255 ? 255 : workers;
+	fb->opt[4] = load >> 24;
+	fb->opt[5] = load >> 16;
+	fb->opt[6] = load >> 8;
+	fb->opt[7] = load;
+	fb->ip.check = ip_checksum(fb);
+}
+
+static __always_inline int fresh_load(struct dsr_host_config *cfg, struct dsr_host_load *hl, __u64 now)
+{
+	__u64 updated = READ_ONCE(hl->updated_ns);
+	__u64 max_age = READ_ONCE(cfg->max_age_ns);
+	return updated != 0 && !(max_age && now > updated && now - updated > max_age);
+}
+
+// The agent's keepalive (UDP to the keepalive port): the metric goes in the
+// datagram itself. Other UDP passes untouched.
+static __always_inline int keepalive(struct __sk_buff *skb, struct dsr_host_config *cfg,
+				     struct dsr_host_load *hl, __u64 *last)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || (ip->ihl & 0xF) != 5)
+		return TC_ACT_OK;
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > data_end)
+		return TC_ACT_OK;
+	__u32 port = READ_ONCE(cfg->keepalive_port);
+	if (port == 0 || bpf_ntohs(udp->dest) != port)
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_ns();
+	if (!READ_ONCE(cfg->enabled) || !fresh_load(cfg, hl, now)) {
+		count(DSR_HCNT_STALE, 1);
+		return TC_ACT_SHOT;
+	}
+	struct iphdr ip_orig = *ip;
+	__u64 lb_mac = READ_ONCE(cfg->lb_mac);
+	struct ip_with_opt fb;
+	metric_header(&fb, &ip_orig, hl);
+	__u32 len = skb->len;
+	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) != 0 ||
+	    bpf_skb_store_bytes(skb, 0, &lb_mac, ETH_ALEN, 0) != 0 ||
+	    bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &fb, sizeof(fb), 0) != 0) {
+		count(DSR_HCNT_ERRORS, 1);
+		return TC_ACT_SHOT;
+	}
+	WRITE_ONCE(*last, now);
+	count(DSR_HCNT_SENT, 1);
+	count(DSR_HCNT_KEEPALIVES, 1);
+	count(DSR_HCNT_BYTES, len + DSR_OPT_LEN);
+	return TC_ACT_OK;
+}
+
 SEC("classifier")
 int dsr_feedback(struct __sk_buff *skb)
 {
@@ -78,7 +153,7 @@ int dsr_feedback(struct __sk_buff *skb)
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	if (ip->protocol != IPPROTO_TCP)
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
 	__u32 zero = 0;
 	struct dsr_host_config *cfg = bpf_map_lookup_elem(&dsr_host_cfg, &zero);
@@ -86,6 +161,8 @@ int dsr_feedback(struct __sk_buff *skb)
 	__u64 *last = counter(DSR_HCNT_LAST_NS);
 	if (!cfg || !hl || !last)
 		return TC_ACT_OK;
+	if (ip->protocol == IPPROTO_UDP)
+		return keepalive(skb, cfg, hl, last);
 	// Our own copy on its way out (the clone passes this hook again).
 	if ((ip->ihl & 0xF) != 5) {
 		__u8 *opt = (void *)(ip + 1);
@@ -101,9 +178,7 @@ int dsr_feedback(struct __sk_buff *skb)
 	__u64 prev = READ_ONCE(*last);
 	if (now - prev < READ_ONCE(cfg->interval_ns))
 		return TC_ACT_OK;
-	__u64 updated = READ_ONCE(hl->updated_ns);
-	__u64 max_age = READ_ONCE(cfg->max_age_ns);
-	if (updated == 0 || (max_age && now > updated && now - updated > max_age)) {
+	if (!fresh_load(cfg, hl, now)) {
 		count(DSR_HCNT_STALE, 1);
 		return TC_ACT_OK;
 	}
@@ -124,23 +199,7 @@ int dsr_feedback(struct __sk_buff *skb)
 	__u64 lb_mac = READ_ONCE(cfg->lb_mac);
 	__builtin_memcpy(eth_fb.h_dest, &lb_mac, ETH_ALEN);
 	struct ip_with_opt fb;
-	__builtin_memset(&fb, 0, sizeof(fb));
-	fb.ip = ip_orig;
-	fb.ip.ihl = 7;
-	fb.ip.tot_len = bpf_htons(bpf_ntohs(ip_orig.tot_len) + DSR_OPT_LEN);
-	fb.ip.check = 0;
-	__u32 load = READ_ONCE(hl->load);
-	__u32 eligible = READ_ONCE(hl->eligible);
-	__u32 workers = READ_ONCE(hl->workers);
-	fb.opt[0] = DSR_OPT_TYPE;
-	fb.opt[1] = DSR_OPT_LEN;
-	fb.opt[2] = eligible > 255 ? 255 : eligible;
-	fb.opt[3] = workers > 255 ? 255 : workers;
-	fb.opt[4] = load >> 24;
-	fb.opt[5] = load >> 16;
-	fb.opt[6] = load >> 8;
-	fb.opt[7] = load;
-	fb.ip.check = ip_checksum(&fb);
+	metric_header(&fb, &ip_orig, hl);
 
 	__u32 len = skb->len;
 	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) != 0) {

@@ -2,8 +2,8 @@
 //! that stores the host's load from the Hermes server's Worker State Table.
 
 use std::{
-    fmt,
-    net::Ipv4Addr,
+    fmt, io,
+    net::{Ipv4Addr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -30,6 +30,13 @@ pub static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/dsr_host.bpf
 pub struct HostSettings {
     /// The MAC of the balancer's interface: where metrics are sent.
     pub balancer_mac: [u8; 6],
+    /// The balancer's address: where an idle host's keepalives go.
+    pub balancer_addr: Ipv4Addr,
+    /// UDP port of the keepalives (the balancer drops them before its stack
+    /// sees them); 0 sends none, and an idle host is then drained.
+    pub keepalive_port: u16,
+    /// An agent whose host sent no metric for this long sends a keepalive.
+    pub keepalive_after: Duration,
     /// The VIP (used to count replies that leave straight to clients).
     pub vip: Ipv4Addr,
     /// At most one metric per interval.
@@ -40,9 +47,18 @@ pub struct HostSettings {
 }
 
 impl HostSettings {
-    /// 10 ms interval, 100 ms maximum sample age.
-    pub fn new(balancer_mac: [u8; 6], vip: Ipv4Addr) -> Self {
-        Self { balancer_mac, vip, interval: Duration::from_millis(10), max_age: Duration::from_millis(100) }
+    /// 10 ms interval, 100 ms maximum sample age, keepalives to port 9
+    /// (discard) after 50 ms without a metric.
+    pub fn new(balancer_mac: [u8; 6], balancer_addr: Ipv4Addr, vip: Ipv4Addr) -> Self {
+        Self {
+            balancer_mac,
+            balancer_addr,
+            keepalive_port: 9,
+            keepalive_after: Duration::from_millis(50),
+            vip,
+            interval: Duration::from_millis(10),
+            max_age: Duration::from_millis(100),
+        }
     }
 }
 
@@ -93,6 +109,10 @@ pub struct HostCounters {
     pub stale: u64,
     /// Bytes of the frames sent as metrics (the feedback's whole cost on the wire).
     pub bytes: u64,
+    /// Of the metrics, those carried by keepalives (the host was idle).
+    pub keepalives: u64,
+    /// `CLOCK_MONOTONIC` ns of the last metric; 0 = none yet.
+    pub last_ns: u64,
 }
 
 /// The loaded host feedback program and its maps.
@@ -126,6 +146,7 @@ impl FeedbackHost {
         c.vip.store(layout::ipv4_to_u32(settings.vip), Ordering::Relaxed);
         c.interval_ns.store(settings.interval.as_nanos() as u64, Ordering::Relaxed);
         c.max_age_ns.store(settings.max_age.as_nanos() as u64, Ordering::Relaxed);
+        c.keepalive_port.store(u32::from(settings.keepalive_port), Ordering::Relaxed);
         c.enabled.store(1, Ordering::Relaxed);
         Ok(Self { loaded, config, load, counters })
     }
@@ -147,6 +168,11 @@ impl FeedbackHost {
         &self.load
     }
 
+    /// The counters region (the agent reads the time of the last metric).
+    pub fn counter_region(&self) -> &Arc<Region<AtomicU64>> {
+        &self.counters
+    }
+
     /// Stores a sample now.
     pub fn store(&self, sample: LoadSample) {
         store(&self.load, sample);
@@ -163,6 +189,8 @@ impl FeedbackHost {
             skipped: get(host_counter::SKIPPED),
             stale: get(host_counter::STALE),
             bytes: get(host_counter::BYTES),
+            keepalives: get(host_counter::KEEPALIVES),
+            last_ns: get(host_counter::LAST_NS),
         }
     }
 
@@ -195,7 +223,7 @@ fn store(region: &Region<HostLoad>, sample: LoadSample) {
 ///
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
 /// let server = Arc::new(hermes_tower::serve("0.0.0.0:80", app).start()?);
-/// let settings = HostSettings::new([0x02, 0, 0, 0, 0, 2], "198.51.100.10".parse()?);
+/// let settings = HostSettings::new([0x02, 0, 0, 0, 0, 2], "192.0.2.2".parse()?, "198.51.100.10".parse()?);
 /// let source = server.clone();
 /// let agent = Agent::start("eth0", settings, move || source.snapshot())?;
 /// # drop(agent);
@@ -220,10 +248,13 @@ pub const AGENT_TICK: Duration = Duration::from_millis(5);
 impl Agent {
     /// Loads the host program, attaches it at egress of `interface` (in the
     /// calling thread's network namespace) and samples `snapshot` every
-    /// [`AGENT_TICK`] on a thread of its own.
+    /// [`AGENT_TICK`] on a thread of its own. When the host sent no metric
+    /// for [`HostSettings::keepalive_after`], the thread sends a one-byte UDP
+    /// keepalive to the balancer for the program to carry the metric.
     ///
     /// # Errors
-    /// [`FeedbackHost::load`]'s and [`FeedbackHost::attach`]'s; the thread's spawn error.
+    /// [`FeedbackHost::load`]'s and [`FeedbackHost::attach`]'s; the
+    /// keepalive socket's and the thread's spawn errors.
     pub fn start(
         interface: &str,
         settings: HostSettings,
@@ -233,13 +264,34 @@ impl Agent {
         host.attach(interface)?;
         let stop = Arc::new(AtomicBool::new(false));
         let region = host.load_region().clone();
+        let counters = host.counter_region().clone();
         let flag = stop.clone();
+        // Made here, in the caller's network namespace.
+        let keepalive = if settings.keepalive_port == 0 {
+            None
+        } else {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+                .and_then(|s| s.connect((settings.balancer_addr, settings.keepalive_port)).map(|()| s))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| Error::Invalid(format!("keepalive socket to {}: {e}", settings.balancer_addr)))?;
+            Some(socket)
+        };
+        let idle_ns = settings.keepalive_after.as_nanos() as u64;
         let thread = thread::Builder::new()
             .name("hermes-dsr-agent".to_owned())
             .spawn(move || {
                 // Relaxed: the flag carries no data, only "stop".
                 while !flag.load(Ordering::Relaxed) {
                     store(&region, LoadSample::from_snapshot(&snapshot()));
+                    // Relaxed: a time written by the program; one tick late is harmless.
+                    let last = counters[host_counter::LAST_NS].load(Ordering::Relaxed);
+                    if let Some(socket) = &keepalive
+                        && monotonic_ns().saturating_sub(last) >= idle_ns
+                        && let Err(e) = socket.send(&[0])
+                        && e.kind() != io::ErrorKind::WouldBlock
+                    {
+                        tracing::debug!(error = %e, "hermes-dsr keepalive not sent");
+                    }
                     thread::sleep(AGENT_TICK);
                 }
             })

@@ -156,7 +156,10 @@ pub struct HostConfig {
     pub interval_ns: AtomicU64,
     /// A host load older than this is not sent (the balancer then drains the host).
     pub max_age_ns: AtomicU64,
-    _reserved: [u64; 4],
+    /// UDP port of the agent's keepalives to the balancer (host order); 0 = none.
+    pub keepalive_port: AtomicU32,
+    _pad: u32,
+    _reserved: [u64; 3],
 }
 
 /// The host's load as the agent stored it (map [`HOST_LOAD_MAP`]).
@@ -193,9 +196,11 @@ pub mod host_counter {
     pub const LAST_NS: usize = 6;
     /// Bytes of the frames sent as metrics.
     pub const BYTES: usize = 7;
+    /// Of the metrics, those carried by the agent's keepalives (idle host).
+    pub const KEEPALIVES: usize = 8;
 }
 /// Entries of the host counters map.
-pub const HOST_COUNTERS_LEN: usize = 8;
+pub const HOST_COUNTERS_LEN: usize = 16;
 
 /// A MAC as the programs store it: its six bytes in memory order in a `u64`.
 pub fn mac_to_u64(mac: [u8; 6]) -> u64 {

@@ -86,7 +86,7 @@ impl Cluster {
             cluster.port = handle.local_addr().port();
             let handle = Arc::new(handle);
             cluster.servers.push(handle.clone());
-            let mut settings = HostSettings::new(BALANCER_MAC, VIP);
+            let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP);
             settings.interval = Duration::from_millis(2);
             let agent = in_ns(&cluster.bed.ns(&format!("s{i}")), move || {
                 Agent::start("eth0", settings, move || handle.snapshot())
@@ -200,6 +200,8 @@ fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
     }
     let spread = cluster.vip_flows(30);
     assert_eq!(spread.values().sum::<usize>(), 30);
+    // Idle servers stay eligible through their keepalives: new flows spread.
+    assert!(spread.len() >= 2, "new flows herded onto one server: {spread:?}");
     let c = cluster.lb().counters();
     let hosts: Vec<_> = cluster.agents.iter().map(|a| a.host().counters()).collect();
     eprintln!("answers per flow: {per_conn:?}\nnew flows: {spread:?}\nbalancer: {c:?}\nhosts: {hosts:?}");
