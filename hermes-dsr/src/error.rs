@@ -74,7 +74,11 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Classifies a loader error: permission errors become [`Error::MissingCapability`].
-pub(crate) fn classify(program: &'static str, what: &'static str, e: &(dyn std::error::Error + 'static)) -> Error {
+pub(crate) fn classify(
+    program: &'static str,
+    what: &'static str,
+    e: &(dyn std::error::Error + 'static),
+) -> Error {
     match os_error(e).and_then(io::Error::raw_os_error) {
         Some(code @ (libc::EPERM | libc::EACCES)) => {
             Error::MissingCapability { program, what, source: io::Error::from_raw_os_error(code) }

@@ -79,11 +79,7 @@ impl LoadSample {
     /// (every serving worker when the server hashes, which publishes none).
     pub fn from_snapshot(s: &Snapshot) -> Self {
         let serving = s.workers.iter().filter(|w| w.state == "serving");
-        let eligible = if s.bitmap == 0 {
-            serving.count()
-        } else {
-            serving.filter(|w| w.eligible).count()
-        };
+        let eligible = if s.bitmap == 0 { serving.count() } else { serving.filter(|w| w.eligible).count() };
         Self {
             load: s.workers.iter().map(|w| w.in_flight.saturating_add(w.accept_queue)).sum(),
             eligible: eligible as u32,
@@ -273,7 +269,9 @@ impl Agent {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
                 .and_then(|s| s.connect((settings.balancer_addr, settings.keepalive_port)).map(|()| s))
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .map_err(|e| Error::Invalid(format!("keepalive socket to {}: {e}", settings.balancer_addr)))?;
+                .map_err(|e| {
+                    Error::Invalid(format!("keepalive socket to {}: {e}", settings.balancer_addr))
+                })?;
             Some(socket)
         };
         let idle_ns = settings.keepalive_after.as_nanos() as u64;

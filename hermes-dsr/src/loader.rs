@@ -63,7 +63,8 @@ impl Loaded {
         // SAFETY: `map` is declared in `bpf/dsr.h`'s programs as an mmapable
         // array of at least `len` values laid out as `T` (checked by the
         // layout test against the embedded object).
-        let region = unsafe { Region::map(&fd, len) }.map_err(|e| refused(format!("mmap of `{map}`: {e}")))?;
+        let region =
+            unsafe { Region::map(&fd, len) }.map_err(|e| refused(format!("mmap of `{map}`: {e}")))?;
         Ok(Arc::new(region))
     }
 

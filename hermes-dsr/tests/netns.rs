@@ -71,8 +71,14 @@ impl Cluster {
         }
         let bed = Testbed::new(SERVERS);
         let gate = Arc::new(AtomicBool::new(false));
-        let mut cluster =
-            Cluster { agents: Vec::new(), servers: Vec::new(), balancer: None, gate: gate.clone(), port: 0, bed };
+        let mut cluster = Cluster {
+            agents: Vec::new(),
+            servers: Vec::new(),
+            balancer: None,
+            gate: gate.clone(),
+            port: 0,
+            bed,
+        };
         for i in 0..SERVERS {
             let (name, gate, port) = (format!("s{i}"), gate.clone(), cluster.port);
             let handle = in_ns(&cluster.bed.ns(&name), move || {
@@ -176,15 +182,21 @@ impl Cluster {
 
 #[test]
 fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
-    let Some(cluster) = Cluster::start("vip_flows_stick_to_their_server_and_replies_bypass_the_balancer", Duration::from_secs(2))
-    else {
+    let Some(cluster) = Cluster::start(
+        "vip_flows_stick_to_their_server_and_replies_bypass_the_balancer",
+        Duration::from_secs(2),
+    ) else {
         return;
     };
     let vip = cluster.vip();
+    cluster.touch_until(&[], "a first metric (keepalive) from every server", |lb| {
+        lb.server_stats().iter().all(|s| s.metric_age_ms < 1000.0)
+    });
     // Eight long connections, six requests each: every answer on one
     // connection comes from the same server (a packet sent elsewhere would
     // reset the connection), while new flows spread.
-    let per_conn: Vec<Vec<String>> = in_ns(&cluster.bed.ns("c"), move || {
+    let (per_conn, frames): (Vec<Vec<String>>, Vec<Vec<u8>>) = in_ns(&cluster.bed.ns("c"), move || {
+        let capture = Capture::open();
         let mut conns: Vec<TcpStream> = (0..8).map(|_| connect(vip)).collect();
         let mut answers = vec![Vec::new(); conns.len()];
         for _ in 0..6 {
@@ -193,10 +205,31 @@ fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
                 thread::sleep(Duration::from_millis(3));
             }
         }
-        answers
+        drop(conns);
+        thread::sleep(Duration::from_millis(50));
+        (answers, capture.frames())
     });
     for answers in &per_conn {
         assert!(answers.iter().all(|a| a == &answers[0]), "a flow changed server: {answers:?}");
+    }
+    let servers_used: std::collections::BTreeSet<&String> = per_conn.iter().map(|a| &a[0]).collect();
+    assert!(servers_used.len() >= 2, "long flows all on one server: {servers_used:?}");
+    // What the client receives from the VIP: plain IPv4 (no option, IHL 5),
+    // straight from the servers' MACs, never from the balancer's.
+    let from_vip: Vec<&Vec<u8>> = frames
+        .iter()
+        .filter(|f| f.len() >= 34 && f[12..14] == [0x08, 0x00] && f[26..30] == VIP.octets())
+        .collect();
+    assert!(from_vip.len() >= 8 * 6, "captured {} frames from the VIP", from_vip.len());
+    for f in &from_vip {
+        assert_eq!(
+            f[14],
+            0x45,
+            "a reply reached the client with IPv4 options: {:02x?}",
+            &f[..40.min(f.len())]
+        );
+        assert_ne!(f[6..12], BALANCER_MAC, "a reply came through the balancer");
+        assert!((0..SERVERS).any(|i| f[6..12] == server_mac(i)), "reply from an unknown MAC");
     }
     let spread = cluster.vip_flows(30);
     assert_eq!(spread.values().sum::<usize>(), 30);
@@ -269,7 +302,9 @@ fn silent_servers_are_drained_and_all_stale_falls_back_to_hashing_counted() {
     cluster.agents[2].host().set_enabled(false);
     cluster.touch_until(&[0, 1], "s2's metric to go stale", |lb| {
         let s = lb.server_stats();
-        s[2].metric_age_ms > limit.as_secs_f64() * 1e3 && s[0].metric_age_ms < 100.0 && s[1].metric_age_ms < 100.0
+        s[2].metric_age_ms > limit.as_secs_f64() * 1e3
+            && s[0].metric_age_ms < 100.0
+            && s[1].metric_age_ms < 100.0
     });
     let before = cluster.lb().counters();
     let spread = cluster.vip_flows(15);
@@ -296,7 +331,9 @@ fn silent_servers_are_drained_and_all_stale_falls_back_to_hashing_counted() {
     for a in &cluster.agents {
         a.host().set_enabled(true);
     }
-    cluster.touch_until(&[0, 1, 2], "fresh metrics", |lb| lb.server_stats().iter().all(|s| s.metric_age_ms < 100.0));
+    cluster.touch_until(&[0, 1, 2], "fresh metrics", |lb| {
+        lb.server_stats().iter().all(|s| s.metric_age_ms < 100.0)
+    });
     let before = cluster.lb().counters();
     cluster.vip_flows(5);
     assert_eq!(cluster.lb().counters().fallback_stale, before.fallback_stale);
@@ -304,7 +341,8 @@ fn silent_servers_are_drained_and_all_stale_falls_back_to_hashing_counted() {
 
 #[test]
 fn hash_policy_places_flows_by_maglev_without_metrics() {
-    let Some(cluster) = Cluster::start("hash_policy_places_flows_by_maglev_without_metrics", Duration::from_secs(2))
+    let Some(cluster) =
+        Cluster::start("hash_policy_places_flows_by_maglev_without_metrics", Duration::from_secs(2))
     else {
         return;
     };

@@ -16,7 +16,8 @@ type MapCase = (&'static str, u32, usize, usize, usize, bool);
 
 fn check(object: &[u8], program: &str, cases: &[MapCase]) {
     let obj = Object::parse(object).expect("the embedded object parses");
-    let prog = obj.programs.get(program).unwrap_or_else(|| panic!("program `{program}` present under its C name"));
+    let prog =
+        obj.programs.get(program).unwrap_or_else(|| panic!("program `{program}` present under its C name"));
     assert!(
         matches!(prog.section, ProgramSection::SchedClassifier),
         "`{program}` must be a tc classifier, found {:?}",
@@ -43,7 +44,14 @@ fn balancer_object_matches_layout_mirrors() {
             (layout::SERVERS_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<ServerSlot>(), layout::MAX_SERVERS, true),
             (layout::MAGLEV_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u32>(), layout::MAGLEV_SIZE, true),
             (layout::LB_COUNTERS_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u64>(), layout::LB_COUNTERS_LEN, true),
-            (layout::FLOWS_MAP, BPF_MAP_TYPE_LRU_HASH, size_of::<FlowKey>(), size_of::<u32>(), layout::FLOWS_LEN, false),
+            (
+                layout::FLOWS_MAP,
+                BPF_MAP_TYPE_LRU_HASH,
+                size_of::<FlowKey>(),
+                size_of::<u32>(),
+                layout::FLOWS_LEN,
+                false,
+            ),
         ],
     );
 }
@@ -56,7 +64,14 @@ fn host_object_matches_layout_mirrors() {
         &[
             (layout::HOST_CONFIG_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<HostConfig>(), 1, true),
             (layout::HOST_LOAD_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<HostLoad>(), 1, true),
-            (layout::HOST_COUNTERS_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u64>(), layout::HOST_COUNTERS_LEN, true),
+            (
+                layout::HOST_COUNTERS_MAP,
+                BPF_MAP_TYPE_ARRAY,
+                4,
+                size_of::<u64>(),
+                layout::HOST_COUNTERS_LEN,
+                true,
+            ),
         ],
     );
 }

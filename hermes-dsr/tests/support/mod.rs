@@ -119,8 +119,20 @@ impl Testbed {
         let br = self.ns("br");
         let port = format!("v{role}");
         ip(&[
-            "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "address", &mac_str(mac),
-            "netns", &ns,
+            "-n",
+            &br,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            &mac_str(mac),
+            "netns",
+            &ns,
         ]);
         ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
         ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
@@ -185,4 +197,62 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// A new connection to `addr`, one request, the body.
 pub fn fetch(addr: SocketAddr, path: &str) -> String {
     request(&mut connect(addr), path)
+}
+
+/// A raw capture of every frame `eth0` of the calling thread's namespace
+/// receives (AF_PACKET), read back with [`Capture::frames`].
+pub struct Capture {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Capture {
+    pub fn open() -> Self {
+        use std::os::fd::FromRawFd;
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2) call; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a fresh socket we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: valid fd and option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        Self { fd }
+    }
+
+    /// Incoming frames captured so far (outgoing ones are skipped).
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buffer and address pointers are valid for their lengths.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                return out;
+            }
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+    }
 }
