@@ -26,6 +26,7 @@ mod host;
 pub mod layout;
 mod loader;
 pub mod maglev;
+pub mod testbed;
 
 pub use balancer::{Backend, Balancer, BalancerSettings, LB_OBJECT, LbCounters, ServerStats};
 pub use error::Error;
