@@ -255,7 +255,10 @@ int dsr_balance(struct __sk_buff *skb)
 		.proto = IPPROTO_TCP,
 	};
 	__u32 server;
-	__u32 *known = bpf_map_lookup_elem(&dsr_flows, &key);
+	// A SYN always gets a new placement: it opens a new connection, also
+	// when the client reuses a port whose previous connection is still in
+	// the map (a retransmitted SYN never had its SYN-ACK, so moving it is safe).
+	__u32 *known = tcp->syn && !tcp->ack ? NULL : bpf_map_lookup_elem(&dsr_flows, &key);
 	if (known) {
 		server = *known;
 	} else {

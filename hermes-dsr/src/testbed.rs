@@ -42,8 +42,6 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
-
-
 /// The namespaces of one test. Dropping it deletes them, and with them
 /// every veth pair and the bridge.
 #[derive(Debug)]
@@ -158,4 +156,3 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
-

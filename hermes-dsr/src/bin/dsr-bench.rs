@@ -1,0 +1,261 @@
+//! Side by side, in network namespaces on this machine: new flows placed by
+//! plain Maglev hashing, by load learned from polling each server's
+//! `/_hermes/stats` every 100 ms and every 1 s, and by load learned in band
+//! (the option). Three Hermes servers of unequal speed (a request costs 1×,
+//! 2× and 4× on s0, s1, s2), a client in its own namespace opening a new
+//! connection per request, closed loop, with a mix that changes every two
+//! seconds (cheap requests, then costly ones). Prints requests per second and
+//! p99 per mode, and last `rps ratio in-band/polling-1s = X.XX`.
+//!
+//! `cargo run --release -p hermes-dsr --bin dsr-bench -- --quick` (as root).
+//! Figures mean something only on a quiet machine.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::Query, routing::get};
+use hermes_dsr::{
+    Agent, Backend, Balancer, BalancerSettings, HostSettings, Policy,
+    testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac},
+};
+use hermes_runtime::{Builder, ServerHandle};
+
+const SCALES: [u64; 3] = [1, 2, 4];
+const CLIENTS: usize = 12;
+
+fn app(scale: u64) -> Router {
+    Router::new().route(
+        "/work",
+        get(move |Query(q): Query<std::collections::HashMap<String, u64>>| async move {
+            // Blocks the worker, as CPU work would: its accept queue and
+            // in-flight count grow while it runs.
+            let us = q.get("us").copied().unwrap_or(100) * scale;
+            thread::sleep(Duration::from_micros(us));
+            "done"
+        }),
+    )
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: hermes\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out)?;
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("status: {}", out.lines().next().unwrap_or(""))));
+    }
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// Load of a server from its `/_hermes/stats` JSON: in flight + accept
+/// queue over its workers, and eligible workers (as the agent computes it).
+fn polled_load(body: &str) -> Option<(u32, u32)> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let workers = v["workers"].as_array()?;
+    let load = workers
+        .iter()
+        .map(|w| w["in_flight"].as_u64().unwrap_or(0) + w["accept_queue"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    let bitmap = v["bitmap"].as_u64().unwrap_or(0);
+    let serving = workers.iter().filter(|w| w["state"] == "serving");
+    let eligible =
+        if bitmap == 0 { serving.count() } else { serving.filter(|w| w["eligible"] == true).count() };
+    Some((load as u32, eligible as u32))
+}
+
+struct Mode {
+    name: &'static str,
+    policy: Policy,
+    in_band: bool,
+    poll: Option<Duration>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let per_mode = if quick { Duration::from_secs(4) } else { Duration::from_secs(20) };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("dsr-bench needs root (network namespaces, CAP_BPF, CAP_NET_ADMIN)");
+        std::process::exit(2);
+    }
+    let bed = Testbed::new(SCALES.len());
+    let mut port = 0;
+    let mut servers: Vec<Arc<ServerHandle>> = Vec::new();
+    let mut agents: Vec<Agent> = Vec::new();
+    for (i, scale) in SCALES.into_iter().enumerate() {
+        let ns = bed.ns(&format!("s{i}"));
+        let handle = in_ns(&ns, move || {
+            let mut builder = Builder::new();
+            builder.workers(2).pin_workers(false);
+            hermes_tower::serve(SocketAddr::from(([0, 0, 0, 0], port)), app(scale))
+                .with_builder(builder)
+                .with_stats()
+                .start()
+                .expect("start a Hermes server")
+        });
+        port = handle.local_addr().port();
+        let handle = Arc::new(handle);
+        servers.push(handle.clone());
+        let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP);
+        settings.interval = Duration::from_millis(2);
+        agents.push(
+            in_ns(&ns, move || Agent::start("eth0", settings, move || handle.snapshot()))
+                .expect("host feedback program"),
+        );
+    }
+    let settings = BalancerSettings {
+        vip: VIP,
+        port,
+        own_mac: BALANCER_MAC,
+        max_stale: Duration::from_millis(200),
+        policy: Policy::Load,
+    };
+    let backends: Vec<Backend> =
+        (0..SCALES.len()).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+    let balancer = Arc::new(
+        in_ns(&bed.ns("lb"), move || {
+            let mut b = Balancer::load(&settings, &backends)?;
+            b.attach("eth0")?;
+            Ok::<_, hermes_dsr::Error>(b)
+        })
+        .expect("balancer program"),
+    );
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+
+    let modes = [
+        Mode { name: "hashing", policy: Policy::Hash, in_band: false, poll: None },
+        Mode {
+            name: "polling-100ms",
+            policy: Policy::Load,
+            in_band: false,
+            poll: Some(Duration::from_millis(100)),
+        },
+        Mode { name: "polling-1s", policy: Policy::Load, in_band: false, poll: Some(Duration::from_secs(1)) },
+        Mode { name: "in-band", policy: Policy::Load, in_band: true, poll: None },
+    ];
+    println!(
+        "servers: 3 Hermes servers of 2 workers, request cost x1 / x2 / x4; {CLIENTS} closed-loop clients,"
+    );
+    println!("a new connection per request; mix alternates every 2 s: 200 us requests, then 1 ms requests");
+    println!("{:<14} {:>10} {:>10} {:>10} {:>22}", "mode", "req/s", "p50 ms", "p99 ms", "new flows s0/s1/s2");
+    let mut rps_of = std::collections::HashMap::new();
+    for mode in &modes {
+        for a in &agents {
+            a.host().set_enabled(mode.in_band);
+        }
+        balancer.set_policy(mode.policy);
+        balancer.set_max_stale(mode.poll.map_or(Duration::from_millis(200), |p| p * 3));
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = mode.poll.map(|every| {
+            let (stop, balancer, ns) = (stop.clone(), balancer.clone(), bed.ns("lb"));
+            thread::spawn(move || {
+                in_ns(&ns, move || {
+                    // Relaxed: the flag carries no data.
+                    while !stop.load(Ordering::Relaxed) {
+                        for i in 0..SCALES.len() {
+                            let addr = SocketAddr::from((server_addr(i), port));
+                            if let Some((load, eligible)) =
+                                http_get(addr, "/_hermes/stats").ok().as_deref().and_then(polled_load)
+                            {
+                                balancer.store_load(i, load, eligible);
+                            }
+                        }
+                        thread::sleep(every);
+                    }
+                })
+            })
+        });
+        thread::sleep(Duration::from_millis(300));
+        let before: Vec<u64> = balancer.server_stats().iter().map(|s| s.new_flows).collect();
+        let start = Instant::now();
+        let vip = SocketAddr::from((VIP, port));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                let ns = bed.ns("c");
+                thread::spawn(move || {
+                    in_ns(&ns, move || {
+                        let mut lat = Vec::new();
+                        let mut errors = 0u64;
+                        while start.elapsed() < per_mode {
+                            let us =
+                                if (start.elapsed().as_secs() / 2).is_multiple_of(2) { 200 } else { 1000 };
+                            let t = Instant::now();
+                            match http_get(vip, &format!("/work?us={us}")) {
+                                Ok(_) => lat.push(t.elapsed()),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        (lat, errors)
+                    })
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        let mut errors = 0;
+        for c in clients {
+            let (l, e) = c.join().expect("client thread");
+            lat.extend(l);
+            errors += e;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        if let Some(p) = poller {
+            let _ = p.join();
+        }
+        lat.sort();
+        let rps = lat.len() as f64 / elapsed;
+        rps_of.insert(mode.name, rps);
+        let flows: Vec<String> =
+            balancer.server_stats().iter().zip(&before).map(|(s, b)| (s.new_flows - b).to_string()).collect();
+        println!(
+            "{:<14} {:>10.0} {:>10.2} {:>10.2} {:>22}{}",
+            mode.name,
+            rps,
+            percentile(&lat, 0.50).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            flows.join("/"),
+            if errors > 0 { format!("  ({errors} errors)") } else { String::new() }
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    let c = balancer.counters();
+    let hosts: Vec<_> = agents.iter().map(|a| a.host().counters()).collect();
+    let metric_bytes: u64 = hosts.iter().map(|h| h.bytes).sum();
+    let metrics: u64 = hosts.iter().map(|h| h.sent).sum();
+    let ns: Vec<String> = agents
+        .iter()
+        .filter_map(|a| a.host().program_stats().ok())
+        .map(|s| format!("{:.0}", s.ns_per_run()))
+        .collect();
+    println!(
+        "feedback cost: {metrics} metrics, {metric_bytes} bytes on the wire in all; dsr_feedback ns per packet {} (s0/s1/s2); balancer: {} ns per packet; reply packets seen by the balancer: {}",
+        ns.join("/"),
+        balancer.program_stats().map(|s| format!("{:.0}", s.ns_per_run())).unwrap_or_default(),
+        c.reply_seen
+    );
+    drop(agents);
+    for s in servers {
+        if let Ok(s) = Arc::try_unwrap(s) {
+            s.shutdown();
+        }
+    }
+    drop(bed);
+    let ratio = rps_of["in-band"] / rps_of["polling-1s"];
+    println!("rps ratio in-band/polling-1s = {ratio:.2}");
+}
