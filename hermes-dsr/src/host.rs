@@ -14,7 +14,7 @@ use std::{
 
 use aya::programs::TcAttachType;
 use hermes_bpf::{Region, monotonic_ns};
-use hermes_runtime::Snapshot;
+use hermes_runtime::{Snapshot, WorkerStatus};
 
 use crate::{
     error::Error,
@@ -78,7 +78,7 @@ impl LoadSample {
     /// over its workers; eligible = serving workers in the published bitmap
     /// (every serving worker when the server hashes, which publishes none).
     pub fn from_snapshot(s: &Snapshot) -> Self {
-        let serving = s.workers.iter().filter(|w| w.state == "serving");
+        let serving = s.workers.iter().filter(|w| w.state == WorkerStatus::Serving);
         let eligible = if s.bitmap == 0 { serving.count() } else { serving.filter(|w| w.eligible).count() };
         Self {
             load: s.workers.iter().map(|w| w.in_flight.saturating_add(w.accept_queue)).sum(),
