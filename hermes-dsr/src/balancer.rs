@@ -243,6 +243,37 @@ impl Balancer {
             .collect()
     }
 
+    /// Records the counters and per-server figures into the installed
+    /// `metrics` recorder: counters `hermes_dsr_forwarded_total`,
+    /// `hermes_dsr_new_flows_total`, `hermes_dsr_fallback_stale_total`,
+    /// `hermes_dsr_drained_total`, `hermes_dsr_no_flow_total`,
+    /// `hermes_dsr_feedback_total`, `hermes_dsr_reply_seen_total`; per
+    /// server (label `server`): gauges `hermes_dsr_server_load` and
+    /// `hermes_dsr_server_metric_age_seconds`, counter
+    /// `hermes_dsr_server_new_flows_total`. Call it when scraping (it reads
+    /// the maps and allocates labels; it is not for a hot path).
+    pub fn record_metrics(&self) {
+        let c = self.counters();
+        for (name, value) in [
+            ("hermes_dsr_forwarded_total", c.forwarded),
+            ("hermes_dsr_new_flows_total", c.new_flows),
+            ("hermes_dsr_fallback_stale_total", c.fallback_stale),
+            ("hermes_dsr_drained_total", c.drained),
+            ("hermes_dsr_no_flow_total", c.no_flow),
+            ("hermes_dsr_feedback_total", c.feedback),
+            ("hermes_dsr_reply_seen_total", c.reply_seen),
+        ] {
+            metrics::counter!(name).absolute(value);
+        }
+        for s in self.server_stats() {
+            let server = s.addr.map(|a| a.to_string()).unwrap_or_default();
+            metrics::gauge!("hermes_dsr_server_load", "server" => server.clone()).set(f64::from(s.load));
+            metrics::gauge!("hermes_dsr_server_metric_age_seconds", "server" => server.clone())
+                .set(s.metric_age_ms / 1e3);
+            metrics::counter!("hermes_dsr_server_new_flows_total", "server" => server).absolute(s.new_flows);
+        }
+    }
+
     /// The kernel's run statistics of the balancer program.
     pub fn program_stats(&self) -> Result<ProgramStats, Error> {
         self.loaded.stats()

@@ -252,6 +252,14 @@ fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
     assert!(hosts.iter().all(|h| h.errors == 0), "{hosts:?}");
     let stats = cluster.lb().server_stats();
     assert!(stats.iter().map(|s| s.new_flows).sum::<u64>() == 38, "{stats:?}");
+    // The same figures through `metrics`.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || cluster.lb().record_metrics());
+    let text = handle.render();
+    assert!(text.contains("hermes_dsr_new_flows_total 38"), "{text}");
+    assert!(text.contains("hermes_dsr_reply_seen_total 0"), "{text}");
+    assert!(text.contains(r#"hermes_dsr_server_load{server="192.0.2.11"}"#), "{text}");
 }
 
 #[test]
