@@ -58,7 +58,8 @@ struct hermes_worker_state {
 	__u32 accept_queue;  // listener accept-queue length at the last sample
 	__u32 state;         // 0 empty, 1 starting, 2 serving, 3 draining
 	__u64 service_ns;    // total time spent serving completed requests
-	__u64 _reserved;
+	__u32 expected_us;   // learned thread time of the requests in flight, microseconds
+	__u32 util_permille; // share of the last ticks the worker's thread was busy, per mille
 };
 
 struct {
@@ -135,9 +136,13 @@ static __always_inline __u64 load_of(__u32 worker)
 	__u64 *recent = bpf_map_lookup_elem(&hermes_counters, &idx);
 	if (!w || !recent)
 		return ~0ULL;
-	// Single reads of fields each worker stores atomically.
+	// Single reads of fields each worker stores atomically. Expected work
+	// and utilisation count as connections (about one per millisecond of
+	// work in flight, up to eight for a worker busy all the time), so a
+	// worker holding heavy requests stops looking light.
 	return (__u64)READ_ONCE(w->open_conns) + READ_ONCE(w->in_flight) +
-	       READ_ONCE(w->accept_queue) + READ_ONCE(*recent);
+	       READ_ONCE(w->accept_queue) + READ_ONCE(*recent) +
+	       (READ_ONCE(w->expected_us) >> 10) + (READ_ONCE(w->util_permille) >> 7);
 }
 
 static __always_inline int try_select(struct sk_reuseport_md *ctx, __u32 worker)
@@ -206,3 +211,16 @@ int hermes_dispatch(struct sk_reuseport_md *ctx)
 }
 
 char _license[] SEC("license") = "GPL";
+
+// The floor of the kernel cost bench (`cargo bench -p hermes-bpf --bench
+// kernel_cost`): one bpf_sk_select_reuseport call on a slot drawn from the
+// hash, nothing else. The runtime never loads it; the bench compares
+// hermes_dispatch against it in the same run.
+SEC("sk_reuseport/migrate")
+int hermes_select_floor(struct sk_reuseport_md *ctx)
+{
+	__u32 slot = ctx->hash & 3;
+
+	bpf_sk_select_reuseport(ctx, &hermes_sockets, &slot, 0);
+	return SK_PASS;
+}

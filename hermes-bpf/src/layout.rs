@@ -14,6 +14,10 @@ pub const MAX_WORKERS: usize = 64;
 
 /// Name of the program in the object (its C function name).
 pub const PROGRAM_NAME: &str = "hermes_dispatch";
+/// The select-only reference program of the kernel cost bench: one
+/// `bpf_sk_select_reuseport` on a slot drawn from the hash. Never loaded by
+/// the runtime.
+pub const FLOOR_PROGRAM_NAME: &str = "hermes_select_floor";
 /// Settings and candidate bitmap map: one [`Control`].
 pub const CONTROL_MAP: &str = "hermes_ctl";
 /// Worker State Table map: [`MAX_WORKERS`] [`WorkerState`] slots.
@@ -139,17 +143,28 @@ pub struct WorkerState {
     pub state: AtomicU32,
     /// Total nanoseconds spent serving completed requests.
     pub service_ns: AtomicU64,
-    _reserved: u64,
+    /// Learned thread time of the requests in flight on the worker, in
+    /// microseconds: what the worker still has to do, as far as the
+    /// placement layer knows (saturating).
+    pub expected_us: AtomicU32,
+    /// Share of the recent ticks the worker's thread was busy (not parked),
+    /// per mille, smoothed; written by the worker on each tick.
+    pub util_permille: AtomicU32,
 }
 
 impl WorkerState {
-    /// Open connections plus in-flight requests plus the accept queue. The
-    /// kernel's fine filter compares this sum plus the connections it placed
-    /// on the worker since the queue was sampled ([`counter::RECENT`]).
+    /// Open connections plus in-flight requests plus the accept queue, plus
+    /// the expected work in flight and the utilisation counted as
+    /// connections (`expected_us / 1024` and `util_permille / 128`: about one
+    /// per millisecond of work, up to eight for a worker busy all the time).
+    /// The kernel's fine filter compares this sum plus the connections it
+    /// placed on the worker since the queue was sampled ([`counter::RECENT`]).
     pub fn load(&self) -> u64 {
         u64::from(self.open_conns.load(Ordering::Relaxed))
             + u64::from(self.in_flight.load(Ordering::Relaxed))
             + u64::from(self.accept_queue.load(Ordering::Relaxed))
+            + u64::from(self.expected_us.load(Ordering::Relaxed) >> 10)
+            + u64::from(self.util_permille.load(Ordering::Relaxed) >> 7)
     }
 
     /// The worker's lifecycle state.
@@ -167,7 +182,14 @@ impl WorkerState {
         for f in [&self.heartbeat_ns, &self.busy_ns, &self.accepted, &self.requests, &self.service_ns] {
             f.store(0, Ordering::Relaxed);
         }
-        for f in [&self.open_conns, &self.in_flight, &self.accept_queue, &self.state] {
+        for f in [
+            &self.open_conns,
+            &self.in_flight,
+            &self.accept_queue,
+            &self.state,
+            &self.expected_us,
+            &self.util_permille,
+        ] {
             f.store(0, Ordering::Relaxed);
         }
     }

@@ -78,6 +78,8 @@ pub struct Builder {
     on_runtime: Option<Hook<RuntimeHook>>,
     on_start: Option<Hook<StartHook>>,
     stack_size: Option<usize>,
+    place_requests: bool,
+    reconnect_every: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -111,6 +113,8 @@ impl Builder {
             on_runtime: None,
             on_start: None,
             stack_size: None,
+            place_requests: true,
+            reconnect_every: Some(Duration::from_millis(100)),
         }
     }
 
@@ -265,6 +269,25 @@ impl Builder {
     /// threads (2 MiB, or `RUST_MIN_STACK`).
     pub fn worker_stack_size(&mut self, bytes: usize) -> &mut Self {
         self.stack_size = Some(bytes);
+    /// Whether a request may run on another worker than its connection's
+    /// when the table says it pays (see [`crate::placement`]; the Tower
+    /// layer `hermes_tower::Place` does the moving). Off: every request runs
+    /// on its connection's worker; costs are still learned and shown.
+    /// Default: on.
+    pub fn place_requests(&mut self, place: bool) -> &mut Self {
+        self.place_requests = place;
+        self
+    }
+
+    /// While a worker stays overloaded and another has room, ask at most one
+    /// of its HTTP/1 keep-alive connections per `every` to reconnect
+    /// (`Connection: close` on a response), so that the kernel places it
+    /// again with the current table; `None` never asks (see
+    /// [`crate::placement::Placement::should_reconnect`]). HTTP/2
+    /// connections are not asked: their streams are placed one by one.
+    /// Default: every 100 ms.
+    pub fn reconnect_overloaded(&mut self, every: Option<Duration>) -> &mut Self {
+        self.reconnect_every = every;
         self
     }
 
@@ -295,6 +318,9 @@ impl Builder {
                 self.min_candidates
             )));
         }
+        if self.reconnect_every.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("reconnect_overloaded: the interval must not be zero (None turns it off)".into()));
+        }
         let max_stale = self.max_stale.unwrap_or(self.tick * 10);
         if max_stale <= hang_threshold {
             return Err(invalid(format!(
@@ -322,6 +348,8 @@ impl Builder {
             on_runtime: self.on_runtime.clone(),
             on_start: self.on_start.clone(),
             stack_size: self.stack_size,
+            place_requests: self.place_requests,
+            reconnect_every: self.reconnect_every,
         })
     }
 

@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) require_ebpf: bool,
     pub(crate) drain_timeout: Duration,
     pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) place_requests: bool,
+    pub(crate) reconnect_every: Option<Duration>,
     pub(crate) tcp_nodelay: bool,
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,

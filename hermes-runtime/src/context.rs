@@ -14,9 +14,12 @@ use std::{
 
 use hermes_bpf::{WorkerTable, layout::WorkerState};
 
+use crate::placement::Placement;
+
 struct Inner {
     id: usize,
     table: WorkerTable,
+    placement: Option<Arc<Placement>>,
 }
 
 /// A handle on one worker's slot of the Worker State Table.
@@ -33,7 +36,31 @@ impl WorkerRef {
     /// If `id` is not a slot of `table`.
     pub fn new(id: usize, table: WorkerTable) -> Self {
         assert!(id < table.len(), "worker id {id} is outside the table ({} slots)", table.len());
-        Self(Arc::new(Inner { id, table }))
+        Self(Arc::new(Inner { id, table, placement: None }))
+    }
+
+    /// A handle on slot `id` of `table`, with the server's request placement.
+    ///
+    /// # Panics
+    /// If `id` is not a slot of `table`.
+    pub fn with_placement(id: usize, table: WorkerTable, placement: Arc<Placement>) -> Self {
+        assert!(id < table.len(), "worker id {id} is outside the table ({} slots)", table.len());
+        Self(Arc::new(Inner { id, table, placement: Some(placement) }))
+    }
+
+    /// The request placement of this worker's server; `None` for a handle
+    /// made with [`WorkerRef::new`] (no server behind it).
+    pub fn placement(&self) -> Option<&Placement> {
+        self.0.placement.as_deref()
+    }
+
+    /// A handle on another worker `id` of the same server.
+    ///
+    /// # Panics
+    /// If `id` is not a slot of the table.
+    pub fn sibling(&self, id: usize) -> Self {
+        assert!(id < self.0.table.len(), "worker id {id} is outside the table");
+        Self(Arc::new(Inner { id, table: self.0.table.clone(), placement: self.0.placement.clone() }))
     }
 
     /// The worker id (its slot in the table and in the kernel's socket array).
@@ -77,6 +104,16 @@ thread_local! {
 /// The worker running on this thread, or `None` outside a Hermes worker.
 pub fn current() -> Option<WorkerRef> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with the worker running on this thread (`None` outside a
+/// Hermes worker), without cloning its handle: for per-request paths that
+/// only read the worker's state and clone the handle when they keep it.
+///
+/// `f` must not enter another worker ([`WorkerRef::enter`]) while it runs.
+#[inline]
+pub fn with_current<R>(f: impl FnOnce(Option<&WorkerRef>) -> R) -> R {
+    CURRENT.with(|c| f(c.borrow().as_ref()))
 }
 
 /// Restores the previous current worker when dropped.

@@ -8,6 +8,8 @@
 //! - [`context`]: [`context::WorkerRef`], the current worker's slot of the table, and
 //!   [`context::InFlight`], the per-request guard that feeds its load signal;
 //! - [`scheduler`]: the scheduler pass and its [`scheduler::Policy`];
+//! - [`placement`]: request placement, the scheduler's second half (learned
+//!   costs, expected work, utilisation, the target of the moment);
 //! - `config`: [`Mode`] and the validated settings;
 //! - `control`: a worker's drain flag, and how to stop its listener from another thread;
 //! - `net`: [`HermesListener`] and [`HermesStream`];
@@ -77,6 +79,7 @@ mod config;
 pub mod context;
 mod control;
 mod net;
+pub mod placement;
 pub mod scheduler;
 mod server;
 mod shared;
@@ -89,7 +92,7 @@ pub use config::Mode;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
 pub use server::{Server, ServerHandle};
-pub use stats::{Fallbacks, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
+pub use stats::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
 #[cfg(feature = "axum")]
 pub use stats::{stats_handler, stats_router};
 pub use worker::shutdown_signal;

@@ -21,6 +21,7 @@ use hermes_bpf::{
 };
 
 use crate::{
+    placement::Placement,
     config::{Config, Mode},
     control::WorkerControl,
     scheduler::{self, PassInput},
@@ -40,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) workers: Box<[Arc<WorkerControl>]>,
     pub(crate) shared_listener: Option<Arc<std::net::TcpListener>>,
     pub(crate) cpus: Vec<usize>,
+    pub(crate) placement: Arc<Placement>,
     /// Workers that reached `Serving` at least once. No bitmap is published
     /// before every worker has: a bitmap of the first workers up would send
     /// the first burst of connections to them alone, while the kernel's hash
@@ -115,6 +117,13 @@ impl Shared {
         };
         let cpus = if config.pin_workers { sys::allowed_cpus() } else { Vec::new() };
         let workers = (0..n).map(|_| Arc::new(WorkerControl::new())).collect();
+        let placement = Arc::new(Placement::with_reconnects(
+            table.clone(),
+            n,
+            config.tick,
+            config.place_requests,
+            config.reconnect_every,
+        ));
         let shared = Arc::new(Shared {
             config,
             mode,
@@ -127,6 +136,7 @@ impl Shared {
             workers,
             shared_listener,
             cpus,
+            placement,
             started: AtomicUsize::new(0),
         });
         Ok((shared, listeners))

@@ -27,8 +27,11 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hermes_bpf::{Region, layout::WorkerState};
-use hermes_runtime::context::{self, WorkerRef};
-use hermes_tower::{Hermes, ServiceTime};
+use hermes_runtime::{
+    context::{self, WorkerRef},
+    placement::Placement,
+};
+use hermes_tower::{Hermes, Place, ServiceTime};
 use tower::{Service, service_fn};
 
 fn bare()
@@ -98,9 +101,56 @@ fn bench_layer(c: &mut Criterion) {
     assert_eq!(table[3].in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+fn bare_http() -> impl Service<
+    http::Request<()>,
+    Response = http::Response<()>,
+    Error = Infallible,
+    Future = Ready<Result<http::Response<()>, Infallible>>,
+> + Clone
++ Send
++ 'static {
+    service_fn(|_: http::Request<()>| ready(Ok(http::Response::new(()))))
+}
+
+/// One HTTP request through `svc` (a request to `/`, no headers: building
+/// it allocates nothing).
+#[inline(always)]
+fn http_request<S>(svc: &mut S, cx: &mut Context<'_>) -> u16
+where
+    S: Service<http::Request<()>, Response = http::Response<()>, Error = Infallible>,
+{
+    let fut = pin!(svc.call(http::Request::new(())));
+    match fut.poll(cx) {
+        Poll::Ready(Ok(r)) => r.status().as_u16(),
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => unreachable!("the bare service is always ready"),
+    }
+}
+
+/// `Place` on the local path (the common case: nothing costly in flight, so
+/// the request stays), with and without the counting layer inside it.
+fn bench_place(c: &mut Criterion) {
+    let table = Arc::new(Region::<WorkerState>::in_memory(8));
+    let placement = Arc::new(Placement::new(table.clone(), 2, Duration::from_millis(5), true));
+    let worker = WorkerRef::with_placement(1, table.clone(), placement);
+    let _entered = worker.enter();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut group = c.benchmark_group("per_http_request");
+    let mut svc = bare_http();
+    group.bench_function("bare", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
+    let mut svc = Hermes::new(bare_http());
+    group.bench_function("hermes", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
+    let mut svc = Place::new(bare_http());
+    group.bench_function("place", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
+    let mut svc = Place::new(Hermes::new(bare_http()));
+    group.bench_function("place_hermes", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
+    group.finish();
+    assert_eq!(table[1].in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_layer
+    targets = bench_layer, bench_place
 }
 criterion_main!(benches);

@@ -88,6 +88,7 @@
 #![deny(missing_docs)]
 
 pub mod hermes;
+pub mod place;
 pub mod serve;
 
 #[cfg(feature = "axum")]
@@ -96,3 +97,4 @@ pub use serve::serve;
 pub use serve::serve_tonic;
 
 pub use hermes::{Hermes, HermesLayer, ServiceTime, error::InvalidSampleRate, future::ResponseFuture};
+pub use place::{Place, PlaceLayer};

@@ -13,7 +13,9 @@ use crate::shared::Shared;
 /// gauges `hermes_open_connections`, `hermes_in_flight`,
 /// `hermes_accept_queue`, `hermes_eligible`, `hermes_heartbeat_age_seconds`;
 /// counters `hermes_accepted_total`, `hermes_requests_total`,
-/// `hermes_busy_seconds_total`, `hermes_dispatched_total`; server-wide gauge
+/// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
+/// `hermes_placed_out_total`, `hermes_placed_in_total`,
+/// `hermes_reconnects_total`; server-wide gauge
 /// `hermes_mode{mode, reason}` (1) and counters
 /// `hermes_fallbacks_total{reason}` and `hermes_migrated_total`.
 pub(crate) struct WorkerMetrics {
@@ -27,6 +29,9 @@ pub(crate) struct WorkerMetrics {
     requests: metrics::Counter,
     busy: metrics::Gauge,
     dispatched: metrics::Counter,
+    placed_out: metrics::Counter,
+    placed_in: metrics::Counter,
+    reconnects: metrics::Counter,
     mode: metrics::Gauge,
     fallbacks: [metrics::Counter; 3],
     migrated: metrics::Counter,
@@ -45,7 +50,10 @@ impl WorkerMetrics {
             accepted: metrics::counter!("hermes_accepted_total", "worker" => w.clone()),
             requests: metrics::counter!("hermes_requests_total", "worker" => w.clone()),
             busy: metrics::gauge!("hermes_busy_seconds_total", "worker" => w.clone()),
-            dispatched: metrics::counter!("hermes_dispatched_total", "worker" => w),
+            dispatched: metrics::counter!("hermes_dispatched_total", "worker" => w.clone()),
+            placed_out: metrics::counter!("hermes_placed_out_total", "worker" => w.clone()),
+            placed_in: metrics::counter!("hermes_placed_in_total", "worker" => w.clone()),
+            reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w),
             mode: metrics::gauge!(
                 "hermes_mode",
                 "mode" => shared.mode.as_str(),
@@ -71,6 +79,10 @@ impl WorkerMetrics {
         self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
         self.requests.absolute(w.requests.load(Ordering::Relaxed));
         self.busy.set(w.busy_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        let (out, into) = shared.placement.moves(id);
+        self.placed_out.absolute(out);
+        self.placed_in.absolute(into);
+        self.reconnects.absolute(shared.placement.reconnects(id));
         self.mode.set(1.0);
         if let Some(c) = shared.counters.as_deref().map(Counters::read) {
             self.dispatched.absolute(c.dispatched[id]);

@@ -10,7 +10,7 @@ mod snapshot;
 pub use http::{stats_handler, stats_router};
 pub(crate) use metrics::WorkerMetrics;
 pub(crate) use snapshot::snapshot;
-pub use snapshot::{Fallbacks, Snapshot, WorkerSnapshot, WorkerStatus};
+pub use snapshot::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus};
 
 use crate::shared;
 

@@ -31,6 +31,20 @@ pub struct Snapshot {
     pub fallbacks: Fallbacks,
     /// Queued connections of closing listeners that the kernel migrated.
     pub migrated: u64,
+    /// Request placement: the target of the moment and the requests lost
+    /// with a stopped target.
+    pub placement: PlacementSnapshot,
+}
+
+/// Request placement in a [`Snapshot`] (see [`crate::placement`]).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PlacementSnapshot {
+    /// Whether requests may move (`Builder::place_requests`).
+    pub enabled: bool,
+    /// The lowest-scoring serving worker at the last tick.
+    pub target: Option<usize>,
+    /// Moved requests cancelled because their target stopped (answered 503).
+    pub lost: u64,
 }
 
 /// Connections the kernel program left to the kernel's hash, by reason
@@ -73,6 +87,16 @@ pub struct WorkerSnapshot {
     /// Where the worker is in its life (`starting`, `serving`, `draining` or
     /// `stopped` in JSON).
     pub state: WorkerStatus,
+    /// Requests of this worker's connections whose handler ran on another worker.
+    pub placed_out: u64,
+    /// Requests of other workers' connections whose handler ran here.
+    pub placed_in: u64,
+    /// Connections of this worker asked to reconnect while it was overloaded.
+    pub reconnects: u64,
+    /// Learned thread time of the requests in flight here, microseconds.
+    pub expected_us: u32,
+    /// Smoothed share of the recent ticks the worker was busy, per mille.
+    pub util_permille: u32,
 }
 
 /// Where a worker is in its life, as a [`WorkerSnapshot`] shows it.
@@ -141,6 +165,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         .map(|(id, w)| {
             // Relaxed: independent gauges and counters (see `WorkerState`).
             let hb = w.heartbeat_ns.load(Ordering::Relaxed);
+            let (placed_out, placed_in) = shared.placement.moves(id);
             WorkerSnapshot {
                 id,
                 accepted: w.accepted.load(Ordering::Relaxed),
@@ -153,6 +178,11 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 busy_ns: w.busy_ns.load(Ordering::Relaxed),
                 heartbeat_age_ms: if hb == 0 { f64::INFINITY } else { ms(now.saturating_sub(hb)) },
                 state: w.phase().into(),
+                placed_out,
+                placed_in,
+                reconnects: shared.placement.reconnects(id),
+                expected_us: w.expected_us.load(Ordering::Relaxed),
+                util_permille: w.util_permille.load(Ordering::Relaxed),
             }
         })
         .collect();
@@ -174,5 +204,10 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         workers,
         fallbacks,
         migrated,
+        placement: PlacementSnapshot {
+            enabled: shared.placement.is_enabled(),
+            target: shared.placement.target(),
+            lost: shared.placement.lost(),
+        },
     }
 }

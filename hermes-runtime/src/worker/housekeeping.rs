@@ -1,5 +1,5 @@
-//! The worker's tick: heartbeat, accept-queue sample, scheduler pass and
-//! metrics export; and, once it drains, the wait for its connections.
+//! The worker's tick: heartbeat, utilisation, accept-queue sample,
+//! scheduler pass, placement target and metrics export; and, once it drains, the wait for its connections.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -8,7 +8,7 @@ use std::{
 
 use hermes_bpf::monotonic_ns;
 
-use crate::{context::WorkerRef, shared::Shared, stats::WorkerMetrics};
+use crate::{context::WorkerRef, placement::UtilMeter, shared::Shared, stats::WorkerMetrics};
 
 /// The worker's tick: heartbeat, accept-queue sample, scheduler pass,
 /// metrics; and, once draining, the wait for the connections to finish.
@@ -23,13 +23,17 @@ pub(super) async fn housekeeping(shared: Arc<Shared>, worker: WorkerRef) {
     let export_every = (Duration::from_millis(100).as_nanos() / shared.config.tick.as_nanos()).max(1) as u64;
     let mut ticks = 0u64;
     let mut drain_started: Option<Instant> = None;
+    let mut util = UtilMeter::default();
     loop {
         interval.tick().await;
         ticks += 1;
+        let now = monotonic_ns();
         // Relaxed: lone timestamp (see `WorkerState`).
-        slot.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
+        slot.heartbeat_ns.store(now, Ordering::Relaxed);
+        util.sample(slot, now);
         shared.sample_accept_queues();
         let bitmap = shared.schedule(id);
+        shared.placement.refresh_target(now);
         if ticks.is_multiple_of(export_every) {
             metrics.export(&shared, bitmap);
         }

@@ -54,7 +54,7 @@ fn worker_thread<F, Fut>(
     }
     // Everything the worker runs, handlers included, is inside this span.
     let _span = tracing::info_span!("hermes_worker", worker = id).entered();
-    let worker = WorkerRef::new(id, shared.table.clone());
+    let worker = WorkerRef::with_placement(id, shared.table.clone(), shared.placement.clone());
     let _enter = worker.enter();
     shared::set_current(Some((shared.clone(), id)));
     let mut listener = listener;
@@ -71,6 +71,7 @@ fn worker_thread<F, Fut>(
             }
         }
     }
+    shared.placement.set_handle(id, None);
     worker.state().set_phase(WorkerPhase::Empty);
     shared.schedule(id);
     shared::set_current(None);

@@ -57,6 +57,8 @@ pub(super) fn run<F, Fut>(
         }
     };
     UNPARKED_AT.with(|t| t.set(monotonic_ns()));
+    // Moved requests reach this worker through its runtime's handle.
+    shared.placement.set_handle(worker.id(), Some(rt.handle().clone()));
     let local = LocalSet::new();
     let on_start = shared.config.on_start.clone();
     local.block_on(&rt, async {

@@ -11,12 +11,13 @@ use tower::{
 };
 
 use super::{IntoBindAddr, ServeFuture, log_start, shutdown_on_signal, shutdown_when};
-use crate::{Hermes, HermesLayer};
+use crate::{Hermes, HermesLayer, Place};
 
 /// The service each worker's tonic server is given: the routes, behind
-/// [`HermesLayer`] when it is on. A [`Server`]'s layers (given with
-/// [`ServeTonic::with_server`]) go around it.
-pub type TonicService = Either<Hermes<Routes>, Routes>;
+/// [`HermesLayer`] when it is on, behind [`Place`] (so a call moved to
+/// another worker is counted where it runs). A [`Server`]'s layers (given
+/// with [`ServeTonic::with_server`]) go around it.
+pub type TonicService = Place<Either<Hermes<Routes>, Routes>>;
 
 /// Starts the gRPC services that `routes` makes on a Hermes server
 /// listening on `addr`; await it in place of
@@ -196,7 +197,7 @@ where
         let routes = Arc::new(self.routes);
         let (layer, tonic_server) = (self.layer, self.server);
         let handle = server.serve(move |listener: HermesListener| {
-            let service = option_layer(layer).layer(routes().prepare());
+            let service = Place::new(option_layer(layer).layer(routes().prepare()));
             serve_worker(listener, tonic_server.clone(), service)
         })?;
         log_start(&handle);

@@ -6,7 +6,7 @@
 //! worker's [`WorkerListener`] (plain or TLS) with the application's
 //! make-service wrapped in [`WorkerMakeService`], which wraps each
 //! connection's service in [`WorkerService`]: the stats endpoint, then
-//! [`HermesLayer`], then the application.
+//! [`Place`] (request placement), then [`HermesLayer`], then the application.
 
 use std::{
     convert::Infallible,
@@ -28,7 +28,7 @@ use super::tls::RustlsConfig;
 use super::{
     IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when,
 };
-use crate::{Hermes, HermesLayer};
+use crate::{Hermes, HermesLayer, Place, place::future::PlaceFuture};
 
 /// The path of the stats endpoint mounted by [`Serve::with_stats`].
 const STATS_PATH: &str = "/_hermes/stats";
@@ -339,30 +339,38 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(app) = std::task::ready!(this.inner.poll(cx));
-        let app = match this.layer {
+        // Placement outside the counting layer: a moved request counts as
+        // in flight on the worker that runs it.
+        let app = Place::new(match this.layer {
             Some(layer) => tower::util::Either::Left(layer.layer(app)),
             None => tower::util::Either::Right(app),
-        };
+        });
         Poll::Ready(Ok(WorkerService { app, stats: this.stats.take() }))
     }
 }
 
 /// One connection's service: `/_hermes/stats` when mounted, otherwise the
-/// application behind [`HermesLayer`] (when on).
+/// application behind [`Place`] and [`HermesLayer`] (when on).
 #[derive(Clone)]
 struct WorkerService<S> {
-    app: tower::util::Either<Hermes<S>, S>,
+    app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: Option<axum::Router>,
 }
 
+type AppFuture<S> = PlaceFuture<
+    <tower::util::Either<Hermes<S>, S> as Service<Request>>::Future,
+    axum::body::Body,
+    Infallible,
+>;
+
 impl<S> Service<Request> for WorkerService<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future =
-        Either<<tower::util::Either<Hermes<S>, S> as Service<Request>>::Future, RouteFuture<Infallible>>;
+    type Future = Either<AppFuture<S>, RouteFuture<Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)

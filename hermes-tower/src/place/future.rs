@@ -1,0 +1,190 @@
+//! The response future of [`Place`](super::Place), and [`Timed`], which
+//! learns what a handler future costs.
+
+use std::{
+    fmt,
+    future::Future,
+    panic,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use hermes_runtime::{
+    context::WorkerRef,
+    placement::{CostClass, ExpectedWork},
+};
+use pin_project_lite::pin_project;
+use tokio::task::JoinHandle;
+
+pin_project! {
+    /// A handler future whose thread time (time spent inside `poll`) is
+    /// learned as the cost of its request class when it completes.
+    pub struct Timed<F> {
+        #[pin]
+        inner: F,
+        learner: Option<(WorkerRef, CostClass)>,
+        spent_ns: u64,
+    }
+}
+
+impl<F> Timed<F> {
+    /// Measures `inner` when `learner` is given.
+    pub(crate) fn new(inner: F, learner: Option<(WorkerRef, CostClass)>) -> Self {
+        Self { inner, learner, spent_ns: 0 }
+    }
+
+    /// Measures nothing.
+    pub(crate) fn off(inner: F) -> Self {
+        Self::new(inner, None)
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.learner.is_none() {
+            return this.inner.poll(cx);
+        }
+        let start = Instant::now();
+        let poll = this.inner.poll(cx);
+        *this.spent_ns += u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if poll.is_ready()
+            && let Some((worker, class)) = this.learner.take()
+            && let Some(placement) = worker.placement()
+        {
+            let us = u32::try_from(*this.spent_ns / 1_000).unwrap_or(u32::MAX);
+            placement.learn(class, us);
+        }
+        poll
+    }
+}
+
+impl<F> fmt::Debug for Timed<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timed").field("measured", &self.learner.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The handle of a moved handler; dropping it aborts the handler (the
+/// client went away, a timeout fired), so the target stops working for
+/// nobody.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pin_project! {
+    /// Response future of [`Place`](super::Place): the handler running here,
+    /// or the handle of the handler running on another worker.
+    pub struct PlaceFuture<F, B, E> {
+        #[pin]
+        state: State<F, B, E>,
+        // Add `Connection: close` to the response.
+        reconnect: bool,
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    enum State<F, B, E> {
+        // The request runs on its connection's worker, its expected work
+        // counted on this worker while it runs.
+        Local {
+            #[pin]
+            inner: Timed<F>,
+            expected: Option<ExpectedWork>,
+        },
+        // The request runs on another worker; `worker` is the connection's.
+        Remote {
+            task: AbortOnDrop<Result<http::Response<B>, E>>,
+            worker: WorkerRef,
+        },
+    }
+}
+
+impl<F, B, E> PlaceFuture<F, B, E> {
+    pub(crate) fn local(inner: Timed<F>, expected: Option<ExpectedWork>, reconnect: bool) -> Self {
+        Self { state: State::Local { inner, expected }, reconnect }
+    }
+
+    pub(crate) fn remote(
+        task: JoinHandle<Result<http::Response<B>, E>>,
+        worker: WorkerRef,
+        reconnect: bool,
+    ) -> Self {
+        Self { state: State::Remote { task: AbortOnDrop(task), worker }, reconnect }
+    }
+
+    /// Whether the request runs on another worker than its connection's.
+    pub fn is_moved(&self) -> bool {
+        matches!(self.state, State::Remote { .. })
+    }
+}
+
+impl<F, B, E> Future for PlaceFuture<F, B, E>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut output = ready!(this.state.poll(cx));
+        if *this.reconnect
+            && let Ok(response) = &mut output
+        {
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        Poll::Ready(output)
+    }
+}
+
+impl<F, B, E> Future for State<F, B, E>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Local { inner, expected } => {
+                let output = ready!(inner.poll(cx));
+                // Done: the worker's expected work drops now.
+                drop(expected.take());
+                Poll::Ready(output)
+            }
+            Proj::Remote { task, worker } => match ready!(Pin::new(&mut task.0).poll(cx)) {
+                Ok(output) => Poll::Ready(output),
+                Err(e) if e.is_panic() => panic::resume_unwind(e.into_panic()),
+                Err(_) => {
+                    if let Some(placement) = worker.placement() {
+                        placement.count_lost();
+                    }
+                    let mut response = http::Response::new(B::default());
+                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    Poll::Ready(Ok(response))
+                }
+            },
+        }
+    }
+}
+
+impl<F, B, E> fmt::Debug for PlaceFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            State::Local { .. } => f.write_str("PlaceFuture::Local"),
+            State::Remote { worker, .. } => {
+                f.debug_struct("PlaceFuture::Remote").field("owner", &worker.id()).finish()
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The request-placement middleware: [`Place`] (the service), [`PlaceLayer`]
+//! (its layer) and [`future::PlaceFuture`].
+//!
+//! The kernel places connections; [`Place`] places requests. On each call,
+//! inside a Hermes worker, it asks the server's
+//! [`Placement`](hermes_runtime::placement::Placement) whether the request
+//! should run on another worker (the owner is busy with costly work in
+//! flight, another worker is clearly less loaded), and if so spawns the
+//! handler future on that worker's runtime and waits for its response on the
+//! connection's worker, which writes it. Otherwise, the common case, the
+//! request runs where it is, with nothing allocated and nothing locked.
+//!
+//! It also learns what requests cost: the thread time their handler futures
+//! spend in `poll`, per path class, measured on every request of a costly or
+//! unknown class and on one in [`MEASURE_ONE_IN`] of the others.
+//!
+//! Put it *outside* [`HermesLayer`](crate::HermesLayer), so that a moved
+//! request is counted as in flight on the worker that runs it:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use hermes_tower::{HermesLayer, PlaceLayer};
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(HermesLayer::new())
+//!     .layer(PlaceLayer::new());
+//! ```
+//!
+//! [`serve()`](crate::serve()) and [`serve_tonic`](crate::serve_tonic) add both.
+//!
+//! # What can move
+//!
+//! The handler must be `Send` (its future is spawned on another thread), and
+//! so must the request and response; axum's and tonic's are. A service that
+//! is not `Send` cannot take this layer: leave it out and the requests run on
+//! their connection's worker, counted by [`HermesLayer`](crate::HermesLayer)
+//! as before.
+//!
+//! # Re-placing connections
+//!
+//! While a worker stays overloaded and another has room, the layer asks one
+//! of the overloaded worker's HTTP/1 connections per interval to reconnect
+//! (`Connection: close` on its response), so that the kernel places it again
+//! with the current table; see
+//! [`Placement::should_reconnect`](hermes_runtime::placement::Placement::should_reconnect)
+//! and `Builder::reconnect_overloaded`.
+//!
+//! # Failure
+//!
+//! A moved request whose handler panics resumes the panic on the
+//! connection's worker, as if it had run there (the connection is dropped,
+//! the worker goes on). A moved request whose target worker stops before it
+//! ends is answered `503 Service Unavailable`, logged and counted
+//! (`placement.lost` in the snapshot). A client that goes away cancels the
+//! moved handler too.
+
+use std::{
+    cell::Cell,
+    mem,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use hermes_runtime::{
+    context::{self, WorkerRef},
+    placement::{CostClass, ExpectedWork, LIGHT_US},
+};
+use tokio::runtime::Handle;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub mod future;
+
+use future::{PlaceFuture, Timed};
+
+/// One request in this many of a light, known class has its cost measured.
+pub const MEASURE_ONE_IN: u32 = 64;
+
+/// Runs a request's handler on another worker of the Hermes server when the
+/// Worker State Table says it pays; see the [module](self) documentation.
+///
+/// Outside a Hermes worker it passes requests straight through.
+#[derive(Clone, Debug)]
+pub struct Place<S> {
+    inner: S,
+}
+
+impl<S> Place<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Wraps services in [`Place`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlaceLayer {
+    _private: (),
+}
+
+impl PlaceLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for PlaceLayer {
+    type Service = Place<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Place::new(inner)
+    }
+}
+
+thread_local! {
+    /// Requests of light, known classes seen on this thread, for sampling.
+    static SEEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether to measure a request of learned cost `cost_us`: always when the
+/// class is unknown (0) or costly, else one in [`MEASURE_ONE_IN`].
+#[inline]
+fn measure(cost_us: u32) -> bool {
+    if cost_us == 0 || cost_us >= LIGHT_US {
+        return true;
+    }
+    SEEN.with(|n| {
+        let seen = n.get().wrapping_add(1);
+        n.set(seen);
+        seen % MEASURE_ONE_IN == 0
+    })
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Place<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = http::Response<RB>;
+    type Error = S::Error;
+    type Future = PlaceFuture<S::Future, RB, S::Error>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let class = CostClass::of(request.uri().path().as_bytes());
+        let http1 = request.version() <= http::Version::HTTP_11;
+        // Decided without cloning the worker handle; clones are made only for
+        // what outlives the call (a measurement, expected work, a move).
+        let decision = context::with_current(|worker| {
+            let worker = worker?;
+            let placement = worker.placement()?;
+            let cost = placement.expected_us(class);
+            // Only HTTP/1 connections are asked to reconnect; the check is a
+            // load of one gauge unless the worker is overloaded.
+            let reconnect = http1 && placement.should_reconnect(worker.id());
+            let learner = measure(cost).then(|| (worker.clone(), class));
+            if let Some(target) = placement.choose(worker.id(), cost)
+                && let Some(runtime) = placement.handle(target)
+            {
+                placement.count_move(worker.id(), target);
+                // Counted on the target now, so the next decisions see it.
+                let expected = (cost >= LIGHT_US).then(|| ExpectedWork::start(worker.sibling(target), cost));
+                return Some(Decision::Move { runtime, expected, learner, owner: worker.clone(), reconnect });
+            }
+            let expected = (cost >= LIGHT_US).then(|| ExpectedWork::start(worker.clone(), cost));
+            Some(Decision::Local { expected, learner, reconnect })
+        });
+        match decision {
+            None => PlaceFuture::local(Timed::off(self.inner.call(request)), None, false),
+            Some(Decision::Local { expected, learner, reconnect }) => {
+                PlaceFuture::local(Timed::new(self.inner.call(request), learner), expected, reconnect)
+            }
+            Some(Decision::Move { runtime, expected, learner, owner, reconnect }) => {
+                // The ready service goes with the request; a clone stays for
+                // the next call (tower's usual way to move a called service).
+                let clone = self.inner.clone();
+                let mut service = mem::replace(&mut self.inner, clone);
+                let task = runtime.spawn(async move {
+                    let _expected = expected;
+                    // Called on the target's thread: the layers inside (the
+                    // in-flight count) see the target as the current worker.
+                    Timed::new(service.call(request), learner).await
+                });
+                PlaceFuture::remote(task, owner, reconnect)
+            }
+        }
+    }
+}
+
+/// What [`Place::call`] decided for a request inside a worker.
+enum Decision {
+    Local {
+        expected: Option<ExpectedWork>,
+        learner: Option<(WorkerRef, CostClass)>,
+        reconnect: bool,
+    },
+    Move {
+        runtime: Arc<Handle>,
+        expected: Option<ExpectedWork>,
+        learner: Option<(WorkerRef, CostClass)>,
+        owner: WorkerRef,
+        reconnect: bool,
+    },
+}

@@ -1,0 +1,344 @@
+//! Request placement over real sockets on a real Hermes server started with
+//! the one-line `hermes_tower::serve`: a worker that comes back from
+//! blocking hands its next costly requests to another worker, one HTTP/2
+//! connection's streams spread over the workers, and the in-flight counts
+//! stay exact when a moved request is cancelled or panics.
+//!
+//! Each handler answers with the id of the worker that ran it, so a test
+//! sees where a request ran; `/who` is light and never moves from an idle
+//! owner, so it tells which worker owns a connection.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::Query, routing::get};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hermes_runtime::{Builder, ServerHandle, Snapshot, context};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+fn worker_id() -> String {
+    context::current().map_or_else(|| "none".to_owned(), |w| w.id().to_string())
+}
+
+/// `/heavy?spin=MS&sleep=MS&panic=1`: holds the thread (spins) for `spin`
+/// ms, then waits `sleep` ms without holding it, then panics or answers.
+async fn heavy(Query(q): Query<HashMap<String, u64>>) -> String {
+    let spin = Duration::from_millis(q.get("spin").copied().unwrap_or(0));
+    let start = Instant::now();
+    while start.elapsed() < spin {
+        std::hint::spin_loop();
+    }
+    let ran_on = worker_id();
+    if let Some(&ms) = q.get("sleep") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    assert!(q.get("panic").is_none(), "the handler panics on purpose");
+    ran_on
+}
+
+fn app() -> Router {
+    Router::new().route("/who", get(|| async { worker_id() })).route("/heavy", get(heavy))
+}
+
+fn start() -> ServerHandle {
+    let mut builder = Builder::new();
+    builder.workers(2).pin_workers(false);
+    hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
+}
+
+async fn shutdown(handle: ServerHandle) {
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+}
+
+type H1 = http1::SendRequest<Empty<Bytes>>;
+
+/// A keep-alive HTTP/1.1 connection.
+async fn h1(addr: SocketAddr) -> H1 {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// `GET path` on a connection: the status and the body.
+async fn get_h1(sender: &mut H1, addr: SocketAddr, path: &str) -> Result<(u16, String), hyper::Error> {
+    sender.ready().await?;
+    let request = http::Request::get(format!("http://{addr}{path}")).body(Empty::new()).expect("request");
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Opens keep-alive connections until `n` of them belong to one worker;
+/// returns that worker and the connections.
+async fn connections_on_one_worker(addr: SocketAddr, n: usize) -> (String, Vec<H1>) {
+    let mut by_owner: HashMap<String, Vec<H1>> = HashMap::new();
+    for _ in 0..64 {
+        let mut conn = h1(addr).await;
+        let (_, owner) = get_h1(&mut conn, addr, "/who").await.expect("/who");
+        let conns = by_owner.entry(owner.clone()).or_default();
+        conns.push(conn);
+        if conns.len() == n {
+            let conns = by_owner.remove(&owner).expect("present");
+            return (owner, conns);
+        }
+    }
+    panic!("64 connections and no worker with {n} of them");
+}
+
+/// Waits (up to 5 s) until `cond` holds on the server's snapshot.
+async fn eventually(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snapshot = handle.snapshot();
+        if cond(&snapshot) {
+            return snapshot;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {snapshot:#?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn settled(s: &Snapshot) -> bool {
+    s.workers.iter().all(|w| w.in_flight == 0 && w.expected_us == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_workers_next_costly_request_runs_on_another_worker() {
+    let handle = start();
+    let addr = handle.local_addr();
+    let (owner, mut conns) = connections_on_one_worker(addr, 3).await;
+    let (mut light, mut next, mut blocker) =
+        (conns.pop().expect("3"), conns.pop().expect("3"), conns.pop().expect("3"));
+
+    // The owner runs a costly request of a class it does not know yet, so
+    // it runs where it is and holds the owner's thread for 300 ms; meanwhile
+    // the next costly request arrives on another connection of the owner.
+    let blocking = tokio::spawn(async move { get_h1(&mut blocker, addr, "/heavy?spin=300").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let moved = tokio::spawn(async move { get_h1(&mut next, addr, "/heavy?spin=300").await });
+
+    let (status, ran_on) = blocking.await.expect("join").expect("the blocking request");
+    assert_eq!((status, ran_on.as_str()), (200, owner.as_str()), "an unknown class runs locally");
+    // The owner is free again while the moved request runs elsewhere: a
+    // light request on its third connection is answered first.
+    let (status, light_on) = get_h1(&mut light, addr, "/who").await.expect("the light request");
+    assert_eq!((status, light_on.as_str()), (200, owner.as_str()));
+    assert!(!moved.is_finished(), "the light request waited for the moved costly one");
+
+    let (status, moved_on) = moved.await.expect("join").expect("the moved request");
+    assert_eq!(status, 200);
+    assert_ne!(moved_on, owner, "the costly request queued behind the block ran on the other worker");
+    let snapshot = eventually(&handle, "counts settle", settled).await;
+    let owner_id: usize = owner.parse().expect("worker id");
+    assert!(snapshot.workers[owner_id].placed_out >= 1, "{snapshot:#?}");
+    assert!(snapshot.workers[1 - owner_id].placed_in >= 1, "{snapshot:#?}");
+    shutdown(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connections_concurrent_streams_run_on_more_than_one_worker() {
+    let handle = start();
+    let addr = handle.local_addr();
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let get = |path: &'static str| {
+        let mut sender = sender.clone();
+        async move {
+            let request =
+                http::Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new()).expect("request");
+            let response = sender.send_request(request).await.expect("stream");
+            assert_eq!(response.status(), 200);
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    // Learn the class's cost once, then send costly streams together.
+    get("/heavy?spin=20").await;
+    let streams: Vec<_> = (0..6).map(|_| tokio::spawn(get("/heavy?spin=100"))).collect();
+    let mut ran_on = BTreeSet::new();
+    for s in streams {
+        ran_on.insert(s.await.expect("join"));
+    }
+    assert_eq!(ran_on.len(), 2, "the connection's streams ran on {ran_on:?}");
+    let snapshot = eventually(&handle, "counts settle", settled).await;
+    assert!(snapshot.workers.iter().map(|w| w.placed_out).sum::<u64>() >= 1, "{snapshot:#?}");
+    shutdown(handle).await;
+}
+
+/// Blocks `owner` with a costly request on `blocker` and sends `path` on
+/// `victim` meanwhile, so that `path` is moved; returns the pending request.
+async fn moved_request(
+    addr: SocketAddr,
+    blocker: &mut H1,
+    mut victim: H1,
+    path: &'static str,
+) -> tokio::task::JoinHandle<Result<(u16, String), hyper::Error>> {
+    let blocking = get_h1(blocker, addr, "/heavy?spin=200");
+    let queued = async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::spawn(async move { get_h1(&mut victim, addr, path).await })
+    };
+    let (blocked, queued) = tokio::join!(blocking, queued);
+    assert_eq!(blocked.expect("blocking request").0, 200);
+    queued
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_stays_exact_when_a_moved_request_is_cancelled_or_panics() {
+    let handle = start();
+    let addr = handle.local_addr();
+    let (owner, mut conns) = connections_on_one_worker(addr, 4).await;
+    let owner: usize = owner.parse().expect("worker id");
+    let other = 1 - owner;
+    let mut blocker = conns.pop().expect("4");
+
+    // Cancelled: the moved request waits 5 s on the other worker; the client
+    // goes away after it is counted there.
+    let cancelled = moved_request(addr, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&sleep=5000").await;
+    eventually(&handle, "the moved request in flight on the other worker", |s| {
+        s.workers[other].in_flight == 1 && s.workers[other].placed_in >= 1
+    })
+    .await;
+    cancelled.abort();
+    let _ = cancelled.await;
+    eventually(&handle, "counts settle after the cancel", settled).await;
+
+    // Panics on the other worker: the client's connection fails, the counts
+    // settle, and both workers go on serving.
+    let panicked = moved_request(addr, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&panic=1").await;
+    let result = panicked.await.expect("join");
+    assert!(result.is_err(), "a panicking handler drops the connection: {result:?}");
+    let snapshot = eventually(&handle, "counts settle after the panic", settled).await;
+    assert!(snapshot.workers[other].placed_in >= 2, "{snapshot:#?}");
+    assert_eq!(snapshot.placement.lost, 0);
+
+    let mut survivor = conns.pop().expect("4");
+    assert_eq!(get_h1(&mut survivor, addr, "/who").await.expect("/who").0, 200);
+    let mut fresh = h1(addr).await;
+    assert_eq!(get_h1(&mut fresh, addr, "/who").await.expect("/who").0, 200);
+    shutdown(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_placement_off_every_request_runs_on_its_connections_worker() {
+    let mut builder = Builder::new();
+    builder.workers(2).pin_workers(false).place_requests(false);
+    let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
+    let addr = handle.local_addr();
+    let (owner, mut conns) = connections_on_one_worker(addr, 2).await;
+    let mut blocker = conns.pop().expect("2");
+    let queued = moved_request(addr, &mut blocker, conns.pop().expect("2"), "/heavy?spin=50").await;
+    let (status, ran_on) = queued.await.expect("join").expect("request");
+    assert_eq!((status, ran_on), (200, owner));
+    let snapshot = eventually(&handle, "counts settle", settled).await;
+    assert!(!snapshot.placement.enabled);
+    assert!(snapshot.workers.iter().all(|w| w.placed_out == 0 && w.placed_in == 0), "{snapshot:#?}");
+    shutdown(handle).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_worker_asks_a_keep_alive_connection_to_reconnect() {
+    // Placement off, so the load stays on the connection's worker.
+    let mut builder = Builder::new();
+    builder.workers(2).pin_workers(false).place_requests(false).reconnect_overloaded(Some(Duration::from_millis(50)));
+    let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
+    let addr = handle.local_addr();
+    let (owner, mut conns) = connections_on_one_worker(addr, 1).await;
+    let mut conn = conns.pop().expect("1");
+    let mut asked = None;
+    for i in 0..100 {
+        conn.ready().await.expect("the connection stays open until asked to reconnect");
+        let request = http::Request::get(format!("http://{addr}/heavy?spin=20")).body(Empty::new()).expect("request");
+        let response = conn.send_request(request).await.expect("response");
+        let close = response.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), owner, "placement is off");
+        if close {
+            asked = Some(i);
+            break;
+        }
+    }
+    let asked = asked.expect("an overloaded worker asks its busy connection to reconnect");
+    assert!(asked >= 1, "the first request found the worker idle, not overloaded");
+    let owner: usize = owner.parse().expect("worker id");
+    let snapshot = eventually(&handle, "counts settle", settled).await;
+    assert!(snapshot.workers[owner].reconnects >= 1, "{snapshot:#?}");
+    assert_eq!(snapshot.workers[1 - owner].reconnects, 0, "{snapshot:#?}");
+    // The server closed the connection after the response.
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.ready()).await.expect("closed in time");
+    assert!(closed.is_err(), "the asked connection is closed");
+    shutdown(handle).await;
+}
+
+/// A handler that is not `Send` (it holds an `Rc`) cannot take `Place`; with
+/// the counting layer alone it is served on its connection's worker, through
+/// the plain builder and hyper, and counted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
+    use std::{cell::Cell, convert::Infallible, rc::Rc};
+
+    use hermes_runtime::HermesListener;
+    use hermes_tower::HermesLayer;
+    use http_body_util::Full;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceBuilder;
+
+    let server = {
+        let mut builder = Builder::new();
+        builder.workers(2).pin_workers(false).bind("127.0.0.1:0".parse().expect("address"));
+        builder.build().expect("build")
+    };
+    let handle = server
+        .serve(|mut listener: HermesListener| async move {
+            let served = Rc::new(Cell::new(0u64));
+            while let Some((stream, _)) = listener.accept_connection().await {
+                let served = served.clone();
+                let service = ServiceBuilder::new().layer(HermesLayer::new()).service_fn(
+                    move |_: http::Request<hyper::body::Incoming>| {
+                        let served = served.clone();
+                        async move {
+                            served.set(served.get() + 1);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            let body = format!("{} {}", worker_id(), served.get());
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                        }
+                    },
+                );
+                tokio::task::spawn_local(async move {
+                    let io = TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, TowerToHyperService::new(service))
+                        .await;
+                });
+            }
+        })
+        .expect("serve");
+    let addr = handle.local_addr();
+    let mut conn = h1(addr).await;
+    let (_, first) = get_h1(&mut conn, addr, "/").await.expect("first");
+    let (_, second) = get_h1(&mut conn, addr, "/").await.expect("second");
+    let owner = first.split(' ').next().expect("worker id").to_owned();
+    assert_eq!(second.split(' ').next(), Some(owner.as_str()), "both ran on the connection's worker");
+    assert_ne!(first, second, "the worker's !Send state counted both");
+    let snapshot = eventually(&handle, "both counted", |s| s.workers.iter().map(|w| w.requests).sum::<u64>() == 2)
+        .await;
+    assert!(settled(&snapshot));
+    // This hand-written server does no graceful close: close the client's
+    // side so that the drain does not wait for it.
+    drop(conn);
+    shutdown(handle).await;
+}
