@@ -17,11 +17,7 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    EbpfLoader,
-    maps::ReusePortSockArray,
-    programs::SkReuseport,
-};
+use aya::{EbpfLoader, maps::ReusePortSockArray, programs::SkReuseport};
 use hermes_bpf::{Dispatcher, OBJECT, layout, monotonic_ns};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -80,8 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (slot, l) in floor.iter().enumerate() {
         sockets.set(slot as u32, &l.as_raw_fd(), 0)?;
     }
-    let program: &mut SkReuseport =
-        floor_obj.program_mut(layout::FLOOR_PROGRAM_NAME).ok_or("the floor program is missing")?.try_into()?;
+    let program: &mut SkReuseport = floor_obj
+        .program_mut(layout::FLOOR_PROGRAM_NAME)
+        .ok_or("the floor program is missing")?
+        .try_into()?;
     program.load()?;
     program.attach(&floor[0])?;
     let floor_info = program.info()?;
@@ -98,10 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         done += n;
     }
     let hermes_after = dispatcher.program_stats()?;
-    let info = floor_obj
-        .program(layout::FLOOR_PROGRAM_NAME)
-        .ok_or("the floor program is missing")?
-        .info()?;
+    let info = floor_obj.program(layout::FLOOR_PROGRAM_NAME).ok_or("the floor program is missing")?.info()?;
     let floor_after = (info.run_count(), info.run_time().as_nanos() as u64);
 
     let per = |runs: u64, ns: u64| ns as f64 / runs.max(1) as f64;

@@ -269,6 +269,9 @@ impl Builder {
     /// threads (2 MiB, or `RUST_MIN_STACK`).
     pub fn worker_stack_size(&mut self, bytes: usize) -> &mut Self {
         self.stack_size = Some(bytes);
+        self
+    }
+
     /// Whether a request may run on another worker than its connection's
     /// when the table says it pays (see [`crate::placement`]; the Tower
     /// layer `hermes_tower::Place` does the moving). Off: every request runs
@@ -319,7 +322,9 @@ impl Builder {
             )));
         }
         if self.reconnect_every.is_some_and(|d| d.is_zero()) {
-            return Err(invalid("reconnect_overloaded: the interval must not be zero (None turns it off)".into()));
+            return Err(invalid(
+                "reconnect_overloaded: the interval must not be zero (None turns it off)".into(),
+            ));
         }
         let max_stale = self.max_stale.unwrap_or(self.tick * 10);
         if max_stale <= hang_threshold {

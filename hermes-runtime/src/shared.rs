@@ -21,9 +21,9 @@ use hermes_bpf::{
 };
 
 use crate::{
-    placement::Placement,
     config::{Config, Mode},
     control::WorkerControl,
+    placement::Placement,
     scheduler::{self, PassInput},
     sys,
 };
