@@ -430,20 +430,29 @@ async fn h1_connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::Send
 /// A keep-alive HTTP/1.1 client connection (its connection future runs as a task of its own).
 #[derive(Debug)]
 struct Link {
+    addr: SocketAddr,
     sender: hyper::client::conn::http1::SendRequest<Body>,
+    /// Set when `send` opened a new connection (the server closed the last one, as a server that
+    /// asks its clients to reconnect does); the caller takes it.
+    reopened: bool,
 }
 
 impl Link {
     async fn open(addr: SocketAddr) -> Result<Link, String> {
-        Ok(Link { sender: h1_connect(addr).await? })
+        Ok(Link { addr, sender: h1_connect(addr).await?, reopened: false })
     }
 
-    /// Sends one request once the connection is ready; returns the serving worker.
+    /// Sends one request once the connection is ready; returns the serving worker. When the server
+    /// closed the connection after its last response (`Connection: close`), the request, not sent
+    /// yet, goes on a new connection, as a pooled client (hyper-util's, reqwest) does.
     async fn send(&mut self, req: Request<Body>, limit: Duration) -> Result<Option<HeaderValue>, String> {
-        let sender = &mut self.sender;
         let work = async {
-            sender.ready().await.map_err(|_| "closed".to_owned())?;
-            exchange_untimed(sender.send_request(req)).await
+            if self.sender.ready().await.is_err() {
+                self.sender = h1_connect(self.addr).await?;
+                self.reopened = true;
+                self.sender.ready().await.map_err(|_| "closed".to_owned())?;
+            }
+            exchange_untimed(self.sender.send_request(req)).await
         };
         timeout(limit, work).await.unwrap_or_else(|_| Err("timeout".to_owned()))
     }
@@ -762,7 +771,11 @@ async fn keepalive_loop(
         let mut req = Request::new(Body::new());
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, host.clone());
-        match link.send(req, limit).await {
+        let sent = link.send(req, limit).await;
+        if std::mem::take(&mut link.reopened) {
+            first = true;
+        }
+        match sent {
             Ok(worker) => {
                 rec.success(stream, scheduled, worker.as_ref(), first);
                 first = false;
