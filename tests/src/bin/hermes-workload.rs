@@ -202,6 +202,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         Peer::Tokio => unreachable!("served by run_tokio"),
     };
     let mut builder = Builder::new();
+    if mode != Mode::Hermes {
+        // The peers stand for plain thread-per-core servers: the kernel (or
+        // the shared listener) places connections, and nothing places requests.
+        builder.place_requests(false).reconnect_overloaded(None);
+    }
     if let Some(absolute) = args.margin {
         builder.policy(LeastLoaded { absolute, ..LeastLoaded::default() });
     }
