@@ -85,7 +85,11 @@ pub struct Control {
     pub min_candidates: AtomicU32,
     /// A [`FinePolicy`] discriminant.
     pub policy: AtomicU32,
-    _reserved: [u64; 3],
+    /// Held (1) while a [`Control::publish_if_newer`] checks and publishes;
+    /// userspace only (the first of the C struct's `_reserved` words, which
+    /// the program never reads).
+    publish_lock: AtomicU64,
+    _reserved: [u64; 2],
 }
 
 /// Worker lifecycle states stored in [`WorkerState::state`].
@@ -215,14 +219,29 @@ impl Control {
 
     /// Publishes like [`Control::publish`], unless a publish stamped later
     /// than `now_ns` already happened (a slower concurrent scheduler never
-    /// rolls a newer decision back). Returns whether it published.
+    /// rolls a newer decision back), or another scheduler is publishing at
+    /// this moment (its decision is as fresh as this one; this one's next
+    /// tick publishes again). Returns whether it published.
+    ///
+    /// The check and the stores happen under a try-lock in the control map
+    /// itself, so that two schedulers, of this process or of another one
+    /// sharing the map, never interleave: without it, a scheduler preempted
+    /// between its check and its stores would move `published_ns` backwards
+    /// and pair an old bitmap with a newer scheduler's time. It never waits,
+    /// so a preempted holder delays the others by at most one tick, and the
+    /// program's staleness limit covers a holder that never returns.
     pub fn publish_if_newer(&self, bitmap: u64, now_ns: u64, publisher: usize) -> bool {
-        // Acquire pairs with the Release store of `published_ns` above.
-        if self.published_ns.load(Ordering::Acquire) > now_ns {
+        // Acquire on taking the lock pairs with the Release that frees it:
+        // the holder sees every store of the previous holder's publish.
+        if self.publish_lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return false;
         }
-        self.publish(bitmap, now_ns, publisher);
-        true
+        let newer = self.published_ns.load(Ordering::Relaxed) <= now_ns;
+        if newer {
+            self.publish(bitmap, now_ns, publisher);
+        }
+        self.publish_lock.store(0, Ordering::Release);
+        newer
     }
 
     /// Stores the settings the program reads with each bitmap.

@@ -2,7 +2,7 @@
 //! that may take new connections.
 //!
 //! Every worker runs one pass per tick and any of them may publish (with
-//! [`Control::publish_if_newer`]: two stores, no syscall). A worker stuck in
+//! [`Control::publish_if_newer`]: a try-lock and a few stores, no syscall). A worker stuck in
 //! a handler cannot run its own pass, which is exactly why all of them run
 //! it: the others see its heartbeat age and take it out of the bitmap.
 
