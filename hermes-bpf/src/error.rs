@@ -39,6 +39,25 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A map's value size or entry count, as the kernel reports them, does not
+    /// match its Rust mirror in [`crate::layout`]: the embedded object and
+    /// this crate were built from different sources.
+    #[error(
+        "BPF map `{map}` has {entries} values of {value_size} bytes, but its Rust mirror needs \
+         {want_entries} of {want_size} bytes; rebuild the object with `cargo xtask bpf`"
+    )]
+    MapLayout {
+        /// Map name.
+        map: &'static str,
+        /// The map's value size in bytes.
+        value_size: usize,
+        /// The map's number of entries.
+        entries: usize,
+        /// The Rust mirror's size in bytes.
+        want_size: usize,
+        /// The entries the mapping needs.
+        want_entries: usize,
+    },
     /// A worker id beyond the bitmap's 64 bits.
     #[error("worker id {worker} is out of range: a dispatch group holds at most {max} workers")]
     WorkerOutOfRange {

@@ -62,7 +62,7 @@ use aya::{
 
 pub use error::Error;
 use layout::{COUNTERS_LEN, Control, MAX_WORKERS, WorkerState, counter};
-pub use region::Region;
+pub use region::{LayoutMismatch, Region};
 
 /// The compiled kernel program (`bpf/hermes.bpf.c`, rebuilt by `cargo xtask bpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/hermes.bpf.o");
@@ -200,11 +200,18 @@ fn map_region<T>(ebpf: &mut Ebpf, name: &'static str, len: usize) -> Result<Arc<
             detail: format!("map `{name}` is not an array"),
         });
     };
-    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Mmap { map: name, source })?;
     // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
-    // of at least `len` values laid out as `T` (checked by the layout test).
-    let region = unsafe { Region::map(&fd, len) }.map_err(|source| Error::Mmap { map: name, source })?;
-    // The mapping keeps the map alive; the fds can close.
+    // of values laid out as `T` (checked by the layout test); `Region::map`
+    // checks the value size and the entry count with the kernel.
+    let region = unsafe { Region::map(&data.fd().as_fd(), len) }.map_err(|source| {
+        match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
+            Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
+                Error::MapLayout { map: name, value_size, entries, want_size, want_entries }
+            }
+            None => Error::Mmap { map: name, source },
+        }
+    })?;
+    // The mapping keeps the map alive; the fd can close.
     drop(data);
     Ok(Arc::new(region))
 }
@@ -352,4 +359,44 @@ impl Dispatcher {
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     error::chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real maps, created by the kernel from the embedded object: a Rust
+    /// mirror of the wrong size, or more entries than the map has, is
+    /// refused before anything is mapped.
+    #[test]
+    fn ebpf_mapping_checks_value_size_and_entries_with_the_kernel() {
+        let mut ebpf = match EbpfLoader::new().load(OBJECT) {
+            Ok(e) => e,
+            Err(e) if std::env::var("HERMES_REQUIRE_BPF").as_deref() == Ok("1") => {
+                panic!("HERMES_REQUIRE_BPF=1 but the maps could not be created: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "\n*** SKIPPED ebpf_mapping_checks_value_size_and_entries_with_the_kernel: {e} ***\n"
+                );
+                return;
+            }
+        };
+        // The counters hold u64 values: a 64-byte `Control` does not fit.
+        let err = map_region::<Control>(&mut ebpf, layout::COUNTERS_MAP, 1).unwrap_err();
+        assert!(
+            matches!(err, Error::MapLayout { value_size: 8, want_size: 64, .. }),
+            "wrong value size refused: {err:?}"
+        );
+        assert!(err.to_string().contains("hermes_counters"), "the message names the map: {err}");
+        // One entry more than the table has.
+        let err = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::MapLayout { entries: MAX_WORKERS, want_entries, .. } if want_entries == MAX_WORKERS + 1),
+            "too many entries refused: {err:?}"
+        );
+        // The right mirror maps.
+        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1).unwrap();
+        assert!(control.is_kernel_map());
+    }
 }

@@ -2,8 +2,14 @@
 //! when the program cannot be loaded, plain process memory of the same
 //! layout so that the rest of the system does not care which it has.
 
-use std::{fmt, io, ops::Deref, os::fd::AsRawFd, ptr::NonNull};
+use std::{
+    fmt, io,
+    ops::Deref,
+    os::fd::{AsRawFd, BorrowedFd},
+    ptr::NonNull,
+};
 
+use aya::maps::MapData;
 use memmap2::{MmapOptions, MmapRaw};
 
 enum Backing<T> {
@@ -15,18 +21,29 @@ enum Backing<T> {
 /// one, held in process memory). Dereferences to `[T]`.
 ///
 /// `T` is one of the atomic layouts of [`crate::layout`], so shared access
-/// through `&[T]` is sound.
+/// through `&[T]` is sound. A region is `Send` and `Sync` only when `T` is
+/// both: sending the region shares its `T`s with every other holder, and
+/// dropping it on another thread drops them there.
+///
+/// ```compile_fail
+/// // A `MutexGuard` is `Sync` but must not leave its thread: neither may a
+/// // region of them.
+/// fn send<T: Send>() {}
+/// send::<hermes_bpf::Region<std::sync::MutexGuard<'static, u64>>>();
+/// ```
 pub struct Region<T> {
     ptr: NonNull<T>,
     len: usize,
     backing: Backing<T>,
 }
 
-// SAFETY: the region only hands out `&[T]`; `T` is made of atomics (Sync),
-// and the mapping or box lives as long as the region.
-unsafe impl<T: Sync> Send for Region<T> {}
-// SAFETY: as above.
-unsafe impl<T: Sync> Sync for Region<T> {}
+// SAFETY: the region hands out `&[T]` to every thread that holds it (hence
+// `T: Sync`) and the boxed values are dropped on whichever thread drops the
+// region (hence `T: Send`); the mapping or box lives as long as the region.
+unsafe impl<T: Send + Sync> Send for Region<T> {}
+// SAFETY: `&Region<T>` only gives `&[T]`; `T: Send` as above, since an
+// `Arc<Region<T>>` shared by reference may be dropped by any holder.
+unsafe impl<T: Send + Sync> Sync for Region<T> {}
 
 impl<T: Default> Region<T> {
     /// `len` default values in process memory.
@@ -38,14 +55,34 @@ impl<T: Default> Region<T> {
 }
 
 impl<T> Region<T> {
-    /// Maps `len` elements of the `BPF_F_MMAPABLE` array map behind `fd`.
+    /// Maps `len` elements of the `BPF_F_MMAPABLE` array map behind `fd`,
+    /// after checking with the kernel that its values are `size_of::<T>()`
+    /// bytes and that it has at least `len` of them.
+    ///
+    /// # Errors
+    /// `InvalidData` wrapping a [`LayoutMismatch`] when the sizes do not fit;
+    /// the OS error when the map cannot be read or mapped.
     ///
     /// # Safety
     /// `fd` must be an mmapable BPF array whose values have exactly the
-    /// layout of `T` and which has at least `len` entries.
+    /// layout of `T` (the size and entries are checked here, the field
+    /// layout cannot be).
     pub unsafe fn map(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
+        let fd = fd.as_raw_fd();
+        // SAFETY: the caller's descriptor stays open for this borrow.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let info = MapData::from_fd(borrowed.try_clone_to_owned()?)
+            .and_then(|m| m.info())
+            .map_err(|e| io::Error::other(crate::error::chain(&e)))?;
+        let (value_size, entries) = (info.value_size() as usize, info.max_entries() as usize);
+        if value_size != size_of::<T>() || entries < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                LayoutMismatch { value_size, entries, want_size: size_of::<T>(), want_entries: len },
+            ));
+        }
         let bytes = len * size_of::<T>();
-        let mmap = MmapOptions::new().len(bytes).map_raw(fd.as_raw_fd())?;
+        let mmap = MmapOptions::new().len(bytes).map_raw(fd)?;
         let ptr = NonNull::new(mmap.as_mut_ptr().cast::<T>())
             .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
         debug_assert!(ptr.as_ptr().is_aligned());
@@ -57,6 +94,32 @@ impl<T> Region<T> {
         matches!(self.backing, Backing::Map(_))
     }
 }
+
+/// A map whose value size or entry count does not fit the Rust type it was
+/// to be mapped as (the cause inside [`Region::map`]'s `InvalidData` error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutMismatch {
+    /// The map's value size in bytes, as the kernel reports it.
+    pub value_size: usize,
+    /// The map's number of entries.
+    pub entries: usize,
+    /// The Rust type's size in bytes.
+    pub want_size: usize,
+    /// The entries the mapping needs.
+    pub want_entries: usize,
+}
+
+impl fmt::Display for LayoutMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the map has {} values of {} bytes, but its Rust mirror needs {} of {} bytes",
+            self.entries, self.value_size, self.want_entries, self.want_size
+        )
+    }
+}
+
+impl std::error::Error for LayoutMismatch {}
 
 impl<T> Deref for Region<T> {
     type Target = [T];
