@@ -77,8 +77,9 @@ fn ebpf_racing_publishers_never_move_the_publish_time_back() {
 
 /// Pins the calling thread to `cpu`, if this process may run there.
 fn pin_to(cpu: usize) {
-    // SAFETY: an all-zero cpu_set_t is the empty set; `cpu` is below CPU_SETSIZE.
+    // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the stated size. A refused pin
     // (fewer CPUs) only makes the race less likely, not the check weaker.
