@@ -118,15 +118,22 @@ impl Builder {
         }
     }
 
-    /// Number of worker threads, 1 to 64. Default: the CPUs this process may
-    /// run on (at most 64).
+    /// Number of worker threads, 1 to 64. Default:
+    /// [`std::thread::available_parallelism`] (at most 64): the CPUs this
+    /// process may run on, lowered to its cgroup's CPU quota (`cpu.max`, or
+    /// `cpu.cfs_quota_us` under cgroup v1), so a container limited to 2 CPUs
+    /// on a 64-core host runs 2 workers rather than 64 throttled ones. Set
+    /// it explicitly when the quota is fractional or changes at run time.
     pub fn workers(&mut self, n: usize) -> &mut Self {
         self.workers = Some(n);
         self
     }
 
     /// The address every worker listens on. Port 0 picks a free port once;
-    /// every worker then binds that port. Default: `0.0.0.0:8080`.
+    /// every worker then binds that port. An IPv6 address is bound
+    /// dual-stack (`IPV6_V6ONLY` off, as `std::net::TcpListener` does on
+    /// Linux by default): `[::]` takes IPv4 clients too, as IPv4-mapped
+    /// addresses. Default: `0.0.0.0:8080`.
     pub fn bind(&mut self, addr: SocketAddr) -> &mut Self {
         self.addr = addr;
         self
@@ -297,7 +304,7 @@ impl Builder {
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
-            None => crate::sys::allowed_cpus().len().clamp(1, MAX_WORKERS),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS),
         };
         if !(1..=MAX_WORKERS).contains(&workers) {
             return Err(invalid(format!("workers must be 1 to {MAX_WORKERS}, got {workers}")));

@@ -16,6 +16,8 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// A nonblocking listening socket on `addr`, with `SO_REUSEPORT` set before
 /// `bind` when `reuseport` is true (so every worker's listener joins one group).
+/// An IPv6 socket is dual-stack whatever `net.ipv6.bindv6only` says, so `[::]`
+/// serves IPv4 clients as std's listener does by default.
 pub(crate) fn listener(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -23,7 +25,7 @@ pub(crate) fn listener(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::R
         socket.set_reuse_port(true)?;
     }
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
