@@ -67,12 +67,28 @@ fn worker_thread<F, Fut>(
             Err(_) if shared.workers[id].is_draining() => break,
             Err(_) => {
                 tracing::error!(worker = id, "the worker's runtime panicked; restarting it");
+                // Nobody accepts from the old listener until the restart: a
+                // replacement joins the group now (so the group and its
+                // program outlive the old one), then the old one leaves it.
+                if shared.shared_listener.is_none() && listener.is_none() {
+                    match run::open_listener(&shared, id) {
+                        Ok(l) => listener = Some(l),
+                        Err(e) => {
+                            tracing::error!(worker = id, error = %e, "could not bind the restarted worker's listener; retrying")
+                        }
+                    }
+                }
+                shared.workers[id].stop_listener();
                 thread::sleep(Duration::from_millis(100));
             }
         }
     }
     shared.placement.set_handle(id, None);
     worker.state().set_phase(WorkerPhase::Empty);
+    // Whatever ended the worker, its listener leaves the group now (its queued
+    // connections migrate): an open listener nobody accepts from would keep
+    // receiving the kernel hash's share of new connections.
+    shared.workers[id].stop_listener();
     shared.schedule(id);
     shared::set_current(None);
 }

@@ -35,19 +35,23 @@ fn new_source(shared: &Shared, id: usize, initial: &mut Option<std::net::TcpList
     }
     let std_listener = match initial.take() {
         Some(l) => l,
-        None => {
-            let l = sys::listener(shared.addr, true, shared.config.backlog)?;
-            if let Some(d) = &shared.dispatcher {
-                let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = d.insert(id, &l) {
-                    tracing::error!(worker = id, error = %e, "could not place the restarted worker's listener");
-                }
-            }
-            l
-        }
+        None => open_listener(shared, id)?,
     };
     control.install(Stop::Listener(OwnedFd::from(std_listener.try_clone()?)));
     Ok(Source::Own(tokio::net::TcpListener::from_std(std_listener)?))
+}
+
+/// Binds a new listener for worker `id` into the group and places it in the
+/// worker's slot of the kernel's socket array.
+pub(super) fn open_listener(shared: &Shared, id: usize) -> io::Result<std::net::TcpListener> {
+    let l = sys::listener(shared.addr, true, shared.config.backlog)?;
+    if let Some(d) = &shared.dispatcher {
+        let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = d.insert(id, &l) {
+            tracing::error!(worker = id, error = %e, "could not place the restarted worker's listener");
+        }
+    }
+    Ok(l)
 }
 
 pub(super) async fn worker_loop<F, Fut>(
@@ -110,13 +114,36 @@ pub(super) async fn worker_loop<F, Fut>(
                         Ordering::Relaxed,
                     );
                     shared.schedule(id);
+                    // The replacement joins the group before the old listener
+                    // leaves it: a group whose every member closes is freed
+                    // by the kernel with its program (one worker, or every
+                    // worker restarting at once), and listeners bound after
+                    // that form a new group without one.
+                    if shared.shared_listener.is_none() && initial.is_none() {
+                        match open_listener(&shared, id) {
+                            Ok(l) => *initial = Some(l),
+                            Err(e) => tracing::error!(worker = id, error = %e, "could not bind the restarted worker's listener; retrying"),
+                        }
+                    }
                     control.stop_listener();
                     if started.elapsed() < Duration::from_secs(1) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             },
-            _ = &mut housekeeping => return,
+            done = &mut housekeeping => {
+                // A panic in housekeeping (a user `Policy`, a metrics
+                // recorder) would leave the worker without heartbeat or
+                // drain: the worker restarts instead, like a runtime panic.
+                if let Err(e) = done
+                    && e.is_panic()
+                    && !control.is_draining()
+                {
+                    tracing::error!(worker = id, "the worker's housekeeping panicked; restarting the worker");
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                return;
+            }
         }
     }
     let _ = housekeeping.await;

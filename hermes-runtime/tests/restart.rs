@@ -1,0 +1,135 @@
+//! Workers that fail and restart: the dispatch program survives a restart
+//! of every worker at once, and a failure outside the serve future (the
+//! worker's housekeeping) neither kills the worker nor leaves a listener in
+//! the group that nobody accepts from. Real sockets, the real program.
+
+mod support;
+
+use std::{
+    net::TcpStream,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hermes_runtime::{
+    Builder, HermesListener, Mode, WorkerStatus,
+    scheduler::{LeastLoaded, PassInput, Policy},
+};
+use support::*;
+
+/// One worker, so its restart closes every listener of the group: the serve
+/// future panics 300 ms in, once. After the restart new connections still go
+/// through the program (its per-worker count grows with each one).
+#[test]
+fn ebpf_program_survives_the_restart_of_every_worker() {
+    if !require_bpf("ebpf_program_survives_the_restart_of_every_worker") {
+        return;
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let server = Builder::new()
+        .workers(1)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .require_ebpf(true)
+        .build()
+        .expect("build");
+    let counted = runs.clone();
+    let h = server
+        .serve(move |listener: HermesListener| {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            let app = app(listener.worker_id());
+            async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(hermes_runtime::shutdown_signal());
+                if first {
+                    tokio::select! {
+                        _ = serve => {}
+                        () = tokio::time::sleep(Duration::from_millis(300)) => panic!("serve future panic requested by the test"),
+                    }
+                } else {
+                    let _ = serve.await;
+                }
+            }
+        })
+        .expect("serve");
+    assert_eq!(h.mode(), Mode::Hermes);
+    wait_all_eligible(&h);
+    poll_until(Duration::from_secs(5), || (runs.load(Ordering::SeqCst) >= 2).then_some(()))
+        .expect("the worker restarted");
+    wait_all_eligible(&h);
+
+    let before = h.snapshot().workers[0].dispatched;
+    for _ in 0..20 {
+        assert_eq!(get(h.local_addr(), "/").expect("GET / after the restart").status, 200);
+    }
+    let s = h.snapshot();
+    assert_eq!(s.mode, Mode::Hermes);
+    assert_eq!(
+        s.workers[0].dispatched - before,
+        20,
+        "every connection after the restart went through the program: {s:?}"
+    );
+    h.shutdown();
+}
+
+/// The default policy, except that worker 1's housekeeping panics in its
+/// scheduler pass once `armed` is set (once only).
+#[derive(Debug, Default)]
+struct Trigger {
+    armed: AtomicBool,
+    panicked: AtomicBool,
+}
+
+#[derive(Debug)]
+struct PanicsOnce(Arc<Trigger>);
+
+impl Policy for PanicsOnce {
+    fn eligible(&self, input: &PassInput<'_>) -> u64 {
+        if std::thread::current().name() == Some("hermes-worker-1")
+            && self.0.armed.load(Ordering::SeqCst)
+            && !self.0.panicked.swap(true, Ordering::SeqCst)
+        {
+            panic!("policy panic requested by the test");
+        }
+        LeastLoaded::default().eligible(input)
+    }
+}
+
+/// Two workers on the kernel's hash; worker 1's housekeeping panics. Every
+/// one of 40 new connections is then answered (none waits in the queue of a
+/// listener nobody accepts from), and worker 1 serves again.
+#[test]
+fn housekeeping_panic_restarts_the_worker_and_leaves_no_dead_listener() {
+    let policy = Arc::new(Trigger::default());
+    let h = start(
+        Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .policy(PanicsOnce(policy.clone())),
+    );
+    wait_all_eligible(&h);
+    policy.armed.store(true, Ordering::SeqCst);
+    poll_until(Duration::from_secs(5), || policy.panicked.load(Ordering::SeqCst).then_some(()))
+        .expect("the policy panicked");
+    // The worker restarts within 100 ms (and its heartbeat is stale meanwhile).
+    std::thread::sleep(Duration::from_millis(200));
+    wait_all_eligible(&h);
+
+    let accepted_before = h.snapshot().workers[1].accepted;
+    let mut unanswered = 0;
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(h.local_addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let answered = send(&mut s, "/", false).and_then(|()| read_response(&mut s));
+        if !matches!(answered, Ok(ref r) if r.status == 200) {
+            unanswered += 1;
+        }
+    }
+    let s = h.snapshot();
+    assert_eq!(unanswered, 0, "connections left unanswered after the panic: {s:?}");
+    assert!(s.workers[1].accepted > accepted_before, "worker 1 restarted and accepts again: {s:?}");
+    assert_eq!(s.workers[1].state, WorkerStatus::Serving, "{s:?}");
+    h.shutdown();
+}
