@@ -78,6 +78,7 @@ mod builder;
 mod config;
 pub mod context;
 mod control;
+mod error;
 mod net;
 pub mod placement;
 pub mod scheduler;
@@ -89,6 +90,7 @@ mod worker;
 
 pub use builder::Builder;
 pub use config::Mode;
+pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
 pub use server::{Server, ServerHandle};

@@ -89,6 +89,10 @@ impl Shared {
         // without the hung workers beats the hash, which would include them.
         control[0].configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
 
+        // Never join a group this server did not create (its program would
+        // be replaced by ours). The probe and the first bind are a few
+        // microseconds apart; a server started in between joins our group.
+        sys::refuse_taken_port(config.addr)?;
         let mut listeners = Vec::with_capacity(n);
         let mut shared_listener = None;
         let addr;

@@ -33,6 +33,29 @@ pub(crate) fn listener(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::R
     Ok(socket.into())
 }
 
+/// Fails with [`crate::PortInUse`] (kind `AddrInUse`) when a socket already
+/// listens on `addr`: a probe bound without `SO_REUSEPORT` (and with
+/// `SO_REUSEADDR`, so that connections in `TIME_WAIT` do not count) is
+/// refused by any listener, whatever group it belongs to. Port 0 is never
+/// in use. The probe is closed before returning.
+pub(crate) fn refuse_taken_port(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(false)?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(io::Error::new(io::ErrorKind::AddrInUse, crate::PortInUse { addr }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The accept-queue length of a listening socket: for a socket in LISTEN
 /// state the kernel reports it in `tcpi_unacked` (and the limit in `tcpi_sacked`).
 pub(crate) fn accept_queue(fd: RawFd) -> io::Result<u32> {

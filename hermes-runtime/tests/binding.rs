@@ -135,3 +135,35 @@ fn quota_child() {
     }
     println!("quota_child: workers={workers} (host CPUs {affinity})");
 }
+
+/// A second server on the port of a running one is refused with a typed
+/// error; the first keeps the port's dispatch (its program places every new
+/// connection).
+#[test]
+fn ebpf_second_server_on_a_taken_port_is_refused() {
+    if !require_bpf("ebpf_second_server_on_a_taken_port_is_refused") {
+        return;
+    }
+    let first = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).require_ebpf(true));
+    wait_all_eligible(&first);
+    let addr = first.local_addr();
+
+    let err = Builder::new().workers(2).bind(addr).require_ebpf(true).build().expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+    let typed = err.get_ref().and_then(|e| e.downcast_ref::<hermes_runtime::PortInUse>());
+    assert_eq!(typed, Some(&hermes_runtime::PortInUse { addr }), "typed cause: {err:?}");
+    assert!(err.to_string().contains("stop the other server or bind another port"), "says what to do: {err}");
+
+    let before: u64 = first.snapshot().workers.iter().map(|w| w.dispatched).sum();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").expect("GET /").status, 200);
+    }
+    let after: u64 = first.snapshot().workers.iter().map(|w| w.dispatched).sum();
+    assert_eq!(after - before, 20, "the first server's program placed every connection");
+    first.shutdown();
+
+    // Once the port is free again, a server binds it.
+    let again = start(Builder::new().workers(1).bind(addr).mode(Mode::KernelHash));
+    assert_eq!(get(addr, "/").expect("GET / on the new server").status, 200);
+    again.shutdown();
+}
