@@ -46,7 +46,8 @@ pub mod counter {
     /// them to the load its fine filter compares, so a burst arriving between
     /// two samples is spread instead of following one stale reading; whoever
     /// stores a sample in [`WorkerState::accept_queue`](super::WorkerState)
-    /// zeroes the worker's counter ([`Counters::clear_recent`](crate::Counters::clear_recent)).
+    /// subtracts what it read of the counter before sampling
+    /// ([`Counters::consume_recent`](crate::Counters::consume_recent)).
     pub const RECENT: usize = MAX_WORKERS + 8;
 }
 /// Number of `u64` entries in the counters map.

@@ -140,6 +140,28 @@ impl Counters {
         }
     }
 
+    /// Worker `worker`'s count of connections placed since its last
+    /// accept-queue sample (0 for a worker beyond the map). Read it before
+    /// sampling the queue, and hand it to [`Counters::consume_recent`] after
+    /// storing the sample.
+    pub fn recent(region: &Region<AtomicU64>, worker: usize) -> u64 {
+        // Relaxed: a lone counter; the program adds to it atomically.
+        region.get(counter::RECENT + worker).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Subtracts `seen` (a [`Counters::recent`] read taken before the queue
+    /// sample now stored) from worker `worker`'s count: those placements are
+    /// in the sample's queue or among its open connections now, while the
+    /// ones the program made since the read stay counted. Zeroing instead
+    /// would lose the placements made between the read and the store.
+    /// Relaxed: the program's increments are atomic adds, and this is an
+    /// atomic read-modify-write that never goes below zero.
+    pub fn consume_recent(region: &Region<AtomicU64>, worker: usize, seen: u64) {
+        if let Some(c) = region.get(counter::RECENT + worker) {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(seen)));
+        }
+    }
+
     /// Zeroes worker `worker`'s count of connections placed since its last
     /// accept-queue sample; call it right after storing a sample. Relaxed: a
     /// placement racing with the store may be lost from this count, and it

@@ -235,3 +235,25 @@ fn no_cap_child() {
     assert!(got.iter().filter(|&&n| n > 0).count() >= 2, "kernel-hash spread expected: {got:?}");
     println!("no_cap_child: checked ({err})");
 }
+
+/// A queue sample takes back only the placements it saw: 10 connections
+/// placed before the read, 5 after; consuming the read leaves the 5 counted
+/// (zeroing would leave none, and the fine filter would under-count them).
+#[test]
+fn ebpf_queue_sample_consumes_only_the_placements_it_saw() {
+    let Some(mut d) = dispatcher_or_skip("ebpf_queue_sample_consumes_only_the_placements_it_saw") else {
+        return;
+    };
+    let (listeners, addr) = reuseport_group(2);
+    steer(&mut d, &listeners, 1, 1 << 1);
+
+    let _before = connect(addr, 10);
+    let seen = hermes_bpf::Counters::recent(d.counter_region(), 1);
+    assert_eq!(seen, 10);
+    let _after = connect(addr, 5); // placed between the read and the sample's store
+    hermes_bpf::Counters::consume_recent(d.counter_region(), 1, seen);
+    assert_eq!(d.counters().recent[1], 5, "the placements made after the read stay counted");
+    hermes_bpf::Counters::consume_recent(d.counter_region(), 1, 99);
+    assert_eq!(d.counters().recent[1], 0, "never below zero");
+    assert_eq!(counts(&accept_all(&refs(&listeners), 15)), [0, 15]);
+}

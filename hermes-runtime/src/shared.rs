@@ -10,7 +10,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// the first burst of connections to them alone, while the kernel's hash
     /// (what an unpublished bitmap means) spreads it over every listener.
     started: AtomicUsize,
+    /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample.
+    sampled_ns: AtomicU64,
 }
 
 fn bpf_error(e: hermes_bpf::Error) -> io::Error {
@@ -142,6 +144,7 @@ impl Shared {
             cpus,
             placement,
             started: AtomicUsize::new(0),
+            sampled_ns: AtomicU64::new(0),
         });
         Ok((shared, listeners))
     }
@@ -188,33 +191,86 @@ impl Shared {
     }
 
     /// Samples the accept queue of every worker's listener (one
-    /// `getsockopt(TCP_INFO)` each) into the workers' slots.
+    /// `getsockopt(TCP_INFO)` each) into the workers' slots, unless another
+    /// worker did within the last half tick. Returns whether it sampled.
     ///
-    /// Every worker samples every listener, rather than only its own: a
-    /// worker that is descheduled or stuck is exactly the one whose queue
-    /// grows, and it cannot sample it itself. Without this, its slot shows a
-    /// low load while connections pile up in its queue, and both the
-    /// scheduler's margin and the kernel's fine filter send it even more.
-    /// This makes `accept_queue` the one field of a slot that other workers
-    /// also write; each writer stores a fresh sample of the same kernel
-    /// value, so the last store wins and nothing is lost.
-    pub(crate) fn sample_accept_queues(&self) {
+    /// Any worker samples every listener, rather than only its own: a worker
+    /// that is descheduled or stuck is exactly the one whose queue grows, and
+    /// it cannot sample it itself. Without this, its slot shows a low load
+    /// while connections pile up in its queue, and both the scheduler's
+    /// margin and the kernel's fine filter send it even more. This makes
+    /// `accept_queue` the one field of a slot that other workers also write.
+    /// One worker claims each sample (a compare-and-swap of the sample
+    /// time), so the server makes O(workers) `getsockopt` calls per tick,
+    /// not O(workers²).
+    pub(crate) fn sample_accept_queues(&self) -> bool {
+        let now = monotonic_ns();
+        // Relaxed: the sample time only elects the sampler; the samples
+        // themselves are lone gauges (see `WorkerState`).
+        let last = self.sampled_ns.load(Ordering::Relaxed);
+        let half_tick = self.config.tick.as_nanos() as u64 / 2;
+        if last != 0 && now.saturating_sub(last) < half_tick {
+            return false;
+        }
+        if self.sampled_ns.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return false;
+        }
         let shared_queue =
             self.shared_listener.as_ref().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
         for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
+            // The placements counted so far are in the queue about to be read
+            // (or already accepted); those made after this read are not.
+            let seen = self.counters.as_ref().map(|c| Counters::recent(c, id));
             let queue = match shared_queue {
                 Some(q) => q,
                 None => control.with_listener_fd(sys::accept_queue).and_then(Result::ok).unwrap_or(0),
             };
             // Relaxed: a lone gauge (see `WorkerState`).
             slot.accept_queue.store(queue, Ordering::Relaxed);
-            // The sample now holds the connections the kernel placed on this
-            // worker and it has not accepted: restart the kernel's count of
-            // placements since the sample.
-            if let Some(counters) = &self.counters {
-                Counters::clear_recent(counters, id);
+            if let (Some(counters), Some(seen)) = (&self.counters, seen) {
+                Counters::consume_recent(counters, id, seen);
             }
         }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Barrier, thread, time::Duration};
+
+    use super::*;
+    use crate::Builder;
+
+    /// Four workers' housekeeping ticking at the same moment: one of them
+    /// samples the four listeners, the others skip; a tick later, one
+    /// samples again.
+    #[test]
+    fn one_worker_samples_the_queues_per_tick() {
+        let config = Builder::new()
+            .workers(4)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .tick(Duration::from_millis(20))
+            .config()
+            .unwrap();
+        let (shared, _listeners) = Shared::open(config).unwrap();
+        let start = Barrier::new(4);
+        let sampled: usize = thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        shared.sample_accept_queues()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+        });
+        assert_eq!(sampled, 1, "one sampler per tick");
+        assert!(!shared.sample_accept_queues(), "sampled again within the tick");
+        thread::sleep(Duration::from_millis(20));
+        assert!(shared.sample_accept_queues(), "sampled again a tick later");
     }
 }
 
