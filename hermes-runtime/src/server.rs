@@ -103,8 +103,11 @@ impl Server {
     }
 }
 
-/// A running server. Dropping the handle leaves the server running; stop it
-/// with [`ServerHandle::shutdown`].
+/// A running server. Stop it with [`ServerHandle::shutdown`] (drains and
+/// waits). Dropping the handle also stops the server, without waiting: every
+/// worker drains and exits on its own, as when a dropped `axum::serve`
+/// future stops serving. A server that should outlive its handle is
+/// [detached](ServerHandle::detach).
 ///
 /// ```no_run
 /// use hermes_runtime::{Builder, HermesListener};
@@ -160,9 +163,30 @@ impl ServerHandle {
     }
 
     /// Waits for every worker to exit.
-    pub fn join(self) {
-        for t in self.threads {
+    pub fn join(mut self) {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
+        }
+    }
+
+    /// Lets the server run on after the handle is gone (until the process
+    /// exits, or every worker stopped by itself): dropping a handle
+    /// otherwise stops the server.
+    pub fn detach(mut self) {
+        self.threads.clear();
+    }
+}
+
+impl Drop for ServerHandle {
+    /// Begins the drain of every worker unless the handle was joined, shut
+    /// down or detached; returns at once.
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        tracing::info!(addr = %self.shared.addr, "server handle dropped; draining every worker");
+        for id in 0..self.shared.config.workers {
+            self.shared.begin_drain(id);
         }
     }
 }

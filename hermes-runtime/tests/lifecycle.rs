@@ -257,3 +257,24 @@ fn ebpf_panicked_worker_restarts_in_its_slot() {
     assert_eq!(after - before, on_restarted, "placed by the program in slot {restarted}");
     h.shutdown();
 }
+
+/// Dropping the handle stops the server (the port refuses connections);
+/// a detached one keeps serving.
+#[test]
+fn dropping_the_handle_stops_the_server_unless_detached() {
+    let refuses = |addr| {
+        poll_until(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err().then_some(()))
+            .is_some()
+    };
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::KernelHash));
+    let addr = h.local_addr();
+    assert_eq!(get(addr, "/").expect("GET /").status, 200);
+    drop(h);
+    assert!(refuses(addr), "{addr} still accepts after the handle was dropped");
+
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::KernelHash));
+    let addr = h.local_addr();
+    h.detach();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(addr, "/").expect("a detached server still serves").status, 200);
+}

@@ -206,3 +206,33 @@ async fn serve_speaks_http2_with_prior_knowledge() {
     drop(sender);
     shutdown(handle).await;
 }
+
+/// `serve(..)` in a `select!` that another branch wins: the dropped future
+/// stops the server, and the port refuses connections, as with `axum::serve`.
+#[tokio::test]
+async fn dropping_the_serve_future_stops_the_server() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let serving = hermes_tower::serve(listener, app).with_builder(two_workers());
+    let answered = tokio::select! {
+        result = serving => panic!("the server stopped by itself: {result:?}"),
+        response = async {
+            // Up once it answers.
+            loop {
+                if let Ok(Ok(response)) =
+                    tokio::time::timeout(Duration::from_secs(1), tokio::spawn(get_path(addr, "/"))).await
+                {
+                    break response;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } => response,
+    };
+    assert!(answered.ends_with("ok"), "served before the drop: {answered}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "{addr} still accepts after the future was dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }

@@ -216,7 +216,9 @@ where
     ///
     /// Nothing stops the server on a signal: call
     /// [`ServerHandle::shutdown`], or pass the handle to
-    /// [`shutdown_on_signal`] or [`shutdown_when`].
+    /// [`shutdown_on_signal`] or [`shutdown_when`]. Dropping the handle
+    /// stops the server too (without waiting); [`ServerHandle::detach`]
+    /// keeps it running.
     ///
     /// # Errors
     /// The address's resolution error, and [`Builder::build`]'s and
