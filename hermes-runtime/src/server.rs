@@ -103,6 +103,10 @@ impl Server {
     }
 }
 
+/// How long [`ServerHandle::shutdown`] waits past the drain timeout for the
+/// workers to exit (their runtimes give blocking tasks 1 s of it).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// A running server. Stop it with [`ServerHandle::shutdown`] (drains and
 /// waits). Dropping the handle also stops the server, without waiting: every
 /// worker drains and exits on its own, as when a dropped `axum::serve`
@@ -154,15 +158,39 @@ impl ServerHandle {
         Ok(())
     }
 
-    /// Drains every worker, one after the other, and waits for them to exit.
-    pub fn shutdown(self) {
+    /// Drains every worker, one after the other, and waits for them to exit,
+    /// at most the drain timeout plus [`SHUTDOWN_GRACE`]: a worker still
+    /// running then (a handler blocking its thread, a stuck blocking task)
+    /// is logged with what it still holds and abandoned to end with the
+    /// process.
+    pub fn shutdown(mut self) {
         for id in 0..self.shared.config.workers {
             self.shared.begin_drain(id);
         }
-        self.join();
+        let deadline = Instant::now() + self.shared.config.drain_timeout + SHUTDOWN_GRACE;
+        let threads = std::mem::take(&mut self.threads);
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        for (id, t) in threads.into_iter().enumerate() {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                let slot = &self.shared.table[id];
+                // Relaxed: lone gauges (see `WorkerState`).
+                tracing::error!(
+                    worker = id,
+                    open_connections = slot.open_conns.load(std::sync::atomic::Ordering::Relaxed),
+                    in_flight = slot.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    "the worker did not stop within the drain timeout; abandoning it"
+                );
+            }
+        }
     }
 
-    /// Waits for every worker to exit.
+    /// Waits for every worker to exit, without bound (a server that is not
+    /// draining runs until it is stopped; see [`ServerHandle::shutdown`] for
+    /// a bounded stop).
     pub fn join(mut self) {
         for t in std::mem::take(&mut self.threads) {
             let _ = t.join();

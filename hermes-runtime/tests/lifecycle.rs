@@ -278,3 +278,35 @@ fn dropping_the_handle_stops_the_server_unless_detached() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(get(addr, "/").expect("a detached server still serves").status, 200);
 }
+
+/// A handler blocks its worker's thread for a minute: `shutdown()` returns
+/// within the drain timeout plus the grace (it abandons that worker), and the
+/// other worker has stopped.
+#[test]
+fn shutdown_is_bounded_with_a_blocked_worker() {
+    let drain = Duration::from_millis(500);
+    let h = start(
+        Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .drain_timeout(drain),
+    );
+    let addr = h.local_addr();
+    let mut blocker = TcpStream::connect(addr).unwrap();
+    send(&mut blocker, "/block?ms=60000", false).unwrap();
+    poll_until(Duration::from_secs(5), || (open_total(&h.snapshot()) == 1).then_some(()))
+        .expect("the blocking request's connection is open");
+    std::thread::sleep(Duration::from_millis(200)); // the handler is blocking now
+
+    let (done, stopped) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        h.shutdown();
+        let _ = done.send(());
+    });
+    let bound = drain + hermes_runtime::SHUTDOWN_GRACE + Duration::from_secs(3);
+    stopped.recv_timeout(bound).unwrap_or_else(|_| panic!("shutdown still waiting after {bound:?}"));
+    eprintln!("shutdown returned after {:?} with a worker blocked", started.elapsed());
+    assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens after the shutdown");
+}

@@ -67,4 +67,19 @@ pub(super) fn run<F, Fut>(
         }
         worker_loop(shared.clone(), worker.clone(), serve.clone(), listener).await;
     });
+    drop(local);
+    // Dropping the runtime would wait for every `spawn_blocking` task without
+    // bound; the drain timeout has passed already, so give them a moment.
+    let left = rt.metrics().num_alive_tasks();
+    if left > 0 {
+        tracing::warn!(
+            worker = worker.id(),
+            tasks = left,
+            "abandoning the tasks left on the worker's runtime (blocking tasks get {RUNTIME_GRACE:?} more)"
+        );
+    }
+    rt.shutdown_timeout(RUNTIME_GRACE);
 }
+
+/// How long a stopping worker's runtime waits for its blocking tasks.
+const RUNTIME_GRACE: Duration = Duration::from_secs(1);
