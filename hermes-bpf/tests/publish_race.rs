@@ -3,8 +3,6 @@
 //! the one published with that time. Loads the program (names say `ebpf`);
 //! without CAP_BPF it skips loudly, or fails under `HERMES_REQUIRE_BPF=1`.
 
-mod support;
-
 use std::{
     sync::{
         Arc, Barrier,
@@ -15,7 +13,7 @@ use std::{
 };
 
 use hermes_bpf::monotonic_ns;
-use support::dispatcher_or_skip;
+use hermes_test_support::ebpf::dispatcher_or_skip;
 
 #[test]
 fn ebpf_racing_publishers_never_move_the_publish_time_back() {

@@ -2,8 +2,6 @@
 //! its default number of workers under a CPU quota. Real sockets, real
 //! cgroups, the real kernel program.
 
-mod support;
-
 use std::{
     fs,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -12,7 +10,7 @@ use std::{
 };
 
 use hermes_runtime::{Builder, Mode};
-use support::*;
+use hermes_test_support::{ebpf::require_bpf, http::get, server::start, snapshot::wait_all_eligible};
 
 /// `[::]` in Hermes mode: IPv4 clients (127.0.0.1) and IPv6 clients (::1)
 /// are both served, both through the dispatch program.

@@ -3,8 +3,6 @@
 //! worker's housekeeping) neither kills the worker nor leaves a listener in
 //! the group that nobody accepts from. Real sockets, the real program.
 
-mod support;
-
 use std::{
     net::TcpStream,
     sync::{
@@ -18,7 +16,13 @@ use hermes_runtime::{
     Builder, HermesListener, Mode, WorkerStatus,
     scheduler::{LeastLoaded, PassInput, Policy},
 };
-use support::*;
+use hermes_test_support::{
+    ebpf::require_bpf,
+    http::{get, read_response, send},
+    server::{app, start},
+    snapshot::wait_all_eligible,
+    wait::poll_until,
+};
 
 /// One worker, so its restart closes every listener of the group: the serve
 /// future panics 300 ms in, once. After the restart new connections still go

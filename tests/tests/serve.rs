@@ -236,3 +236,4 @@ async fn dropping_the_serve_future_stops_the_server() {
         assert!(tokio::time::Instant::now() < deadline, "{addr} still accepts after the future was dropped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
