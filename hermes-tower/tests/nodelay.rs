@@ -32,11 +32,19 @@ fn server_side_nodelay(client: &TcpStream) -> bool {
             }
             // SAFETY: `dup` is a fresh descriptor that nothing else owns.
             let socket = unsafe { TcpStream::from_raw_fd(dup) };
-            if socket.peer_addr().ok() == Some(client_addr) {
+            // The descriptor exists from `accept` on, a moment before the
+            // worker sets the option: read it again until it is set or the
+            // deadline passes, so that only a server that never sets it fails.
+            if socket.peer_addr().ok() == Some(client_addr)
+                && (socket.nodelay().expect("getsockopt TCP_NODELAY") || Instant::now() >= deadline)
+            {
                 return socket.nodelay().expect("getsockopt TCP_NODELAY");
             }
         }
-        assert!(Instant::now() < deadline, "the server never accepted {client_addr}");
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(1),
+            "the server never accepted {client_addr}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
