@@ -89,8 +89,9 @@ pub enum Error {
     },
 }
 
-/// Walks an error's source chain for the OS error underneath.
-pub(crate) fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+/// Walks an error's source chain for the OS error underneath (shared with
+/// the other loaders of the workspace, such as `hermes-dsr`'s).
+pub fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -102,7 +103,7 @@ pub(crate) fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&
 }
 
 /// Full message of an error and its sources, joined by ": ".
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(err) = cur {

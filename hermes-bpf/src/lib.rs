@@ -42,6 +42,11 @@
 #![deny(missing_docs)]
 
 mod error;
+
+/// Helpers for reporting loader errors, for the workspace's other loaders.
+pub mod error_chain {
+    pub use crate::error::{chain, os_error};
+}
 pub mod layout;
 mod region;
 

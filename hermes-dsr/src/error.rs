@@ -46,32 +46,7 @@ pub enum Error {
     Invalid(String),
 }
 
-/// Walks an error's source chain for the OS error underneath.
-fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<io::Error>() {
-            return Some(io);
-        }
-        cur = err.source();
-    }
-    None
-}
-
-/// Full message of an error and its sources, joined by ": ".
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        let s = err.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = err.source();
-    }
-    out
-}
+pub(crate) use hermes_bpf::error_chain::{chain, os_error};
 
 /// Classifies a loader error: permission errors become [`Error::MissingCapability`].
 pub(crate) fn classify(
