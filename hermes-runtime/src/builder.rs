@@ -80,6 +80,7 @@ pub struct Builder {
     stack_size: Option<usize>,
     place_requests: bool,
     reconnect_every: Option<Duration>,
+    offload_heavy: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -115,6 +116,7 @@ impl Builder {
             stack_size: None,
             place_requests: true,
             reconnect_every: Some(Duration::from_millis(100)),
+            offload_heavy: Some(crate::placement::DEFAULT_OFFLOAD),
         }
     }
 
@@ -301,6 +303,22 @@ impl Builder {
         self
     }
 
+    /// Run the requests of a route (a path class, see
+    /// [`crate::placement::CostClass`]) learned to hold the worker's thread
+    /// for at least `threshold` per request (CPU work without an `.await`,
+    /// a blocking call) on the worker runtime's blocking pool, so that the
+    /// worker goes on reading and answering its other connections; `None`
+    /// keeps every request on a worker. Takes effect with
+    /// [`Builder::place_requests`] on and the Tower layer
+    /// `hermes_tower::Place` in the stack (`hermes_tower::serve` adds it).
+    /// The pool's size is Tokio's (`max_blocking_threads`, set in
+    /// [`Builder::on_worker_runtime`]); see [`crate::placement`] for why.
+    /// Default: 1 ms.
+    pub fn offload_heavy(&mut self, threshold: Option<Duration>) -> &mut Self {
+        self.offload_heavy = threshold;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -339,6 +357,13 @@ impl Builder {
                 "staleness_limit ({max_stale:?}) must exceed the hang threshold ({hang_threshold:?})"
             )));
         }
+        if self.offload_heavy.is_some_and(|d| d < Duration::from_micros(100)) {
+            return Err(invalid(format!(
+                "offload_heavy: the threshold must be at least 100 µs (a hand-over to the blocking pool \
+                 costs tens of microseconds), got {:?}; None turns it off",
+                self.offload_heavy.unwrap_or_default()
+            )));
+        }
         if self.stack_size == Some(0) {
             return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
         }
@@ -362,6 +387,7 @@ impl Builder {
             stack_size: self.stack_size,
             place_requests: self.place_requests,
             reconnect_every: self.reconnect_every,
+            offload_heavy: self.offload_heavy,
         })
     }
 

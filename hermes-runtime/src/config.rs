@@ -67,6 +67,7 @@ pub(crate) struct Config {
     pub(crate) policy: Arc<dyn Policy>,
     pub(crate) place_requests: bool,
     pub(crate) reconnect_every: Option<Duration>,
+    pub(crate) offload_heavy: Option<Duration>,
     pub(crate) tcp_nodelay: bool,
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,

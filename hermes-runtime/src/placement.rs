@@ -30,6 +30,22 @@
 //! class, only when the owner also has work in flight that the request would
 //! wait behind. Otherwise, which is the common case, it runs where it is.
 //!
+//! # Handlers that hold their thread
+//!
+//! A per-core worker that runs a handler which holds the thread (CPU work
+//! without an `.await`, a blocking call) for milliseconds stalls every
+//! connection it owns: it cannot even read their next requests, so moving
+//! them afterwards comes too late. A multi-thread runtime hides this, as
+//! another thread polls the I/O driver and steals the stalled worker's
+//! tasks. Hermes keeps connections on their workers and instead runs a
+//! request whose class has learned to hold the thread for at least the
+//! offload threshold ([`Placement::offloads`], `Builder::offload_heavy`) on
+//! its worker runtime's blocking pool, as Tokio advises for blocking work:
+//! the handler future is driven there with [`Handle::block_on`], its I/O
+//! and timers stay on the worker, and the worker goes on serving its other
+//! connections. Such a request costs a hand-over to a pool thread (tens of
+//! microseconds, one allocation), small beside the milliseconds it holds.
+//!
 //! # Mechanism
 //!
 //! A moved handler future is spawned on the target worker's runtime through
@@ -70,6 +86,12 @@ pub const LIGHT_US: u32 = 200;
 /// a few microseconds; a margin of a millisecond keeps requests from moving
 /// for differences that noise alone makes.
 pub const MOVE_MARGIN_US: u64 = 1_000;
+
+/// The default offload threshold (`Builder::offload_heavy`): a request
+/// class that holds its worker's thread for a millisecond per request
+/// stalls the worker's other connections for that long, while the hand-over
+/// to the blocking pool costs tens of microseconds.
+pub const DEFAULT_OFFLOAD: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// A worker at or above this smoothed utilisation is overloaded (see
 /// [`Placement::should_reconnect`]).
@@ -118,6 +140,8 @@ struct Moves {
     reconnects: AtomicU64,
     /// `CLOCK_MONOTONIC` ns before which this worker asks no connection to reconnect.
     next_reconnect_ns: AtomicU64,
+    /// Requests of this worker's connections run on its blocking pool.
+    offloaded: AtomicU64,
 }
 
 /// The placement state of one server: the workers' runtime handles, the
@@ -137,6 +161,9 @@ pub struct Placement {
     enabled: bool,
     /// At most one connection per worker is asked to reconnect per interval; `None`: never.
     reconnect_every: Option<std::time::Duration>,
+    /// Requests of a class learned to cost at least this many microseconds
+    /// run on the blocking pool; `u32::MAX`: never.
+    offload_us: u32,
 }
 
 impl fmt::Debug for Placement {
@@ -182,7 +209,46 @@ impl Placement {
             tick_us: (tick.as_micros() as u64).max(1),
             enabled,
             reconnect_every,
+            offload_us: u32::MAX,
         }
+    }
+
+    /// Runs requests of a class learned to hold its thread for at least
+    /// `threshold` per request on the worker runtime's blocking pool (see
+    /// [`Placement::offloads`]); `None` never does. Ignored when placement
+    /// is not enabled.
+    pub fn with_offload(mut self, threshold: Option<std::time::Duration>) -> Self {
+        self.offload_us = match threshold {
+            Some(t) if self.enabled => u32::try_from(t.as_micros()).unwrap_or(u32::MAX).max(1),
+            _ => u32::MAX,
+        };
+        self
+    }
+
+    /// Whether a request of learned cost `cost_us` (thread time per request,
+    /// see [`Placement::expected_us`]) runs on the blocking pool of its
+    /// connection's worker rather than on a worker: its class holds a thread
+    /// for at least the offload threshold. One comparison; unknown classes
+    /// (cost 0) run on a worker until their cost is learned.
+    #[inline]
+    pub fn offloads(&self, cost_us: u32) -> bool {
+        cost_us >= self.offload_us
+    }
+
+    /// The offload threshold in microseconds, if offloading is on.
+    pub fn offload_threshold_us(&self) -> Option<u32> {
+        (self.offload_us != u32::MAX).then_some(self.offload_us)
+    }
+
+    /// Counts a request of worker `from`'s connection run on its blocking pool.
+    pub fn count_offload(&self, from: usize) {
+        // Relaxed: a counter for the snapshot and metrics.
+        self.moves[from].offloaded.fetch_add(1, Relaxed);
+    }
+
+    /// Requests of worker `id`'s connections run on its blocking pool.
+    pub fn offloaded(&self, id: usize) -> u64 {
+        self.moves[id].offloaded.load(Relaxed)
     }
 
     /// Whether requests may move (the builder's `place_requests`).
@@ -288,7 +354,9 @@ impl Placement {
     /// (the caller answers it with an error).
     pub fn count_lost(&self) {
         self.lost.fetch_add(1, Relaxed);
-        tracing::warn!("a request placed on another worker was cancelled when that worker stopped");
+        tracing::warn!(
+            "a request placed on another worker or on the blocking pool was cancelled when its runtime stopped"
+        );
     }
 
     /// Worker `id`'s slot.

@@ -123,13 +123,16 @@ impl Shared {
         };
         let cpus = if config.pin_workers { sys::allowed_cpus() } else { Vec::new() };
         let workers = (0..n).map(|_| Arc::new(WorkerControl::new())).collect();
-        let placement = Arc::new(Placement::with_reconnects(
-            table.clone(),
-            n,
-            config.tick,
-            config.place_requests,
-            config.reconnect_every,
-        ));
+        let placement = Arc::new(
+            Placement::with_reconnects(
+                table.clone(),
+                n,
+                config.tick,
+                config.place_requests,
+                config.reconnect_every,
+            )
+            .with_offload(config.offload_heavy),
+        );
         let shared = Arc::new(Shared {
             config,
             mode,

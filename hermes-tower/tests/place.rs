@@ -46,9 +46,11 @@ fn app() -> Router {
     Router::new().route("/who", get(|| async { worker_id() })).route("/heavy", get(heavy))
 }
 
+/// A server whose costly requests move between workers: offloading to the
+/// blocking pool (tested in `offload.rs`) is off, or it would take them.
 fn start() -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
+    builder.workers(2).pin_workers(false).offload_heavy(None);
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
 }
 

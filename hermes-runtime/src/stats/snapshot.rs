@@ -43,6 +43,10 @@ pub struct PlacementSnapshot {
     pub enabled: bool,
     /// The lowest-scoring serving worker at the last tick.
     pub target: Option<usize>,
+    /// Requests of a class learned to cost at least this many microseconds
+    /// of thread time run on the blocking pool (`Builder::offload_heavy`);
+    /// `None`: never.
+    pub offload_threshold_us: Option<u32>,
     /// Moved requests cancelled because their target stopped (answered 503).
     pub lost: u64,
 }
@@ -93,6 +97,9 @@ pub struct WorkerSnapshot {
     pub placed_in: u64,
     /// Connections of this worker asked to reconnect while it was overloaded.
     pub reconnects: u64,
+    /// Requests of this worker's connections run on its blocking pool
+    /// (their class holds a thread for at least `Builder::offload_heavy`).
+    pub offloaded: u64,
     /// Learned thread time of the requests in flight here, microseconds.
     pub expected_us: u32,
     /// Smoothed share of the recent ticks the worker was busy, per mille.
@@ -181,6 +188,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 placed_out,
                 placed_in,
                 reconnects: shared.placement.reconnects(id),
+                offloaded: shared.placement.offloaded(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),
             }
@@ -207,6 +215,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         placement: PlacementSnapshot {
             enabled: shared.placement.is_enabled(),
             target: shared.placement.target(),
+            offload_threshold_us: shared.placement.offload_threshold_us(),
             lost: shared.placement.lost(),
         },
     }

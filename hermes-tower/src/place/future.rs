@@ -15,7 +15,7 @@ use hermes_runtime::{
     placement::{CostClass, ExpectedWork},
 };
 use pin_project_lite::pin_project;
-use tokio::task::JoinHandle;
+use tokio::{sync::oneshot, task::JoinHandle};
 
 pin_project! {
     /// A handler future whose thread time (time spent inside `poll`) is
@@ -106,6 +106,14 @@ pin_project! {
             task: AbortOnDrop<Result<http::Response<B>, E>>,
             worker: WorkerRef,
         },
+        // The request runs on the blocking pool of its connection's worker
+        // (`worker`); dropping `_cancel` ends it at its next wake-up, and
+        // `None` is what a cancelled one returns.
+        Offloaded {
+            task: AbortOnDrop<Option<Result<http::Response<B>, E>>>,
+            _cancel: oneshot::Sender<()>,
+            worker: WorkerRef,
+        },
     }
 }
 
@@ -122,9 +130,24 @@ impl<F, B, E> PlaceFuture<F, B, E> {
         Self { state: State::Remote { task: AbortOnDrop(task), worker }, reconnect }
     }
 
+    pub(crate) fn offloaded(
+        task: JoinHandle<Option<Result<http::Response<B>, E>>>,
+        cancel: oneshot::Sender<()>,
+        worker: WorkerRef,
+        reconnect: bool,
+    ) -> Self {
+        Self { state: State::Offloaded { task: AbortOnDrop(task), _cancel: cancel, worker }, reconnect }
+    }
+
     /// Whether the request runs on another worker than its connection's.
     pub fn is_moved(&self) -> bool {
         matches!(self.state, State::Remote { .. })
+    }
+
+    /// Whether the request runs on the blocking pool of its connection's
+    /// worker.
+    pub fn is_offloaded(&self) -> bool {
+        matches!(self.state, State::Offloaded { .. })
     }
 }
 
@@ -165,17 +188,29 @@ where
             Proj::Remote { task, worker } => match ready!(Pin::new(&mut task.0).poll(cx)) {
                 Ok(output) => Poll::Ready(output),
                 Err(e) if e.is_panic() => panic::resume_unwind(e.into_panic()),
-                Err(_) => {
-                    if let Some(placement) = worker.placement() {
-                        placement.count_lost();
-                    }
-                    let mut response = http::Response::new(B::default());
-                    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                    Poll::Ready(Ok(response))
-                }
+                Err(_) => Poll::Ready(Ok(lost(worker))),
+            },
+            Proj::Offloaded { task, worker, .. } => match ready!(Pin::new(&mut task.0).poll(cx)) {
+                Ok(Some(output)) => Poll::Ready(output),
+                Err(e) if e.is_panic() => panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime shut down before the handler ended
+                // (this future still holds the cancel handle, so it was not
+                // this side).
+                Ok(None) | Err(_) => Poll::Ready(Ok(lost(worker))),
             },
         }
     }
+}
+
+/// The answer to a placed request whose handler was cancelled by its
+/// runtime's shutdown: counted, logged, `503 Service Unavailable`.
+fn lost<B: Default>(worker: &WorkerRef) -> http::Response<B> {
+    if let Some(placement) = worker.placement() {
+        placement.count_lost();
+    }
+    let mut response = http::Response::new(B::default());
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 impl<F, B, E> fmt::Debug for PlaceFuture<F, B, E> {
@@ -184,6 +219,9 @@ impl<F, B, E> fmt::Debug for PlaceFuture<F, B, E> {
             State::Local { .. } => f.write_str("PlaceFuture::Local"),
             State::Remote { worker, .. } => {
                 f.debug_struct("PlaceFuture::Remote").field("owner", &worker.id()).finish()
+            }
+            State::Offloaded { worker, .. } => {
+                f.debug_struct("PlaceFuture::Offloaded").field("owner", &worker.id()).finish()
             }
         }
     }

@@ -14,6 +14,16 @@
 //! spend in `poll`, per path class, measured on every request of a costly or
 //! unknown class and on one in [`MEASURE_ONE_IN`] of the others.
 //!
+//! A request of a class learned to hold its thread for at least the offload
+//! threshold (`Builder::offload_heavy`, 1 ms by default) does not run on a
+//! worker at all: the service is called on the connection's worker (so the
+//! request counts in flight there) and its future is driven on that worker
+//! runtime's blocking pool, so the worker goes on reading and answering its
+//! other connections while the handler holds a pool thread. See
+//! [`hermes_runtime::placement`] for why. Inside such a handler,
+//! `hermes_runtime::context::current()` is `None` (it runs on no worker);
+//! `tokio::spawn` and the runtime's I/O and timers work as on the worker.
+//!
 //! Put it *outside* [`HermesLayer`](crate::HermesLayer), so that a moved
 //! request is counted as in flight on the worker that runs it:
 //!
@@ -48,12 +58,13 @@
 //!
 //! # Failure
 //!
-//! A moved request whose handler panics resumes the panic on the
-//! connection's worker, as if it had run there (the connection is dropped,
-//! the worker goes on). A moved request whose target worker stops before it
-//! ends is answered `503 Service Unavailable`, logged and counted
-//! (`placement.lost` in the snapshot). A client that goes away cancels the
-//! moved handler too.
+//! A moved or offloaded request whose handler panics resumes the panic on
+//! the connection's worker, as if it had run there (the connection is
+//! dropped, the worker goes on). A moved or offloaded request whose runtime
+//! stops before it ends is answered `503 Service Unavailable`, logged and
+//! counted (`placement.lost` in the snapshot). A client that goes away
+//! cancels the moved or offloaded handler too (an offloaded one at its next
+//! wake-up: a handler holding its thread cannot be interrupted).
 
 use std::{
     cell::Cell,
@@ -66,7 +77,7 @@ use hermes_runtime::{
     context::{self, WorkerRef},
     placement::{CostClass, ExpectedWork, LIGHT_US},
 };
-use tokio::runtime::Handle;
+use tokio::{runtime::Handle, sync::oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -173,6 +184,12 @@ where
             // load of one gauge unless the worker is overloaded.
             let reconnect = http1 && placement.should_reconnect(worker.id());
             let learner = measure(cost).then(|| (worker.clone(), class));
+            if placement.offloads(cost)
+                && let Some(runtime) = placement.handle(worker.id())
+            {
+                placement.count_offload(worker.id());
+                return Some(Decision::Offload { runtime, learner, owner: worker.clone(), reconnect });
+            }
             if let Some(target) = placement.choose(worker.id(), cost)
                 && let Some(runtime) = placement.handle(target)
             {
@@ -202,6 +219,30 @@ where
                 });
                 PlaceFuture::remote(task, owner, reconnect)
             }
+            Some(Decision::Offload { runtime, learner, owner, reconnect }) => {
+                // Called here, on the connection's worker, so the layers
+                // inside count the request in flight on this worker (which
+                // waits to write its response); only the future moves.
+                let future = Timed::new(self.inner.call(request), learner);
+                let (cancel, cancelled) = oneshot::channel::<()>();
+                let driver = Arc::clone(&runtime);
+                // Driven with `Handle::block_on` on a thread of the worker
+                // runtime's blocking pool: its I/O and timers stay on the
+                // worker (whose thread runs the runtime's own `block_on`), and
+                // a handler that holds this thread holds none of the worker's
+                // connections. Dropping the response future drops `cancel`,
+                // which ends the handler at its next wake-up.
+                let task = runtime.spawn_blocking(move || {
+                    driver.block_on(async move {
+                        tokio::select! {
+                            biased;
+                            output = future => Some(output),
+                            _ = cancelled => None,
+                        }
+                    })
+                });
+                PlaceFuture::offloaded(task, cancel, owner, reconnect)
+            }
         }
     }
 }
@@ -211,6 +252,12 @@ enum Decision {
     Local {
         expected: Option<ExpectedWork>,
         learner: Option<(WorkerRef, CostClass)>,
+        reconnect: bool,
+    },
+    Offload {
+        runtime: Arc<Handle>,
+        learner: Option<(WorkerRef, CostClass)>,
+        owner: WorkerRef,
         reconnect: bool,
     },
     Move {
