@@ -152,9 +152,12 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
 #[test]
 fn every_mode_serves_the_same_endpoints() {
     // `hermes` itself is the test above; its fallback is `reuseport`.
-    for (mode, stats_mode) in
-        [("reuseport", "kernel-hash"), ("shared", "shared-listener"), ("tokio", "tokio")]
-    {
+    for (mode, stats_mode) in [
+        ("hermes-local", "hermes"),
+        ("reuseport", "kernel-hash"),
+        ("shared", "shared-listener"),
+        ("tokio", "tokio"),
+    ] {
         let workload = Workload::start(&["--mode", mode, "--workers", "2", "--addr", "127.0.0.1:0"]);
         assert_eq!(workload.mode, mode);
         let ok = get(workload.addr, "/").expect("GET /");
@@ -168,6 +171,11 @@ fn every_mode_serves_the_same_endpoints() {
         assert!(stats.worker.is_some(), "{mode}: {stats:?}");
         let stats: Value = serde_json::from_str(&stats.body).expect("stats are JSON");
         assert_eq!(stats["mode"], stats_mode);
+        if mode != "tokio" {
+            // Only `hermes` places requests; the other per-core peers keep
+            // every request on its connection's worker.
+            assert_eq!(stats["placement"]["enabled"], false, "{mode}: {stats}");
+        }
         workload.stop();
     }
 }

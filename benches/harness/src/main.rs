@@ -38,7 +38,8 @@ struct Args {
     /// and the spread of each figure.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
-    /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex.
+    /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex, and hermes-local (Hermes with
+    /// every request kept on its connection's worker, for comparison with placement).
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
     peers: Vec<String>,
     /// Workers per server (default: the available cores).

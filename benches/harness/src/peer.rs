@@ -8,7 +8,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Every peer, in report order; `hermes` first because ratios are taken against it.
-pub const ALL: [&str; 5] = ["hermes", "reuseport", "shared", "tokio", "ntex"];
+/// `hermes-local` is Hermes with every request kept on its connection's worker (no request
+/// placement, no offload, no reconnect asks): the server as it was before request placement, to
+/// measure what placement costs or gains in the same run. It is not in the default peer list.
+pub const ALL: [&str; 6] = ["hermes", "hermes-local", "reuseport", "shared", "tokio", "ntex"];
 
 /// The peer the ratios are taken against.
 pub const BASELINE: &str = "hermes";
@@ -117,7 +120,7 @@ impl Server {
         cmd.args(["--mode", mode, "--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
         // Where eBPF is required (CI), a `hermes` peer that fell back to
         // kernel hashing must fail to start rather than be measured as hermes.
-        if mode == "hermes" && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
+        if mode.starts_with("hermes") && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
             cmd.arg("--require-ebpf");
         }
         let mut child = cmd

@@ -85,6 +85,9 @@ struct Args {
 enum Peer {
     /// Hermes dispatch: the kernel program places each connection on an eligible worker.
     Hermes,
+    /// Hermes dispatch with every request kept on its connection's worker: no request
+    /// placement, no offload to the blocking pool, no reconnect asks.
+    HermesLocal,
     /// Hermes workers with plain SO_REUSEPORT hashing.
     Reuseport,
     /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
@@ -196,13 +199,13 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
 
 fn run_hermes(args: &Args) -> std::io::Result<()> {
     let mode = match args.mode {
-        Peer::Hermes => Mode::Hermes,
+        Peer::Hermes | Peer::HermesLocal => Mode::Hermes,
         Peer::Reuseport => Mode::KernelHash,
         Peer::Shared => Mode::SharedListener,
         Peer::Tokio => unreachable!("served by run_tokio"),
     };
     let mut builder = Builder::new();
-    if mode != Mode::Hermes {
+    if args.mode != Peer::Hermes {
         // The peers stand for plain thread-per-core servers: the kernel (or
         // the shared listener) places connections, and nothing places requests.
         builder.place_requests(false).reconnect_overloaded(None);
@@ -230,6 +233,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
     }
     let shown = match handle.mode() {
+        Mode::Hermes if args.mode == Peer::HermesLocal => "hermes-local",
         Mode::Hermes => "hermes",
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
