@@ -41,6 +41,28 @@ async fn handler() -> String {
     format!("{worker} {blocking}")
 }
 
+/// Holds its thread for 5 ms, so the second request of the route is
+/// offloaded to the blocking pool; answers the thread it ran on.
+async fn heavy() -> String {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(5) {
+        std::hint::spin_loop();
+    }
+    let thread = std::thread::current().name().unwrap_or("").to_owned();
+    tracing::info!(marker = "from-the-heavy-handler", thread, "handling a heavy request");
+    thread
+}
+
+/// `GET path` on a fresh connection; the body.
+async fn fetch(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("read");
+    response.rsplit("\r\n\r\n").next().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_the_worker_span() {
     let logs = Logs::default();
@@ -66,7 +88,7 @@ async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_th
             assert_eq!(hermes_runtime::context::current().map(|w| w.id()), Some(id));
             record.lock().unwrap().push((id, thread));
         });
-    let app = Router::new().route("/", get(handler));
+    let app = Router::new().route("/", get(handler)).route("/heavy", get(heavy));
     let handle = hermes_tower::serve("127.0.0.1:0", app).with_builder(builder).start().expect("start");
 
     let mut started = started.lock().unwrap().clone();
@@ -92,6 +114,18 @@ async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_th
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(line.contains(&format!("hermes_worker{{worker={worker}}}")), "{line}");
+
+    // A route learned to hold its thread runs on the blocking pool of its
+    // connection's worker, and its log lines still carry that worker's span.
+    assert!(fetch(handle.local_addr(), "/heavy").await.starts_with("hermes-worker-"), "first: on the worker");
+    let thread = fetch(handle.local_addr(), "/heavy").await;
+    let owner = thread.strip_prefix("blocking-of-").expect("offloaded to a worker's own pool");
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("from-the-heavy-handler") && l.contains(&thread))
+        .unwrap_or_else(|| panic!("no offloaded handler log line in:\n{text}"));
+    assert!(line.contains(&format!("hermes_worker{{worker={owner}}}")), "{line}");
 
     tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
 }

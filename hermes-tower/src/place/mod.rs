@@ -80,6 +80,7 @@ use hermes_runtime::{
 use tokio::{runtime::Handle, sync::oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 pub mod future;
 
@@ -223,7 +224,10 @@ where
                 // Called here, on the connection's worker, so the layers
                 // inside count the request in flight on this worker (which
                 // waits to write its response); only the future moves.
-                let future = Timed::new(self.inner.call(request), learner);
+                // In the caller's span (the worker's `hermes_worker` span), so
+                // the handler's logs still carry the worker id.
+                let future =
+                    Timed::new(self.inner.call(request), learner).instrument(tracing::Span::current());
                 let (cancel, cancelled) = oneshot::channel::<()>();
                 let driver = Arc::clone(&runtime);
                 // Driven with `Handle::block_on` on a thread of the worker
