@@ -81,6 +81,8 @@ pub struct Builder {
     place_requests: bool,
     reconnect_every: Option<Duration>,
     offload_heavy: Option<Duration>,
+    max_connection_requests: Option<u64>,
+    max_connection_age: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -117,6 +119,8 @@ impl Builder {
             place_requests: true,
             reconnect_every: Some(Duration::from_millis(100)),
             offload_heavy: Some(crate::placement::DEFAULT_OFFLOAD),
+            max_connection_requests: None,
+            max_connection_age: None,
         }
     }
 
@@ -319,6 +323,27 @@ impl Builder {
         self
     }
 
+    /// Close each HTTP/1 keep-alive connection after it has served `max`
+    /// requests (`Connection: close` on the last response), so that clients
+    /// reconnect and the kernel places their new connections with the
+    /// current table; `None` sets no limit. HTTP/2 connections are not
+    /// closed: their streams are placed one by one. Needs the Tower layer
+    /// `hermes_tower::Place` (`hermes_tower::serve` adds it). Counted as
+    /// `recycled` in the snapshot and metrics. Default: `None`.
+    pub fn max_requests_per_connection(&mut self, max: Option<u64>) -> &mut Self {
+        self.max_connection_requests = max;
+        self
+    }
+
+    /// Close each HTTP/1 keep-alive connection on its first response after
+    /// it is `age` old (`Connection: close`), as
+    /// [`Builder::max_requests_per_connection`] does after a count; `None`
+    /// sets no limit. Default: `None`.
+    pub fn max_connection_age(&mut self, age: Option<Duration>) -> &mut Self {
+        self.max_connection_age = age;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -364,6 +389,14 @@ impl Builder {
                 self.offload_heavy.unwrap_or_default()
             )));
         }
+        if self.max_connection_requests == Some(0) {
+            return Err(invalid(
+                "max_requests_per_connection must be at least 1 (None sets no limit)".into(),
+            ));
+        }
+        if self.max_connection_age.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("max_connection_age must not be zero (None sets no limit)".into()));
+        }
         if self.stack_size == Some(0) {
             return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
         }
@@ -388,6 +421,8 @@ impl Builder {
             place_requests: self.place_requests,
             reconnect_every: self.reconnect_every,
             offload_heavy: self.offload_heavy,
+            max_connection_requests: self.max_connection_requests,
+            max_connection_age: self.max_connection_age,
         })
     }
 

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) place_requests: bool,
     pub(crate) reconnect_every: Option<Duration>,
     pub(crate) offload_heavy: Option<Duration>,
+    pub(crate) max_connection_requests: Option<u64>,
+    pub(crate) max_connection_age: Option<Duration>,
     pub(crate) tcp_nodelay: bool,
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,

@@ -142,6 +142,8 @@ struct Moves {
     next_reconnect_ns: AtomicU64,
     /// Requests of this worker's connections run on its blocking pool.
     offloaded: AtomicU64,
+    /// Connections of this worker closed for their age or request count.
+    recycled: AtomicU64,
 }
 
 /// The placement state of one server: the workers' runtime handles, the
@@ -164,6 +166,10 @@ pub struct Placement {
     /// Requests of a class learned to cost at least this many microseconds
     /// run on the blocking pool; `u32::MAX`: never.
     offload_us: u32,
+    /// Close a keep-alive connection after this many requests.
+    max_requests: Option<u64>,
+    /// Close a keep-alive connection on its first response after this age.
+    max_age: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Placement {
@@ -210,7 +216,53 @@ impl Placement {
             enabled,
             reconnect_every,
             offload_us: u32::MAX,
+            max_requests: None,
+            max_age: None,
         }
+    }
+
+    /// Asks every HTTP/1 keep-alive connection to close (`Connection: close`
+    /// on a response) once it has served `max_requests` requests, or on its
+    /// first response after it is `max_age` old, so that the client
+    /// reconnects and the kernel places the new connection with the current
+    /// table; `None` sets no limit. See [`Placement::should_recycle`].
+    pub fn with_connection_limits(
+        mut self,
+        max_requests: Option<u64>,
+        max_age: Option<std::time::Duration>,
+    ) -> Self {
+        self.max_requests = max_requests;
+        self.max_age = max_age;
+        self
+    }
+
+    /// Whether connections have a maximum request count (so their services
+    /// count requests).
+    pub fn limits_requests(&self) -> bool {
+        self.max_requests.is_some()
+    }
+
+    /// Whether worker `from`'s connection, which has served `served`
+    /// requests (this one included; 0 when not counted) since `opened`, reached its maximum
+    /// request count or age and should close after this response. Counts it
+    /// when it says yes. Without limits, one branch and no clock read.
+    #[inline]
+    pub fn should_recycle(&self, from: usize, served: u64, opened: std::time::Instant) -> bool {
+        if self.max_requests.is_none() && self.max_age.is_none() {
+            return false;
+        }
+        let due = self.max_requests.is_some_and(|m| served >= m && served > 0)
+            || self.max_age.is_some_and(|a| opened.elapsed() >= a);
+        if due {
+            // Relaxed: a counter for the snapshot and metrics.
+            self.moves[from].recycled.fetch_add(1, Relaxed);
+        }
+        due
+    }
+
+    /// Connections of worker `id` closed for their age or request count.
+    pub fn recycled(&self, id: usize) -> u64 {
+        self.moves[id].recycled.load(Relaxed)
     }
 
     /// Runs requests of a class learned to hold its thread for at least

@@ -131,7 +131,8 @@ impl Shared {
                 config.place_requests,
                 config.reconnect_every,
             )
-            .with_offload(config.offload_heavy),
+            .with_offload(config.offload_heavy)
+            .with_connection_limits(config.max_connection_requests, config.max_connection_age),
         );
         let shared = Arc::new(Shared {
             config,

@@ -350,3 +350,59 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
     drop(conn);
     shutdown(handle).await;
 }
+
+/// `GET /who` on a connection: whether the response asked it to close.
+async fn asks_to_close(conn: &mut H1, addr: SocketAddr) -> bool {
+    conn.ready().await.expect("the connection is open");
+    let request = http::Request::get(format!("http://{addr}/who")).body(Empty::new()).expect("request");
+    let response = conn.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    let close = response.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close");
+    response.into_body().collect().await.expect("body");
+    close
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_close_at_their_maximum_request_count_or_age() {
+    let mut builder = Builder::new();
+    builder
+        .workers(2)
+        .pin_workers(false)
+        .max_requests_per_connection(Some(3))
+        .max_connection_age(Some(Duration::from_millis(400)));
+    let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
+    let addr = handle.local_addr();
+
+    // By count: the third response asks the client to reconnect, and the
+    // server closes the connection after it.
+    let mut conn = h1(addr).await;
+    let asked: Vec<bool> = [
+        asks_to_close(&mut conn, addr).await,
+        asks_to_close(&mut conn, addr).await,
+        asks_to_close(&mut conn, addr).await,
+    ]
+    .into();
+    assert_eq!(asked, [false, false, true]);
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.ready()).await.expect("closed in time");
+    assert!(closed.is_err(), "the connection is closed after its last request");
+
+    // By age: the first response after 400 ms asks the client to reconnect.
+    let mut conn = h1(addr).await;
+    assert!(!asks_to_close(&mut conn, addr).await, "a young connection stays");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(asks_to_close(&mut conn, addr).await, "an old connection is asked to reconnect");
+
+    let snapshot = eventually(&handle, "counts settle", settled).await;
+    assert_eq!(snapshot.workers.iter().map(|w| w.recycled).sum::<u64>(), 2, "{snapshot:#?}");
+    shutdown(handle).await;
+}
+
+#[test]
+fn zero_connection_limits_are_refused() {
+    let mut builder = Builder::new();
+    builder.bind("127.0.0.1:0".parse().expect("address"));
+    let e = builder.clone().max_requests_per_connection(Some(0)).build().expect_err("refused");
+    assert!(e.to_string().contains("max_requests_per_connection"), "{e}");
+    let e = builder.max_connection_age(Some(Duration::ZERO)).build().expect_err("refused");
+    assert!(e.to_string().contains("max_connection_age"), "{e}");
+}

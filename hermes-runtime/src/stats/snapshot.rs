@@ -100,6 +100,9 @@ pub struct WorkerSnapshot {
     /// Requests of this worker's connections run on its blocking pool
     /// (their class holds a thread for at least `Builder::offload_heavy`).
     pub offloaded: u64,
+    /// Keep-alive connections of this worker closed for their age or request
+    /// count (`Builder::max_connection_age`, `max_requests_per_connection`).
+    pub recycled: u64,
     /// Learned thread time of the requests in flight here, microseconds.
     pub expected_us: u32,
     /// Smoothed share of the recent ticks the worker was busy, per mille.
@@ -189,6 +192,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 placed_in,
                 reconnects: shared.placement.reconnects(id),
                 offloaded: shared.placement.offloaded(id),
+                recycled: shared.placement.recycled(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),
             }

@@ -54,7 +54,9 @@
 //! (`Connection: close` on its response), so that the kernel places it again
 //! with the current table; see
 //! [`Placement::should_reconnect`](hermes_runtime::placement::Placement::should_reconnect)
-//! and `Builder::reconnect_overloaded`.
+//! and `Builder::reconnect_overloaded`. With `Builder::max_connection_age`
+//! or `Builder::max_requests_per_connection`, every HTTP/1 connection is
+//! asked the same way once it is that old or has served that many requests.
 //!
 //! # Failure
 //!
@@ -70,7 +72,9 @@ use std::{
     cell::Cell,
     mem,
     sync::Arc,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     task::{Context, Poll},
+    time::Instant,
 };
 
 use hermes_runtime::{
@@ -96,12 +100,26 @@ pub const MEASURE_ONE_IN: u32 = 64;
 #[derive(Clone, Debug)]
 pub struct Place<S> {
     inner: S,
+    /// When this service was made: for a connection's own `Place`, when the
+    /// connection was accepted (its age for `Builder::max_connection_age`).
+    /// Copied into the clones that serve each request.
+    opened: Instant,
+    /// Requests called through this service and its clones (the
+    /// connection's count for `Builder::max_requests_per_connection`); made
+    /// only when the server sets that limit, so that by default a
+    /// connection's `Place` allocates nothing.
+    served: Option<Arc<AtomicU64>>,
 }
 
 impl<S> Place<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`. Made once per connection (hyper serves each request
+    /// with a clone), it also keeps the connection's age and, when the
+    /// server limits requests per connection, their count.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        let count = context::with_current(|worker| {
+            worker.and_then(|w| w.placement()).is_some_and(|p| p.limits_requests())
+        });
+        Self { inner, opened: Instant::now(), served: count.then(Arc::default) }
     }
 
     /// The inner service.
@@ -175,15 +193,22 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let class = CostClass::of(request.uri().path().as_bytes());
         let http1 = request.version() <= http::Version::HTTP_11;
+        // Relaxed: a count that only this connection's requests, which hyper
+        // serves one at a time for HTTP/1, increment.
+        let served = self.served.as_ref().map_or(0, |n| n.fetch_add(1, Relaxed) + 1);
+        let opened = self.opened;
         // Decided without cloning the worker handle; clones are made only for
         // what outlives the call (a measurement, expected work, a move).
         let decision = context::with_current(|worker| {
             let worker = worker?;
             let placement = worker.placement()?;
             let cost = placement.expected_us(class);
-            // Only HTTP/1 connections are asked to reconnect; the check is a
-            // load of one gauge unless the worker is overloaded.
-            let reconnect = http1 && placement.should_reconnect(worker.id());
+            // Only HTTP/1 connections are asked to reconnect; the checks are
+            // a load of one gauge unless the worker is overloaded, and one
+            // branch unless connections have a maximum age or count.
+            let reconnect = http1
+                && (placement.should_recycle(worker.id(), served, opened)
+                    || placement.should_reconnect(worker.id()));
             let learner = measure(cost).then(|| (worker.clone(), class));
             if placement.offloads(cost)
                 && let Some(runtime) = placement.handle(worker.id())
