@@ -22,7 +22,9 @@
 //! other connections while the handler holds a pool thread. See
 //! [`hermes_runtime::placement`] for why. Inside such a handler,
 //! `hermes_runtime::context::current()` is `None` (it runs on no worker);
-//! `tokio::spawn` and the runtime's I/O and timers work as on the worker.
+//! `tokio::spawn` and the runtime's I/O and timers work as on the worker,
+//! `tokio::task::spawn_local` does not (a handler that needs it should run
+//! with `Builder::offload_heavy(None)`).
 //!
 //! Put it *outside* [`HermesLayer`](crate::HermesLayer), so that a moved
 //! request is counted as in flight on the worker that runs it:
