@@ -130,6 +130,64 @@ impl Drop for EnterGuard {
     }
 }
 
+/// Everything that makes a thread a worker's: its [`WorkerRef`] and its
+/// server (what [`current`], `stats_handler` and `current_snapshot` read).
+/// Taken on a worker with [`scope`] and entered on a thread that runs work
+/// on that worker's behalf (the blocking-pool thread of an offloaded
+/// request, see [`crate::placement`]), so that the work sees the worker it
+/// belongs to.
+#[derive(Clone)]
+pub struct WorkerScope {
+    worker: WorkerRef,
+    server: Option<(Arc<crate::shared::Shared>, usize)>,
+}
+
+impl fmt::Debug for WorkerScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerScope").field("worker", &self.worker).finish_non_exhaustive()
+    }
+}
+
+/// The current thread's [`WorkerScope`], or `None` outside a Hermes worker.
+pub fn scope() -> Option<WorkerScope> {
+    Some(WorkerScope { worker: current()?, server: crate::shared::current() })
+}
+
+impl WorkerScope {
+    /// The worker.
+    pub fn worker(&self) -> &WorkerRef {
+        &self.worker
+    }
+
+    /// Makes the scope's worker and server the current thread's until the
+    /// returned guard drops (which restores what was current before).
+    pub fn enter(&self) -> ScopeGuard {
+        let worker = self.worker.enter();
+        let server = crate::shared::current();
+        crate::shared::set_current(self.server.clone());
+        ScopeGuard { _worker: worker, server }
+    }
+}
+
+/// Restores the thread's previous worker and server when dropped.
+#[must_use = "the scope is current only while the guard lives"]
+pub struct ScopeGuard {
+    _worker: EnterGuard,
+    server: Option<(Arc<crate::shared::Shared>, usize)>,
+}
+
+impl fmt::Debug for ScopeGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScopeGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        crate::shared::set_current(self.server.take());
+    }
+}
+
 /// Which requests an [`InFlight`] guard times: one in a power of two, or
 /// none.
 ///

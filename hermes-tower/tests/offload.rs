@@ -26,16 +26,27 @@ fn worker_id() -> String {
     context::current().map_or_else(|| "none".to_owned(), |w| w.id().to_string())
 }
 
-/// `/heavy?spin=MS&sleep=MS&panic=1`: holds the thread (spins) for `spin`
+/// `THREAD WORKER`: the thread that runs the caller (`hermes-worker-N` for
+/// a worker, `pool-of-N` for worker N's blocking pool) and the worker it
+/// acts for.
+fn where_am_i() -> String {
+    format!("{} {}", std::thread::current().name().unwrap_or("unnamed"), worker_id())
+}
+
+/// `/heavy?spin=MS&sleep=MS&panic=1&stats=1`: holds the thread (spins) for `spin`
 /// ms, then waits `sleep` ms without holding it (a timer of the worker's
-/// runtime), then panics or answers where it ran.
+/// runtime), then panics or answers where it ran ([`where_am_i`]) and,
+/// with `stats`, whether the server's snapshot is reachable from there.
 async fn heavy(Query(q): Query<HashMap<String, u64>>) -> String {
     let spin = Duration::from_millis(q.get("spin").copied().unwrap_or(0));
     let start = Instant::now();
     while start.elapsed() < spin {
         std::hint::spin_loop();
     }
-    let ran_on = worker_id();
+    let mut ran_on = where_am_i();
+    if q.contains_key("stats") && hermes_runtime::current_snapshot().is_some() {
+        ran_on.push_str(" with-stats");
+    }
     if let Some(&ms) = q.get("sleep") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -50,7 +61,9 @@ fn app() -> Router {
 /// One worker, so that every connection shares it.
 fn start(offload: Option<Duration>) -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false).offload_heavy(offload);
+    builder.workers(1).pin_workers(false).offload_heavy(offload).on_worker_runtime(|id, runtime| {
+        runtime.thread_name(format!("pool-of-{id}"));
+    });
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
 }
 
@@ -98,7 +111,7 @@ fn settled(s: &Snapshot) -> bool {
 /// the first request of an unknown route runs on the worker.
 async fn learn_heavy(conn: &mut H1, addr: SocketAddr) {
     let (status, ran_on) = get_h1(conn, addr, "/heavy?spin=20").await.expect("first /heavy");
-    assert_eq!((status, ran_on.as_str()), (200, "0"), "an unknown route runs on its worker");
+    assert_eq!((status, ran_on.as_str()), (200, "hermes-worker-0 0"), "an unknown route runs on its worker");
 }
 
 /// Sends a 400 ms `/heavy` on one connection and, 50 ms later, a light
@@ -108,7 +121,7 @@ async fn heavy_then_light(handle: &ServerHandle) -> (String, String, bool) {
     let addr = handle.local_addr();
     let (mut a, mut b) = (h1(addr).await, h1(addr).await);
     learn_heavy(&mut a, addr).await;
-    let heavy = tokio::spawn(async move { get_h1(&mut a, addr, "/heavy?spin=400").await });
+    let heavy = tokio::spawn(async move { get_h1(&mut a, addr, "/heavy?spin=400&stats=1").await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (status, light_on) = get_h1(&mut b, addr, "/who").await.expect("the light request");
     assert_eq!(status, 200);
@@ -122,7 +135,10 @@ async fn heavy_then_light(handle: &ServerHandle) -> (String, String, bool) {
 async fn a_route_that_holds_its_thread_runs_off_the_worker_which_keeps_serving() {
     let handle = start(Some(Duration::from_millis(1)));
     let (heavy_on, light_on, answered_first) = heavy_then_light(&handle).await;
-    assert_eq!(heavy_on, "none", "the learned-heavy request ran off the worker threads");
+    assert_eq!(
+        heavy_on, "pool-of-0 0 with-stats",
+        "the learned-heavy request ran on its worker's blocking pool, acting for that worker"
+    );
     assert_eq!(light_on, "0");
     assert!(answered_first, "the worker answered its other connection while the heavy request ran");
     let snapshot = eventually(&handle, "counts settle", settled).await;
@@ -136,7 +152,7 @@ async fn a_route_that_holds_its_thread_runs_off_the_worker_which_keeps_serving()
 async fn with_offloading_off_a_route_that_holds_its_thread_holds_the_worker() {
     let handle = start(None);
     let (heavy_on, light_on, answered_first) = heavy_then_light(&handle).await;
-    assert_eq!((heavy_on.as_str(), light_on.as_str()), ("0", "0"));
+    assert_eq!((heavy_on.as_str(), light_on.as_str()), ("hermes-worker-0 0 with-stats", "0"));
     assert!(!answered_first, "the light request waited for the heavy one on the shared worker");
     let snapshot = eventually(&handle, "counts settle", settled).await;
     assert_eq!(snapshot.workers[0].offloaded, 0, "{snapshot:#?}");
@@ -199,7 +215,7 @@ async fn an_http2_connections_heavy_streams_run_off_the_worker_beside_its_light_
             String::from_utf8_lossy(&body).into_owned()
         }
     };
-    assert_eq!(get("/heavy?spin=20").await, "0", "an unknown route runs on its worker");
+    assert_eq!(get("/heavy?spin=20").await, "hermes-worker-0 0", "an unknown route runs on its worker");
     // Two heavy streams at once on the one-worker server: both run off the
     // worker, side by side, and a light stream is answered meanwhile.
     let heavy: Vec<_> = (0..2).map(|_| tokio::spawn(get("/heavy?spin=400"))).collect();
@@ -207,7 +223,7 @@ async fn an_http2_connections_heavy_streams_run_off_the_worker_beside_its_light_
     assert_eq!(get("/who").await, "0");
     assert!(heavy.iter().all(|h| !h.is_finished()), "the light stream waited for the heavy ones");
     for h in heavy {
-        assert_eq!(h.await.expect("join"), "none");
+        assert_eq!(h.await.expect("join"), "pool-of-0 0");
     }
     let snapshot = eventually(&handle, "counts settle", settled).await;
     assert_eq!(snapshot.workers[0].offloaded, 2, "{snapshot:#?}");

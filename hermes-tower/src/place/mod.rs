@@ -21,8 +21,9 @@
 //! runtime's blocking pool, so the worker goes on reading and answering its
 //! other connections while the handler holds a pool thread. See
 //! [`hermes_runtime::placement`] for why. Inside such a handler,
-//! `hermes_runtime::context::current()` is `None` (it runs on no worker);
-//! `tokio::spawn` and the runtime's I/O and timers work as on the worker,
+//! `hermes_runtime::context::current()` is the connection's worker (the pool
+//! thread acts for it: see `context::WorkerScope`), and `tokio::spawn` and
+//! the runtime's I/O and timers work as on the worker;
 //! `tokio::task::spawn_local` does not (a handler that needs it should run
 //! with `Builder::offload_heavy(None)`).
 //!
@@ -257,6 +258,9 @@ where
                     Timed::new(self.inner.call(request), learner).instrument(tracing::Span::current());
                 let (cancel, cancelled) = oneshot::channel::<()>();
                 let driver = Arc::clone(&runtime);
+                // The pool thread acts for this worker: the handler sees it
+                // as the current worker (`context::current()`, the stats).
+                let scope = context::scope();
                 // Driven with `Handle::block_on` on a thread of the worker
                 // runtime's blocking pool: its I/O and timers stay on the
                 // worker (whose thread runs the runtime's own `block_on`), and
@@ -264,6 +268,7 @@ where
                 // connections. Dropping the response future drops `cancel`,
                 // which ends the handler at its next wake-up.
                 let task = runtime.spawn_blocking(move || {
+                    let _scope = scope.as_ref().map(context::WorkerScope::enter);
                     driver.block_on(async move {
                         tokio::select! {
                             biased;
