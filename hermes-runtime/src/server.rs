@@ -7,7 +7,8 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
+    os::fd::{BorrowedFd, OwnedFd},
+    sync::{Arc, atomic::Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +18,7 @@ use crate::{
     net::HermesListener,
     shared::Shared,
     stats::{self, Snapshot},
+    upgrade::{self, Offer, Upgrade, UpgradeError, Upgraded},
     worker,
 };
 
@@ -99,6 +101,9 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(1));
         }
+        // A successor takes the bitmap over from the server it replaces now
+        // that its workers serve.
+        self.shared.complete_handover();
         Ok(ServerHandle { shared: self.shared, threads })
     }
 }
@@ -186,6 +191,96 @@ impl ServerHandle {
                 );
             }
         }
+    }
+
+    /// Hands this server over to a successor process without losing a
+    /// connection (see [`crate::upgrade`]): starts the successor (by
+    /// default the current binary with the same arguments; it must be built
+    /// with [`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env)),
+    /// passes it the listeners and the kernel state, and waits until its
+    /// workers serve and it has taken the bitmap over. Then this server
+    /// stops taking new connections: every worker begins its drain (in
+    /// Hermes mode the listeners' queued connections migrate to the
+    /// successor's), and the caller should [`ServerHandle::shutdown`] (which
+    /// waits at most the drain timeout) and exit. Blocks up to the
+    /// upgrade's timeout; call it from a blocking context.
+    ///
+    /// In [`Mode::KernelHash`] the same steps run, but nothing steers new
+    /// connections and the stopped listeners' queues have nowhere to go:
+    /// the kernel resets those connections, as with any plain
+    /// `SO_REUSEPORT` server.
+    ///
+    /// # Errors
+    /// An [`UpgradeError`] saying why, when the successor cannot start,
+    /// exits, refuses (another layout version, another mode) or does not
+    /// take over within the timeout; the server then keeps serving (taking
+    /// the bitmap back if the successor had taken it) and logs the error.
+    pub fn upgrade(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
+        let shared = &self.shared;
+        if shared.mode == Mode::SharedListener {
+            return Err(UpgradeError::Unsupported { mode: shared.mode });
+        }
+        // Acquire/Release: only the flag's own value matters here.
+        if shared.upgrading.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeError::InProgress);
+        }
+        let settle = upgrade.settle;
+        let result = self.offer(upgrade);
+        match &result {
+            Ok(done) => {
+                tracing::info!(successor = done.pid, "upgrade: the successor serves; draining this server");
+                thread::sleep(settle);
+                for id in 0..shared.config.workers {
+                    shared.begin_drain(id);
+                }
+            }
+            Err(e) => {
+                if shared.dispatcher.is_some() && !shared.owns_bitmap() {
+                    shared.take_ownership();
+                }
+                tracing::error!(error = %e, "upgrade failed; this server keeps serving");
+                shared.upgrading.store(false, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    fn offer(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
+        let shared = &self.shared;
+        let listeners: Vec<OwnedFd> = shared
+            .workers
+            .iter()
+            .filter_map(|w| {
+                w.with_listener_fd(|fd| {
+                    // SAFETY: the worker's control holds the descriptor open
+                    // for the duration of this call.
+                    unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+                })
+            })
+            .collect::<io::Result<_>>()
+            .map_err(|e| UpgradeError::Io { what: "duplicating the listeners", source: e })?;
+        if listeners.is_empty() {
+            return Err(UpgradeError::Protocol("no worker has a listener to hand over".into()));
+        }
+        let kernel = match &shared.dispatcher {
+            Some(d) => Some(
+                d.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .export_fds()
+                    .map_err(|e| UpgradeError::Io { what: "duplicating the kernel maps", source: e })?,
+            ),
+            None => None,
+        };
+        let offer = Offer {
+            pid: std::process::id(),
+            mode: shared.mode,
+            layout: shared.control[0].layout_version(),
+            slot_base: shared.slot_base,
+            workers: shared.config.workers,
+            listeners: listeners.len(),
+            kernel: kernel.is_some(),
+        };
+        upgrade::offer(upgrade, &offer, &listeners, kernel.as_ref())
     }
 
     /// Waits for every worker to exit, without bound (a server that is not
