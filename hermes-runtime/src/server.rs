@@ -313,3 +313,98 @@ impl Drop for ServerHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read, process::Command};
+
+    use hermes_bpf::layout::LAYOUT_VERSION;
+
+    use super::*;
+    use crate::Builder;
+
+    const CHILD_ENV: &str = "HERMES_TEST_CHILD";
+    const MARKER_ENV: &str = "HERMES_TEST_MARKER";
+
+    /// A server whose maps carry another layout version (another release's)
+    /// offers them to a successor: the successor's `build` fails with
+    /// `UpgradeError::LayoutVersion`, the old server hears why
+    /// (`UpgradeError::Refused`), keeps the bitmap and keeps serving.
+    #[test]
+    fn a_successor_of_another_layout_is_refused_and_the_old_server_keeps_serving() {
+        if !hermes_test_support::ebpf::require_bpf("a_successor_of_another_layout_is_refused") {
+            return;
+        }
+        let server = Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .require_ebpf(true)
+            .build()
+            .expect("build the old server");
+        let handle = server
+            .serve(|mut listener: HermesListener| async move {
+                while let Some((mut stream, _)) = listener.accept_connection().await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(b"old").await;
+                }
+            })
+            .expect("serve");
+        // The maps as another release would have made them.
+        handle.shared.control[0].set_layout_version(LAYOUT_VERSION + 1);
+        let marker = std::env::temp_dir().join(format!("hermes-layout-child-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
+        successor
+            .args([
+                "--ignored",
+                "--exact",
+                "server::tests::layout_successor",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "layout_successor")
+            .env(MARKER_ENV, &marker);
+        let err = handle
+            .upgrade(Upgrade::new().command(successor).timeout(Duration::from_secs(30)))
+            .expect_err("the hand-over is refused");
+        let UpgradeError::Refused { reason, .. } = &err else { panic!("not a refusal: {err}") };
+        assert!(
+            reason.contains(&format!("layout version {}", LAYOUT_VERSION + 1)),
+            "the reason names the versions: {reason}"
+        );
+        let child = std::fs::read_to_string(&marker).expect("the successor ran its checks");
+        assert_eq!(child, "refused with LayoutVersion");
+        let _ = std::fs::remove_file(&marker);
+        // Still the owner, still publishing, still serving.
+        assert!(handle.shared.owns_bitmap());
+        thread::sleep(Duration::from_millis(50));
+        assert_ne!(handle.snapshot().bitmap, 0, "the old server keeps publishing its bitmap");
+        let mut conn = std::net::TcpStream::connect(handle.local_addr()).expect("connect");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read");
+        assert_eq!(answer, "old");
+        handle.shutdown();
+    }
+
+    /// The successor of the test above (run only by it).
+    #[test]
+    #[ignore = "the successor process of the layout-version test"]
+    fn layout_successor() {
+        if std::env::var(CHILD_ENV).as_deref() != Ok("layout_successor") {
+            return;
+        }
+        let marker = std::env::var_os(MARKER_ENV).expect("marker path");
+        let err = Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .upgrade_from_env(true)
+            .build()
+            .expect_err("the hand-over must be refused");
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<UpgradeError>());
+        let ok = matches!(inner, Some(UpgradeError::LayoutVersion { found, want })
+            if *found == LAYOUT_VERSION + 1 && *want == LAYOUT_VERSION);
+        assert!(ok, "refused with {err:?}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        std::fs::write(marker, "refused with LayoutVersion").expect("write the marker");
+    }
+}

@@ -336,8 +336,12 @@ fn recv(sock: &OwnedFd, timeout: Duration) -> Result<Option<(String, Vec<OwnedFd
     let mut buf = vec![0u8; 4096];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| UpgradeError::io("reading the hand-over socket", e))?;
+    let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(msg) => msg,
+        // The peer closed its end with our message unread: as an empty message.
+        Err(nix::errno::Errno::ECONNRESET) => return Ok(Some((String::new(), Vec::new()))),
+        Err(e) => return Err(UpgradeError::io("reading the hand-over socket", e)),
+    };
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(|e| UpgradeError::io("reading the hand-over socket", e))? {
         if let ControlMessageOwned::ScmRights(raw) = c {
@@ -446,6 +450,13 @@ pub(crate) fn offer(
             drop(child);
         }
         Err(e) => {
+            // A successor that refused exits by itself: give it a moment.
+            if matches!(e, UpgradeError::Refused { .. }) {
+                let until = Instant::now() + Duration::from_secs(2);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             if let Ok(None) = child.try_wait() {
                 tracing::warn!(successor = pid, error = %e, "upgrade: stopping the successor");
                 let _ = child.kill();
