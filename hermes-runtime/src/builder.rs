@@ -84,6 +84,7 @@ pub struct Builder {
     max_connection_requests: Option<u64>,
     max_connection_age: Option<Duration>,
     upgrade_from_env: bool,
+    socket_activation: bool,
 }
 
 impl Default for Builder {
@@ -123,6 +124,7 @@ impl Builder {
             max_connection_requests: None,
             max_connection_age: None,
             upgrade_from_env: false,
+            socket_activation: false,
         }
     }
 
@@ -368,6 +370,25 @@ impl Builder {
         self
     }
 
+    /// Serve on the listeners systemd passes (socket activation:
+    /// `LISTEN_FDS` descriptors from 3, for the process named by
+    /// `LISTEN_PID`), when there are any; without them, bind as usual.
+    ///
+    /// What the server needs of them: listening TCP sockets on one address,
+    /// each with `SO_REUSEPORT` (`ReusePort=yes` in the `.socket` unit), at
+    /// most one per worker. The first workers serve on the passed sockets,
+    /// and the server binds one more into the same `SO_REUSEPORT` group for
+    /// each remaining worker (so `ListenStream=` once is enough); the
+    /// address set with [`Builder::bind`] is then ignored. The kernel
+    /// program is attached to the group as usual. A socket without
+    /// `SO_REUSEPORT`, or more sockets than workers, fail [`Builder::build`]
+    /// with `InvalidInput` saying so. Not in [`Mode::SharedListener`].
+    /// Default: off.
+    pub fn socket_activation(&mut self, on: bool) -> &mut Self {
+        self.socket_activation = on;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -448,6 +469,7 @@ impl Builder {
             max_connection_requests: self.max_connection_requests,
             max_connection_age: self.max_connection_age,
             upgrade_from_env: self.upgrade_from_env,
+            socket_activation: self.socket_activation,
         })
     }
 

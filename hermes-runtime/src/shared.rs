@@ -112,11 +112,33 @@ impl Shared {
         // Never join a group this server did not create (its program would
         // be replaced by ours). The probe and the first bind are a few
         // microseconds apart; a server started in between joins our group.
-        sys::refuse_taken_port(config.addr)?;
+        let activated = if config.socket_activation { sys::listen_fds()? } else { None };
+        if activated.is_none() {
+            sys::refuse_taken_port(config.addr)?;
+        }
         let mut listeners = Vec::with_capacity(n);
         let mut shared_listener = None;
         let addr;
-        if mode == Mode::SharedListener {
+        if let Some(passed) = activated {
+            // Socket activation: the passed listeners serve the first
+            // workers; the others bind their own into the same group.
+            if mode == Mode::SharedListener || passed.len() > n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "socket activation passed {} listeners to a server of {n} workers in mode {mode}; \
+                         it takes at most one per worker, in mode hermes or kernel-hash",
+                        passed.len()
+                    ),
+                ));
+            }
+            addr = passed[0].local_addr()?;
+            tracing::info!(%addr, passed = passed.len(), workers = n, "socket activation: serving on the passed listeners");
+            listeners.extend(passed.into_iter().map(Some));
+            while listeners.len() < n {
+                listeners.push(Some(sys::listener(addr, true, config.backlog)?));
+            }
+        } else if mode == Mode::SharedListener {
             let l = sys::listener(config.addr, false, config.backlog)?;
             addr = l.local_addr()?;
             shared_listener = Some(Arc::new(l));

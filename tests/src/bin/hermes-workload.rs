@@ -14,6 +14,8 @@
 //! now at this path starts with the same arguments, takes the listeners and
 //! the kernel state over, prints its own `listening on` line, and this
 //! process drains and exits; if the new one fails, this one keeps serving.
+//! Started with systemd's socket activation (`LISTEN_FDS`, `ReusePort=yes`),
+//! the Hermes modes serve on the passed listeners (`--addr` is ignored).
 //!
 //! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
 //! README tells users to serve an axum app: through `hermes_tower::serve`,
@@ -234,6 +236,8 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .drain_timeout(Duration::from_millis(args.drain_timeout_ms))
         // Started by SIGUSR2's upgrade: take the running server over.
         .upgrade_from_env(true)
+        // Started by systemd (or anything speaking LISTEN_FDS): serve there.
+        .socket_activation(true)
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
