@@ -32,6 +32,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 const DRAIN: Duration = Duration::from_secs(5);
+/// Clients opening fresh connections, each one every `FRESH_EVERY`.
+const FRESH_CLIENTS: usize = 4;
+const FRESH_EVERY: Duration = Duration::from_millis(4);
 
 /// The binary installed at a path of its own, so that the test can install
 /// another release there, as a deployment does (a new file renamed over
@@ -239,8 +242,9 @@ impl Tally {
     }
 }
 
-/// The clients: one opening a fresh connection every 2 ms, three holding
-/// keep-alive connections with a request always in flight.
+/// The clients: [`FRESH_CLIENTS`] opening a fresh connection every
+/// [`FRESH_EVERY`] each, three holding keep-alive connections with a request
+/// (1.5 ms of work) always in flight.
 struct Load {
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
@@ -252,7 +256,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut threads = Vec::new();
-        {
+        for _ in 0..FRESH_CLIENTS {
             let (stop, tally) = (stop.clone(), tally.clone());
             threads.push(thread::spawn(move || {
                 // Relaxed: a stop flag, read once per request.
@@ -264,7 +268,7 @@ impl Load {
                         Ok(r) => tally.fail(format!("fresh: status {}", r.status)),
                         Err((_, e)) => tally.fail(format!("fresh: {e}")),
                     }
-                    thread::sleep(Duration::from_millis(2).saturating_sub(start.elapsed()));
+                    thread::sleep(FRESH_EVERY.saturating_sub(start.elapsed()));
                 }
             }));
         }
@@ -283,7 +287,7 @@ impl Load {
                             }
                         },
                     };
-                    let path = "/work?us=300";
+                    let path = "/work?us=1500";
                     let result = match exchange(&mut stream, path, true) {
                         // Closed under a request before any byte of a
                         // response on a reused connection: the one retry a
@@ -438,6 +442,10 @@ fn sigusr2_upgrade_loses_no_request_and_plain_reuseport_is_measured() {
         );
     }
     assert!(hermes.failures.is_empty(), "Hermes upgrade failed requests: {:?}", hermes.failures);
+    // A draining worker answers on its keep-alive connections with
+    // `Connection: close` before it closes idle ones: no client request
+    // meets a closing connection.
+    assert_eq!(hermes.retried, 0, "keep-alive requests that met a closing connection");
     assert_ne!(hermes.new_pid, hermes.old_pid);
     assert!(
         hermes.fresh > 100 && hermes.keepalive > 100,

@@ -318,6 +318,11 @@ struct WorkerSettings {
     tls: Option<RustlsConfig>,
 }
 
+/// How long a draining worker keeps answering on idle HTTP/1 keep-alive
+/// connections (each answer with `Connection: close`) before it closes
+/// those still idle.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One worker's server: `axum::serve` on the worker's listener until the
 /// worker drains.
 async fn serve_worker<M, S>(listener: HermesListener, make: WorkerMakeService<M>, settings: WorkerSettings)
@@ -329,6 +334,15 @@ where
 {
     let worker = listener.worker_id();
     let drain = listener.shutdown_signal();
+    // axum's graceful shutdown closes idle keep-alive connections at once,
+    // racing a client's next request on them (it then sees the connection
+    // close under it). For `DRAIN_IDLE_GRACE` after the drain begins, those
+    // requests are still answered, with `Connection: close` (see `Place`);
+    // only then are the connections left idle closed.
+    let drain = async move {
+        drain.await;
+        tokio::time::sleep(DRAIN_IDLE_GRACE).await;
+    };
     let listener = match settings {
         #[cfg(feature = "tls")]
         WorkerSettings { tls: Some(tls), .. } => WorkerListener::tls(listener, tls),
