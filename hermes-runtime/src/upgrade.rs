@@ -351,7 +351,6 @@ fn recv(sock: &OwnedFd, timeout: Duration) -> Result<Option<(String, Vec<OwnedFd
         }
     }
     let n = msg.bytes;
-    drop(iov);
     Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fds)))
 }
 
