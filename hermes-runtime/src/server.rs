@@ -205,6 +205,12 @@ impl ServerHandle {
     /// waits at most the drain timeout) and exit. Blocks up to the
     /// upgrade's timeout; call it from a blocking context.
     ///
+    /// The drain resolves [`shutdown_signal`](crate::shutdown_signal) at
+    /// once. A connection accepted just before, whose first request has not
+    /// been read yet, is closed by an immediate graceful shutdown (hyper's):
+    /// `hermes_tower::serve` waits 250 ms before it, answering with
+    /// `Connection: close` meanwhile; a server of your own should do the same.
+    ///
     /// In [`Mode::KernelHash`] the same steps run, but nothing steers new
     /// connections and the stopped listeners' queues have nowhere to go:
     /// the kernel resets those connections, as with any plain
@@ -224,12 +230,12 @@ impl ServerHandle {
         if shared.upgrading.swap(true, Ordering::AcqRel) {
             return Err(UpgradeError::InProgress);
         }
-        let settle = upgrade.settle;
         let result = self.offer(upgrade);
         match &result {
             Ok(done) => {
+                // At once: from now on only a stale bitmap (the kernel's hash
+                // then) could still send a connection to these listeners.
                 tracing::info!(successor = done.pid, "upgrade: the successor serves; draining this server");
-                thread::sleep(settle);
                 for id in 0..shared.config.workers {
                     shared.begin_drain(id);
                 }

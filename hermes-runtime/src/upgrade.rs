@@ -191,7 +191,6 @@ impl From<UpgradeError> for std::io::Error {
 pub struct Upgrade {
     pub(crate) command: Option<Command>,
     pub(crate) timeout: Duration,
-    pub(crate) settle: Duration,
 }
 
 impl Default for Upgrade {
@@ -205,7 +204,7 @@ impl Upgrade {
     /// release installed over it is what starts) with the same arguments;
     /// 30 s to take over.
     pub fn new() -> Self {
-        Self { command: None, timeout: Duration::from_secs(30), settle: Duration::from_millis(100) }
+        Self { command: None, timeout: Duration::from_secs(30) }
     }
 
     /// Runs `command` instead (its environment gets [`UPGRADE_FD_ENV`]).
@@ -218,17 +217,6 @@ impl Upgrade {
     /// Default: 30 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        self
-    }
-
-    /// How long this server keeps its listeners after the successor took
-    /// the bitmap over, before it drains. New connections already go to the
-    /// successor then; the pause lets the connections this server accepted
-    /// just before the switch deliver their first request, since a drain
-    /// closes a connection whose first bytes have not been read yet (hyper's
-    /// graceful shutdown). Default: 100 ms.
-    pub fn settle(mut self, settle: Duration) -> Self {
-        self.settle = settle;
         self
     }
 }
