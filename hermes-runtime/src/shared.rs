@@ -323,13 +323,30 @@ impl Shared {
     /// A successor whose workers serve takes over: the bitmap moves to its
     /// workers in one step, the running server is told, and the inherited
     /// listeners are let go (the running server stops them as it drains).
-    /// Nothing for a server that did not inherit.
+    /// Under systemd (`NOTIFY_SOCKET` set), a server tells it `READY=1` once
+    /// every worker serves, and a successor also `MAINPID=` its own pid.
     pub(crate) fn complete_handover(&self) {
         let Some(inherited) = self.handover.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            // A first start under systemd (`Type=notify`): serving now.
+            if std::env::var_os("NOTIFY_SOCKET").is_some()
+                && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
+            {
+                tracing::warn!(error = %e, "could not tell systemd the server is ready (NOTIFY_SOCKET)");
+            }
             return;
         };
         if self.dispatcher.is_some() {
             self.take_ownership();
+        }
+        // Under systemd (`NotifyAccess=all`), the service's main process is
+        // this one from now on: the old one is about to exit.
+        if std::env::var_os("NOTIFY_SOCKET").is_some()
+            && let Err(e) = sd_notify::notify(&[
+                sd_notify::NotifyState::MainPid(std::process::id()),
+                sd_notify::NotifyState::Ready,
+            ])
+        {
+            tracing::warn!(error = %e, "upgrade: could not tell systemd the new main pid (NOTIFY_SOCKET)");
         }
         match upgrade::ready(&inherited.channel) {
             Ok(()) => tracing::info!(

@@ -104,13 +104,16 @@ struct Server {
 }
 
 impl Server {
-    fn start(exe: &Path, mode: &str) -> Self {
+    /// Starts the server with `NOTIFY_SOCKET` at `notify`, as systemd would
+    /// for a `Type=notify` unit.
+    fn start(exe: &Path, mode: &str, notify: &Path) -> Self {
         let mut args = vec!["--mode", mode, "--workers", "2", "--drain-timeout-ms", "5000"];
         if mode == "hermes" {
             args.push("--require-ebpf");
         }
         let mut child = Command::new(exe)
             .args(&args)
+            .env("NOTIFY_SOCKET", notify)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -366,7 +369,14 @@ struct Outcome {
 /// switch's, the old process's exit time the first's).
 fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
     let install = Install::new(mode);
-    let mut server = Server::start(&install.exe, mode);
+    // systemd's notification socket: a successor announces its pid there.
+    let notify_path = install.dir.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut server = Server::start(&install.exe, mode, &notify_path);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("the server notifies systemd");
+    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "READY=1\n");
     let old_pid = server.child.id();
     let load = Load::start(server.addr);
     thread::sleep(Duration::from_millis(400));
@@ -405,6 +415,12 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
     .expect("a snapshot of the successor");
     let mut new_pid = second["pid"].as_u64().expect("pid") as u32;
     server.pids.push(new_pid);
+    let n = notify.recv(&mut buf).expect("the successor notifies systemd");
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).unwrap(),
+        format!("MAINPID={new_pid}\nREADY=1\n"),
+        "the successor announces itself as the main process"
+    );
     let mut switched = switched;
     if twice {
         // The successor upgrades in turn: its successor takes the slots the
