@@ -469,7 +469,15 @@ impl fmt::Debug for Inherited {
 
 /// The successor's end of the hand-over socket, if [`UPGRADE_FD_ENV`] names one.
 pub(crate) fn channel_from_env() -> Result<Option<OwnedFd>, UpgradeError> {
-    let Some(value) = std::env::var_os(UPGRADE_FD_ENV) else { return Ok(None) };
+    match std::env::var_os(UPGRADE_FD_ENV) {
+        Some(value) => channel_from(&value),
+        None => Ok(None),
+    }
+}
+
+/// The hand-over socket named by `value` (a descriptor number), taken over
+/// by this process; `None` when the number is open but no hand-over socket.
+fn channel_from(value: &std::ffi::OsStr) -> Result<Option<OwnedFd>, UpgradeError> {
     let fd: RawFd = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
         UpgradeError::Protocol(format!("{UPGRADE_FD_ENV}={value:?} is not a descriptor number"))
     })?;
@@ -480,6 +488,20 @@ pub(crate) fn channel_from_env() -> Result<Option<OwnedFd>, UpgradeError> {
             "opening the descriptor of HERMES_UPGRADE_FD",
             std::io::Error::last_os_error(),
         ));
+    }
+    // A process that inherited the variable from a successor (its child)
+    // has no hand-over socket at that number: start as usual.
+    // SAFETY: borrowed for the getsockopt only; the number is open.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    if sock.r#type().ok() != Some(socket2::Type::SEQPACKET)
+        || sock.domain().ok() != Some(socket2::Domain::UNIX)
+    {
+        tracing::warn!(
+            fd,
+            "{UPGRADE_FD_ENV} names a descriptor that is no hand-over socket; starting as usual"
+        );
+        return Ok(None);
     }
     // SAFETY: the descriptor is open (checked above) and was left to this
     // process by the server that started it, for this use only; it is set
@@ -598,6 +620,24 @@ mod tests {
             Offer::decode("hermes-upgrade 1\npid=1\nmode=hermes\n"),
             Err(UpgradeError::Protocol(m)) if m.contains("layout")
         ));
+    }
+
+    #[test]
+    fn only_a_hand_over_socket_is_taken_from_the_environment() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let raw = theirs.into_raw_fd();
+        let taken =
+            channel_from(std::ffi::OsStr::new(&raw.to_string())).unwrap().expect("a hand-over socket");
+        assert_eq!(taken.as_raw_fd(), raw);
+        // A descriptor of another kind (inherited variable, reused number).
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = tcp.as_raw_fd().to_string();
+        assert!(channel_from(std::ffi::OsStr::new(&n)).unwrap().is_none());
+        drop((ours, tcp));
+        assert!(matches!(channel_from(std::ffi::OsStr::new("nope")), Err(UpgradeError::Protocol(_))));
+        assert!(matches!(channel_from(std::ffi::OsStr::new("999999")), Err(UpgradeError::Io { .. })));
     }
 
     #[test]
