@@ -44,7 +44,7 @@ struct hermes_ctl {
 	__u64 publisher;     // worker id + 1 of the last publisher (userspace bookkeeping)
 	__u32 min_candidates;// fewer set bits fall back to the kernel hash
 	__u32 policy;        // POLICY_*
-	__u64 _reserved[3];
+	__u64 _reserved[3];  // userspace only: publish lock, layout version, owner (layout.rs)
 };
 
 // One cache line per worker, written only by that worker.

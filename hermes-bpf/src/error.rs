@@ -58,6 +58,20 @@ pub enum Error {
         /// The entries the mapping needs.
         want_entries: usize,
     },
+    /// Maps inherited in an upgrade were made by a server whose
+    /// [`LAYOUT_VERSION`](crate::layout::LAYOUT_VERSION) differs: their slots
+    /// may be laid out differently, so they are not used.
+    #[error(
+        "the running server's maps have layout version {found}, this server needs {want}: \
+         the hand-over is refused (stop the old server and start this one, or upgrade through a \
+         release of the same layout)"
+    )]
+    LayoutVersion {
+        /// The version stored in the inherited maps (0: a server from before versions).
+        found: u64,
+        /// This crate's version.
+        want: u64,
+    },
     /// A worker id beyond the bitmap's 64 bits.
     #[error("worker id {worker} is out of range: a dispatch group holds at most {max} workers")]
     WorkerOutOfRange {

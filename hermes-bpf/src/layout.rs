@@ -12,6 +12,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// Most workers one dispatch group can hold (one bit each in the bitmap).
 pub const MAX_WORKERS: usize = 64;
 
+/// The version of the maps' layout (every `#[repr(C)]` type of this module
+/// and the maps' sizes), stored in [`Control`]'s `layout_version` by the
+/// server that creates the maps. A server taking over the maps of a running
+/// one in an upgrade refuses them when the version differs: a program or a
+/// server reading a slot laid out differently would misplace connections.
+/// Raise it with any change of a layout, a map's size or a counter index.
+/// Version 0 is a server from before versions were stored.
+pub const LAYOUT_VERSION: u64 = 1;
+
 /// Name of the program in the object (its C function name).
 pub const PROGRAM_NAME: &str = "hermes_dispatch";
 /// The select-only reference program of the kernel cost bench: one
@@ -90,7 +99,14 @@ pub struct Control {
     /// userspace only (the first of the C struct's `_reserved` words, which
     /// the program never reads).
     publish_lock: AtomicU64,
-    _reserved: [u64; 2],
+    /// [`LAYOUT_VERSION`] of the server that created the maps (the C struct's
+    /// second `_reserved` word; userspace only).
+    layout_version: AtomicU64,
+    /// The token of the server whose schedulers publish the bitmap (the C
+    /// struct's third `_reserved` word; userspace only). Two servers share
+    /// the maps during an upgrade; only the owner publishes, and the
+    /// successor takes ownership once it serves ([`Control::take_over`]).
+    owner: AtomicU64,
 }
 
 /// Worker lifecycle states stored in [`WorkerState::state`].
@@ -232,17 +248,67 @@ impl Control {
     /// so a preempted holder delays the others by at most one tick, and the
     /// program's staleness limit covers a holder that never returns.
     pub fn publish_if_newer(&self, bitmap: u64, now_ns: u64, publisher: usize) -> bool {
+        self.publish_as(None, bitmap, now_ns, publisher)
+    }
+
+    /// Publishes like [`Control::publish_if_newer`], and only while the
+    /// maps' owner is `owner` (`None`: whoever owns them): a server whose
+    /// maps a successor took over never publishes again. The owner is
+    /// checked under the same try-lock as the publish time, so a takeover
+    /// never interleaves with a publish.
+    pub fn publish_as(&self, owner: Option<u64>, bitmap: u64, now_ns: u64, publisher: usize) -> bool {
         // Acquire on taking the lock pairs with the Release that frees it:
-        // the holder sees every store of the previous holder's publish.
+        // the holder sees every store of the previous holder's publish (and
+        // the owner a takeover stored under the lock).
         if self.publish_lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return false;
         }
-        let newer = self.published_ns.load(Ordering::Relaxed) <= now_ns;
+        let owned = owner.is_none_or(|o| self.owner.load(Ordering::Relaxed) == o);
+        let newer = owned && self.published_ns.load(Ordering::Relaxed) <= now_ns;
         if newer {
             self.publish(bitmap, now_ns, publisher);
         }
         self.publish_lock.store(0, Ordering::Release);
         newer
+    }
+
+    /// Makes `owner` the maps' owner and publishes `bitmap` in its name,
+    /// under the publish lock (waiting for a publish in progress, which
+    /// takes a few stores). From then on only `owner`'s
+    /// [`Control::publish_as`] publishes: this is how a successor's workers
+    /// take the bitmap from the server they replace, in one step.
+    pub fn take_over(&self, owner: u64, bitmap: u64, now_ns: u64, publisher: usize) {
+        // Acquire/Release: as in `publish_as`.
+        while self.publish_lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::thread::yield_now();
+        }
+        self.owner.store(owner, Ordering::Relaxed);
+        self.publish(bitmap, now_ns.max(self.published_ns.load(Ordering::Relaxed)), publisher);
+        self.publish_lock.store(0, Ordering::Release);
+    }
+
+    /// Makes `owner` the maps' owner without publishing (the server that
+    /// created the maps, before its first publish).
+    pub fn claim(&self, owner: u64) {
+        self.owner.store(owner, Ordering::Relaxed);
+    }
+
+    /// The token of the server that publishes the bitmap (0: none yet).
+    pub fn owner(&self) -> u64 {
+        // Relaxed: a lone value; the publish path reads it under the lock.
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// The [`LAYOUT_VERSION`] stored by the server that created the maps.
+    pub fn layout_version(&self) -> u64 {
+        // Relaxed: written once, before the maps are shared.
+        self.layout_version.load(Ordering::Relaxed)
+    }
+
+    /// Stores the layout version (the creator of the maps stores
+    /// [`LAYOUT_VERSION`]).
+    pub fn set_layout_version(&self, version: u64) {
+        self.layout_version.store(version, Ordering::Relaxed);
     }
 
     /// Stores the settings the program reads with each bitmap.

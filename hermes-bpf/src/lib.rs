@@ -52,7 +52,7 @@ mod region;
 
 use std::{
     fmt,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -66,7 +66,7 @@ use aya::{
 };
 
 pub use error::Error;
-use layout::{COUNTERS_LEN, Control, MAX_WORKERS, WorkerState, counter};
+use layout::{COUNTERS_LEN, Control, LAYOUT_VERSION, MAX_WORKERS, WorkerState, counter};
 pub use region::{LayoutMismatch, Region};
 
 /// The compiled kernel program (`bpf/hermes.bpf.c`, rebuilt by `cargo xtask bpf`).
@@ -198,12 +198,62 @@ pub struct ProgramStats {
 /// program to the group through any one listener with
 /// [`Dispatcher::attach`], then steer with [`Control::publish`].
 pub struct Dispatcher {
-    ebpf: Ebpf,
+    program: Program,
     sockets: ReusePortSockArray<MapData>,
+    fds: KernelFds,
     control: ControlRegion,
     table: WorkerTable,
     counters: CounterRegion,
     filled: u64,
+    slot_base: usize,
+}
+
+/// The program: loaded by this process, or inherited from the server it
+/// replaces (aya 0.14 cannot make an `SkReuseport` from a descriptor, so
+/// an inherited one is kept as its descriptor and attached with
+/// `setsockopt` directly).
+enum Program {
+    Loaded(Ebpf),
+    Inherited,
+}
+
+/// Descriptors of the program and of every map, in the order a hand-over
+/// sends them: what a successor needs to take the kernel state over.
+#[derive(Debug)]
+pub struct KernelFds {
+    /// The settings and bitmap map ([`layout::CONTROL_MAP`]).
+    pub control: OwnedFd,
+    /// The Worker State Table map ([`layout::TABLE_MAP`]).
+    pub table: OwnedFd,
+    /// The counters map ([`layout::COUNTERS_MAP`]).
+    pub counters: OwnedFd,
+    /// The socket array ([`layout::SOCKETS_MAP`]).
+    pub sockets: OwnedFd,
+    /// The dispatch program.
+    pub program: OwnedFd,
+}
+
+impl KernelFds {
+    /// The descriptors in hand-over order.
+    pub fn iter(&self) -> impl Iterator<Item = &OwnedFd> {
+        [&self.control, &self.table, &self.counters, &self.sockets, &self.program].into_iter()
+    }
+
+    /// Takes five descriptors in the order [`KernelFds::iter`] gives them.
+    pub fn from_fds(fds: [OwnedFd; 5]) -> Self {
+        let [control, table, counters, sockets, program] = fds;
+        Self { control, table, counters, sockets, program }
+    }
+
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            control: self.control.try_clone()?,
+            table: self.table.try_clone()?,
+            counters: self.counters.try_clone()?,
+            sockets: self.sockets.try_clone()?,
+            program: self.program.try_clone()?,
+        })
+    }
 }
 
 impl fmt::Debug for Dispatcher {
@@ -219,7 +269,11 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error
     })
 }
 
-fn map_region<T>(ebpf: &mut Ebpf, name: &'static str, len: usize) -> Result<Arc<Region<T>>, Error> {
+fn map_region<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    len: usize,
+) -> Result<(Arc<Region<T>>, OwnedFd), Error> {
     let map = take_map(ebpf, name)?;
     let aya::maps::Map::Array(data) = map else {
         return Err(Error::KernelRefused {
@@ -227,10 +281,21 @@ fn map_region<T>(ebpf: &mut Ebpf, name: &'static str, len: usize) -> Result<Arc<
             detail: format!("map `{name}` is not an array"),
         });
     };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Mmap { map: name, source })?;
     // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
     // of values laid out as `T` (checked by the layout test); `Region::map`
     // checks the value size and the entry count with the kernel.
-    let region = unsafe { Region::map(&data.fd().as_fd(), len) }.map_err(|source| {
+    let region = map_fd::<T>(&fd, name, 0, len)?;
+    Ok((region, fd))
+}
+
+/// Maps elements `first..first + len` of the map behind `fd`.
+fn map_fd<T>(fd: &OwnedFd, name: &'static str, first: usize, len: usize) -> Result<Arc<Region<T>>, Error> {
+    // SAFETY: `fd` is one of the program's mmapable arrays, whose values are
+    // laid out as `T` (the layout test checks the object; an inherited map
+    // is refused before this when its layout version differs);
+    // `Region::map_range` checks the value size and the entry count.
+    let region = unsafe { Region::map_range(fd, first, len) }.map_err(|source| {
         match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
             Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
                 Error::MapLayout { map: name, value_size, entries, want_size, want_entries }
@@ -238,8 +303,6 @@ fn map_region<T>(ebpf: &mut Ebpf, name: &'static str, len: usize) -> Result<Arc<
             None => Error::Mmap { map: name, source },
         }
     })?;
-    // The mapping keeps the map alive; the fd can close.
-    drop(data);
     Ok(Arc::new(region))
 }
 
@@ -261,13 +324,88 @@ impl Dispatcher {
             .try_into()
             .map_err(|e| error::classify("reading the program", &e))?;
         program.load().map_err(|e| error::classify("loading the program", &e))?;
+        let program_fd = program
+            .fd()
+            .map_err(|e| error::classify("reading the program", &e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::KernelRefused { what: "reading the program", detail: e.to_string() })?;
         // Taken only now: the program's load resolves the maps through their fds.
-        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
-        let table = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
-        let counters = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
-        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, layout::SOCKETS_MAP)?)
+        let (control, control_fd) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
+        let (table, table_fd) = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
+        let (counters, counters_fd) = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
+        let sockets_map = take_map(&mut ebpf, layout::SOCKETS_MAP)?;
+        let sockets_fd = match &sockets_map {
+            aya::maps::Map::ReusePortSockArray(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        let sockets = ReusePortSockArray::try_from(sockets_map)
             .map_err(|e| error::classify("opening the socket array", &e))?;
-        Ok(Self { ebpf, sockets, control, table, counters, filled: 0 })
+        let sockets_fd = sockets_fd.ok_or_else(|| Error::KernelRefused {
+            what: "opening the socket array",
+            detail: "its descriptor could not be duplicated".into(),
+        })?;
+        control[0].set_layout_version(LAYOUT_VERSION);
+        let fds = KernelFds {
+            control: control_fd,
+            table: table_fd,
+            counters: counters_fd,
+            sockets: sockets_fd,
+            program: program_fd,
+        };
+        Ok(Self {
+            program: Program::Loaded(ebpf),
+            sockets,
+            fds,
+            control,
+            table,
+            counters,
+            filled: 0,
+            slot_base: 0,
+        })
+    }
+
+    /// Takes over the program and maps of a running server (descriptors
+    /// received in an upgrade), for a server whose workers use the slots
+    /// `slot_base..` of the socket array, the Worker State Table and the
+    /// per-worker counters: [`Dispatcher::table`] then starts at slot
+    /// `slot_base`, and [`Dispatcher::insert`]'s worker `i` is slot
+    /// `slot_base + i`. Nothing is reset: the counters carry on.
+    ///
+    /// # Errors
+    /// [`Error::LayoutVersion`] when the maps were made by a server of
+    /// another [`LAYOUT_VERSION`]; [`Error::MapLayout`] when a map's sizes do
+    /// not fit this crate's mirrors; [`Error::Mmap`] when one cannot be
+    /// mapped; [`Error::WorkerOutOfRange`] for a base beyond the table.
+    pub fn inherit(fds: KernelFds, slot_base: usize) -> Result<Self, Error> {
+        if slot_base >= MAX_WORKERS {
+            return Err(Error::WorkerOutOfRange { worker: slot_base, max: MAX_WORKERS });
+        }
+        let control = map_fd::<Control>(&fds.control, layout::CONTROL_MAP, 0, 1)?;
+        let found = control[0].layout_version();
+        if found != LAYOUT_VERSION {
+            return Err(Error::LayoutVersion { found, want: LAYOUT_VERSION });
+        }
+        let table = map_fd::<WorkerState>(&fds.table, layout::TABLE_MAP, slot_base, MAX_WORKERS - slot_base)?;
+        let counters = map_fd::<AtomicU64>(&fds.counters, layout::COUNTERS_MAP, 0, COUNTERS_LEN)?;
+        let sockets_data = MapData::from_fd(
+            fds.sockets.try_clone().map_err(|source| Error::Mmap { map: layout::SOCKETS_MAP, source })?,
+        )
+        .map_err(|e| error::classify("opening the inherited socket array", &e))?;
+        let sockets = ReusePortSockArray::try_from(aya::maps::Map::ReusePortSockArray(sockets_data))
+            .map_err(|e| error::classify("opening the inherited socket array", &e))?;
+        Ok(Self { program: Program::Inherited, sockets, fds, control, table, counters, filled: 0, slot_base })
+    }
+
+    /// Duplicates of the descriptors of the program and its maps, to hand
+    /// to a successor ([`Dispatcher::inherit`]).
+    pub fn export_fds(&self) -> std::io::Result<KernelFds> {
+        self.fds.try_clone()
+    }
+
+    /// The first slot of this server's workers (0 unless inherited).
+    pub fn slot_base(&self) -> usize {
+        self.slot_base
     }
 
     /// Loads the program, or says why new connections will be placed by the
@@ -310,9 +448,18 @@ impl Dispatcher {
     /// The kernel's run statistics of the program: total run time and run
     /// count. The kernel updates them only while statistics are enabled
     /// (`sysctl kernel.bpf_stats_enabled=1`, or [`aya::sys::enable_stats`]).
+    ///
+    /// # Errors
+    /// [`Error::KernelRefused`] for a program inherited in an upgrade (aya
+    /// 0.14 reads the statistics of programs it loaded only).
     pub fn program_stats(&self) -> Result<ProgramStats, Error> {
-        let info = self
-            .ebpf
+        let Program::Loaded(ebpf) = &self.program else {
+            return Err(Error::KernelRefused {
+                what: "reading the program's info",
+                detail: "the program was inherited from the server this one replaced".into(),
+            });
+        };
+        let info = ebpf
             .program(layout::PROGRAM_NAME)
             .map(|p| p.info())
             .expect("the program exists once loaded")
@@ -337,20 +484,22 @@ impl Dispatcher {
     /// listener must belong to the group the program is (or will be) attached to.
     pub fn insert(&mut self, worker: usize, listener: &impl AsRawFd) -> Result<(), Error> {
         let slot = Self::check(worker)?;
+        let slot = Self::check(slot as usize + self.slot_base)?;
         self.sockets.set(slot, listener, 0).map_err(|e| Error::Socket {
             what: "placing",
             worker,
             detail: error_chain(&e),
         })?;
-        self.filled |= 1 << slot;
+        self.filled |= 1 << worker;
         Ok(())
     }
 
     /// Empties slot `worker`. Emptying an empty slot is not an error. Closing
     /// a listener empties its slot by itself.
     pub fn remove(&mut self, worker: usize) -> Result<(), Error> {
-        let slot = Self::check(worker)?;
-        if self.filled & (1 << slot) == 0 {
+        let bit = Self::check(worker)?;
+        let slot = Self::check(bit as usize + self.slot_base)?;
+        if self.filled & (1 << bit) == 0 {
             return Ok(());
         }
         match self.sockets.clear_index(&slot) {
@@ -361,15 +510,38 @@ impl Dispatcher {
                 return Err(Error::Socket { what: "removing", worker, detail: error_chain(&e) });
             }
         }
-        self.filled &= !(1 << slot);
+        self.filled &= !(1 << bit);
         Ok(())
     }
 
     /// Attaches the program to the `SO_REUSEPORT` group of `listener` (the
     /// whole group: any member will do).
     pub fn attach(&self, listener: &impl AsFd) -> Result<(), Error> {
-        let program: &SkReuseport = self
-            .ebpf
+        let ebpf = match &self.program {
+            Program::Loaded(ebpf) => ebpf,
+            Program::Inherited => {
+                let prog = self.fds.program.as_raw_fd();
+                // SAFETY: plain setsockopt with an int-sized value; both
+                // descriptors are open for the call.
+                let ret = unsafe {
+                    libc::setsockopt(
+                        listener.as_fd().as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_ATTACH_REUSEPORT_EBPF,
+                        (&raw const prog).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if ret != 0 {
+                    return Err(Error::Attach {
+                        what: "attaching",
+                        detail: std::io::Error::last_os_error().to_string(),
+                    });
+                }
+                return Ok(());
+            }
+        };
+        let program: &SkReuseport = ebpf
             .program(layout::PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
             .expect("the program was loaded as SkReuseport in Dispatcher::load");
@@ -423,7 +595,7 @@ mod tests {
             "too many entries refused: {err:?}"
         );
         // The right mirror maps.
-        let control = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1).unwrap();
+        let (control, _) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1).unwrap();
         assert!(control.is_kernel_map());
     }
 }

@@ -68,6 +68,22 @@ impl<T> Region<T> {
     /// layout of `T` (the size and entries are checked here, the field
     /// layout cannot be).
     pub unsafe fn map(fd: &impl AsRawFd, len: usize) -> io::Result<Self> {
+        // SAFETY: the caller's contract.
+        unsafe { Self::map_range(fd, 0, len) }
+    }
+
+    /// Maps elements `first..first + len` of the `BPF_F_MMAPABLE` array map
+    /// behind `fd` (element `first` is the region's index 0), after checking
+    /// with the kernel that its values are `size_of::<T>()` bytes and that it
+    /// has that many. A successor server in an upgrade maps the slots of the
+    /// Worker State Table its workers use this way.
+    ///
+    /// # Errors
+    /// As [`Region::map`].
+    ///
+    /// # Safety
+    /// As [`Region::map`].
+    pub unsafe fn map_range(fd: &impl AsRawFd, first: usize, len: usize) -> io::Result<Self> {
         let fd = fd.as_raw_fd();
         // SAFETY: the caller's descriptor stays open for this borrow.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -75,14 +91,16 @@ impl<T> Region<T> {
             .and_then(|m| m.info())
             .map_err(|e| io::Error::other(crate::error::chain(&e)))?;
         let (value_size, entries) = (info.value_size() as usize, info.max_entries() as usize);
-        if value_size != size_of::<T>() || entries < len {
+        if value_size != size_of::<T>() || entries < first + len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                LayoutMismatch { value_size, entries, want_size: size_of::<T>(), want_entries: len },
+                LayoutMismatch { value_size, entries, want_size: size_of::<T>(), want_entries: first + len },
             ));
         }
         let bytes = len * size_of::<T>();
-        let mmap = MmapOptions::new().len(bytes).map_raw(fd)?;
+        // memmap2 maps from the page below the offset and points past it, so
+        // an offset that is not page-aligned is fine.
+        let mmap = MmapOptions::new().offset((first * size_of::<T>()) as u64).len(bytes).map_raw(fd)?;
         let ptr = NonNull::new(mmap.as_mut_ptr().cast::<T>())
             .ok_or_else(|| io::Error::other("mmap returned a null pointer"))?;
         debug_assert!(ptr.as_ptr().is_aligned());

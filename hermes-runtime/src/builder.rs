@@ -83,6 +83,8 @@ pub struct Builder {
     offload_heavy: Option<Duration>,
     max_connection_requests: Option<u64>,
     max_connection_age: Option<Duration>,
+    upgrade_from_env: bool,
+    socket_activation: bool,
 }
 
 impl Default for Builder {
@@ -121,6 +123,8 @@ impl Builder {
             offload_heavy: Some(crate::placement::DEFAULT_OFFLOAD),
             max_connection_requests: None,
             max_connection_age: None,
+            upgrade_from_env: false,
+            socket_activation: false,
         }
     }
 
@@ -344,6 +348,47 @@ impl Builder {
         self
     }
 
+    /// Start as the successor of a running server when the environment
+    /// names a hand-over socket ([`crate::upgrade::UPGRADE_FD_ENV`], set by
+    /// [`ServerHandle::upgrade`](crate::ServerHandle::upgrade) for the
+    /// process it starts); without it, start as usual.
+    ///
+    /// A successor takes the running server's listeners and kernel state
+    /// (program, Worker State Table, bitmap, counters) instead of loading its
+    /// own: [`Builder::build`] receives them, binds this server's listeners
+    /// into the same `SO_REUSEPORT` group on the running server's address
+    /// (a port set here must be that one; port 0 takes it), and
+    /// [`Server::serve`](crate::Server::serve) takes the bitmap over once
+    /// every worker serves, after which the running server drains. When the
+    /// hand-over is refused (another [layout
+    /// version](hermes_bpf::layout::LAYOUT_VERSION), another mode, no free
+    /// slots), `build` fails with an [`UpgradeError`](crate::UpgradeError)
+    /// inside the `io::Error`, the running server is told why and keeps
+    /// serving. Default: off.
+    pub fn upgrade_from_env(&mut self, on: bool) -> &mut Self {
+        self.upgrade_from_env = on;
+        self
+    }
+
+    /// Serve on the listeners systemd passes (socket activation:
+    /// `LISTEN_FDS` descriptors from 3, for the process named by
+    /// `LISTEN_PID`), when there are any; without them, bind as usual.
+    ///
+    /// What the server needs of them: listening TCP sockets on one address,
+    /// each with `SO_REUSEPORT` (`ReusePort=yes` in the `.socket` unit), at
+    /// most one per worker. The first workers serve on the passed sockets,
+    /// and the server binds one more into the same `SO_REUSEPORT` group for
+    /// each remaining worker (so `ListenStream=` once is enough); the
+    /// address set with [`Builder::bind`] is then ignored. The kernel
+    /// program is attached to the group as usual. A socket without
+    /// `SO_REUSEPORT`, or more sockets than workers, fail [`Builder::build`]
+    /// with `InvalidInput` saying so. Not in [`Mode::SharedListener`].
+    /// Default: off.
+    pub fn socket_activation(&mut self, on: bool) -> &mut Self {
+        self.socket_activation = on;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -423,6 +468,8 @@ impl Builder {
             offload_heavy: self.offload_heavy,
             max_connection_requests: self.max_connection_requests,
             max_connection_age: self.max_connection_age,
+            upgrade_from_env: self.upgrade_from_env,
+            socket_activation: self.socket_activation,
         })
     }
 

@@ -74,6 +74,8 @@ pub(crate) struct Config {
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,
     pub(crate) stack_size: Option<usize>,
+    pub(crate) upgrade_from_env: bool,
+    pub(crate) socket_activation: bool,
 }
 
 /// A function run on each worker, shared by every worker.

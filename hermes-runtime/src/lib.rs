@@ -17,6 +17,7 @@
 //!   scheduler pass and the accept-queue sample;
 //! - `stats`: [`Snapshot`], the `metrics` export, the `/_hermes/stats` handler;
 //! - `worker`: each worker's thread, runtime, loop and housekeeping; [`shutdown_signal`];
+//! - [`upgrade`]: the zero-downtime hand-over to a successor process;
 //! - `server`: [`Server`] and [`ServerHandle`];
 //! - `builder`: [`Builder`].
 //!
@@ -86,6 +87,7 @@ mod server;
 mod shared;
 mod stats;
 mod sys;
+pub mod upgrade;
 mod worker;
 
 pub use builder::Builder;
@@ -97,4 +99,5 @@ pub use server::{SHUTDOWN_GRACE, Server, ServerHandle};
 pub use stats::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
 #[cfg(feature = "axum")]
 pub use stats::{stats_handler, stats_router};
+pub use upgrade::{Upgrade, UpgradeError, Upgraded};
 pub use worker::shutdown_signal;

@@ -153,13 +153,35 @@ impl Policy for LeastLoaded {
 /// serving, and publishes unless a newer decision is already in place.
 /// Returns the bitmap it computed.
 pub fn pass(policy: &dyn Policy, input: &PassInput<'_>, control: &Control, publisher: usize) -> u64 {
+    let bitmap = eligible_serving(policy, input);
+    control.publish_if_newer(bitmap, input.now_ns, publisher);
+    bitmap
+}
+
+/// The policy's bitmap without the workers that are not serving.
+pub(crate) fn eligible_serving(policy: &dyn Policy, input: &PassInput<'_>) -> u64 {
     let mut bitmap = policy.eligible(input);
     for (i, w) in input.workers.iter().enumerate().take(64) {
         if !serving(w) {
             bitmap &= !(1 << i);
         }
     }
-    control.publish_if_newer(bitmap, input.now_ns, publisher);
+    bitmap
+}
+
+/// [`pass`] for a server whose workers use the slots `slot_base..` and
+/// whose token is `owner`: publishes the bitmap shifted to those slots, and
+/// only while `owner` owns the maps. Returns the bitmap in worker ids.
+pub(crate) fn pass_as(
+    policy: &dyn Policy,
+    input: &PassInput<'_>,
+    control: &Control,
+    publisher: usize,
+    owner: u64,
+    slot_base: usize,
+) -> u64 {
+    let bitmap = eligible_serving(policy, input);
+    control.publish_as(Some(owner), bitmap << slot_base, input.now_ns, slot_base + publisher);
     bitmap
 }
 

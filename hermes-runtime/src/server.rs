@@ -7,7 +7,8 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    sync::Arc,
+    os::fd::{BorrowedFd, OwnedFd},
+    sync::{Arc, atomic::Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +18,7 @@ use crate::{
     net::HermesListener,
     shared::Shared,
     stats::{self, Snapshot},
+    upgrade::{self, Offer, Upgrade, UpgradeError, Upgraded},
     worker,
 };
 
@@ -99,6 +101,9 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(1));
         }
+        // A successor takes the bitmap over from the server it replaces now
+        // that its workers serve.
+        self.shared.complete_handover();
         Ok(ServerHandle { shared: self.shared, threads })
     }
 }
@@ -188,6 +193,102 @@ impl ServerHandle {
         }
     }
 
+    /// Hands this server over to a successor process without losing a
+    /// connection (see [`crate::upgrade`]): starts the successor (by
+    /// default the current binary with the same arguments; it must be built
+    /// with [`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env)),
+    /// passes it the listeners and the kernel state, and waits until its
+    /// workers serve and it has taken the bitmap over. Then this server
+    /// stops taking new connections: every worker begins its drain (in
+    /// Hermes mode the listeners' queued connections migrate to the
+    /// successor's), and the caller should [`ServerHandle::shutdown`] (which
+    /// waits at most the drain timeout) and exit. Blocks up to the
+    /// upgrade's timeout; call it from a blocking context.
+    ///
+    /// The drain resolves [`shutdown_signal`](crate::shutdown_signal) at
+    /// once. A connection accepted just before, whose first request has not
+    /// been read yet, is closed by an immediate graceful shutdown (hyper's):
+    /// `hermes_tower::serve` waits 250 ms before it, answering with
+    /// `Connection: close` meanwhile; a server of your own should do the same.
+    ///
+    /// In [`Mode::KernelHash`] the same steps run, but nothing steers new
+    /// connections and the stopped listeners' queues have nowhere to go:
+    /// the kernel resets those connections, as with any plain
+    /// `SO_REUSEPORT` server.
+    ///
+    /// # Errors
+    /// An [`UpgradeError`] saying why, when the successor cannot start,
+    /// exits, refuses (another layout version, another mode) or does not
+    /// take over within the timeout; the server then keeps serving (taking
+    /// the bitmap back if the successor had taken it) and logs the error.
+    pub fn upgrade(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
+        let shared = &self.shared;
+        if shared.mode == Mode::SharedListener {
+            return Err(UpgradeError::Unsupported { mode: shared.mode });
+        }
+        // Acquire/Release: only the flag's own value matters here.
+        if shared.upgrading.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeError::InProgress);
+        }
+        let result = self.offer(upgrade);
+        match &result {
+            Ok(done) => {
+                // At once: from now on only a stale bitmap (the kernel's hash
+                // then) could still send a connection to these listeners.
+                tracing::info!(successor = done.pid, "upgrade: the successor serves; draining this server");
+                for id in 0..shared.config.workers {
+                    shared.begin_drain(id);
+                }
+            }
+            Err(e) => {
+                if shared.dispatcher.is_some() && !shared.owns_bitmap() {
+                    shared.take_ownership();
+                }
+                tracing::error!(error = %e, "upgrade failed; this server keeps serving");
+                shared.upgrading.store(false, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    fn offer(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
+        let shared = &self.shared;
+        let listeners: Vec<OwnedFd> = shared
+            .workers
+            .iter()
+            .filter_map(|w| {
+                w.with_listener_fd(|fd| {
+                    // SAFETY: the worker's control holds the descriptor open
+                    // for the duration of this call.
+                    unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+                })
+            })
+            .collect::<io::Result<_>>()
+            .map_err(|e| UpgradeError::Io { what: "duplicating the listeners", source: e })?;
+        if listeners.is_empty() {
+            return Err(UpgradeError::Protocol("no worker has a listener to hand over".into()));
+        }
+        let kernel = match &shared.dispatcher {
+            Some(d) => Some(
+                d.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .export_fds()
+                    .map_err(|e| UpgradeError::Io { what: "duplicating the kernel maps", source: e })?,
+            ),
+            None => None,
+        };
+        let offer = Offer {
+            pid: std::process::id(),
+            mode: shared.mode,
+            layout: shared.control[0].layout_version(),
+            slot_base: shared.slot_base,
+            workers: shared.config.workers,
+            listeners: listeners.len(),
+            kernel: kernel.is_some(),
+        };
+        upgrade::offer(upgrade, &offer, &listeners, kernel.as_ref())
+    }
+
     /// Waits for every worker to exit, without bound (a server that is not
     /// draining runs until it is stopped; see [`ServerHandle::shutdown`] for
     /// a bounded stop).
@@ -216,5 +317,100 @@ impl Drop for ServerHandle {
         for id in 0..self.shared.config.workers {
             self.shared.begin_drain(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read, process::Command};
+
+    use hermes_bpf::layout::LAYOUT_VERSION;
+
+    use super::*;
+    use crate::Builder;
+
+    const CHILD_ENV: &str = "HERMES_TEST_CHILD";
+    const MARKER_ENV: &str = "HERMES_TEST_MARKER";
+
+    /// A server whose maps carry another layout version (another release's)
+    /// offers them to a successor: the successor's `build` fails with
+    /// `UpgradeError::LayoutVersion`, the old server hears why
+    /// (`UpgradeError::Refused`), keeps the bitmap and keeps serving.
+    #[test]
+    fn a_successor_of_another_layout_is_refused_and_the_old_server_keeps_serving() {
+        if !hermes_test_support::ebpf::require_bpf("a_successor_of_another_layout_is_refused") {
+            return;
+        }
+        let server = Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .require_ebpf(true)
+            .build()
+            .expect("build the old server");
+        let handle = server
+            .serve(|mut listener: HermesListener| async move {
+                while let Some((mut stream, _)) = listener.accept_connection().await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = stream.write_all(b"old").await;
+                }
+            })
+            .expect("serve");
+        // The maps as another release would have made them.
+        handle.shared.control[0].set_layout_version(LAYOUT_VERSION + 1);
+        let marker = std::env::temp_dir().join(format!("hermes-layout-child-{}", std::process::id()));
+        let _ = std::fs::remove_file(&marker);
+        let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
+        successor
+            .args([
+                "--ignored",
+                "--exact",
+                "server::tests::layout_successor",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "layout_successor")
+            .env(MARKER_ENV, &marker);
+        let err = handle
+            .upgrade(Upgrade::new().command(successor).timeout(Duration::from_secs(30)))
+            .expect_err("the hand-over is refused");
+        let UpgradeError::Refused { reason, .. } = &err else { panic!("not a refusal: {err}") };
+        assert!(
+            reason.contains(&format!("layout version {}", LAYOUT_VERSION + 1)),
+            "the reason names the versions: {reason}"
+        );
+        let child = std::fs::read_to_string(&marker).expect("the successor ran its checks");
+        assert_eq!(child, "refused with LayoutVersion");
+        let _ = std::fs::remove_file(&marker);
+        // Still the owner, still publishing, still serving.
+        assert!(handle.shared.owns_bitmap());
+        thread::sleep(Duration::from_millis(50));
+        assert_ne!(handle.snapshot().bitmap, 0, "the old server keeps publishing its bitmap");
+        let mut conn = std::net::TcpStream::connect(handle.local_addr()).expect("connect");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read");
+        assert_eq!(answer, "old");
+        handle.shutdown();
+    }
+
+    /// The successor of the test above (run only by it).
+    #[test]
+    #[ignore = "the successor process of the layout-version test"]
+    fn layout_successor() {
+        if std::env::var(CHILD_ENV).as_deref() != Ok("layout_successor") {
+            return;
+        }
+        let marker = std::env::var_os(MARKER_ENV).expect("marker path");
+        let err = Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .upgrade_from_env(true)
+            .build()
+            .expect_err("the hand-over must be refused");
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<UpgradeError>());
+        let ok = matches!(inner, Some(UpgradeError::LayoutVersion { found, want })
+            if *found == LAYOUT_VERSION + 1 && *want == LAYOUT_VERSION);
+        assert!(ok, "refused with {err:?}");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        std::fs::write(marker, "refused with LayoutVersion").expect("write the marker");
     }
 }

@@ -10,8 +10,9 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use hermes_bpf::{
@@ -26,6 +27,7 @@ use crate::{
     placement::Placement,
     scheduler::{self, PassInput},
     sys,
+    upgrade::{self, Inherited, UpgradeError},
 };
 
 /// State shared by the workers, the handle and the stats handler.
@@ -42,6 +44,17 @@ pub(crate) struct Shared {
     pub(crate) shared_listener: Option<Arc<std::net::TcpListener>>,
     pub(crate) cpus: Vec<usize>,
     pub(crate) placement: Arc<Placement>,
+    /// The first slot of this server's workers in the kernel's socket array,
+    /// table, counters and bitmap (0, unless it took over from a running
+    /// server whose workers use the first slots).
+    pub(crate) slot_base: usize,
+    /// This server's token in the control map's owner field: only the owner
+    /// publishes bitmaps.
+    pub(crate) owner: u64,
+    /// What a successor inherited, until its workers serve and it takes over.
+    pub(crate) handover: Mutex<Option<Inherited>>,
+    /// Set while an upgrade is in progress, and for good once one succeeded.
+    pub(crate) upgrading: AtomicBool,
     /// Workers that reached `Serving` at least once. No bitmap is published
     /// before every worker has: a bitmap of the first workers up would send
     /// the first burst of connections to them alone, while the kernel's hash
@@ -64,6 +77,11 @@ impl Shared {
     /// places them in the kernel's socket array. Returns the shared state
     /// and one listener per worker (`None` in the shared-listener mode).
     pub(crate) fn open(config: Config) -> io::Result<(Arc<Self>, Vec<Option<std::net::TcpListener>>)> {
+        if config.upgrade_from_env
+            && let Some(channel) = upgrade::channel_from_env()?
+        {
+            return Self::open_successor(config, channel);
+        }
         let n = config.workers;
         let (dispatcher, mode, mode_reason) = match config.mode {
             Mode::Hermes if config.require_ebpf => {
@@ -94,11 +112,33 @@ impl Shared {
         // Never join a group this server did not create (its program would
         // be replaced by ours). The probe and the first bind are a few
         // microseconds apart; a server started in between joins our group.
-        sys::refuse_taken_port(config.addr)?;
+        let activated = if config.socket_activation { sys::listen_fds()? } else { None };
+        if activated.is_none() {
+            sys::refuse_taken_port(config.addr)?;
+        }
         let mut listeners = Vec::with_capacity(n);
         let mut shared_listener = None;
         let addr;
-        if mode == Mode::SharedListener {
+        if let Some(passed) = activated {
+            // Socket activation: the passed listeners serve the first
+            // workers; the others bind their own into the same group.
+            if mode == Mode::SharedListener || passed.len() > n {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "socket activation passed {} listeners to a server of {n} workers in mode {mode}; \
+                         it takes at most one per worker, in mode hermes or kernel-hash",
+                        passed.len()
+                    ),
+                ));
+            }
+            addr = passed[0].local_addr()?;
+            tracing::info!(%addr, passed = passed.len(), workers = n, "socket activation: serving on the passed listeners");
+            listeners.extend(passed.into_iter().map(Some));
+            while listeners.len() < n {
+                listeners.push(Some(sys::listener(addr, true, config.backlog)?));
+            }
+        } else if mode == Mode::SharedListener {
             let l = sys::listener(config.addr, false, config.backlog)?;
             addr = l.local_addr()?;
             shared_listener = Some(Arc::new(l));
@@ -121,6 +161,130 @@ impl Shared {
             }
             None => None,
         };
+        let owner = new_owner_token();
+        control[0].claim(owner);
+        let shared = Self::assemble(config, mode, mode_reason, addr, table, control, counters, dispatcher);
+        let shared = Self { shared_listener, owner, ..shared };
+        Ok((Arc::new(shared), listeners))
+    }
+
+    /// The successor's side of an upgrade: receives the running server's
+    /// offer on `channel`, takes its maps over (or refuses the hand-over,
+    /// telling the running server why), binds this server's listeners into
+    /// the running server's group and places them in free slots. The
+    /// takeover itself happens once the workers serve
+    /// ([`Shared::complete_handover`]).
+    fn open_successor(
+        config: Config,
+        channel: std::os::fd::OwnedFd,
+    ) -> io::Result<(Arc<Self>, Vec<Option<std::net::TcpListener>>)> {
+        let n = config.workers;
+        let (inherited, kernel) = upgrade::receive(channel, Duration::from_secs(10)).map_err(|(ch, e)| {
+            upgrade::refuse(&ch, &e);
+            io::Error::from(e)
+        })?;
+        let offer = inherited.offer.clone();
+        let opened = (|| -> Result<_, UpgradeError> {
+            // The running server's effective mode decides: a Hermes successor
+            // of a server that fell back to the kernel's hash runs with the
+            // hash too, unless it requires the program.
+            let mode = match (config.mode, offer.mode) {
+                (Mode::Hermes, Mode::KernelHash) if !config.require_ebpf => Mode::KernelHash,
+                (m, _) => m,
+            };
+            upgrade::check_offer(&offer, mode)?;
+            let base = if kernel.is_some() {
+                upgrade::successor_base(offer.slot_base, offer.workers, n)?
+            } else {
+                0
+            };
+            let mut dispatcher = match kernel {
+                Some(k) => Some(Dispatcher::inherit(k, base).map_err(|e| match e {
+                    hermes_bpf::Error::LayoutVersion { found, want } => {
+                        UpgradeError::LayoutVersion { found, want }
+                    }
+                    other => UpgradeError::Mismatch(other.to_string()),
+                })?),
+                None => None,
+            };
+            let addr = inherited.listeners[0]
+                .local_addr()
+                .map_err(|e| UpgradeError::io("reading the inherited listener's address", e))?;
+            if config.addr.port() != 0 && config.addr != addr {
+                return Err(UpgradeError::Mismatch(format!(
+                    "the running server listens on {addr}, this one is set to {}",
+                    config.addr
+                )));
+            }
+            // These join the inherited listeners' group (same address,
+            // SO_REUSEPORT, same user), and with it the group's program.
+            let mut listeners = Vec::with_capacity(n);
+            for i in 0..n {
+                let l = sys::listener(addr, true, config.backlog)
+                    .map_err(|e| UpgradeError::io("binding the successor's listeners", e))?;
+                if let Some(d) = &mut dispatcher {
+                    d.insert(i, &l).map_err(|e| UpgradeError::Mismatch(e.to_string()))?;
+                }
+                listeners.push(Some(l));
+            }
+            Ok((mode, base, dispatcher, addr, listeners))
+        })();
+        let (mode, base, dispatcher, addr, listeners) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, old = offer.pid, "upgrade: refusing the hand-over");
+                upgrade::refuse(&inherited.channel, &e);
+                return Err(e.into());
+            }
+        };
+        let table = dispatcher
+            .as_ref()
+            .map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+        let control =
+            dispatcher.as_ref().map_or_else(|| Arc::new(Region::in_memory(1)), |d| d.control().clone());
+        let counters = dispatcher.as_ref().map(|d| d.counter_region().clone());
+        for slot in table.iter().take(n) {
+            slot.reset();
+            slot.set_phase(WorkerPhase::Starting);
+        }
+        if let Some(c) = &counters {
+            for id in 0..n {
+                Counters::clear_recent(c, base + id);
+            }
+        }
+        // The kernel honours any non-empty bitmap (see `open`).
+        control[0].configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+        let owner = new_owner_token();
+        if dispatcher.is_none() {
+            // Process memory: nobody else publishes there.
+            control[0].claim(owner);
+        }
+        tracing::info!(
+            old = offer.pid,
+            %addr,
+            slot_base = base,
+            listeners = inherited.listeners.len(),
+            kernel_state = dispatcher.is_some(),
+            "upgrade: took the running server's listeners and kernel state; starting the workers"
+        );
+        let dispatcher = dispatcher.map(Mutex::new);
+        let shared = Self::assemble(config, mode, None, addr, table, control, counters, dispatcher);
+        let shared = Self { slot_base: base, owner, handover: Mutex::new(Some(inherited)), ..shared };
+        Ok((Arc::new(shared), listeners))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: Config,
+        mode: Mode,
+        mode_reason: Option<String>,
+        addr: SocketAddr,
+        table: WorkerTable,
+        control: ControlRegion,
+        counters: Option<CounterRegion>,
+        dispatcher: Option<Mutex<Dispatcher>>,
+    ) -> Self {
+        let n = config.workers;
         let cpus = if config.pin_workers { sys::allowed_cpus() } else { Vec::new() };
         let workers = (0..n).map(|_| Arc::new(WorkerControl::new())).collect();
         let placement = Arc::new(
@@ -134,7 +298,7 @@ impl Shared {
             .with_offload(config.offload_heavy)
             .with_connection_limits(config.max_connection_requests, config.max_connection_age),
         );
-        let shared = Arc::new(Shared {
+        Shared {
             config,
             mode,
             mode_reason,
@@ -144,13 +308,76 @@ impl Shared {
             counters,
             dispatcher,
             workers,
-            shared_listener,
+            shared_listener: None,
             cpus,
             placement,
+            slot_base: 0,
+            owner: 0,
+            handover: Mutex::new(None),
+            upgrading: AtomicBool::new(false),
             started: AtomicUsize::new(0),
             sampled_ns: AtomicU64::new(0),
-        });
-        Ok((shared, listeners))
+        }
+    }
+
+    /// A successor whose workers serve takes over: the bitmap moves to its
+    /// workers in one step, the running server is told, and the inherited
+    /// listeners are let go (the running server stops them as it drains).
+    /// Under systemd (`NOTIFY_SOCKET` set), a server tells it `READY=1` once
+    /// every worker serves, and a successor also `MAINPID=` its own pid.
+    pub(crate) fn complete_handover(&self) {
+        let Some(inherited) = self.handover.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            // A first start under systemd (`Type=notify`): serving now.
+            if std::env::var_os("NOTIFY_SOCKET").is_some()
+                && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
+            {
+                tracing::warn!(error = %e, "could not tell systemd the server is ready (NOTIFY_SOCKET)");
+            }
+            return;
+        };
+        if self.dispatcher.is_some() {
+            self.take_ownership();
+        }
+        // Under systemd (`NotifyAccess=all`), the service's main process is
+        // this one from now on: the old one is about to exit.
+        if std::env::var_os("NOTIFY_SOCKET").is_some()
+            && let Err(e) = sd_notify::notify(&[
+                sd_notify::NotifyState::MainPid(std::process::id()),
+                sd_notify::NotifyState::Ready,
+            ])
+        {
+            tracing::warn!(error = %e, "upgrade: could not tell systemd the new main pid (NOTIFY_SOCKET)");
+        }
+        match upgrade::ready(&inherited.channel) {
+            Ok(()) => tracing::info!(
+                old = inherited.offer.pid,
+                "upgrade: serving; new connections come here and the old server drains"
+            ),
+            Err(e) => tracing::warn!(
+                old = inherited.offer.pid,
+                error = %e,
+                "upgrade: serving, but the old server could not be told (it may have exited)"
+            ),
+        }
+    }
+
+    /// Makes this server the maps' owner and publishes its bitmap at once.
+    pub(crate) fn take_ownership(&self) {
+        let now = monotonic_ns();
+        let input = PassInput {
+            workers: &self.table[..self.config.workers],
+            now_ns: now,
+            hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
+            min_candidates: self.config.min_candidates,
+        };
+        let bitmap = scheduler::eligible_serving(&*self.config.policy, &input);
+        self.control[0].take_over(self.owner, bitmap << self.slot_base, now, self.slot_base);
+    }
+
+    /// Whether this server publishes the bitmap (a server whose maps a
+    /// successor took over does not).
+    pub(crate) fn owns_bitmap(&self) -> bool {
+        self.control[0].owner() == self.owner
     }
 
     /// Workers that reached `Serving` at least once.
@@ -176,7 +403,14 @@ impl Shared {
             hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
             min_candidates: self.config.min_candidates,
         };
-        scheduler::pass(&*self.config.policy, &input, &self.control[0], publisher)
+        scheduler::pass_as(
+            &*self.config.policy,
+            &input,
+            &self.control[0],
+            publisher,
+            self.owner,
+            self.slot_base,
+        )
     }
 
     /// Graceful drain of worker `id`, from any thread (even while the worker
@@ -224,7 +458,7 @@ impl Shared {
         for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
             // The placements counted so far are in the queue about to be read
             // (or already accepted); those made after this read are not.
-            let seen = self.counters.as_ref().map(|c| Counters::recent(c, id));
+            let seen = self.counters.as_ref().map(|c| Counters::recent(c, self.slot_base + id));
             let queue = match shared_queue {
                 Some(q) => q,
                 None => control.with_listener_fd(sys::accept_queue).and_then(Result::ok).unwrap_or(0),
@@ -232,7 +466,7 @@ impl Shared {
             // Relaxed: a lone gauge (see `WorkerState`).
             slot.accept_queue.store(queue, Ordering::Relaxed);
             if let (Some(counters), Some(seen)) = (&self.counters, seen) {
-                Counters::consume_recent(counters, id, seen);
+                Counters::consume_recent(counters, self.slot_base + id, seen);
             }
         }
         true
@@ -276,6 +510,11 @@ mod tests {
         thread::sleep(Duration::from_millis(20));
         assert!(shared.sample_accept_queues(), "sampled again a tick later");
     }
+}
+
+/// A token no other server holds: the pid and the start time.
+fn new_owner_token() -> u64 {
+    (u64::from(std::process::id()) << 32) | (monotonic_ns() & 0xffff_ffff) | 1
 }
 
 thread_local! {

@@ -56,6 +56,62 @@ pub(crate) fn refuse_taken_port(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
+/// The listening sockets passed by systemd's socket activation (the
+/// `sd_listen_fds` protocol): `LISTEN_FDS` descriptors from 3, when
+/// `LISTEN_PID` is this process (a child that inherited the variables is
+/// not meant). `Ok(None)` without them. Each must be a listening TCP socket
+/// with `SO_REUSEPORT` (systemd's `ReusePort=yes`) and all on one address;
+/// they are made close-on-exec and nonblocking.
+pub(crate) fn listen_fds() -> io::Result<Option<Vec<TcpListener>>> {
+    let (Some(pid), Some(n)) = (std::env::var_os("LISTEN_PID"), std::env::var_os("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let n: RawFd = n
+        .to_str()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| invalid(format!("LISTEN_FDS={n:?} is not a positive number")))?;
+    let mut listeners = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: F_GETFD only reads flags; it fails on a closed number.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(invalid(format!("socket activation: descriptor {fd} of LISTEN_FDS={n} is not open")));
+        }
+        // SAFETY: systemd passed this descriptor to this process (LISTEN_PID
+        // checked above) for it to own; it is open.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        socket.set_cloexec(true)?;
+        let listening = socket.is_listener().unwrap_or(false);
+        if !listening || socket.r#type().ok() != Some(Type::STREAM) {
+            return Err(invalid(format!(
+                "socket activation: descriptor {fd} is not a listening TCP socket (ListenStream= in the .socket unit)"
+            )));
+        }
+        if !socket.reuse_port()? {
+            return Err(invalid(format!(
+                "socket activation: descriptor {fd} lacks SO_REUSEPORT; each worker needs its own listener in \
+                 one SO_REUSEPORT group, so set ReusePort=yes in the .socket unit"
+            )));
+        }
+        socket.set_nonblocking(true)?;
+        listeners.push(TcpListener::from(socket));
+    }
+    let addr = listeners[0].local_addr()?;
+    for l in &listeners[1..] {
+        if l.local_addr()? != addr {
+            return Err(invalid(format!(
+                "socket activation: the sockets listen on {addr} and {}; one address per server",
+                l.local_addr()?
+            )));
+        }
+    }
+    Ok(Some(listeners))
+}
+
 /// The accept-queue length of a listening socket: for a socket in LISTEN
 /// state the kernel reports it in `tcpi_unacked` (and the limit in `tcpi_sacked`).
 pub(crate) fn accept_queue(fd: RawFd) -> io::Result<u32> {

@@ -91,7 +91,7 @@ impl WorkerMetrics {
         self.recycled.absolute(shared.placement.recycled(id));
         self.mode.set(1.0);
         if let Some(c) = shared.counters.as_deref().map(Counters::read) {
-            self.dispatched.absolute(c.dispatched[id]);
+            self.dispatched.absolute(c.dispatched[shared.slot_base + id]);
             for (m, v) in
                 self.fallbacks.iter().zip([c.fallback_too_few, c.fallback_stale, c.fallback_no_socket])
             {

@@ -17,11 +17,20 @@ use crate::{config::Mode, shared::Shared};
 /// ```
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Snapshot {
+    /// The server's process id (after an upgrade, the successor's).
+    pub pid: u32,
+    /// The first slot of this server's workers in the kernel's socket array
+    /// and table (0 unless it took over from a running server).
+    pub slot_base: usize,
+    /// Times the kernel program ran (one per new connection and per
+    /// migrated one); a successor carries the count on.
+    pub program_runs: u64,
     /// The mode in force (`hermes`, `kernel-hash` or `shared-listener` in JSON).
     pub mode: Mode,
     /// Why the server fell back from Hermes to the kernel's hash, if it did.
     pub mode_reason: Option<String>,
-    /// The candidate bitmap last published (bit `i` = worker `i`).
+    /// The candidate bitmap last published (bit `i` = worker `i`); 0 once a
+    /// successor took the bitmap over.
     pub bitmap: u64,
     /// Milliseconds since that bitmap was published.
     pub bitmap_age_ms: f64,
@@ -166,7 +175,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
     // Acquire pairs with the Release store of the publish time: the bitmap
     // read after it is that publish's or a newer one.
     let published = control.published_ns.load(Ordering::Acquire);
-    let bitmap = control.bitmap.load(Ordering::Relaxed);
+    let bitmap =
+        if shared.owns_bitmap() { control.bitmap.load(Ordering::Relaxed) >> shared.slot_base } else { 0 };
     let counters = shared.counters.as_deref().map(Counters::read);
     let ms = |ns: u64| ns as f64 / 1e6;
     let workers = shared.table[..shared.config.workers]
@@ -183,7 +193,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
                 eligible: bitmap & (1 << id) != 0,
-                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[id]),
+                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[shared.slot_base + id]),
                 requests: w.requests.load(Ordering::Relaxed),
                 busy_ns: w.busy_ns.load(Ordering::Relaxed),
                 heartbeat_age_ms: if hb == 0 { f64::INFINITY } else { ms(now.saturating_sub(hb)) },
@@ -209,6 +219,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         )
     });
     Snapshot {
+        pid: std::process::id(),
+        slot_base: shared.slot_base,
+        program_runs: counters.as_ref().map_or(0, |c| c.runs),
         mode: shared.mode,
         mode_reason: shared.mode_reason.clone(),
         bitmap,

@@ -208,9 +208,16 @@ where
             let cost = placement.expected_us(class);
             // Only HTTP/1 connections are asked to reconnect; the checks are
             // a load of one gauge unless the worker is overloaded, and one
-            // branch unless connections have a maximum age or count.
+            // branch unless connections have a maximum age or count. A
+            // draining worker (stopping, or handing over to a successor)
+            // asks every one, so that a keep-alive client's next request goes
+            // to a serving worker instead of racing the close of an idle
+            // connection.
+            let draining = hermes_runtime::WorkerStatus::from(worker.state().phase())
+                == hermes_runtime::WorkerStatus::Draining;
             let reconnect = http1
-                && (placement.should_recycle(worker.id(), served, opened)
+                && (draining
+                    || placement.should_recycle(worker.id(), served, opened)
                     || placement.should_reconnect(worker.id()));
             let learner = measure(cost).then(|| (worker.clone(), class));
             if placement.offloads(cost)

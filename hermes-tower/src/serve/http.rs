@@ -73,6 +73,7 @@ where
         #[cfg(feature = "tls")]
         tls: None,
         signal: None,
+        upgrades: false,
         _service: PhantomData,
     }
 }
@@ -111,6 +112,7 @@ pub struct Serve<A, M, S> {
     #[cfg(feature = "tls")]
     tls: Option<RustlsConfig>,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    upgrades: bool,
     _service: PhantomData<fn() -> S>,
 }
 
@@ -120,7 +122,9 @@ impl<A, M, S> fmt::Debug for Serve<A, M, S> {
         d.field("builder", &self.builder).field("layer", &self.layer).field("stats", &self.stats);
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls);
-        d.field("graceful_shutdown", &self.signal.is_some()).finish_non_exhaustive()
+        d.field("graceful_shutdown", &self.signal.is_some())
+            .field("upgrades", &self.upgrades)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,6 +216,28 @@ where
         self
     }
 
+    /// Zero-downtime upgrades in one setting: on `SIGUSR2` the server starts
+    /// the current binary again with the same arguments (install the new
+    /// release at the same path first), hands it the listeners and the
+    /// kernel state, and drains once the new process serves; the future
+    /// then resolves (see [`hermes_runtime::upgrade`]). A process started
+    /// that way takes over instead of binding anew
+    /// ([`Builder::upgrade_from_env`]). When the new process fails to
+    /// start or refuses, this server keeps serving and logs why. With
+    /// [`Serve::start`], the handle's [`ServerHandle::upgrade`] does the
+    /// same on demand, and [`upgrade_on_sigusr2`](super::upgrade_on_sigusr2)
+    /// waits for the signals.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// hermes_tower::serve("0.0.0.0:3000", app).with_upgrades().await
+    /// # }
+    /// ```
+    pub fn with_upgrades(mut self) -> Self {
+        self.upgrades = true;
+        self
+    }
+
     /// Binds the address, starts the workers and returns at once.
     ///
     /// Nothing stops the server on a signal: call
@@ -227,6 +253,9 @@ where
     pub fn start(self) -> io::Result<ServerHandle> {
         let addr = self.addr.into_bind_addr()?;
         let mut builder = self.builder;
+        if self.upgrades {
+            builder.upgrade_from_env(true);
+        }
         let server = builder.bind(addr).build()?;
         let make = WorkerMakeService {
             inner: self.app,
@@ -257,11 +286,26 @@ where
 
     fn into_future(mut self) -> ServeFuture {
         let signal = self.signal.take();
+        let upgrades = self.upgrades;
         ServeFuture::new(async move {
             let handle = self.start()?;
-            match signal {
-                Some(signal) => shutdown_when(handle, signal).await,
-                None => shutdown_on_signal(handle).await,
+            match (signal, upgrades) {
+                (Some(signal), false) => shutdown_when(handle, signal).await,
+                (None, false) => shutdown_on_signal(handle).await,
+                (signal, true) => {
+                    super::upgrade_on_sigusr2(handle, async move {
+                        match signal {
+                            Some(signal) => signal.await,
+                            None => {
+                                if let Err(e) = super::ctrl_c_or_sigterm().await {
+                                    tracing::error!(error = %e, "no SIGINT/SIGTERM handler");
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                        }
+                    })
+                    .await
+                }
             }
         })
     }
@@ -274,6 +318,11 @@ struct WorkerSettings {
     tls: Option<RustlsConfig>,
 }
 
+/// How long a draining worker keeps answering on idle HTTP/1 keep-alive
+/// connections (each answer with `Connection: close`) before it closes
+/// those still idle.
+const DRAIN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One worker's server: `axum::serve` on the worker's listener until the
 /// worker drains.
 async fn serve_worker<M, S>(listener: HermesListener, make: WorkerMakeService<M>, settings: WorkerSettings)
@@ -285,6 +334,15 @@ where
 {
     let worker = listener.worker_id();
     let drain = listener.shutdown_signal();
+    // axum's graceful shutdown closes idle keep-alive connections at once,
+    // racing a client's next request on them (it then sees the connection
+    // close under it). For `DRAIN_IDLE_GRACE` after the drain begins, those
+    // requests are still answered, with `Connection: close` (see `Place`);
+    // only then are the connections left idle closed.
+    let drain = async move {
+        drain.await;
+        tokio::time::sleep(DRAIN_IDLE_GRACE).await;
+    };
     let listener = match settings {
         #[cfg(feature = "tls")]
         WorkerSettings { tls: Some(tls), .. } => WorkerListener::tls(listener, tls),

@@ -232,6 +232,78 @@ pub async fn ctrl_c_or_sigterm() -> io::Result<()> {
     Ok(())
 }
 
+/// Serves until `stop` resolves (then shuts down gracefully, as
+/// [`shutdown_when`]), and upgrades on every `SIGUSR2`: the current binary
+/// is started again with the same arguments and takes over the listeners
+/// and the kernel state ([`ServerHandle::upgrade`]); once it serves, this
+/// server drains and the future resolves. A failed upgrade is logged and
+/// this server keeps serving (and waits for the next signal).
+///
+/// Call it from a Tokio runtime (its blocking pool runs the upgrade and
+/// waits for the workers). The new process must start its server with
+/// [`Builder::upgrade_from_env`](hermes_runtime::Builder::upgrade_from_env)
+/// (what [`Serve::with_upgrades`] sets).
+///
+/// ```no_run
+/// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// let mut builder = hermes_runtime::Builder::new();
+/// builder.upgrade_from_env(true);
+/// let handle = hermes_tower::serve("0.0.0.0:3000", app).with_builder(builder).start()?;
+/// hermes_tower::serve::upgrade_on_sigusr2(handle, async {
+///     let _ = hermes_tower::serve::ctrl_c_or_sigterm().await;
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// # Errors
+/// When the `SIGUSR2` handler cannot be installed (the server is then shut
+/// down before returning), or the task waiting for the workers panicked.
+pub async fn upgrade_on_sigusr2<F>(handle: ServerHandle, stop: F) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let mut usr2 = match signal(SignalKind::user_defined2()) {
+        Ok(s) => s,
+        Err(e) => {
+            tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)?;
+            return Err(e);
+        }
+    };
+    let mut stop = std::pin::pin!(stop);
+    let mut handle = handle;
+    loop {
+        tokio::select! {
+            () = &mut stop => {
+                tracing::info!("shutdown signal: shutting the Hermes server down");
+                break;
+            }
+            () = all_stopped(&handle) => {
+                return tokio::task::spawn_blocking(move || handle.join()).await.map_err(io::Error::other);
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading the Hermes server");
+                let (back, result) = tokio::task::spawn_blocking(move || {
+                    let result = handle.upgrade(hermes_runtime::Upgrade::new());
+                    (handle, result)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                handle = back;
+                match result {
+                    Ok(done) => {
+                        tracing::info!(successor = done.pid, "upgraded; draining");
+                        break;
+                    }
+                    // Logged by the upgrade itself; keep serving.
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)
+}
+
 /// Resolves once every worker of `handle` has stopped.
 async fn all_stopped(handle: &ServerHandle) {
     loop {

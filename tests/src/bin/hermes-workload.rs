@@ -9,8 +9,13 @@
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
 //! `/work?us=N` (spins the worker's CPU for N µs), `/block?ms=N` (blocks the
 //! worker thread for N ms), `/_hermes/stats` (the snapshot as JSON). Every
-//! response carries `x-hermes-worker: ID`. Ctrl-C or SIGTERM drains and
-//! exits.
+//! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or SIGTERM drains and
+//! exits. `SIGUSR2` upgrades without downtime (the Hermes modes): the binary
+//! now at this path starts with the same arguments, takes the listeners and
+//! the kernel state over, prints its own `listening on` line, and this
+//! process drains and exits; if the new one fails, this one keeps serving.
+//! Started with systemd's socket activation (`LISTEN_FDS`, `ReusePort=yes`),
+//! the Hermes modes serve on the passed listeners (`--addr` is ignored).
 //!
 //! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
 //! README tells users to serve an axum app: through `hermes_tower::serve`,
@@ -52,7 +57,8 @@ use hermes_tower::HermesLayer;
 /// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 /// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
 /// (spins the worker's CPU for N µs), `/block?ms=N` (blocks the worker thread
-/// for N ms), `/_hermes/stats`. Ctrl-C or SIGTERM drains and exits.
+/// for N ms), `/_hermes/stats`. Ctrl-C or SIGTERM drains and exits;
+/// SIGUSR2 hands the server over to a new process of the binary at this path.
 #[derive(Debug, Parser)]
 #[command(name = "hermes-workload", version)]
 struct Args {
@@ -78,6 +84,10 @@ struct Args {
     /// units of load of the least loaded (default: the policy's own).
     #[arg(long, value_name = "N")]
     margin: Option<u64>,
+    /// How long a draining server (on SIGTERM, or after handing over on
+    /// SIGUSR2) waits for its open connections, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    drain_timeout_ms: u64,
 }
 
 /// The server under test.
@@ -162,6 +172,8 @@ fn app(stats: Router) -> Router {
     endpoints().layer(HermesLayer::new()).merge(stats).layer(axum::middleware::map_response(
         |mut res: Response| async move {
             res.headers_mut().insert("x-hermes-worker", HeaderValue::from(worker_id()));
+            // Which process answered (it changes with an upgrade on SIGUSR2).
+            res.headers_mut().insert("x-hermes-pid", HeaderValue::from(std::process::id()));
             res
         },
     ))
@@ -182,7 +194,10 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
         std::io::stdout().flush()?;
         let stats = Router::new().route(
             "/_hermes/stats",
-            get(|| async { axum::Json(serde_json::json!({"mode": "tokio", "workers": []})).into_response() }),
+            get(|| async {
+                axum::Json(serde_json::json!({"pid": std::process::id(), "mode": "tokio", "workers": []}))
+                    .into_response()
+            }),
         );
         let app = app(stats);
         let signal = async {
@@ -218,6 +233,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .mode(mode)
         .require_ebpf(args.require_ebpf)
         .tick(Duration::from_millis(args.tick_ms))
+        .drain_timeout(Duration::from_millis(args.drain_timeout_ms))
+        // Started by SIGUSR2's upgrade: take the running server over.
+        .upgrade_from_env(true)
+        // Started by systemd (or anything speaking LISTEN_FDS): serve there.
+        .socket_activation(true)
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
@@ -241,10 +261,25 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
     std::io::stdout().flush()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(hermes_tower::serve::shutdown_on_signal(handle))
+    rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
+        if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
+            eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
+            std::future::pending::<()>().await;
+        }
+    }))
 }
 
 fn main() -> ExitCode {
+    // The runtime's warnings and errors (a failed upgrade says why) on
+    // stderr; `RUST_LOG` for more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let args = Args::parse();
     let result = if args.mode == Peer::Tokio { run_tokio(&args) } else { run_hermes(&args) };
     match result {

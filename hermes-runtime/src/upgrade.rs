@@ -1,0 +1,669 @@
+//! Zero-downtime upgrade: a running server hands its listeners and the
+//! kernel state (the dispatch program and its maps) to a successor process
+//! over a Unix socket (`SCM_RIGHTS`).
+//!
+//! The hand-over, step by step:
+//!
+//! 1. [`ServerHandle::upgrade`](crate::ServerHandle::upgrade) makes a
+//!    `SOCK_SEQPACKET` socket pair and starts the successor (by default the
+//!    current binary again, with the same arguments), with its end of the
+//!    pair in [`UPGRADE_FD_ENV`].
+//! 2. The old server sends an offer: a short text header (protocol,
+//!    [`LAYOUT_VERSION`], its pid, mode, the slots its workers use) with the
+//!    descriptors of its listeners and, in Hermes mode, of the program and
+//!    its four maps (table, control, counters, socket array).
+//! 3. The successor ([`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env))
+//!    checks the header (a different layout version is refused with
+//!    [`UpgradeError::LayoutVersion`]), maps the inherited maps (nothing is
+//!    reset: the counters carry on), binds its own `SO_REUSEPORT` listeners
+//!    on the inherited address (they join the old listeners' group, and so
+//!    its program) and places them in its own slots of the socket array: the
+//!    slots next to the old server's, so the two servers never share a slot
+//!    of the array, the table or the bitmap.
+//! 4. Once every worker of the successor serves, it takes the maps over
+//!    ([`Control::take_over`](hermes_bpf::layout::Control::take_over)): in
+//!    one step under the publish lock, the bitmap moves to its workers and
+//!    the old server's schedulers stop publishing. It answers `ready`.
+//! 5. The old server then drains: its listeners leave the group and their
+//!    queued connections migrate to the successor's listeners (the program
+//!    is attached as `sk_reuseport/migrate`, and the bitmap names only the
+//!    successor's workers), its requests in flight finish, and it exits
+//!    within its drain timeout.
+//!
+//! If the successor exits, refuses, or does not answer within the timeout,
+//! the old server kills it if it still runs, takes the maps back if it had
+//! lost them, keeps serving, and returns (and logs) why.
+//!
+//! Why descriptors rather than pins in bpffs: a descriptor passed over the
+//! socket lives as long as a process holds it, needs no mounted bpffs
+//! (machines often have none) and leaves nothing to clean up when both
+//! processes are gone.
+
+use std::{
+    ffi::OsString,
+    fmt,
+    io::{IoSlice, IoSliceMut},
+    net::TcpListener,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use hermes_bpf::{KernelFds, layout::LAYOUT_VERSION};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::socket::{
+        AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg,
+        socketpair,
+    },
+};
+
+use crate::config::Mode;
+
+/// The environment variable that tells a successor which descriptor is its
+/// end of the hand-over socket.
+pub const UPGRADE_FD_ENV: &str = "HERMES_UPGRADE_FD";
+
+/// The hand-over protocol's version (the first line of the offer).
+const PROTOCOL: &str = "hermes-upgrade 1";
+
+/// Most descriptors one offer carries: a listener per worker and five
+/// kernel objects.
+const MAX_FDS: usize = hermes_bpf::layout::MAX_WORKERS + 5;
+
+/// Why an upgrade did not happen. In every case the old server keeps
+/// serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// The mode cannot hand its listeners over (the shared listener of
+    /// [`Mode::SharedListener`] has no group to join).
+    #[error("a server in mode {mode} cannot be upgraded in place (only hermes and kernel-hash can)")]
+    Unsupported {
+        /// The server's mode.
+        mode: Mode,
+    },
+    /// An upgrade is already in progress on this server.
+    #[error("an upgrade is already in progress")]
+    InProgress,
+    /// The successor could not be started.
+    #[error("could not start the successor {command}: {source}")]
+    Spawn {
+        /// The command, as run.
+        command: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The successor exited before it took over.
+    #[error("the successor (pid {pid}) exited with {status} before taking over")]
+    SuccessorExited {
+        /// Its pid.
+        pid: u32,
+        /// How it exited.
+        status: std::process::ExitStatus,
+    },
+    /// The successor refused the hand-over, for the reason it gave.
+    #[error("the successor (pid {pid}) refused the hand-over: {reason}")]
+    Refused {
+        /// Its pid.
+        pid: u32,
+        /// Its message.
+        reason: String,
+    },
+    /// The successor did not answer within the timeout; it was killed.
+    #[error("the successor (pid {pid}) did not take over within {timeout:?}; it was stopped")]
+    Timeout {
+        /// Its pid.
+        pid: u32,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The maps of the running server have another layout version (seen by
+    /// the successor).
+    #[error(
+        "the running server's maps have layout version {found}, this server needs {want}; \
+         the hand-over is refused and the running server keeps serving"
+    )]
+    LayoutVersion {
+        /// The version in the running server's offer and maps.
+        found: u64,
+        /// This server's [`LAYOUT_VERSION`].
+        want: u64,
+    },
+    /// The successor's settings do not fit the running server's (mode,
+    /// address, too many workers for the free slots).
+    #[error("the successor's settings do not fit the running server's: {0}")]
+    Mismatch(String),
+    /// The hand-over socket failed or carried something unexpected.
+    #[error("hand-over protocol: {0}")]
+    Protocol(String),
+    /// A system call of the hand-over failed.
+    #[error("hand-over: {what}: {source}")]
+    Io {
+        /// The step.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpgradeError {
+    pub(crate) fn io(what: &'static str, source: impl Into<std::io::Error>) -> Self {
+        Self::Io { what, source: source.into() }
+    }
+}
+
+impl From<UpgradeError> for std::io::Error {
+    fn from(e: UpgradeError) -> Self {
+        let kind = match &e {
+            UpgradeError::LayoutVersion { .. } | UpgradeError::Mismatch(_) => std::io::ErrorKind::InvalidData,
+            UpgradeError::Unsupported { .. } => std::io::ErrorKind::Unsupported,
+            UpgradeError::Timeout { .. } => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+/// How to start the successor: [`Upgrade::new`] re-executes the current
+/// binary with the same arguments and environment; [`Upgrade::command`]
+/// runs a command of your own (it must start a server built with
+/// [`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env)).
+///
+/// ```no_run
+/// # fn demo(handle: hermes_runtime::ServerHandle) {
+/// use std::time::Duration;
+/// use hermes_runtime::Upgrade;
+///
+/// match handle.upgrade(Upgrade::new().timeout(Duration::from_secs(20))) {
+///     Ok(done) => {
+///         println!("pid {} serves now; draining", done.pid);
+///         handle.shutdown();
+///     }
+///     Err(e) => eprintln!("upgrade failed, still serving: {e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Upgrade {
+    pub(crate) command: Option<Command>,
+    pub(crate) timeout: Duration,
+}
+
+impl Default for Upgrade {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upgrade {
+    /// Re-executes the current binary (the file now at its path, so a new
+    /// release installed over it is what starts) with the same arguments;
+    /// 30 s to take over.
+    pub fn new() -> Self {
+        Self { command: None, timeout: Duration::from_secs(30) }
+    }
+
+    /// Runs `command` instead (its environment gets [`UPGRADE_FD_ENV`]).
+    pub fn command(mut self, command: Command) -> Self {
+        self.command = Some(command);
+        self
+    }
+
+    /// How long the successor has to start its workers and take over.
+    /// Default: 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// A finished hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upgraded {
+    /// The successor's pid.
+    pub pid: u32,
+}
+
+/// The current binary's path: `/proc/self/exe`'s target, without the
+/// ` (deleted)` the kernel appends once the file was replaced (an upgrade
+/// wants the new file at that path).
+fn current_exe() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let s = exe.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+/// The header of an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Offer {
+    pub(crate) pid: u32,
+    pub(crate) mode: Mode,
+    pub(crate) layout: u64,
+    pub(crate) slot_base: usize,
+    pub(crate) workers: usize,
+    pub(crate) listeners: usize,
+    pub(crate) kernel: bool,
+}
+
+impl Offer {
+    fn encode(&self) -> String {
+        format!(
+            "{PROTOCOL}\npid={}\nmode={}\nlayout={}\nslot_base={}\nworkers={}\nlisteners={}\nkernel={}\n",
+            self.pid,
+            self.mode.as_str(),
+            self.layout,
+            self.slot_base,
+            self.workers,
+            self.listeners,
+            u8::from(self.kernel)
+        )
+    }
+
+    fn decode(text: &str) -> Result<Self, UpgradeError> {
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default();
+        if first != PROTOCOL {
+            return Err(UpgradeError::Protocol(format!("expected `{PROTOCOL}`, got `{first}`")));
+        }
+        let mut get = std::collections::HashMap::new();
+        for line in lines {
+            if let Some((k, v)) = line.split_once('=') {
+                get.insert(k, v);
+            }
+        }
+        let field = |k: &str| -> Result<u64, UpgradeError> {
+            get.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| UpgradeError::Protocol(format!("the offer has no valid `{k}`")))
+        };
+        let mode = match get.get("mode").copied() {
+            Some("hermes") => Mode::Hermes,
+            Some("kernel-hash") => Mode::KernelHash,
+            other => return Err(UpgradeError::Protocol(format!("the offer's mode {other:?} is unknown"))),
+        };
+        Ok(Self {
+            pid: field("pid")? as u32,
+            mode,
+            layout: field("layout")?,
+            slot_base: field("slot_base")? as usize,
+            workers: field("workers")? as usize,
+            listeners: field("listeners")? as usize,
+            kernel: field("kernel")? == 1,
+        })
+    }
+}
+
+/// Sends one message with descriptors.
+fn send(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), UpgradeError> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)
+        .map_err(|e| UpgradeError::io("sending on the hand-over socket", e))?;
+    Ok(())
+}
+
+/// Waits up to `timeout` for one message; `Ok(None)` on timeout. An empty
+/// message is the peer closing its end.
+fn recv(sock: &OwnedFd, timeout: Duration) -> Result<Option<(String, Vec<OwnedFd>)>, UpgradeError> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut pfd = [PollFd::new(std::os::fd::AsFd::as_fd(sock), PollFlags::POLLIN)];
+    let ready = poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX))
+        .map_err(|e| UpgradeError::io("waiting on the hand-over socket", e))?;
+    if ready == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(msg) => msg,
+        // The peer closed its end with our message unread: as an empty message.
+        Err(nix::errno::Errno::ECONNRESET) => return Ok(Some((String::new(), Vec::new()))),
+        Err(e) => return Err(UpgradeError::io("reading the hand-over socket", e)),
+    };
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| UpgradeError::io("reading the hand-over socket", e))? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process for this message; nothing else owns them.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fds)))
+}
+
+/// The old server's side: starts the successor, offers it `listeners` and
+/// `kernel`, and waits for its answer. Returns the successor's pid once it
+/// answered `ready`.
+pub(crate) fn offer(
+    upgrade: Upgrade,
+    offer: &Offer,
+    listeners: &[OwnedFd],
+    kernel: Option<&KernelFds>,
+) -> Result<Upgraded, UpgradeError> {
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| UpgradeError::io("creating the hand-over socket", e))?;
+    let mut command = match upgrade.command {
+        Some(c) => c,
+        None => {
+            let exe = current_exe().map_err(|e| UpgradeError::io("finding the current binary", e))?;
+            let mut c = Command::new(exe);
+            c.args(std::env::args_os().skip(1).collect::<Vec<OsString>>());
+            c
+        }
+    };
+    let child_fd = theirs.as_raw_fd();
+    command.env(UPGRADE_FD_ENV, child_fd.to_string());
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls fcntl, which is async-signal-safe; it keeps the successor's end
+    // of the socket open across exec (it was made close-on-exec so that no
+    // other child inherits it).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let shown = format!("{command:?}");
+    let mut child =
+        command.spawn().map_err(|source| UpgradeError::Spawn { command: shown.clone(), source })?;
+    drop(theirs);
+    let pid = child.id();
+    tracing::info!(successor = pid, command = %shown, "upgrade: successor started; offering the listeners and the kernel state");
+    let result = (|| {
+        let mut fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+        if let Some(k) = kernel {
+            fds.extend(k.iter().map(AsRawFd::as_raw_fd));
+        }
+        send(&ours, offer.encode().as_bytes(), &fds)?;
+        let deadline = Instant::now() + upgrade.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(UpgradeError::Timeout { pid, timeout: upgrade.timeout });
+            }
+            match recv(&ours, left.min(Duration::from_millis(50)))? {
+                Some((text, _)) if text.is_empty() => {
+                    // The successor closed its end: wait a moment for its status.
+                    for _ in 0..100 {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            return Err(UpgradeError::SuccessorExited { pid, status });
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    return Err(UpgradeError::Protocol(format!(
+                        "the successor (pid {pid}) closed the hand-over socket without an answer"
+                    )));
+                }
+                Some((text, _)) => {
+                    if let Some(rest) = text.strip_prefix("ready") {
+                        let _ = rest;
+                        return Ok(Upgraded { pid });
+                    }
+                    if let Some(reason) = text.strip_prefix("refused ") {
+                        return Err(UpgradeError::Refused { pid, reason: reason.to_owned() });
+                    }
+                    return Err(UpgradeError::Protocol(format!("unexpected answer `{text}`")));
+                }
+                None => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        // An answer sent just before exiting is still queued.
+                        if let Some((text, _)) = recv(&ours, Duration::ZERO)?
+                            && let Some(reason) = text.strip_prefix("refused ")
+                        {
+                            return Err(UpgradeError::Refused { pid, reason: reason.to_owned() });
+                        }
+                        return Err(UpgradeError::SuccessorExited { pid, status });
+                    }
+                }
+            }
+        }
+    })();
+    match &result {
+        Ok(_) => {
+            // The successor lives on (it is reparented when this process exits).
+            drop(child);
+        }
+        Err(e) => {
+            // A successor that refused exits by itself: give it a moment.
+            if matches!(e, UpgradeError::Refused { .. }) {
+                let until = Instant::now() + Duration::from_secs(2);
+                while matches!(child.try_wait(), Ok(None)) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            if let Ok(None) = child.try_wait() {
+                tracing::warn!(successor = pid, error = %e, "upgrade: stopping the successor");
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+    result
+}
+
+/// What a successor received, until it takes over.
+pub(crate) struct Inherited {
+    pub(crate) channel: OwnedFd,
+    pub(crate) offer: Offer,
+    pub(crate) listeners: Vec<TcpListener>,
+}
+
+impl fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inherited").field("offer", &self.offer).finish()
+    }
+}
+
+/// The successor's end of the hand-over socket, if [`UPGRADE_FD_ENV`] names one.
+pub(crate) fn channel_from_env() -> Result<Option<OwnedFd>, UpgradeError> {
+    match std::env::var_os(UPGRADE_FD_ENV) {
+        Some(value) => channel_from(&value),
+        None => Ok(None),
+    }
+}
+
+/// The hand-over socket named by `value` (a descriptor number), taken over
+/// by this process; `None` when the number is open but no hand-over socket.
+fn channel_from(value: &std::ffi::OsStr) -> Result<Option<OwnedFd>, UpgradeError> {
+    let fd: RawFd = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+        UpgradeError::Protocol(format!("{UPGRADE_FD_ENV}={value:?} is not a descriptor number"))
+    })?;
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF
+    // when the number is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(UpgradeError::io(
+            "opening the descriptor of HERMES_UPGRADE_FD",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // A process that inherited the variable from a successor (its child)
+    // has no hand-over socket at that number: start as usual.
+    // SAFETY: borrowed for the getsockopt only; the number is open.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&borrowed);
+    if sock.r#type().ok() != Some(socket2::Type::SEQPACKET)
+        || sock.domain().ok() != Some(socket2::Domain::UNIX)
+    {
+        tracing::warn!(
+            fd,
+            "{UPGRADE_FD_ENV} names a descriptor that is no hand-over socket; starting as usual"
+        );
+        return Ok(None);
+    }
+    // SAFETY: the descriptor is open (checked above) and was left to this
+    // process by the server that started it, for this use only; it is set
+    // close-on-exec so that no child of ours inherits it.
+    let fd = unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        OwnedFd::from_raw_fd(fd)
+    };
+    Ok(Some(fd))
+}
+
+/// Receives the offer on the successor's side.
+pub(crate) fn receive(
+    channel: OwnedFd,
+    timeout: Duration,
+) -> Result<(Inherited, Option<KernelFds>), (OwnedFd, UpgradeError)> {
+    let (text, mut fds) = match recv(&channel, timeout) {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Err((channel, UpgradeError::Protocol(format!("no offer within {timeout:?}"))));
+        }
+        Err(e) => return Err((channel, e)),
+    };
+    let offer = match Offer::decode(&text) {
+        Ok(o) => o,
+        Err(e) => return Err((channel, e)),
+    };
+    let want = offer.listeners + if offer.kernel { 5 } else { 0 };
+    if fds.len() != want || offer.listeners == 0 {
+        return Err((
+            channel,
+            UpgradeError::Protocol(format!(
+                "the offer announced {want} descriptors ({} listeners), {} arrived",
+                offer.listeners,
+                fds.len()
+            )),
+        ));
+    }
+    let kernel = if offer.kernel {
+        let k: Vec<OwnedFd> = fds.drain(offer.listeners..).collect();
+        let k: [OwnedFd; 5] = k.try_into().expect("five checked above");
+        Some(KernelFds::from_fds(k))
+    } else {
+        None
+    };
+    let listeners = fds.into_iter().map(TcpListener::from).collect();
+    Ok((Inherited { channel, offer, listeners }, kernel))
+}
+
+/// Tells the old server why the successor refuses.
+pub(crate) fn refuse(channel: &OwnedFd, error: &(dyn std::error::Error + 'static)) {
+    let text = format!("refused {}", hermes_bpf::error_chain::chain(error));
+    if let Err(e) = send(channel, text.as_bytes(), &[]) {
+        tracing::warn!(error = %e, "upgrade: could not tell the running server why the hand-over is refused");
+    }
+}
+
+/// Tells the old server that the successor serves.
+pub(crate) fn ready(channel: &OwnedFd) -> Result<(), UpgradeError> {
+    send(channel, format!("ready pid={}", std::process::id()).as_bytes(), &[])
+}
+
+/// The first slot a successor of `workers` workers uses next to the running
+/// server's slots `old_base..old_base + old_workers`: below them when they
+/// fit, else right after them.
+pub(crate) fn successor_base(
+    old_base: usize,
+    old_workers: usize,
+    workers: usize,
+) -> Result<usize, UpgradeError> {
+    let max = hermes_bpf::layout::MAX_WORKERS;
+    if workers <= old_base {
+        Ok(0)
+    } else if old_base + old_workers + workers <= max {
+        Ok(old_base + old_workers)
+    } else {
+        Err(UpgradeError::Mismatch(format!(
+            "the running server uses slots {old_base}..{} of {max}; {workers} more workers do not fit beside them",
+            old_base + old_workers
+        )))
+    }
+}
+
+/// The layout check of an offer, before any map is touched.
+pub(crate) fn check_offer(offer: &Offer, mode: Mode) -> Result<(), UpgradeError> {
+    if mode != offer.mode {
+        return Err(UpgradeError::Mismatch(format!(
+            "the running server is in mode {}, this one in {mode}",
+            offer.mode
+        )));
+    }
+    if offer.kernel && offer.layout != LAYOUT_VERSION {
+        return Err(UpgradeError::LayoutVersion { found: offer.layout, want: LAYOUT_VERSION });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offer_round_trips_and_bad_headers_are_refused() {
+        let o = Offer {
+            pid: 42,
+            mode: Mode::Hermes,
+            layout: LAYOUT_VERSION,
+            slot_base: 4,
+            workers: 4,
+            listeners: 4,
+            kernel: true,
+        };
+        assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
+        assert!(matches!(Offer::decode("hermes-upgrade 9\n"), Err(UpgradeError::Protocol(_))));
+        assert!(matches!(
+            Offer::decode("hermes-upgrade 1\npid=1\nmode=hermes\n"),
+            Err(UpgradeError::Protocol(m)) if m.contains("layout")
+        ));
+    }
+
+    #[test]
+    fn only_a_hand_over_socket_is_taken_from_the_environment() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let raw = theirs.into_raw_fd();
+        let taken =
+            channel_from(std::ffi::OsStr::new(&raw.to_string())).unwrap().expect("a hand-over socket");
+        assert_eq!(taken.as_raw_fd(), raw);
+        // A descriptor of another kind (inherited variable, reused number).
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let n = tcp.as_raw_fd().to_string();
+        assert!(channel_from(std::ffi::OsStr::new(&n)).unwrap().is_none());
+        drop((ours, tcp));
+        assert!(matches!(channel_from(std::ffi::OsStr::new("nope")), Err(UpgradeError::Protocol(_))));
+        assert!(matches!(channel_from(std::ffi::OsStr::new("999999")), Err(UpgradeError::Io { .. })));
+    }
+
+    #[test]
+    fn successor_slots_never_overlap_the_running_servers() {
+        assert_eq!(successor_base(0, 4, 4).unwrap(), 4);
+        assert_eq!(successor_base(4, 4, 4).unwrap(), 0);
+        assert_eq!(successor_base(4, 4, 8).unwrap(), 8);
+        assert_eq!(successor_base(0, 32, 32).unwrap(), 32);
+        assert!(matches!(successor_base(0, 40, 30), Err(UpgradeError::Mismatch(_))));
+    }
+
+    #[test]
+    fn a_layout_version_of_another_release_is_refused() {
+        let o = Offer {
+            pid: 1,
+            mode: Mode::Hermes,
+            layout: LAYOUT_VERSION + 1,
+            slot_base: 0,
+            workers: 2,
+            listeners: 2,
+            kernel: true,
+        };
+        let err = check_offer(&o, Mode::Hermes).unwrap_err();
+        assert!(
+            matches!(err, UpgradeError::LayoutVersion { found, want } if found == LAYOUT_VERSION + 1 && want == LAYOUT_VERSION)
+        );
+        assert!(matches!(check_offer(&o, Mode::KernelHash), Err(UpgradeError::Mismatch(_))));
+    }
+}
