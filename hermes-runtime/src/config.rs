@@ -72,6 +72,9 @@ pub(crate) struct Config {
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,
     pub(crate) stack_size: Option<usize>,
+    pub(crate) header_read_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<u32>,
 }
 
 /// A function run on each worker, shared by every worker.

@@ -15,7 +15,7 @@ use crate::shared::Shared;
 /// counters `hermes_accepted_total`, `hermes_requests_total`,
 /// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
 /// `hermes_placed_out_total`, `hermes_placed_in_total`,
-/// `hermes_reconnects_total`, `hermes_offloaded_total`; server-wide gauge
+/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_refused_total`; server-wide gauge
 /// `hermes_mode{mode, reason}` (1) and counters
 /// `hermes_fallbacks_total{reason}` and `hermes_migrated_total`.
 pub(crate) struct WorkerMetrics {
@@ -33,6 +33,7 @@ pub(crate) struct WorkerMetrics {
     placed_in: metrics::Counter,
     reconnects: metrics::Counter,
     offloaded: metrics::Counter,
+    refused: metrics::Counter,
     mode: metrics::Gauge,
     fallbacks: [metrics::Counter; 3],
     migrated: metrics::Counter,
@@ -55,7 +56,8 @@ impl WorkerMetrics {
             placed_out: metrics::counter!("hermes_placed_out_total", "worker" => w.clone()),
             placed_in: metrics::counter!("hermes_placed_in_total", "worker" => w.clone()),
             reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w.clone()),
-            offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w),
+            offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w.clone()),
+            refused: metrics::counter!("hermes_refused_total", "worker" => w),
             mode: metrics::gauge!(
                 "hermes_mode",
                 "mode" => shared.mode.as_str(),
@@ -86,6 +88,7 @@ impl WorkerMetrics {
         self.placed_in.absolute(into);
         self.reconnects.absolute(shared.placement.reconnects(id));
         self.offloaded.absolute(shared.placement.offloaded(id));
+        self.refused.absolute(shared.workers[id].refused());
         self.mode.set(1.0);
         if let Some(c) = shared.counters.as_deref().map(Counters::read) {
             self.dispatched.absolute(c.dispatched[id]);

@@ -72,6 +72,9 @@ pub struct WorkerSnapshot {
     pub accepted: u64,
     /// Connections open now.
     pub open_connections: u32,
+    /// Connections accepted beyond `Builder::max_connections_per_worker`
+    /// and closed at once, in total.
+    pub refused: u64,
     /// Requests being served now (fed by [`crate::context::InFlight`]
     /// guards: the Tower layer's, or a hand-written server's).
     pub in_flight: u32,
@@ -177,6 +180,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 id,
                 accepted: w.accepted.load(Ordering::Relaxed),
                 open_connections: w.open_conns.load(Ordering::Relaxed),
+                refused: shared.workers[id].refused(),
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
                 eligible: bitmap & (1 << id) != 0,

@@ -13,6 +13,7 @@ use std::{
     fmt, io,
     marker::PhantomData,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -26,7 +27,9 @@ use tower_service::Service;
 #[cfg(feature = "tls")]
 use super::tls::RustlsConfig;
 use super::{
-    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when,
+    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener,
+    conn::{ActiveGuard, Activity},
+    log_start, shutdown_on_signal, shutdown_when,
 };
 use crate::{Hermes, HermesLayer, Place, place::future::PlaceFuture};
 
@@ -318,7 +321,8 @@ where
     }
 
     fn call(&mut self, stream: IncomingStream<'a>) -> Self::Future {
-        MakeFuture { inner: self.inner.call(stream), layer: self.layer, stats: self.stats.clone() }
+        let activity = stream.io().activity();
+        MakeFuture { inner: self.inner.call(stream), layer: self.layer, stats: self.stats.clone(), activity }
     }
 }
 
@@ -329,6 +333,7 @@ pin_project! {
         inner: F,
         layer: Option<HermesLayer>,
         stats: Option<axum::Router>,
+        activity: Option<Arc<Activity>>,
     }
 }
 
@@ -347,7 +352,7 @@ where
             Some(layer) => tower::util::Either::Left(layer.layer(app)),
             None => tower::util::Either::Right(app),
         });
-        Poll::Ready(Ok(WorkerService { app, stats: this.stats.take() }))
+        Poll::Ready(Ok(WorkerService { app, stats: this.stats.take(), activity: this.activity.take() }))
     }
 }
 
@@ -357,6 +362,30 @@ where
 struct WorkerService<S> {
     app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: Option<axum::Router>,
+    /// The connection's [`Activity`], when it has timeouts: a request in
+    /// progress is never cut by the idle timeout.
+    activity: Option<Arc<Activity>>,
+}
+
+pin_project! {
+    /// A request's future, counted as in progress on its connection until
+    /// it completes or is dropped.
+    struct Tracked<F> {
+        #[pin]
+        inner: F,
+        guard: Option<ActiveGuard>,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
+    }
 }
 
 type AppFuture<S> = PlaceFuture<
@@ -372,16 +401,18 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<AppFuture<S>, RouteFuture<Infallible>>;
+    type Future = Tracked<Either<AppFuture<S>, RouteFuture<Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match &mut self.stats {
+        let guard = self.activity.as_ref().map(Activity::start);
+        let inner = match &mut self.stats {
             Some(stats) if req.uri().path() == STATS_PATH => Either::Right(stats.call(req)),
             _ => Either::Left(self.app.call(req)),
-        }
+        };
+        Tracked { inner, guard }
     }
 }
