@@ -30,14 +30,16 @@ macro_rules! common_accessors {
                 self.shared.addr
             }
 
-            /// The mode in force: [`Mode::KernelHash`] after a fallback.
+            /// The mode in force: [`Mode::KernelHash`] after a fallback, and
+            /// while the dispatch self-check finds the program not running.
             pub fn mode(&self) -> Mode {
-                self.shared.mode
+                self.shared.current_mode().0
             }
 
-            /// Why the server fell back from [`Mode::Hermes`], if it did.
+            /// Why the server is not in [`Mode::Hermes`] though asked to be,
+            /// if it is not.
             pub fn mode_reason(&self) -> Option<&str> {
-                self.shared.mode_reason.as_deref()
+                self.shared.current_mode().1
             }
         }
 

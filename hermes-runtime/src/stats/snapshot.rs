@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub fallbacks: Fallbacks,
     /// Queued connections of closing listeners that the kernel migrated.
     pub migrated: u64,
+    /// Times the dispatch self-check found the program not running (the
+    /// group lost it, or another program replaced it) and attached it again.
+    pub dispatch_lost: u64,
     /// Request placement: the target of the moment and the requests lost
     /// with a stopped target.
     pub placement: PlacementSnapshot,
@@ -209,8 +212,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         )
     });
     Snapshot {
-        mode: shared.mode,
-        mode_reason: shared.mode_reason.clone(),
+        mode: shared.current_mode().0,
+        mode_reason: shared.current_mode().1.map(str::to_owned),
+        dispatch_lost: shared.dispatch_losses(),
         bitmap,
         bitmap_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
         workers,

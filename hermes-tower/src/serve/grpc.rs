@@ -241,7 +241,10 @@ where
     fn into_future(mut self) -> ServeFuture {
         let signal = self.signal.take();
         ServeFuture::new(async move {
-            let handle = self.start()?;
+            // Loading the program, binding and the start-up wait block: on
+            // the blocking pool, not on the caller's executor thread.
+            let handle =
+                tokio::task::spawn_blocking(move || self.start()).await.map_err(io::Error::other)??;
             match signal {
                 Some(signal) => shutdown_when(handle, signal).await,
                 None => shutdown_on_signal(handle).await,
