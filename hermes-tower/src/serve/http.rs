@@ -29,7 +29,7 @@ use super::tls::RustlsConfig;
 use super::{
     IncomingStream, IntoBindAddr, ServeFuture, WorkerListener,
     conn::{ActiveGuard, Activity},
-    log_start, shutdown_on_signal, shutdown_when,
+    log_start, shutdown_all_on_signal, shutdown_all_when,
 };
 use crate::{Hermes, HermesLayer, Place, place::future::PlaceFuture};
 
@@ -69,6 +69,7 @@ where
 {
     Serve {
         addr,
+        also: Vec::new(),
         app,
         builder: Builder::new(),
         layer: Some(HermesLayer::new()),
@@ -107,6 +108,8 @@ where
 #[must_use = "a Serve does nothing until it is awaited or started"]
 pub struct Serve<A, M, S> {
     addr: A,
+    /// More addresses ([`Serve::also_bind`]), resolved when given.
+    also: Vec<io::Result<std::net::SocketAddr>>,
     app: M,
     builder: Builder,
     layer: Option<HermesLayer>,
@@ -228,9 +231,45 @@ where
     /// [`hermes_runtime::Server::serve`]'s errors (a bad setting, the bind
     /// error, a refused dispatch program with `require_ebpf`).
     pub fn start(self) -> io::Result<ServerHandle> {
-        let addr = self.addr.into_bind_addr()?;
-        let mut builder = self.builder;
-        let server = builder.bind(addr).build()?;
+        if !self.also.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Serve::start serves one address; with Serve::also_bind, call Serve::start_all",
+            ));
+        }
+        let mut handles = self.start_all()?;
+        Ok(handles.remove(0))
+    }
+
+    /// Also listens on `addr` (IPv4 and IPv6, or another port), with its own
+    /// server: its own workers (as many as the builder says, so two
+    /// addresses run twice the threads), its own `SO_REUSEPORT` group and
+    /// its own dispatch program attached to that group, all serving the same
+    /// application. Awaiting serves every address and stops them together;
+    /// [`Serve::start_all`] gives one handle per address.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// hermes_tower::serve("0.0.0.0:8080", app).also_bind("[::1]:8080").also_bind("0.0.0.0:8081").await
+    /// # }
+    /// ```
+    pub fn also_bind(mut self, addr: impl IntoBindAddr) -> Self {
+        self.also.push(addr.into_bind_addr());
+        self
+    }
+
+    /// Starts one server per address (the one given to [`serve()`] first,
+    /// then those of [`Serve::also_bind`]) and returns their handles in
+    /// that order, at once; see [`Serve::start`].
+    ///
+    /// # Errors
+    /// As [`Serve::start`], for any address; the servers already started
+    /// are then stopped.
+    pub fn start_all(self) -> io::Result<Vec<ServerHandle>> {
+        let mut addrs = vec![self.addr.into_bind_addr()?];
+        for addr in self.also {
+            addrs.push(addr?);
+        }
         let make = WorkerMakeService {
             inner: self.app,
             layer: self.layer,
@@ -240,10 +279,35 @@ where
             #[cfg(feature = "tls")]
             tls: self.tls,
         };
-        let handle = server
-            .serve(move |listener: HermesListener| serve_worker(listener, make.clone(), settings.clone()))?;
-        log_start(&handle);
-        Ok(handle)
+        let mut handles = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let mut builder = self.builder.clone();
+            // On an error, the handles started so far drop: their servers stop.
+            let server = builder.bind(addr).build()?;
+            let (make, settings) = (make.clone(), settings.clone());
+            let handle = server.serve(move |listener: HermesListener| {
+                serve_worker(listener, make.clone(), settings.clone())
+            })?;
+            log_start(&handle);
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+
+    /// The same, with the first address resolved (a listener given is closed).
+    fn resolved(self) -> io::Result<Serve<std::net::SocketAddr, M, S>> {
+        Ok(Serve {
+            addr: self.addr.into_bind_addr()?,
+            also: self.also,
+            app: self.app,
+            builder: self.builder,
+            layer: self.layer,
+            stats: self.stats,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            signal: self.signal,
+            _service: PhantomData,
+        })
     }
 }
 
@@ -260,14 +324,17 @@ where
 
     fn into_future(mut self) -> ServeFuture {
         let signal = self.signal.take();
+        // A listener given is closed now, as `axum::serve` consumes its own.
+        let this = self.resolved();
         ServeFuture::new(async move {
+            let this = this?;
             // Loading the program, binding and the start-up wait block: on
             // the blocking pool, not on the caller's executor thread.
-            let handle =
-                tokio::task::spawn_blocking(move || self.start()).await.map_err(io::Error::other)??;
+            let handles =
+                tokio::task::spawn_blocking(move || this.start_all()).await.map_err(io::Error::other)??;
             match signal {
-                Some(signal) => shutdown_when(handle, signal).await,
-                None => shutdown_on_signal(handle).await,
+                Some(signal) => shutdown_all_when(handles, signal).await,
+                None => shutdown_all_on_signal(handles).await,
             }
         })
     }
