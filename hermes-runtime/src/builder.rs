@@ -85,7 +85,17 @@ pub struct Builder {
     max_connection_age: Option<Duration>,
     upgrade_from_env: bool,
     socket_activation: bool,
+    header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<u32>,
 }
+
+/// The default of [`Builder::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of [`Builder::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of [`Builder::max_connections_per_worker`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 
 impl Default for Builder {
     fn default() -> Self {
@@ -125,6 +135,9 @@ impl Builder {
             max_connection_age: None,
             upgrade_from_env: false,
             socket_activation: false,
+            header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         }
     }
 
@@ -389,6 +402,43 @@ impl Builder {
         self
     }
 
+    /// How long a client may take to send a whole request head (request
+    /// line and headers), from its first byte; a connection still short of
+    /// a head then is closed. `None` waits for ever. Applied by
+    /// `hermes_tower::serve` (HTTP/1 and HTTP/2; read it with
+    /// [`HermesListener::header_read_timeout`](crate::HermesListener::header_read_timeout)
+    /// in a server of your own). Default: 30 s, hyper's own default when it
+    /// has a timer.
+    pub fn header_read_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay open with no request in progress and
+    /// nothing read or written (a keep-alive connection between requests, a
+    /// client that connected and sent nothing) before it is closed. A
+    /// request being served is never cut by it, however long its handler
+    /// takes. `None` keeps idle connections for ever. Applied by
+    /// `hermes_tower::serve` (read it with
+    /// [`HermesListener::idle_timeout`](crate::HermesListener::idle_timeout)).
+    /// Default: 60 s.
+    pub fn idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections one worker keeps open. A connection accepted
+    /// beyond it is closed at once (the client sees the connection closed
+    /// before any response), counted in the worker's `refused` (snapshot,
+    /// `hermes_refused_total`) and logged at most once a second per worker;
+    /// it is never left waiting in the accept queue. `None`: no limit (the
+    /// file-descriptor limit then refuses, with `EMFILE` and a back-off).
+    /// Default: 65 536.
+    pub fn max_connections_per_worker(&mut self, max: Option<u32>) -> &mut Self {
+        self.max_connections = max;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -445,6 +495,16 @@ impl Builder {
         if self.stack_size == Some(0) {
             return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
         }
+        for (name, t) in
+            [("header_read_timeout", self.header_read_timeout), ("idle_timeout", self.idle_timeout)]
+        {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(format!("{name} must not be zero (None turns it off)")));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(invalid("max_connections_per_worker must be at least 1 (None: no limit)".into()));
+        }
         Ok(Config {
             workers,
             addr: self.addr,
@@ -470,6 +530,9 @@ impl Builder {
             max_connection_age: self.max_connection_age,
             upgrade_from_env: self.upgrade_from_env,
             socket_activation: self.socket_activation,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
         })
     }
 

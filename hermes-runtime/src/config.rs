@@ -76,6 +76,9 @@ pub(crate) struct Config {
     pub(crate) stack_size: Option<usize>,
     pub(crate) upgrade_from_env: bool,
     pub(crate) socket_activation: bool,
+    pub(crate) header_read_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<u32>,
 }
 
 /// A function run on each worker, shared by every worker.

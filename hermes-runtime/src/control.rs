@@ -6,9 +6,11 @@ use std::{
     os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::{
         Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
+
+use hermes_bpf::monotonic_ns;
 
 use tokio::sync::Notify;
 
@@ -22,6 +24,10 @@ pub(crate) struct WorkerControl {
     stop: Mutex<Option<Stop>>,
     /// Whether the worker was counted in `Shared::started`.
     started_once: AtomicBool,
+    /// Connections accepted beyond `max_connections_per_worker` and closed.
+    refused: AtomicU64,
+    /// `CLOCK_MONOTONIC` nanoseconds when the drain began (0: not draining).
+    drain_started_ns: AtomicU64,
 }
 
 /// How to stop a worker's listener from another thread.
@@ -52,6 +58,8 @@ impl WorkerControl {
             notify: Notify::new(),
             stop: Mutex::new(None),
             started_once: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            drain_started_ns: AtomicU64::new(0),
         }
     }
 
@@ -63,7 +71,30 @@ impl WorkerControl {
     /// Sets the drain flag; `false` if it was set already.
     pub(crate) fn mark_draining(&self) -> bool {
         // AcqRel: the flag is seen set by whoever is woken by what follows.
-        !self.draining.swap(true, Ordering::AcqRel)
+        let first = !self.draining.swap(true, Ordering::AcqRel);
+        if first {
+            // Relaxed: a lone timestamp, read only to bound waits.
+            self.drain_started_ns.store(monotonic_ns(), Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// When the drain began (`CLOCK_MONOTONIC` ns), if it has.
+    pub(crate) fn drain_started_ns(&self) -> Option<u64> {
+        // Relaxed: see `mark_draining`.
+        Some(self.drain_started_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// Counts one connection refused over the per-worker limit; returns the total.
+    pub(crate) fn count_refused(&self) -> u64 {
+        // Relaxed: a lone counter.
+        self.refused.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections refused over the per-worker limit so far.
+    pub(crate) fn refused(&self) -> u64 {
+        // Relaxed: a lone counter.
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Wakes every task waiting in [`WorkerControl::draining`].

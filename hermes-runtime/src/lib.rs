@@ -90,7 +90,7 @@ mod sys;
 pub mod upgrade;
 mod worker;
 
-pub use builder::Builder;
+pub use builder::{Builder, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 pub use config::Mode;
 pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;

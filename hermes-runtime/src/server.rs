@@ -32,14 +32,16 @@ macro_rules! common_accessors {
                 self.shared.addr
             }
 
-            /// The mode in force: [`Mode::KernelHash`] after a fallback.
+            /// The mode in force: [`Mode::KernelHash`] after a fallback, and
+            /// while the dispatch self-check finds the program not running.
             pub fn mode(&self) -> Mode {
-                self.shared.mode
+                self.shared.current_mode().0
             }
 
-            /// Why the server fell back from [`Mode::Hermes`], if it did.
+            /// Why the server is not in [`Mode::Hermes`] though asked to be,
+            /// if it is not.
             pub fn mode_reason(&self) -> Option<&str> {
-                self.shared.mode_reason.as_deref()
+                self.shared.current_mode().1
             }
         }
 
@@ -172,9 +174,36 @@ impl ServerHandle {
         for id in 0..self.shared.config.workers {
             self.shared.begin_drain(id);
         }
-        let deadline = Instant::now() + self.shared.config.drain_timeout + SHUTDOWN_GRACE;
         let threads = std::mem::take(&mut self.threads);
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        self.wait_bounded(threads);
+    }
+
+    /// Waits for every worker to exit. A server that is not draining runs
+    /// until it is stopped (by [`ServerHandle::shutdown`] from a clone of
+    /// the process's logic, a signal handler, or
+    /// [`ServerHandle::shutdown_worker`]), and `join` waits as long; once a
+    /// worker drains, `join` waits for it at most the drain timeout plus
+    /// [`SHUTDOWN_GRACE`] from the start of its drain, as
+    /// [`ServerHandle::shutdown`] does, then logs it and abandons it.
+    pub fn join(mut self) {
+        let threads = std::mem::take(&mut self.threads);
+        self.wait_bounded(threads);
+    }
+
+    /// Waits until every worker thread has finished, or every one still
+    /// running has drained for longer than the drain timeout plus
+    /// [`SHUTDOWN_GRACE`]; joins the finished ones and logs the others.
+    fn wait_bounded(&self, threads: Vec<thread::JoinHandle<()>>) {
+        let bound = (self.shared.config.drain_timeout + SHUTDOWN_GRACE).as_nanos() as u64;
+        loop {
+            let now = hermes_bpf::monotonic_ns();
+            let waiting = threads.iter().enumerate().filter(|(_, t)| !t.is_finished()).all(|(id, _)| {
+                self.shared.workers[id].drain_started_ns().is_some_and(|t| now.saturating_sub(t) >= bound)
+            });
+            // `all` over no unfinished worker is true: every one exited.
+            if waiting {
+                break;
+            }
             thread::sleep(Duration::from_millis(5));
         }
         for (id, t) in threads.into_iter().enumerate() {
@@ -287,15 +316,6 @@ impl ServerHandle {
             kernel: kernel.is_some(),
         };
         upgrade::offer(upgrade, &offer, &listeners, kernel.as_ref())
-    }
-
-    /// Waits for every worker to exit, without bound (a server that is not
-    /// draining runs until it is stopped; see [`ServerHandle::shutdown`] for
-    /// a bounded stop).
-    pub fn join(mut self) {
-        for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
-        }
     }
 
     /// Lets the server run on after the handle is gone (until the process

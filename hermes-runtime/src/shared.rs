@@ -7,7 +7,7 @@ use std::{
     cell::RefCell,
     io,
     net::SocketAddr,
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, BorrowedFd},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -62,6 +62,33 @@ pub(crate) struct Shared {
     started: AtomicUsize,
     /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample.
     sampled_ns: AtomicU64,
+    /// The dispatch self-check's last reading (see [`Shared::check_dispatch`]).
+    dispatch_check: Mutex<DispatchCheck>,
+    /// Whether the self-check found the program not running, and has not
+    /// seen it place a connection since.
+    dispatch_lost: AtomicBool,
+    /// How many times the self-check found the program not running.
+    dispatch_losses: AtomicU64,
+}
+
+/// The reason [`Shared::current_mode`] gives while the dispatch program is
+/// found not running.
+pub(crate) const DISPATCH_LOST: &str = "the dispatch program stopped seeing new connections (its SO_REUSEPORT \
+     group lost it, or another program was attached to the group); re-attached, kernel hash until it places \
+     connections again";
+
+/// How often the dispatch self-check compares `accepted` with the program's runs.
+const DISPATCH_CHECK_NS: u64 = 100_000_000;
+
+/// One reading of the dispatch self-check.
+#[derive(Default)]
+struct DispatchCheck {
+    at_ns: u64,
+    accepted: u64,
+    runs: u64,
+    /// Connections placed but perhaps not accepted yet at that reading
+    /// (accept queues and placements since their sample).
+    pending: u64,
 }
 
 fn bpf_error(e: hermes_bpf::Error) -> io::Error {
@@ -317,6 +344,9 @@ impl Shared {
             upgrading: AtomicBool::new(false),
             started: AtomicUsize::new(0),
             sampled_ns: AtomicU64::new(0),
+            dispatch_check: Mutex::new(DispatchCheck::default()),
+            dispatch_lost: AtomicBool::new(false),
+            dispatch_losses: AtomicU64::new(0),
         }
     }
 
@@ -469,7 +499,95 @@ impl Shared {
                 Counters::consume_recent(counters, self.slot_base + id, seen);
             }
         }
+        self.check_dispatch(now);
         true
+    }
+
+    /// The mode in force and its reason: [`Mode::KernelHash`] with
+    /// [`DISPATCH_LOST`] while the self-check finds the program not running.
+    pub(crate) fn current_mode(&self) -> (Mode, Option<&str>) {
+        // Relaxed: a lone flag, read for reporting.
+        if self.dispatch_lost.load(Ordering::Relaxed) {
+            (Mode::KernelHash, Some(DISPATCH_LOST))
+        } else {
+            (self.mode, self.mode_reason.as_deref())
+        }
+    }
+
+    /// How many times the self-check found the program not running.
+    pub(crate) fn dispatch_losses(&self) -> u64 {
+        // Relaxed: a lone counter.
+        self.dispatch_losses.load(Ordering::Relaxed)
+    }
+
+    /// The dispatch self-check, at most every 100 ms (Hermes mode only):
+    /// the program runs for every new connection of the group before any
+    /// worker can accept it, so connections accepted in a period in which
+    /// the program never ran, beyond those already queued at its start,
+    /// reached the workers without it: the group lost the program (every
+    /// listener closed at once) or another program replaced it (another
+    /// process attached its own to the port's group). The server then logs
+    /// it, attaches its program again, and reports
+    /// [`Mode::KernelHash`] with [`DISPATCH_LOST`] until the program runs
+    /// again.
+    fn check_dispatch(&self, now: u64) {
+        let (Some(counters), Some(_)) = (&self.counters, &self.dispatcher) else { return };
+        // Only the sampler of the tick calls this; `try_lock` keeps a
+        // racing caller from waiting.
+        let Ok(mut check) = self.dispatch_check.try_lock() else { return };
+        if check.at_ns != 0 && now.saturating_sub(check.at_ns) < DISPATCH_CHECK_NS {
+            return;
+        }
+        let n = self.config.workers;
+        let read = Counters::read(counters);
+        // Relaxed: independent counters and gauges (see `WorkerState`).
+        let accepted: u64 = self.table[..n].iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
+        let pending: u64 =
+            self.table[..n].iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum::<u64>()
+                + read.recent[..n].iter().sum::<u64>();
+        if check.at_ns != 0 {
+            let ran = read.runs.saturating_sub(check.runs);
+            let came = accepted.saturating_sub(check.accepted);
+            if ran > 0 {
+                // Relaxed: a lone flag.
+                if self.dispatch_lost.swap(false, Ordering::Relaxed) {
+                    tracing::info!(addr = %self.addr, "the dispatch program places new connections again; mode hermes");
+                }
+            } else if came > check.pending {
+                self.dispatch_losses.fetch_add(1, Ordering::Relaxed);
+                if !self.dispatch_lost.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        addr = %self.addr,
+                        accepted = came,
+                        "connections were accepted that the dispatch program never saw: the port's SO_REUSEPORT \
+                         group lost it, or another program was attached to the group; attaching it again \
+                         (mode kernel-hash until it places connections)"
+                    );
+                }
+                self.reattach();
+            }
+        }
+        *check = DispatchCheck { at_ns: now, accepted, runs: read.runs, pending };
+    }
+
+    /// Attaches the dispatch program to the group again, through the first
+    /// worker listener found open.
+    fn reattach(&self) {
+        let Some(d) = &self.dispatcher else { return };
+        let d = d.lock().unwrap_or_else(|e| e.into_inner());
+        for control in self.workers.iter() {
+            let done = control.with_listener_fd(|fd| {
+                // SAFETY: `with_listener_fd` keeps the descriptor open
+                // during the call, and the borrow does not outlive it.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                d.attach(&fd)
+            });
+            match done {
+                Some(Ok(())) => return,
+                Some(Err(e)) => tracing::error!(error = %e, "attaching the dispatch program again"),
+                None => {}
+            }
+        }
     }
 }
 

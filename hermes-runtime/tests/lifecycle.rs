@@ -310,3 +310,38 @@ fn shutdown_is_bounded_with_a_blocked_worker() {
     eprintln!("shutdown returned after {:?} with a worker blocked", started.elapsed());
     assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens after the shutdown");
 }
+
+/// `join()` on a server whose workers drain (here through `shutdown_worker`)
+/// is bounded like `shutdown()`: a worker blocked for a minute is abandoned
+/// once the drain timeout plus the grace have passed since its drain began.
+#[test]
+fn join_is_bounded_once_the_workers_drain() {
+    let drain = Duration::from_millis(500);
+    let h = start(
+        Builder::new()
+            .workers(2)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .drain_timeout(drain),
+    );
+    let addr = h.local_addr();
+    let mut blocker = TcpStream::connect(addr).unwrap();
+    send(&mut blocker, "/block?ms=60000", false).unwrap();
+    poll_until(Duration::from_secs(5), || (open_total(&h.snapshot()) == 1).then_some(()))
+        .expect("the blocking request's connection is open");
+    std::thread::sleep(Duration::from_millis(200)); // the handler is blocking now
+
+    let started = std::time::Instant::now();
+    h.shutdown_worker(0).unwrap();
+    h.shutdown_worker(1).unwrap();
+    let (done, joined) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        h.join();
+        let _ = done.send(());
+    });
+    let bound = drain + hermes_runtime::SHUTDOWN_GRACE + Duration::from_secs(3);
+    joined.recv_timeout(bound).unwrap_or_else(|_| panic!("join still waiting after {bound:?}"));
+    let took = started.elapsed();
+    eprintln!("join returned after {took:?} with a worker blocked");
+    assert!(took >= drain, "join returned before the drain timeout: {took:?}");
+}

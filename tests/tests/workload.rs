@@ -185,7 +185,19 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     let help = Command::new(BIN).arg("--help").output().expect("run --help");
     assert!(help.status.success(), "{help:?}");
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--mode", "--workers", "--addr", "--require-ebpf", "--tick-ms", "--fine", "--margin"] {
+    for flag in [
+        "--mode",
+        "--workers",
+        "--addr",
+        "--require-ebpf",
+        "--tick-ms",
+        "--fine",
+        "--margin",
+        "--header-timeout-ms",
+        "--idle-timeout-ms",
+        "--drain-timeout-ms",
+        "--max-connections",
+    ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
     for value in ["hermes", "reuseport", "shared", "tokio", "two-choices", "hash"] {

@@ -85,6 +85,14 @@ pub struct HermesListener {
     backing_off: bool,
     /// Set `TCP_NODELAY` on each accepted stream ([`crate::Builder::tcp_nodelay`]).
     nodelay: bool,
+    /// [`crate::Builder::max_connections_per_worker`].
+    max_connections: Option<u32>,
+    /// [`crate::Builder::header_read_timeout`].
+    header_read_timeout: Option<Duration>,
+    /// [`crate::Builder::idle_timeout`].
+    idle_timeout: Option<Duration>,
+    /// Refusals not logged yet, and when the last log line was written.
+    refusals: (u64, Option<std::time::Instant>),
 }
 
 impl fmt::Debug for HermesListener {
@@ -122,6 +130,59 @@ impl HermesListener {
             backoff: Box::pin(tokio::time::sleep(Duration::ZERO)),
             backing_off: false,
             nodelay: true,
+            max_connections: None,
+            header_read_timeout: None,
+            idle_timeout: None,
+            refusals: (0, None),
+        }
+    }
+
+    /// The per-worker connection limit and the timeouts the HTTP server
+    /// applies (see [`crate::Builder`]).
+    pub(crate) fn limits(
+        mut self,
+        max_connections: Option<u32>,
+        header_read_timeout: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        self.max_connections = max_connections;
+        self.header_read_timeout = header_read_timeout;
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// [`Builder::header_read_timeout`](crate::Builder::header_read_timeout):
+    /// how long a client may take to send a request head. The listener does
+    /// not apply it; the HTTP server on top does (`hermes_tower::serve`
+    /// does).
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        self.header_read_timeout
+    }
+
+    /// [`Builder::idle_timeout`](crate::Builder::idle_timeout): how long a
+    /// connection may stay open with no request in progress and no traffic.
+    /// Applied by the HTTP server on top, as the header read timeout.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// Closes a connection accepted beyond the per-worker limit, counts it,
+    /// and logs the refusals at most once a second.
+    fn refuse(&mut self, stream: TcpStream, max: u32) {
+        // Counted before the close, so a client that sees the close sees the count.
+        let total = self.control.count_refused();
+        drop(stream);
+        self.refusals.0 += 1;
+        let now = std::time::Instant::now();
+        if self.refusals.1.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            tracing::warn!(
+                worker = self.worker.id(),
+                refused = self.refusals.0,
+                total,
+                max_connections = max,
+                "refused connections over the per-worker limit (closed at once)"
+            );
+            self.refusals = (0, Some(now));
         }
     }
 
@@ -187,6 +248,14 @@ impl HermesListener {
             };
             match result {
                 Ok((stream, addr)) => {
+                    // Relaxed: a lone gauge (see `HermesStream::new`); a
+                    // limit off by a racing drop on another thread is fine.
+                    if let Some(max) = self.max_connections
+                        && self.worker.state().open_conns.load(std::sync::atomic::Ordering::Relaxed) >= max
+                    {
+                        self.refuse(stream, max);
+                        continue;
+                    }
                     // One `setsockopt` per connection. A refusal (the peer
                     // already reset it) is not worth failing the accept for.
                     if self.nodelay

@@ -15,9 +15,13 @@ use crate::shared::Shared;
 /// counters `hermes_accepted_total`, `hermes_requests_total`,
 /// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
 /// `hermes_placed_out_total`, `hermes_placed_in_total`,
-/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_recycled_total`; server-wide gauge
-/// `hermes_mode{mode, reason}` (1) and counters
-/// `hermes_fallbacks_total{reason}` and `hermes_migrated_total`.
+/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_recycled_total`,
+/// `hermes_refused_total`; server-wide gauge
+/// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
+/// other: in Hermes mode, `kernel-hash` with the self-check's reason while
+/// the program is found not running) and counters
+/// `hermes_fallbacks_total{reason}`, `hermes_migrated_total` and
+/// `hermes_dispatch_lost_total`.
 pub(crate) struct WorkerMetrics {
     id: usize,
     open: metrics::Gauge,
@@ -34,7 +38,11 @@ pub(crate) struct WorkerMetrics {
     reconnects: metrics::Counter,
     offloaded: metrics::Counter,
     recycled: metrics::Counter,
+    refused: metrics::Counter,
     mode: metrics::Gauge,
+    /// `hermes_mode{mode="kernel-hash"}` with the self-check's reason (Hermes mode only).
+    mode_lost: Option<metrics::Gauge>,
+    dispatch_lost: metrics::Counter,
     fallbacks: [metrics::Counter; 3],
     migrated: metrics::Counter,
 }
@@ -57,12 +65,17 @@ impl WorkerMetrics {
             placed_in: metrics::counter!("hermes_placed_in_total", "worker" => w.clone()),
             reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w.clone()),
             offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w.clone()),
-            recycled: metrics::counter!("hermes_recycled_total", "worker" => w),
+            recycled: metrics::counter!("hermes_recycled_total", "worker" => w.clone()),
+            refused: metrics::counter!("hermes_refused_total", "worker" => w),
             mode: metrics::gauge!(
                 "hermes_mode",
                 "mode" => shared.mode.as_str(),
                 "reason" => shared.mode_reason.clone().unwrap_or_default()
             ),
+            mode_lost: (shared.mode == crate::Mode::Hermes).then(|| {
+                metrics::gauge!("hermes_mode", "mode" => crate::Mode::KernelHash.as_str(), "reason" => crate::shared::DISPATCH_LOST)
+            }),
+            dispatch_lost: metrics::counter!("hermes_dispatch_lost_total"),
             fallbacks: ["too_few", "stale", "no_socket"]
                 .map(|reason| metrics::counter!("hermes_fallbacks_total", "reason" => reason)),
             migrated: metrics::counter!("hermes_migrated_total"),
@@ -90,6 +103,13 @@ impl WorkerMetrics {
         self.offloaded.absolute(shared.placement.offloaded(id));
         self.recycled.absolute(shared.placement.recycled(id));
         self.mode.set(1.0);
+        self.refused.absolute(shared.workers[id].refused());
+        let lost = shared.current_mode().0 != shared.mode;
+        self.mode.set(if lost { 0.0 } else { 1.0 });
+        if let Some(g) = &self.mode_lost {
+            g.set(if lost { 1.0 } else { 0.0 });
+        }
+        self.dispatch_lost.absolute(shared.dispatch_losses());
         if let Some(c) = shared.counters.as_deref().map(Counters::read) {
             self.dispatched.absolute(c.dispatched[shared.slot_base + id]);
             for (m, v) in

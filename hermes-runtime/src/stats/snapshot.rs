@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub fallbacks: Fallbacks,
     /// Queued connections of closing listeners that the kernel migrated.
     pub migrated: u64,
+    /// Times the dispatch self-check found the program not running (the
+    /// group lost it, or another program replaced it) and attached it again.
+    pub dispatch_lost: u64,
     /// Request placement: the target of the moment and the requests lost
     /// with a stopped target.
     pub placement: PlacementSnapshot,
@@ -81,6 +84,9 @@ pub struct WorkerSnapshot {
     pub accepted: u64,
     /// Connections open now.
     pub open_connections: u32,
+    /// Connections accepted beyond `Builder::max_connections_per_worker`
+    /// and closed at once, in total.
+    pub refused: u64,
     /// Requests being served now (fed by [`crate::context::InFlight`]
     /// guards: the Tower layer's, or a hand-written server's).
     pub in_flight: u32,
@@ -190,6 +196,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 id,
                 accepted: w.accepted.load(Ordering::Relaxed),
                 open_connections: w.open_conns.load(Ordering::Relaxed),
+                refused: shared.workers[id].refused(),
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
                 eligible: bitmap & (1 << id) != 0,
@@ -222,8 +229,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         pid: std::process::id(),
         slot_base: shared.slot_base,
         program_runs: counters.as_ref().map_or(0, |c| c.runs),
-        mode: shared.mode,
-        mode_reason: shared.mode_reason.clone(),
+        mode: shared.current_mode().0,
+        mode_reason: shared.current_mode().1.map(str::to_owned),
+        dispatch_lost: shared.dispatch_losses(),
         bitmap,
         bitmap_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
         workers,

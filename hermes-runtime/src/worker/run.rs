@@ -79,7 +79,12 @@ pub(super) async fn worker_loop<F, Fut>(
             }
         };
         let listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source)
-            .tcp_nodelay(shared.config.tcp_nodelay);
+            .tcp_nodelay(shared.config.tcp_nodelay)
+            .limits(
+                shared.config.max_connections,
+                shared.config.header_read_timeout,
+                shared.config.idle_timeout,
+            );
         // Starting -> Serving, unless a drain began meanwhile (Relaxed: the
         // state is a lone value; the compare-exchange only keeps a drain's
         // store from being overwritten).

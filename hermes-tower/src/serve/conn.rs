@@ -6,12 +6,20 @@ use std::{
     fmt, io,
     net::SocketAddr,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::serve::{ListenerExt, TapIo};
 use hermes_runtime::{HermesListener, HermesStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
+};
 
 #[cfg(feature = "tls")]
 use super::tls::TlsListener;
@@ -38,6 +46,22 @@ pub type IncomingStream<'a> = axum::serve::IncomingStream<'a, TapIo<WorkerListen
 /// [`IncomingStream`].
 pub struct WorkerListener {
     inner: Inner,
+    /// The header read and idle timeouts (`Builder::header_read_timeout`,
+    /// `Builder::idle_timeout`).
+    timeouts: Timeouts,
+}
+
+/// The header read and idle timeouts of a worker's connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Timeouts {
+    header: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+impl Timeouts {
+    fn of(listener: &HermesListener) -> Self {
+        Self { header: listener.header_read_timeout(), idle: listener.idle_timeout() }
+    }
 }
 
 enum Inner {
@@ -61,14 +85,14 @@ fn leave_as_is(_: &mut Connection) {}
 impl WorkerListener {
     /// Plain HTTP on `listener`.
     pub(crate) fn plain(listener: HermesListener) -> Self {
-        Self { inner: Inner::Plain(listener) }
+        Self { timeouts: Timeouts::of(&listener), inner: Inner::Plain(listener) }
     }
 
     /// HTTPS on `listener`: the handshakes run in this listener, on the
     /// worker that accepted the connection.
     #[cfg(feature = "tls")]
     pub(crate) fn tls(listener: HermesListener, config: super::tls::RustlsConfig) -> Self {
-        Self { inner: Inner::Tls(TlsListener::new(listener, config)) }
+        Self { timeouts: Timeouts::of(&listener), inner: Inner::Tls(TlsListener::new(listener, config)) }
     }
 
     /// `self` in the form [`IncomingStream`] names (axum's `TapIo`, which
@@ -97,7 +121,8 @@ impl axum::serve::Listener for WorkerListener {
             #[cfg(feature = "tls")]
             Inner::Tls(l) => l.poll_accept(cx).map(|c| c.map(|(s, a)| (Connection::tls(s), a))),
         })
-        .await;
+        .await
+        .map(|(c, a)| (c.with_timeouts(self.timeouts), a));
         match next {
             Some(conn) => conn,
             // Closed: the worker is draining, and axum's graceful shutdown
@@ -122,6 +147,166 @@ impl axum::serve::Listener for WorkerListener {
 /// accepted it (see [`HermesStream`]).
 pub struct Connection {
     inner: Stream,
+    /// The header read and idle timeouts; `None` when both are off.
+    timer: Option<Timer>,
+}
+
+/// What a connection's service tells its connection: requests started, and
+/// requests in progress. Shared by the connection and its service (and the
+/// service's clones, one per request).
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    started: AtomicU32,
+    active: AtomicU32,
+}
+
+impl Activity {
+    /// Counts a request whose head has been read, until the guard drops
+    /// (its response produced, or the request cancelled).
+    pub(crate) fn start(self: &Arc<Self>) -> ActiveGuard {
+        // Relaxed: two lone counters; the connection reads each as an
+        // independent value and only on its own poll, after the wake-up that
+        // the response's write causes anyway.
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+/// A request in progress on its connection (see [`Activity::start`]).
+pub(crate) struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        // Relaxed: see `Activity::start`.
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a connection is, for its timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No request in progress: the idle timeout runs from the last read or write.
+    Idle,
+    /// The first bytes of a request head arrived: the header read timeout
+    /// runs from them, whatever comes after.
+    Head,
+    /// A request is being served: no timeout.
+    Busy,
+}
+
+/// A connection's header read and idle timeouts, checked when the HTTP
+/// server reads from it and nothing is there: hyper reads while it waits for
+/// a request head, and on an idle keep-alive connection.
+///
+/// Per connection it costs the timer (boxed: hyper needs an `Unpin`
+/// connection) and the [`Activity`] shared with the service, two small
+/// allocations beside hyper's own buffers for the connection, and only when
+/// a timeout is on. Per read it costs a clock read; the timer is reset only
+/// when the phase changes or it fires early.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    phase: Phase,
+    /// `Activity::started` when last looked at.
+    seen: u32,
+    /// When the head began (phase `Head`), or the last read or write.
+    since: Instant,
+    /// HTTP/2 (by its preface or ALPN): its frames are not request heads,
+    /// so only the idle timeout applies (hyper's h2 reads whole frames).
+    h2: bool,
+}
+
+impl Timer {
+    fn new(timeouts: Timeouts, h2: bool) -> Self {
+        let now = Instant::now();
+        let mut timer = Self {
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            activity: Arc::new(Activity::default()),
+            timeouts,
+            phase: Phase::Idle,
+            seen: 0,
+            since: now,
+            h2,
+        };
+        timer.rearm();
+        timer
+    }
+
+    /// The deadline of the current phase, if it has one.
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle => self.timeouts.idle.map(|t| self.since + t),
+            Phase::Head => self.timeouts.header.map(|t| self.since + t),
+            Phase::Busy => None,
+        }
+    }
+
+    fn rearm(&mut self) {
+        if let Some(at) = self.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, now: Instant) {
+        self.phase = phase;
+        self.since = now;
+        self.rearm();
+    }
+
+    /// Follows the service: a request started since the last look (its
+    /// head was read), or every request finished.
+    fn sync(&mut self) {
+        // Relaxed: see `Activity::start`.
+        let started = self.activity.started.load(Ordering::Relaxed);
+        let active = self.activity.active.load(Ordering::Relaxed);
+        if active > 0 {
+            self.seen = started;
+            self.phase = Phase::Busy;
+        } else if started != self.seen || self.phase == Phase::Busy {
+            self.seen = started;
+            self.enter(Phase::Idle, Instant::now());
+        }
+    }
+
+    /// Bytes were read.
+    fn on_read(&mut self, bytes: &[u8]) {
+        self.sync();
+        let now = Instant::now();
+        match self.phase {
+            Phase::Idle if self.h2 || bytes.starts_with(b"PRI ") => {
+                self.h2 = true;
+                self.since = now;
+            }
+            Phase::Idle => self.enter(Phase::Head, now),
+            Phase::Head | Phase::Busy => {}
+        }
+    }
+
+    /// Bytes were written (a response leaving, perhaps after its request
+    /// finished).
+    fn on_write(&mut self) {
+        if self.phase == Phase::Idle {
+            self.since = Instant::now();
+        }
+    }
+
+    /// Whether the phase's timeout has passed; registers the waker otherwise.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        self.sync();
+        loop {
+            let at = self.deadline()?;
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            if Instant::now() >= at {
+                return Some(if self.phase == Phase::Head { "header read timeout" } else { "idle timeout" });
+            }
+            // Fired for an earlier deadline (the idle one moved on): re-arm.
+            self.sleep.as_mut().reset(at);
+        }
+    }
 }
 
 enum Stream {
@@ -143,12 +328,30 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     fn plain(stream: HermesStream) -> Self {
-        Self { inner: Stream::Plain(stream) }
+        Self { inner: Stream::Plain(stream), timer: None }
     }
 
     #[cfg(feature = "tls")]
     fn tls(stream: tokio_rustls::server::TlsStream<HermesStream>) -> Self {
-        Self { inner: Stream::Tls(Box::new(stream)) }
+        Self { inner: Stream::Tls(Box::new(stream)), timer: None }
+    }
+
+    /// Starts the connection's timeouts (none when both are off).
+    fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        if timeouts.header.is_some() || timeouts.idle.is_some() {
+            #[cfg(feature = "tls")]
+            let h2 = self.tls_session().is_some_and(|s| s.alpn_protocol() == Some(b"h2"));
+            #[cfg(not(feature = "tls"))]
+            let h2 = false;
+            self.timer = Some(Timer::new(timeouts, h2));
+        }
+        self
+    }
+
+    /// What the connection's service reports its requests to, when the
+    /// connection has timeouts.
+    pub(crate) fn activity(&self) -> Option<Arc<Activity>> {
+        self.timer.as_ref().map(|t| t.activity.clone())
     }
 
     fn hermes(&self) -> &HermesStream {
@@ -191,7 +394,7 @@ impl Connection {
 
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
-        match &mut $self.get_mut().inner {
+        match &mut $self.inner {
             Stream::Plain($s) => {
                 let $s = Pin::new($s);
                 $e
@@ -207,21 +410,44 @@ macro_rules! delegate {
 
 impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_read(cx, buf))
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = delegate!(this, s => s.poll_read(cx, buf));
+        let Some(timer) = &mut this.timer else { return result };
+        match result {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => timer.on_read(&buf.filled()[before..]),
+            Poll::Pending => {
+                if let Some(what) = timer.poll_expired(cx) {
+                    tracing::debug!(worker = this.worker_id(), "{what}: closing the connection");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        result
     }
 }
 
 impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, buf))
+        let this = self.get_mut();
+        let result = delegate!(this, s => s.poll_write(cx, buf));
+        if let (Some(timer), Poll::Ready(Ok(n))) = (&mut this.timer, &result)
+            && *n > 0
+        {
+            timer.on_write();
+        }
+        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
+        let this = self.get_mut();
+        delegate!(this, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_shutdown(cx))
+        let this = self.get_mut();
+        delegate!(this, s => s.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -229,7 +455,14 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+        let this = self.get_mut();
+        let result = delegate!(this, s => s.poll_write_vectored(cx, bufs));
+        if let (Some(timer), Poll::Ready(Ok(n))) = (&mut this.timer, &result)
+            && *n > 0
+        {
+            timer.on_write();
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

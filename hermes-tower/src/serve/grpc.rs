@@ -240,8 +240,21 @@ where
 
     fn into_future(mut self) -> ServeFuture {
         let signal = self.signal.take();
+        // A listener given is closed now, as tonic's own serve consumes its own.
+        let this = self.addr.into_bind_addr().map(|addr| ServeTonic {
+            addr,
+            routes: self.routes,
+            builder: self.builder,
+            layer: self.layer,
+            server: self.server,
+            signal: None,
+        });
         ServeFuture::new(async move {
-            let handle = self.start()?;
+            let this = this?;
+            // Loading the program, binding and the start-up wait block: on
+            // the blocking pool, not on the caller's executor thread.
+            let handle =
+                tokio::task::spawn_blocking(move || this.start()).await.map_err(io::Error::other)??;
             match signal {
                 Some(signal) => shutdown_when(handle, signal).await,
                 None => shutdown_on_signal(handle).await,

@@ -13,6 +13,7 @@ use std::{
     fmt, io,
     marker::PhantomData,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -26,7 +27,9 @@ use tower_service::Service;
 #[cfg(feature = "tls")]
 use super::tls::RustlsConfig;
 use super::{
-    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener, log_start, shutdown_on_signal, shutdown_when,
+    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener,
+    conn::{ActiveGuard, Activity},
+    log_start, shutdown_all_on_signal, shutdown_all_when,
 };
 use crate::{Hermes, HermesLayer, Place, place::future::PlaceFuture};
 
@@ -66,6 +69,7 @@ where
 {
     Serve {
         addr,
+        also: Vec::new(),
         app,
         builder: Builder::new(),
         layer: Some(HermesLayer::new()),
@@ -105,6 +109,8 @@ where
 #[must_use = "a Serve does nothing until it is awaited or started"]
 pub struct Serve<A, M, S> {
     addr: A,
+    /// More addresses ([`Serve::also_bind`]), resolved when given.
+    also: Vec<io::Result<std::net::SocketAddr>>,
     app: M,
     builder: Builder,
     layer: Option<HermesLayer>,
@@ -251,12 +257,55 @@ where
     /// [`hermes_runtime::Server::serve`]'s errors (a bad setting, the bind
     /// error, a refused dispatch program with `require_ebpf`).
     pub fn start(self) -> io::Result<ServerHandle> {
-        let addr = self.addr.into_bind_addr()?;
+        if !self.also.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Serve::start serves one address; with Serve::also_bind, call Serve::start_all",
+            ));
+        }
+        let mut handles = self.start_all()?;
+        Ok(handles.remove(0))
+    }
+
+    /// Also listens on `addr` (IPv4 and IPv6, or another port), with its own
+    /// server: its own workers (as many as the builder says, so two
+    /// addresses run twice the threads), its own `SO_REUSEPORT` group and
+    /// its own dispatch program attached to that group, all serving the same
+    /// application. Awaiting serves every address and stops them together;
+    /// [`Serve::start_all`] gives one handle per address.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router) -> std::io::Result<()> {
+    /// hermes_tower::serve("0.0.0.0:8080", app).also_bind("[::1]:8080").also_bind("0.0.0.0:8081").await
+    /// # }
+    /// ```
+    pub fn also_bind(mut self, addr: impl IntoBindAddr) -> Self {
+        self.also.push(addr.into_bind_addr());
+        self
+    }
+
+    /// Starts one server per address (the one given to [`serve()`] first,
+    /// then those of [`Serve::also_bind`]) and returns their handles in
+    /// that order, at once; see [`Serve::start`].
+    ///
+    /// # Errors
+    /// As [`Serve::start`], for any address; the servers already started
+    /// are then stopped.
+    pub fn start_all(self) -> io::Result<Vec<ServerHandle>> {
+        let mut addrs = vec![self.addr.into_bind_addr()?];
+        for addr in self.also {
+            addrs.push(addr?);
+        }
+        if self.upgrades && addrs.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Serve::with_upgrades hands over one server: it cannot be combined with Serve::also_bind",
+            ));
+        }
         let mut builder = self.builder;
         if self.upgrades {
             builder.upgrade_from_env(true);
         }
-        let server = builder.bind(addr).build()?;
         let make = WorkerMakeService {
             inner: self.app,
             layer: self.layer,
@@ -266,10 +315,36 @@ where
             #[cfg(feature = "tls")]
             tls: self.tls,
         };
-        let handle = server
-            .serve(move |listener: HermesListener| serve_worker(listener, make.clone(), settings.clone()))?;
-        log_start(&handle);
-        Ok(handle)
+        let mut handles = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let mut builder = builder.clone();
+            // On an error, the handles started so far drop: their servers stop.
+            let server = builder.bind(addr).build()?;
+            let (make, settings) = (make.clone(), settings.clone());
+            let handle = server.serve(move |listener: HermesListener| {
+                serve_worker(listener, make.clone(), settings.clone())
+            })?;
+            log_start(&handle);
+            handles.push(handle);
+        }
+        Ok(handles)
+    }
+
+    /// The same, with the first address resolved (a listener given is closed).
+    fn resolved(self) -> io::Result<Serve<std::net::SocketAddr, M, S>> {
+        Ok(Serve {
+            addr: self.addr.into_bind_addr()?,
+            also: self.also,
+            app: self.app,
+            builder: self.builder,
+            layer: self.layer,
+            stats: self.stats,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            signal: self.signal,
+            upgrades: self.upgrades,
+            _service: PhantomData,
+        })
     }
 }
 
@@ -287,25 +362,33 @@ where
     fn into_future(mut self) -> ServeFuture {
         let signal = self.signal.take();
         let upgrades = self.upgrades;
+        // A listener given is closed now, as `axum::serve` consumes its own.
+        let this = self.resolved();
         ServeFuture::new(async move {
-            let handle = self.start()?;
-            match (signal, upgrades) {
-                (Some(signal), false) => shutdown_when(handle, signal).await,
-                (None, false) => shutdown_on_signal(handle).await,
-                (signal, true) => {
-                    super::upgrade_on_sigusr2(handle, async move {
-                        match signal {
-                            Some(signal) => signal.await,
-                            None => {
-                                if let Err(e) = super::ctrl_c_or_sigterm().await {
-                                    tracing::error!(error = %e, "no SIGINT/SIGTERM handler");
-                                    std::future::pending::<()>().await;
-                                }
+            let this = this?;
+            // Loading the program, binding and the start-up wait block: on
+            // the blocking pool, not on the caller's executor thread.
+            let mut handles =
+                tokio::task::spawn_blocking(move || this.start_all()).await.map_err(io::Error::other)??;
+            if upgrades {
+                // One server (checked by `start_all`).
+                let handle = handles.remove(0);
+                return super::upgrade_on_sigusr2(handle, async move {
+                    match signal {
+                        Some(signal) => signal.await,
+                        None => {
+                            if let Err(e) = super::ctrl_c_or_sigterm().await {
+                                tracing::error!(error = %e, "no SIGINT/SIGTERM handler");
+                                std::future::pending::<()>().await;
                             }
                         }
-                    })
-                    .await
-                }
+                    }
+                })
+                .await;
+            }
+            match signal {
+                Some(signal) => shutdown_all_when(handles, signal).await,
+                None => shutdown_all_on_signal(handles).await,
             }
         })
     }
@@ -376,7 +459,8 @@ where
     }
 
     fn call(&mut self, stream: IncomingStream<'a>) -> Self::Future {
-        MakeFuture { inner: self.inner.call(stream), layer: self.layer, stats: self.stats.clone() }
+        let activity = stream.io().activity();
+        MakeFuture { inner: self.inner.call(stream), layer: self.layer, stats: self.stats.clone(), activity }
     }
 }
 
@@ -387,6 +471,7 @@ pin_project! {
         inner: F,
         layer: Option<HermesLayer>,
         stats: Option<axum::Router>,
+        activity: Option<Arc<Activity>>,
     }
 }
 
@@ -405,7 +490,7 @@ where
             Some(layer) => tower::util::Either::Left(layer.layer(app)),
             None => tower::util::Either::Right(app),
         });
-        Poll::Ready(Ok(WorkerService { app, stats: this.stats.take() }))
+        Poll::Ready(Ok(WorkerService { app, stats: this.stats.take(), activity: this.activity.take() }))
     }
 }
 
@@ -415,6 +500,30 @@ where
 struct WorkerService<S> {
     app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: Option<axum::Router>,
+    /// The connection's [`Activity`], when it has timeouts: a request in
+    /// progress is never cut by the idle timeout.
+    activity: Option<Arc<Activity>>,
+}
+
+pin_project! {
+    /// A request's future, counted as in progress on its connection until
+    /// it completes or is dropped.
+    struct Tracked<F> {
+        #[pin]
+        inner: F,
+        guard: Option<ActiveGuard>,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
+    }
 }
 
 type AppFuture<S> = PlaceFuture<
@@ -430,16 +539,18 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<AppFuture<S>, RouteFuture<Infallible>>;
+    type Future = Tracked<Either<AppFuture<S>, RouteFuture<Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match &mut self.stats {
+        let guard = self.activity.as_ref().map(Activity::start);
+        let inner = match &mut self.stats {
             Some(stats) if req.uri().path() == STATS_PATH => Either::Right(stats.call(req)),
             _ => Either::Left(self.app.call(req)),
-        }
+        };
+        Tracked { inner, guard }
     }
 }

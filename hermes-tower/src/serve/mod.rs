@@ -142,24 +142,27 @@ fn log_start(handle: &ServerHandle) {
 /// When the signal handlers cannot be installed (the server is then shut
 /// down before returning).
 pub async fn shutdown_on_signal(handle: ServerHandle) -> io::Result<()> {
+    shutdown_all_on_signal(vec![handle]).await
+}
+
+/// [`shutdown_on_signal`] for several servers (one per address), stopped together.
+pub(crate) async fn shutdown_all_on_signal(handles: Vec<ServerHandle>) -> io::Result<()> {
     let signals = signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
     let (mut interrupt, mut terminate) = match signals {
         Ok(s) => s,
         Err(e) => {
-            tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)?;
+            shutdown_all(handles).await?;
             return Err(e);
         }
     };
     tokio::select! {
         _ = interrupt.recv() => tracing::info!("SIGINT: shutting the Hermes server down"),
         _ = terminate.recv() => tracing::info!("SIGTERM: shutting the Hermes server down"),
-        () = all_stopped(&handle) => {
-            return tokio::task::spawn_blocking(move || handle.join()).await.map_err(io::Error::other);
-        }
+        () = all_stopped(&handles) => return join_all(handles).await,
     }
-    let mut done = tokio::task::spawn_blocking(move || handle.shutdown());
+    let mut done = std::pin::pin!(shutdown_all(handles));
     tokio::select! {
-        result = &mut done => result.map_err(io::Error::other),
+        result = &mut done => result,
         _ = interrupt.recv() => {
             tracing::warn!("second signal: not waiting for the workers to drain");
             Ok(())
@@ -195,13 +198,36 @@ pub async fn shutdown_when<F>(handle: ServerHandle, signal: F) -> io::Result<()>
 where
     F: Future<Output = ()>,
 {
+    shutdown_all_when(vec![handle], signal).await
+}
+
+/// [`shutdown_when`] for several servers (one per address), stopped together.
+pub(crate) async fn shutdown_all_when<F>(handles: Vec<ServerHandle>, signal: F) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
     tokio::select! {
         () = signal => tracing::info!("shutdown signal: shutting the Hermes server down"),
-        () = all_stopped(&handle) => {
-            return tokio::task::spawn_blocking(move || handle.join()).await.map_err(io::Error::other);
-        }
+        () = all_stopped(&handles) => return join_all(handles).await,
     }
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)
+    shutdown_all(handles).await
+}
+
+/// Shuts every server down at once (each on the blocking pool) and waits for all.
+async fn shutdown_all(handles: Vec<ServerHandle>) -> io::Result<()> {
+    let tasks: Vec<_> =
+        handles.into_iter().map(|h| tokio::task::spawn_blocking(move || h.shutdown())).collect();
+    for task in tasks {
+        task.await.map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// Joins every server (on the blocking pool).
+async fn join_all(handles: Vec<ServerHandle>) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || handles.into_iter().for_each(ServerHandle::join))
+        .await
+        .map_err(io::Error::other)
 }
 
 /// Resolves on ctrl-c (`SIGINT`) or `SIGTERM`: the default shutdown signals,
@@ -278,7 +304,7 @@ where
                 tracing::info!("shutdown signal: shutting the Hermes server down");
                 break;
             }
-            () = all_stopped(&handle) => {
+            () = all_stopped(std::slice::from_ref(&handle)) => {
                 return tokio::task::spawn_blocking(move || handle.join()).await.map_err(io::Error::other);
             }
             _ = usr2.recv() => {
@@ -304,11 +330,11 @@ where
     tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)
 }
 
-/// Resolves once every worker of `handle` has stopped.
-async fn all_stopped(handle: &ServerHandle) {
+/// Resolves once every worker of every handle has stopped.
+async fn all_stopped(handles: &[ServerHandle]) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if handle.snapshot().workers.iter().all(|w| w.state == WorkerStatus::Stopped) {
+        if handles.iter().all(|h| h.snapshot().workers.iter().all(|w| w.state == WorkerStatus::Stopped)) {
             return;
         }
     }

@@ -7,15 +7,19 @@
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
-//! `/work?us=N` (spins the worker's CPU for N µs), `/block?ms=N` (blocks the
-//! worker thread for N ms), `/_hermes/stats` (the snapshot as JSON). Every
-//! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or SIGTERM drains and
-//! exits. `SIGUSR2` upgrades without downtime (the Hermes modes): the binary
-//! now at this path starts with the same arguments, takes the listeners and
-//! the kernel state over, prints its own `listening on` line, and this
-//! process drains and exits; if the new one fails, this one keeps serving.
-//! Started with systemd's socket activation (`LISTEN_FDS`, `ReusePort=yes`),
-//! the Hermes modes serve on the passed listeners (`--addr` is ignored).
+//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
+//! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
+//! panics: its connection closes, the worker serves on), `/_hermes/stats`
+//! (the snapshot as JSON). A cost above its maximum is answered 400. Every
+//! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
+//! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
+//! worker blocked. `SIGUSR2` upgrades without downtime (the Hermes modes):
+//! the binary now at this path starts with the same arguments, takes the
+//! listeners and the kernel state over, prints its own `listening on` line,
+//! and this process drains and exits; if the new one fails, this one keeps
+//! serving. Started with systemd's socket activation (`LISTEN_FDS`,
+//! `ReusePort=yes`), the Hermes modes serve on the passed listeners (`--addr`
+//! is ignored).
 //!
 //! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
 //! README tells users to serve an axum app: through `hermes_tower::serve`,
@@ -42,7 +46,7 @@ use std::{
 use axum::{
     Router,
     extract::Query,
-    http::HeaderValue,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -56,9 +60,11 @@ use hermes_tower::HermesLayer;
 /// Prints `listening on ADDR mode=MODE workers=N` once every worker accepts;
 /// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 /// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
-/// (spins the worker's CPU for N µs), `/block?ms=N` (blocks the worker thread
-/// for N ms), `/_hermes/stats`. Ctrl-C or SIGTERM drains and exits;
-/// SIGUSR2 hands the server over to a new process of the binary at this path.
+/// (spins the worker's CPU for N µs, at most 10000000), `/block?ms=N` (blocks
+/// the worker thread for N ms, at most 60000), `/panic` (the handler panics),
+/// `/_hermes/stats`. A cost above its maximum is answered 400. Ctrl-C or
+/// SIGTERM drains and exits; SIGUSR2 hands the server over to a new process
+/// of the binary at this path.
 #[derive(Debug, Parser)]
 #[command(name = "hermes-workload", version)]
 struct Args {
@@ -84,10 +90,38 @@ struct Args {
     /// units of load of the least loaded (default: the policy's own).
     #[arg(long, value_name = "N")]
     margin: Option<u64>,
-    /// How long a draining server (on SIGTERM, or after handing over on
-    /// SIGUSR2) waits for its open connections, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    /// Hermes modes: close a connection whose request head is not complete
+    /// this many milliseconds after its first byte (0: never).
+    #[arg(long, value_name = "N", default_value_t = 30_000)]
+    header_timeout_ms: u64,
+    /// Hermes modes: close a connection with no request in progress and no
+    /// traffic for this many milliseconds (0: never).
+    #[arg(long, value_name = "N", default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Hermes modes: how long a drain (on SIGTERM, or after handing over on
+    /// SIGUSR2) waits for the requests in progress; SIGTERM exits within
+    /// this plus 2 s, even with a worker blocked.
+    #[arg(long, value_name = "N", default_value_t = 30_000)]
     drain_timeout_ms: u64,
+    /// Hermes modes: connections one worker keeps open; more are closed at
+    /// once and counted as `refused` (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    max_connections: u32,
+}
+
+/// The largest `/work?us=N`: 10 s of spinning.
+const MAX_WORK_US: u64 = 10_000_000;
+/// The largest `/block?ms=N`: a minute of blocking.
+const MAX_BLOCK_MS: u64 = 60_000;
+
+/// `400 Bad Request` naming the parameter and its maximum.
+fn too_large(what: &str, max: u64) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, format!("{what} is above its maximum, {max}\n"))
+}
+
+/// `Some(d)` for `ms` milliseconds, `None` for 0.
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 /// The server under test.
@@ -147,19 +181,35 @@ fn endpoints() -> Router {
         .route(
             "/work",
             get(|Query(cost): Query<Cost>| async move {
+                if cost.us > MAX_WORK_US {
+                    return Err(too_large("us", MAX_WORK_US));
+                }
                 let end = Instant::now() + Duration::from_micros(cost.us);
                 while Instant::now() < end {
                     std::hint::spin_loop();
                 }
-                "worked"
+                Ok("worked")
             }),
         )
         .route(
             "/block",
             get(|Query(cost): Query<Cost>| async move {
+                if cost.ms > MAX_BLOCK_MS {
+                    return Err(too_large("ms", MAX_BLOCK_MS));
+                }
                 // Blocks the worker thread, as a stuck handler would.
                 std::thread::sleep(Duration::from_millis(cost.ms));
-                "unblocked"
+                Ok("unblocked")
+            }),
+        )
+        .route(
+            "/panic",
+            get(|| async {
+                // A handler bug: the connection's task unwinds, the worker serves on.
+                if std::hint::black_box(true) {
+                    panic!("/panic requested");
+                }
+                "unreachable"
             }),
         )
 }
@@ -238,6 +288,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .upgrade_from_env(true)
         // Started by systemd (or anything speaking LISTEN_FDS): serve there.
         .socket_activation(true)
+        .header_read_timeout(millis(args.header_timeout_ms))
+        .idle_timeout(millis(args.idle_timeout_ms))
+        .max_connections_per_worker((args.max_connections > 0).then_some(args.max_connections))
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
