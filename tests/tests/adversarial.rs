@@ -239,9 +239,6 @@ fn ebpf_workload_closes_slow_heads_after_the_header_timeout() {
 }
 
 #[test]
-#[ignore = "known failure, under investigation: in a full CI run a well-formed request right after the \
-            flood past RLIMIT_NOFILE was refused (ECONNREFUSED); it passes when run alone. Run with \
-            `cargo test -p hermes-tests --test adversarial -- --ignored`"]
 fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     // Without a per-worker limit: the server runs out of descriptors
     // (`EMFILE`), backs off, and recovers once the flood leaves.
@@ -251,7 +248,7 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
         Some(128),
     );
     let conns = flood(w.addr, 400);
-    let served = flood_answers(conns);
+    let served = flood_answers(conns, Duration::from_secs(2)).answered;
     let (settle, s) = assert_recovered(w.addr, "flood past RLIMIT_NOFILE=128");
     eprintln!(
         "PROBE fd flood (RLIMIT_NOFILE 128, no per-worker limit): 400 connections each sending a request, {served} answered, \
@@ -270,14 +267,34 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     );
     let conns = flood(w.addr, 400);
     let held = Instant::now();
-    let served = flood_answers(conns);
+    let flooded = conns.len();
+    let got = flood_answers(conns, Duration::from_secs(5));
+    let took = held.elapsed();
+    // Until the server has seen the flood's connections close, they count
+    // against its limit and a new connection is refused (reset): that is
+    // the limit working. Wait for it, then check the recovery.
+    let closed_at = Instant::now();
+    while stats(w.addr).is_none_or(|s| sum(&s, "open_connections") > 1) {
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(5),
+            "the flood's connections still open 5 s after closing"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     let (settle, s) = assert_recovered(w.addr, "flood past the per-worker limit");
     let refused = sum(&s, "refused");
-    assert!(refused >= 400 - 80, "400 connections against 2 x 40 allowed, {refused} refused: {s}");
+    // While the client held every flood connection open, no worker served
+    // more than its 40, and no connection was left waiting: each was served
+    // or closed by the server. (The counters may show more accepted: the
+    // connections still queued when the client let go are accepted under
+    // the limit and closed.)
+    assert!(got.answered <= 80, "400 connections against 2 x 40 allowed, {got:?}: {s}");
+    assert_eq!(got.waiting, 0, "flood connections neither served nor closed within 5 s ({got:?}): {s}");
+    assert!(got.closed >= flooded - 80 && refused as usize >= got.closed, "{got:?}, {refused} refused: {s}");
     eprintln!(
-        "PROBE connection limit (RLIMIT_NOFILE 128, 40 connections per worker): 400 connections held, {refused} refused \
-         (closed at once), {served} answered within {:?}, recovered in {settle:?}",
-        held.elapsed()
+        "PROBE connection limit (RLIMIT_NOFILE 128, 40 connections per worker): {flooded} connections held, {} closed at \
+         once ({refused} refused in all), {} answered, none waiting after {took:?}, recovered in {settle:?}",
+        got.closed, got.answered
     );
 }
 
@@ -293,22 +310,35 @@ fn flood(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Reads what each flood connection got (within 2 s in all) and closes them;
-/// returns how many were answered 200.
-fn flood_answers(conns: Vec<TcpStream>) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut answered = 0;
-    for mut s in conns {
+/// What the flood connections got within the deadline.
+#[derive(Debug, Default)]
+struct FloodAnswers {
+    /// Answered `200`.
+    answered: usize,
+    /// Closed (or reset) by the server without an answer.
+    closed: usize,
+    /// Neither, when the deadline passed.
+    waiting: usize,
+}
+
+/// Reads what each flood connection got (within `within` in all), then
+/// closes them all at once: closing each after its read would let the server
+/// accept more under its limit while the rest are still held.
+fn flood_answers(conns: Vec<TcpStream>, within: Duration) -> FloodAnswers {
+    let deadline = Instant::now() + within;
+    let mut got = FloodAnswers::default();
+    for s in &conns {
+        let mut s = s;
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         s.set_read_timeout(Some(left)).expect("timeout");
         let mut buf = [0u8; 64];
-        if let Ok(n) = s.read(&mut buf)
-            && buf[..n].starts_with(b"HTTP/1.1 200")
-        {
-            answered += 1;
+        match s.read(&mut buf) {
+            Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200") => got.answered += 1,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => got.waiting += 1,
+            _ => got.closed += 1,
         }
     }
-    answered
+    got
 }
 
 #[test]

@@ -295,6 +295,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
         });
+    // The main thread's runtime (signals, the upgrade) exists before the
+    // server announces itself: once clients may flood it past its
+    // descriptor limit, creating one (epoll, eventfd) could fail with
+    // `EMFILE`, and the process would exit while its workers serve.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
@@ -313,7 +318,6 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
     std::io::stdout().flush()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
             eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
