@@ -91,7 +91,14 @@ impl<T> Region<T> {
             .and_then(|m| m.info())
             .map_err(|e| io::Error::other(crate::error::chain(&e)))?;
         let (value_size, entries) = (info.value_size() as usize, info.max_entries() as usize);
-        if value_size != size_of::<T>() || entries < first + len {
+        // The kernel lays an array's values out every `round_up(value_size,
+        // 8)` bytes: a value size that is not a multiple of 8 leaves padding
+        // between values, which a `[T]` cannot see (element i would read
+        // half of the kernel's element i/2).
+        if value_size != size_of::<T>()
+            || !value_size.is_multiple_of(KERNEL_VALUE_ALIGN)
+            || entries < first + len
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 LayoutMismatch { value_size, entries, want_size: size_of::<T>(), want_entries: first + len },
@@ -113,8 +120,13 @@ impl<T> Region<T> {
     }
 }
 
+/// The stride of an array map's values: the kernel rounds the value size up
+/// to a multiple of this.
+const KERNEL_VALUE_ALIGN: usize = 8;
+
 /// A map whose value size or entry count does not fit the Rust type it was
-/// to be mapped as (the cause inside [`Region::map`]'s `InvalidData` error).
+/// to be mapped as, or whose values the kernel pads (a size that is not a
+/// multiple of 8): the cause inside [`Region::map`]'s `InvalidData` error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayoutMismatch {
     /// The map's value size in bytes, as the kernel reports it.
@@ -133,7 +145,89 @@ impl fmt::Display for LayoutMismatch {
             f,
             "the map has {} values of {} bytes, but its Rust mirror needs {} of {} bytes",
             self.entries, self.value_size, self.want_entries, self.want_size
-        )
+        )?;
+        if !self.value_size.is_multiple_of(KERNEL_VALUE_ALIGN) {
+            write!(
+                f,
+                " (the kernel pads array values to a multiple of 8 bytes: they cannot be mapped as a slice)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::{FromRawFd, OwnedFd},
+        sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    };
+
+    use super::*;
+
+    /// A `BPF_F_MMAPABLE` array of `entries` values of `value_size` bytes,
+    /// made by the kernel; `None` without the privilege (skip said loudly).
+    fn mmapable_array(value_size: u32, entries: u32) -> Option<OwnedFd> {
+        // The first five fields of `union bpf_attr` for BPF_MAP_CREATE.
+        #[repr(C)]
+        struct CreateAttr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_ARRAY: u32 = 2;
+        const BPF_F_MMAPABLE: u32 = 1 << 10;
+        let attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size,
+            max_entries: entries,
+            map_flags: BPF_F_MMAPABLE,
+        };
+        // SAFETY: BPF_MAP_CREATE reads `size_of::<CreateAttr>()` bytes of `attr`.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &raw const attr, size_of::<CreateAttr>()) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            assert!(
+                std::env::var("HERMES_REQUIRE_BPF").as_deref() != Ok("1"),
+                "HERMES_REQUIRE_BPF=1 but BPF_MAP_CREATE failed: {e}"
+            );
+            eprintln!("\n*** SKIPPED ebpf_values_the_kernel_pads_are_refused: BPF_MAP_CREATE: {e} ***\n");
+            return None;
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// The kernel strides array values by `round_up(value_size, 8)`: a map
+    /// of 4-byte values mapped as `[AtomicU32]` would put the Rust element
+    /// 2i where the kernel reads element i, and leave the kernel's upper
+    /// half unwritten. Such a map is refused; 8-byte values map, and a
+    /// store through the mapping is what the kernel's element holds.
+    #[test]
+    fn ebpf_values_the_kernel_pads_are_refused() {
+        let Some(narrow) = mmapable_array(4, 64) else { return };
+        // SAFETY: an mmapable array of 4-byte values, as `AtomicU32` would be.
+        let err = unsafe { Region::<AtomicU32>::map(&narrow, 64) }.err().expect("4-byte values refused");
+        let cause = err.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()).expect("a LayoutMismatch");
+        assert_eq!((cause.value_size, cause.want_size), (4, 4), "{err}");
+        assert!(err.to_string().contains("multiple of 8"), "the message says why: {err}");
+
+        let Some(wide) = mmapable_array(8, 64) else { return };
+        // SAFETY: an mmapable array of 8-byte values, as `AtomicU64`.
+        let region = unsafe { Region::<AtomicU64>::map(&wide, 64) }.expect("8-byte values map");
+        region[63].store(0x1234_5678_9abc_def0, Ordering::Relaxed);
+        let map = MapData::from_fd(wide).expect("map data");
+        let array = aya::maps::Array::<_, u64>::try_from(aya::maps::Map::Array(map)).expect("an array");
+        assert_eq!(
+            array.get(&63, 0).expect("lookup"),
+            0x1234_5678_9abc_def0,
+            "the kernel sees the store at its index"
+        );
     }
 }
 

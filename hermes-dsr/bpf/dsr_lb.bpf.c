@@ -34,7 +34,9 @@ struct {
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, DSR_MAGLEV_SIZE);
 	__type(key, __u32);
-	__type(value, __u32);
+	// u64, not u32: the kernel strides mmapable array values by 8 bytes,
+	// and user space writes the table through the mapping.
+	__type(value, __u64);
 } dsr_maglev SEC(".maps");
 
 struct {
@@ -80,10 +82,10 @@ static __always_inline __u32 flow_hash(const struct dsr_flow_key *k)
 static __always_inline int maglev(__u32 hash, __u32 *server)
 {
 	__u32 slot = hash % DSR_MAGLEV_SIZE;
-	__u32 *s = bpf_map_lookup_elem(&dsr_maglev, &slot);
+	__u64 *s = bpf_map_lookup_elem(&dsr_maglev, &slot);
 	if (!s)
 		return -1;
-	*server = READ_ONCE(*s);
+	*server = (__u32)READ_ONCE(*s);
 	return 0;
 }
 

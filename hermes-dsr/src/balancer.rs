@@ -6,7 +6,7 @@ use std::{
     net::Ipv4Addr,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -151,14 +151,14 @@ impl Balancer {
         let config = loaded.region::<LbConfig>(layout::LB_CONFIG_MAP, 1)?;
         let slots = loaded.region::<ServerSlot>(layout::SERVERS_MAP, MAX_SERVERS)?;
         let counters = loaded.region::<AtomicU64>(layout::LB_COUNTERS_MAP, layout::LB_COUNTERS_LEN)?;
-        let table = loaded.region::<AtomicU32>(layout::MAGLEV_MAP, MAGLEV_SIZE)?;
+        let table = loaded.region::<AtomicU64>(layout::MAGLEV_MAP, MAGLEV_SIZE)?;
         for (slot, b) in slots.iter().zip(servers) {
             slot.mac.store(layout::mac_to_u64(b.mac), Ordering::Relaxed);
             slot.addr.store(layout::ipv4_to_u32(b.addr), Ordering::Relaxed);
         }
         let names: Vec<u64> = servers.iter().map(|b| layout::mac_to_u64(b.mac)).collect();
         for (entry, server) in table.iter().zip(maglev::table(&names, MAGLEV_SIZE)) {
-            entry.store(server, Ordering::Relaxed);
+            entry.store(u64::from(server), Ordering::Relaxed);
         }
         let c = &config[0];
         c.own_mac.store(layout::mac_to_u64(settings.own_mac), Ordering::Relaxed);

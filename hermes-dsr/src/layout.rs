@@ -26,7 +26,9 @@ pub const LB_PROGRAM: &str = "dsr_balance";
 pub const LB_CONFIG_MAP: &str = "dsr_lb_cfg";
 /// Servers map: [`MAX_SERVERS`] [`ServerSlot`]s.
 pub const SERVERS_MAP: &str = "dsr_servers";
-/// Maglev table map: [`MAGLEV_SIZE`] `u32` server indexes.
+/// Maglev table map: [`MAGLEV_SIZE`] server indexes, as `u64` (the kernel
+/// pads mmapable array values to 8 bytes: `u32` values could not be mapped
+/// as a slice).
 pub const MAGLEV_MAP: &str = "dsr_maglev";
 /// Balancer counters map: [`LB_COUNTERS_LEN`] `u64`s indexed by [`lb_counter`].
 pub const LB_COUNTERS_MAP: &str = "dsr_lb_counters";

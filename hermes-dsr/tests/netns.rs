@@ -364,11 +364,17 @@ fn hash_policy_places_flows_by_maglev_without_metrics() {
         return;
     };
     cluster.lb().set_policy(Policy::Hash);
-    let spread = cluster.vip_flows(24);
+    let spread = cluster.vip_flows(300);
     let c = cluster.lb().counters();
-    assert_eq!(spread.values().sum::<usize>(), 24);
-    assert_eq!(c.hashed, 24, "{c:?}");
+    assert_eq!(spread.values().sum::<usize>(), 300);
+    assert_eq!(c.hashed, 300, "{c:?}");
     assert_eq!(c.fallback_stale, 0, "hash policy is not a fallback: {c:?}");
+    // The kernel reads the table the balancer wrote: each of the three
+    // servers owns a third of it, so each gets about 100 of 300 flows
+    // (binomial, sd ≈ 8). 60..=140 is five sd either way. (A table the
+    // kernel read at the wrong stride gave one server two thirds.)
+    assert_eq!(spread.len(), 3, "every server gets flows: {spread:?}");
+    assert!(spread.values().all(|&n| (60..=140).contains(&n)), "an even split: {spread:?}");
 }
 
 /// The `hermes-lb` program in the balancer's namespace: its settings line,

@@ -42,7 +42,7 @@ fn balancer_object_matches_layout_mirrors() {
         &[
             (layout::LB_CONFIG_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<LbConfig>(), 1, true),
             (layout::SERVERS_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<ServerSlot>(), layout::MAX_SERVERS, true),
-            (layout::MAGLEV_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u32>(), layout::MAGLEV_SIZE, true),
+            (layout::MAGLEV_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u64>(), layout::MAGLEV_SIZE, true),
             (layout::LB_COUNTERS_MAP, BPF_MAP_TYPE_ARRAY, 4, size_of::<u64>(), layout::LB_COUNTERS_LEN, true),
             (
                 layout::FLOWS_MAP,
