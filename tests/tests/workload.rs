@@ -197,6 +197,7 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
         "--idle-timeout-ms",
         "--drain-timeout-ms",
         "--max-connections",
+        "--cost-scale",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
@@ -207,4 +208,63 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     let bad = Command::new(BIN).args(["--mode", "nginx"]).output().expect("run with a bad mode");
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nginx"), "{bad:?}");
+    for scale in ["0", "-1", "inf", "fast"] {
+        let bad = Command::new(BIN).args(["--cost-scale", scale]).output().expect("run with a bad scale");
+        assert_eq!(bad.status.code(), Some(2), "--cost-scale {scale}: {bad:?}");
+    }
+}
+
+/// `--cost-scale` makes a host slower (or faster) than its peers: the costs
+/// of `/work` and `/block` are multiplied, the response says the cost
+/// applied, the time taken is at least that, and the maxima apply to the
+/// scaled cost. In every mode, since the DSR test beds mix them.
+#[test]
+fn cost_scale_multiplies_the_cost_of_work_and_block() {
+    for mode in ["reuseport", "tokio"] {
+        let w = Workload::start(&[
+            "--mode",
+            mode,
+            "--workers",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+            "--cost-scale",
+            "2.5",
+        ]);
+        let start = Instant::now();
+        let blocked = get(w.addr, "/block?ms=100").expect("GET /block");
+        let took = start.elapsed();
+        assert_eq!(
+            (blocked.status, blocked.header("x-hermes-cost")),
+            (200, Some("ms=250")),
+            "{mode}: {blocked:?}"
+        );
+        assert!(took >= Duration::from_millis(250), "{mode}: /block?ms=100 at 2.5x took {took:?}");
+        let start = Instant::now();
+        let worked = get(w.addr, "/work?us=40000").expect("GET /work");
+        let took = start.elapsed();
+        assert_eq!(
+            (worked.status, worked.header("x-hermes-cost")),
+            (200, Some("us=100000")),
+            "{mode}: {worked:?}"
+        );
+        assert!(took >= Duration::from_millis(100), "{mode}: /work?us=40000 at 2.5x took {took:?}");
+        // 30 s is under the 60 s maximum, 75 s scaled is not.
+        let over = get(w.addr, "/block?ms=30000").expect("GET /block over the maximum");
+        assert_eq!(over.status, 400, "{mode}: the maximum applies to the scaled cost: {over:?}");
+        w.stop();
+    }
+    let half = Workload::start(&[
+        "--mode",
+        "reuseport",
+        "--workers",
+        "1",
+        "--addr",
+        "127.0.0.1:0",
+        "--cost-scale",
+        "0.5",
+    ]);
+    let r = get(half.addr, "/work?us=1001").expect("GET /work");
+    assert_eq!(r.header("x-hermes-cost"), Some("us=501"), "rounded: {r:?}");
+    half.stop();
 }

@@ -10,7 +10,9 @@
 //! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
-//! (the snapshot as JSON). A cost above its maximum is answered 400. Every
+//! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
+//! and `/block` (their responses say the cost applied in `x-hermes-cost`).
+//! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
 //! worker blocked. `SIGUSR2` upgrades without downtime (the Hermes modes):
@@ -107,6 +109,26 @@ struct Args {
     /// once and counted as `refused` (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     max_connections: u32,
+    /// Multiplies the cost of `/work?us=N` and `/block?ms=N` (every mode), so
+    /// hosts of one test bed can be made slower or faster than each other;
+    /// the maxima apply to the scaled cost.
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_scale)]
+    cost_scale: f64,
+}
+
+/// A cost scale: finite and above 0.
+fn parse_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err(format!("{s} is not a positive, finite number")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `n` scaled by `scale`, rounded, saturating at `u64::MAX`.
+fn scaled(n: u64, scale: f64) -> u64 {
+    // `as` saturates for floats out of range.
+    (n as f64 * scale).round() as u64
 }
 
 /// The largest `/work?us=N`: 10 s of spinning.
@@ -175,31 +197,33 @@ fn worker_id() -> usize {
 }
 
 /// The endpoints.
-fn endpoints() -> Router {
+fn endpoints(scale: f64) -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
         .route(
             "/work",
-            get(|Query(cost): Query<Cost>| async move {
-                if cost.us > MAX_WORK_US {
+            get(move |Query(cost): Query<Cost>| async move {
+                let us = scaled(cost.us, scale);
+                if us > MAX_WORK_US {
                     return Err(too_large("us", MAX_WORK_US));
                 }
-                let end = Instant::now() + Duration::from_micros(cost.us);
+                let end = Instant::now() + Duration::from_micros(us);
                 while Instant::now() < end {
                     std::hint::spin_loop();
                 }
-                Ok("worked")
+                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
             }),
         )
         .route(
             "/block",
-            get(|Query(cost): Query<Cost>| async move {
-                if cost.ms > MAX_BLOCK_MS {
+            get(move |Query(cost): Query<Cost>| async move {
+                let ms = scaled(cost.ms, scale);
+                if ms > MAX_BLOCK_MS {
                     return Err(too_large("ms", MAX_BLOCK_MS));
                 }
                 // Blocks the worker thread, as a stuck handler would.
-                std::thread::sleep(Duration::from_millis(cost.ms));
-                Ok("unblocked")
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(([("x-hermes-cost", format!("ms={ms}"))], "unblocked"))
             }),
         )
         .route(
@@ -218,8 +242,8 @@ fn endpoints() -> Router {
 /// settings), `stats` outside it (reading stats is not load), as
 /// `hermes_tower::serve(..).with_stats()` composes them; every response,
 /// the stats one included, answers with `x-hermes-worker: id`.
-fn app(stats: Router) -> Router {
-    endpoints().layer(HermesLayer::new()).merge(stats).layer(axum::middleware::map_response(
+fn app(stats: Router, scale: f64) -> Router {
+    endpoints(scale).layer(HermesLayer::new()).merge(stats).layer(axum::middleware::map_response(
         |mut res: Response| async move {
             res.headers_mut().insert("x-hermes-worker", HeaderValue::from(worker_id()));
             // Which process answered (it changes with an upgrade on SIGUSR2).
@@ -249,7 +273,7 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
                     .into_response()
             }),
         );
-        let app = app(stats);
+        let app = app(stats, args.cost_scale);
         let signal = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
@@ -303,7 +327,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, app(hermes_runtime::stats_router()))
+    let handle = hermes_tower::serve(args.addr, app(hermes_runtime::stats_router(), args.cost_scale))
         .with_builder(builder)
         .without_layer()
         .start()?;

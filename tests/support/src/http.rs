@@ -33,6 +33,15 @@ pub struct Resp {
     pub worker: Option<usize>,
     /// The body (by `Content-Length`).
     pub body: String,
+    /// Every header, names lowercased, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Sends a GET of `path` on `stream`.
@@ -67,19 +76,21 @@ pub fn read_response(stream: &mut TcpStream) -> io::Result<Resp> {
         .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
     let mut worker = None;
     let mut len = 0usize;
+    let mut headers = Vec::new();
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
-            let v = v.trim();
-            match k.to_ascii_lowercase().as_str() {
+            let (k, v) = (k.to_ascii_lowercase(), v.trim());
+            match k.as_str() {
                 "x-hermes-worker" => worker = v.parse().ok(),
                 "content-length" => len = v.parse().unwrap_or(0),
                 _ => {}
             }
+            headers.push((k, v.to_owned()));
         }
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;
-    Ok(Resp { status, worker, body: String::from_utf8_lossy(&body).into() })
+    Ok(Resp { status, worker, body: String::from_utf8_lossy(&body).into(), headers })
 }
 
 /// One GET on a fresh blocking connection, with a 10 s read timeout.
