@@ -271,6 +271,138 @@ fn vip_flows_stick_to_their_server_and_replies_bypass_the_balancer() {
     assert!(text.contains(r#"hermes_dsr_server_load{server="192.0.2.11"}"#), "{text}");
 }
 
+/// The IPv4 datagram of an Ethernet frame (from its IP header on), or
+/// `None` for anything else.
+fn ipv4(frame: &[u8]) -> Option<&[u8]> {
+    (frame.len() >= 34 && frame[12..14] == [0x08, 0x00]).then(|| &frame[14..])
+}
+
+fn src(ip: &[u8]) -> [u8; 4] {
+    ip[12..16].try_into().expect("4 bytes")
+}
+
+fn dst(ip: &[u8]) -> [u8; 4] {
+    ip[16..20].try_into().expect("4 bytes")
+}
+
+/// `datagrams` sorted, so two captures compare as multisets.
+fn sorted(mut datagrams: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    datagrams.sort();
+    datagrams
+}
+
+/// What the client sends reaches the servers byte for byte (from the IP
+/// header on: the balancer rewrites only the MACs), and what the servers
+/// send reaches the client byte for byte: the feedback option travels only
+/// in copies addressed to the balancer's MAC, each of which is a reply
+/// with the option inserted (checked by taking it out again). Captured with
+/// AF_PACKET sockets in the client's and every server's namespace; a
+/// server's sent frames are seen after its tc egress program.
+#[test]
+fn packets_arrive_byte_for_byte_as_sent_and_the_option_only_in_copies_to_the_balancer() {
+    let Some(cluster) = Cluster::start(
+        "packets_arrive_byte_for_byte_as_sent_and_the_option_only_in_copies_to_the_balancer",
+        Duration::from_secs(2),
+    ) else {
+        return;
+    };
+    let vip = cluster.vip();
+    cluster.touch_until(&[], "a first metric (keepalive) from every server", |lb| {
+        lb.server_stats().iter().all(|s| s.metric_age_ms < 1000.0)
+    });
+    let captures: Vec<Capture> =
+        (0..SERVERS).map(|i| in_ns(&cluster.bed.ns(&format!("s{i}")), Capture::open)).collect();
+    let client = in_ns(&cluster.bed.ns("c"), move || {
+        let capture = Capture::open();
+        for _ in 0..12 {
+            let mut conn = connect(vip);
+            for _ in 0..3 {
+                request(&mut conn, "/whoami");
+                thread::sleep(Duration::from_millis(3));
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+        capture.frames_both()
+    });
+    let servers: Vec<(bool, Vec<u8>)> = captures.iter().flat_map(Capture::frames_both).collect();
+    let (vip, client_ip) = (VIP.octets(), CLIENT.octets());
+    let pick =
+        |frames: &[(bool, Vec<u8>)], sent: bool, want: &dyn Fn(&[u8], &[u8]) -> bool| -> Vec<Vec<u8>> {
+            frames
+                .iter()
+                .filter(|(out, f)| *out == sent && ipv4(f).is_some_and(|ip| want(f, ip)))
+                .map(|(_, f)| ipv4(f).expect("checked").to_vec())
+                .collect()
+        };
+    // Client to VIP: as sent, as received.
+    let to_vip = |_: &[u8], ip: &[u8]| src(ip) == client_ip && dst(ip) == vip;
+    let client_sent = sorted(pick(&client, true, &to_vip));
+    let servers_got = sorted(pick(&servers, false, &to_vip));
+    assert!(client_sent.len() >= 12 * 5, "{} packets to the VIP captured", client_sent.len());
+    assert!(
+        client_sent == servers_got,
+        "{} sent to the VIP, {} received by the servers, or different bytes",
+        client_sent.len(),
+        servers_got.len()
+    );
+    // VIP to client: the replies, as the servers sent them (not the copies
+    // to the balancer), as the client received them.
+    let replies = |f: &[u8], ip: &[u8]| src(ip) == vip && dst(ip) == client_ip && f[..6] != BALANCER_MAC;
+    let servers_sent = sorted(pick(&servers, true, &replies));
+    let client_got = sorted(pick(&client, false, &|_: &[u8], ip: &[u8]| src(ip) == vip));
+    assert!(servers_sent.len() >= 12 * 4, "{} replies captured", servers_sent.len());
+    assert!(
+        servers_sent == client_got,
+        "{} replies sent, {} received by the client, or different bytes",
+        servers_sent.len(),
+        client_got.len()
+    );
+    assert!(client_got.iter().all(|ip| ip[0] == 0x45), "no reply reaches the client with an IP option");
+    // The option path: copies to the balancer's MAC, IHL 7 with option 0x9E
+    // first; a copy of a reply, with its 8 option bytes taken out (and the
+    // length and header checksum, which the insertion changed, left aside),
+    // is that reply.
+    let copies: Vec<Vec<u8>> =
+        pick(&servers, true, &|f: &[u8], ip: &[u8]| f[..6] == BALANCER_MAC && ip[0] != 0x45);
+    assert!(!copies.is_empty(), "no feedback copy captured");
+    let blank = |ip: &[u8]| {
+        let mut v = ip.to_vec();
+        v[2..4].fill(0);
+        v[10..12].fill(0);
+        v
+    };
+    let replies_blank: std::collections::BTreeSet<Vec<u8>> =
+        servers_sent.iter().map(|ip| blank(ip)).collect();
+    let mut of_replies = 0;
+    for copy in &copies {
+        assert_eq!(
+            (copy[0], copy[20]),
+            (0x47, 0x9E),
+            "a copy carries the option: {:02x?}",
+            &copy[..28.min(copy.len())]
+        );
+        let mut plain = copy[..20].to_vec();
+        plain[0] = 0x45;
+        plain.extend_from_slice(&copy[28..]);
+        if src(copy) == vip && dst(copy) == client_ip {
+            assert!(
+                replies_blank.contains(&blank(&plain)),
+                "a copy is not a reply with the option: {:02x?}",
+                &copy[..40.min(copy.len())]
+            );
+            of_replies += 1;
+        }
+    }
+    assert!(of_replies > 0, "no copy of a reply among {} copies", copies.len());
+    eprintln!(
+        "byte for byte: {} client packets to the VIP, {} replies; {} feedback copies ({} of replies)",
+        client_sent.len(),
+        client_got.len(),
+        copies.len(),
+        of_replies
+    );
+}
+
 #[test]
 fn new_flows_avoid_the_loaded_server() {
     let Some(cluster) = Cluster::start("new_flows_avoid_the_loaded_server", Duration::from_secs(2)) else {

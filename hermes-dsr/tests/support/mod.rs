@@ -96,6 +96,12 @@ impl Capture {
 
     /// Incoming frames captured so far (outgoing ones are skipped).
     pub fn frames(&self) -> Vec<Vec<u8>> {
+        self.frames_both().into_iter().filter(|(out, _)| !out).map(|(_, f)| f).collect()
+    }
+
+    /// Every frame captured so far, each with whether this host sent it
+    /// (`true`) or received it. Sent frames are seen after tc egress.
+    pub fn frames_both(&self) -> Vec<(bool, Vec<u8>)> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 65536];
         loop {
@@ -116,9 +122,7 @@ impl Capture {
             if n < 0 {
                 return out;
             }
-            if from.sll_pkttype != libc::PACKET_OUTGOING {
-                out.push(buf[..n as usize].to_vec());
-            }
+            out.push((from.sll_pkttype == libc::PACKET_OUTGOING, buf[..n as usize].to_vec()));
         }
     }
 }
