@@ -156,6 +156,24 @@ impl fmt::Display for LayoutMismatch {
     }
 }
 
+impl std::error::Error for LayoutMismatch {}
+
+impl<T> Deref for Region<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points at `len` initialised `T`s owned by `backing`
+        // (a kernel map zero-fills its values, and zero is a valid value of
+        // every layout type) for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> fmt::Debug for Region<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region").field("len", &self.len).field("kernel_map", &self.is_kernel_map()).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -228,23 +246,5 @@ mod tests {
             0x1234_5678_9abc_def0,
             "the kernel sees the store at its index"
         );
-    }
-}
-
-impl std::error::Error for LayoutMismatch {}
-
-impl<T> Deref for Region<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        // SAFETY: `ptr` points at `len` initialised `T`s owned by `backing`
-        // (a kernel map zero-fills its values, and zero is a valid value of
-        // every layout type) for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl<T> fmt::Debug for Region<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Region").field("len", &self.len).field("kernel_map", &self.is_kernel_map()).finish()
     }
 }
