@@ -230,7 +230,7 @@ mod tests {
     fn ebpf_values_the_kernel_pads_are_refused() {
         let Some(narrow) = mmapable_array(4, 64) else { return };
         // SAFETY: an mmapable array of 4-byte values, as `AtomicU32` would be.
-        let err = unsafe { Region::<AtomicU32>::map(&narrow, 64) }.err().expect("4-byte values refused");
+        let err = unsafe { Region::<AtomicU32>::map(&narrow, 64) }.expect_err("4-byte values refused");
         let cause = err.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()).expect("a LayoutMismatch");
         assert_eq!((cause.value_size, cause.want_size), (4, 4), "{err}");
         assert!(err.to_string().contains("multiple of 8"), "the message says why: {err}");
