@@ -88,6 +88,7 @@ pub struct Builder {
     header_read_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     max_connections: Option<u32>,
+    rescue_hung: bool,
 }
 
 /// The default of [`Builder::header_read_timeout`].
@@ -138,6 +139,7 @@ impl Builder {
             header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+            rescue_hung: true,
         }
     }
 
@@ -439,6 +441,19 @@ impl Builder {
         self
     }
 
+    /// Whether a worker takes the connections queued on a hung worker's
+    /// listener. Connections the kernel queued on a worker's listener before
+    /// the scheduler noticed the worker hang (its heartbeat older than the
+    /// hang threshold) would wait there until it comes back: with this on,
+    /// the other workers accept them at their next tick and serve them,
+    /// counted as `rescued` (snapshot, `hermes_rescued_total`) and logged at
+    /// most once a second per worker. Not in the shared-listener mode (every
+    /// worker accepts from the one listener there). Default: on.
+    pub fn rescue_hung_queues(&mut self, rescue: bool) -> &mut Self {
+        self.rescue_hung = rescue;
+        self
+    }
+
     pub(crate) fn config(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
@@ -533,6 +548,7 @@ impl Builder {
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            rescue_hung: self.rescue_hung,
         })
     }
 

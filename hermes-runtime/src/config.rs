@@ -79,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) header_read_timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_connections: Option<u32>,
+    pub(crate) rescue_hung: bool,
 }
 
 /// A function run on each worker, shared by every worker.

@@ -26,6 +26,8 @@ pub(crate) struct WorkerControl {
     started_once: AtomicBool,
     /// Connections accepted beyond `max_connections_per_worker` and closed.
     refused: AtomicU64,
+    /// Connections this worker took from hung workers' listeners.
+    rescued: AtomicU64,
     /// `CLOCK_MONOTONIC` nanoseconds when the drain began (0: not draining).
     drain_started_ns: AtomicU64,
 }
@@ -59,6 +61,7 @@ impl WorkerControl {
             stop: Mutex::new(None),
             started_once: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            rescued: AtomicU64::new(0),
             drain_started_ns: AtomicU64::new(0),
         }
     }
@@ -83,6 +86,18 @@ impl WorkerControl {
     pub(crate) fn drain_started_ns(&self) -> Option<u64> {
         // Relaxed: see `mark_draining`.
         Some(self.drain_started_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
+    /// Counts one connection taken from a hung worker's listener; returns the total.
+    pub(crate) fn count_rescued(&self) -> u64 {
+        // Relaxed: a lone counter.
+        self.rescued.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Connections taken from hung workers' listeners so far.
+    pub(crate) fn rescued(&self) -> u64 {
+        // Relaxed: a lone counter.
+        self.rescued.load(Ordering::Relaxed)
     }
 
     /// Counts one connection refused over the per-worker limit; returns the total.

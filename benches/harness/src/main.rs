@@ -400,6 +400,11 @@ impl Bench {
                 Some(reason) => r.notes.push(format!("stats mode: {mode} ({reason})")),
                 None => r.notes.push(format!("stats mode: {mode}")),
             }
+            let rescued: f64 =
+                stats::delta(before.as_ref(), snapshot, |w| w.rescued).map_or(0.0, |d| d.iter().sum());
+            if rescued > 0.0 {
+                r.notes.push(format!("connections taken from a hung worker's listener: {rescued}"));
+            }
         }
         if outcome.ok == 0 {
             let kinds =

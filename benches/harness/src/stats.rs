@@ -17,6 +17,8 @@ pub const STATS_PATH: &str = "/_hermes/stats";
 pub struct WorkerCounters {
     pub accepted: Option<u64>,
     pub busy_ns: Option<u64>,
+    /// Connections taken from a hung worker's listener (Hermes' `rescued`).
+    pub rescued: Option<u64>,
 }
 
 /// A parsed snapshot.
@@ -61,7 +63,10 @@ pub fn parse(body: &str) -> Option<Snapshot> {
             _ => i.to_string(),
         };
         let num = |k: &str| w.get(k).and_then(Value::as_u64);
-        workers.insert(id, WorkerCounters { accepted: num("accepted"), busy_ns: num("busy_ns") });
+        workers.insert(
+            id,
+            WorkerCounters { accepted: num("accepted"), busy_ns: num("busy_ns"), rescued: num("rescued") },
+        );
     }
     Some(Snapshot { mode, mode_reason, workers })
 }

@@ -20,8 +20,10 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
+use hermes_bpf::{layout::WorkerPhase, monotonic_ns};
+
 use super::HermesStream;
-use crate::{context::WorkerRef, control::WorkerControl, sys};
+use crate::{context::WorkerRef, control::WorkerControl, shared::Shared, sys};
 
 /// Where a worker's connections come from.
 pub(crate) enum Source {
@@ -93,6 +95,56 @@ pub struct HermesListener {
     idle_timeout: Option<Duration>,
     /// Refusals not logged yet, and when the last log line was written.
     refusals: (u64, Option<std::time::Instant>),
+    /// Taking the connections queued on hung workers' listeners
+    /// ([`crate::Builder::rescue_hung_queues`]).
+    rescue: Option<Rescue>,
+}
+
+/// A worker's share of [`crate::Builder::rescue_hung_queues`]: once a tick,
+/// it looks for workers of its server that hang (heartbeat older than the
+/// hang threshold) and accepts what their listeners hold.
+struct Rescue {
+    shared: Arc<Shared>,
+    /// Fires once a tick.
+    tick: Pin<Box<Sleep>>,
+    /// At the last look, a hung worker's listener gave a connection: look
+    /// again before waiting for the next tick.
+    active: bool,
+    /// Rescues not logged yet, and when the last log line was written.
+    logged: (u64, Option<std::time::Instant>),
+}
+
+impl Rescue {
+    /// One connection from the listener of a hung worker other than `me`,
+    /// or `None` when no hung worker's listener holds one. Takes the stop
+    /// lock of a worker only once that worker hangs: never on a healthy
+    /// server.
+    fn take(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
+        let threshold = u64::try_from(self.shared.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let now = monotonic_ns();
+        for (id, control) in self.shared.workers.iter().enumerate() {
+            let state = &self.shared.table[id];
+            // Relaxed: a lone timestamp and a lone state (see `WorkerState`);
+            // a stale reading costs one look too many or too few.
+            let heartbeat = state.heartbeat_ns.load(std::sync::atomic::Ordering::Relaxed);
+            if id == me
+                || state.phase() != WorkerPhase::Serving
+                || heartbeat == 0
+                || now.saturating_sub(heartbeat) < threshold
+            {
+                continue;
+            }
+            match control.with_listener_fd(sys::accept_nonblocking) {
+                Some(Ok((stream, addr))) => return Some((stream, addr, id)),
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) => {
+                    tracing::debug!(worker = me, hung = id, error = %e, "accepting from a hung worker's listener")
+                }
+                None => {}
+            }
+        }
+        None
+    }
 }
 
 impl fmt::Debug for HermesListener {
@@ -134,7 +186,16 @@ impl HermesListener {
             header_read_timeout: None,
             idle_timeout: None,
             refusals: (0, None),
+            rescue: None,
         }
+    }
+
+    /// Takes the connections queued on hung workers' listeners once a tick
+    /// (see [`crate::Builder::rescue_hung_queues`]).
+    pub(crate) fn rescue_hung(mut self, shared: Arc<Shared>) -> Self {
+        let tick = Box::pin(tokio::time::sleep(shared.config.tick));
+        self.rescue = Some(Rescue { shared, tick, active: false, logged: (0, None) });
+        self
     }
 
     /// The per-worker connection limit and the timeouts the HTTP server
@@ -228,6 +289,9 @@ impl HermesListener {
                 ready!(self.backoff.as_mut().poll(cx));
                 self.backing_off = false;
             }
+            if let Some(accepted) = self.poll_rescue(cx) {
+                return Poll::Ready(Some(accepted));
+            }
             let result = match self.source.as_ref() {
                 Some(Source::Own(listener)) => ready!(listener.poll_accept(cx)),
                 Some(Source::Shared { epoll, listener }) => {
@@ -269,6 +333,61 @@ impl HermesListener {
                 Err(e) => self.backoff(e),
             }
         }
+    }
+
+    /// A connection taken from a hung worker's listener, when the tick came
+    /// (or the last look found one) and a hung worker's listener holds one.
+    /// Costs one timer poll per call otherwise.
+    fn poll_rescue(&mut self, cx: &mut Context<'_>) -> Option<(HermesStream, SocketAddr)> {
+        let me = self.worker.id();
+        let rescue = self.rescue.as_mut()?;
+        if rescue.tick.as_mut().poll(cx).is_ready() {
+            let next = Instant::now() + rescue.shared.config.tick;
+            rescue.tick.as_mut().reset(next);
+            // Registers this task for the next tick.
+            let _ = rescue.tick.as_mut().poll(cx);
+            rescue.active = true;
+        }
+        if !rescue.active {
+            return None;
+        }
+        // Relaxed: a lone gauge (see `poll_accept`).
+        if self.max_connections.is_some_and(|max| {
+            self.worker.state().open_conns.load(std::sync::atomic::Ordering::Relaxed) >= max
+        }) {
+            rescue.active = false;
+            return None;
+        }
+        let Some((stream, addr, hung)) = rescue.take(me) else {
+            rescue.active = false;
+            return None;
+        };
+        let total = self.control.count_rescued();
+        rescue.logged.0 += 1;
+        let now = std::time::Instant::now();
+        if rescue.logged.1.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            tracing::warn!(
+                worker = me,
+                hung,
+                rescued = rescue.logged.0,
+                total,
+                "took connections queued on a hung worker's listener"
+            );
+            rescue.logged = (0, Some(now));
+        }
+        let stream = match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(worker = me, error = %e, "registering a rescued connection");
+                return None;
+            }
+        };
+        if self.nodelay
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(worker = me, error = %e, "setting TCP_NODELAY");
+        }
+        Some((HermesStream::new(stream, &self.worker), addr))
     }
 
     fn backoff(&mut self, e: io::Error) {

@@ -16,7 +16,7 @@ use crate::shared::Shared;
 /// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
 /// `hermes_placed_out_total`, `hermes_placed_in_total`,
 /// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_recycled_total`,
-/// `hermes_refused_total`; server-wide gauge
+/// `hermes_refused_total`, `hermes_rescued_total`; server-wide gauge
 /// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
 /// other: in Hermes mode, `kernel-hash` with the self-check's reason while
 /// the program is found not running) and counters
@@ -39,6 +39,7 @@ pub(crate) struct WorkerMetrics {
     offloaded: metrics::Counter,
     recycled: metrics::Counter,
     refused: metrics::Counter,
+    rescued: metrics::Counter,
     mode: metrics::Gauge,
     /// `hermes_mode{mode="kernel-hash"}` with the self-check's reason (Hermes mode only).
     mode_lost: Option<metrics::Gauge>,
@@ -66,7 +67,8 @@ impl WorkerMetrics {
             reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w.clone()),
             offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w.clone()),
             recycled: metrics::counter!("hermes_recycled_total", "worker" => w.clone()),
-            refused: metrics::counter!("hermes_refused_total", "worker" => w),
+            refused: metrics::counter!("hermes_refused_total", "worker" => w.clone()),
+            rescued: metrics::counter!("hermes_rescued_total", "worker" => w),
             mode: metrics::gauge!(
                 "hermes_mode",
                 "mode" => shared.mode.as_str(),
@@ -104,6 +106,7 @@ impl WorkerMetrics {
         self.recycled.absolute(shared.placement.recycled(id));
         self.mode.set(1.0);
         self.refused.absolute(shared.workers[id].refused());
+        self.rescued.absolute(shared.workers[id].rescued());
         let lost = shared.current_mode().0 != shared.mode;
         self.mode.set(if lost { 0.0 } else { 1.0 });
         if let Some(g) = &self.mode_lost {

@@ -87,6 +87,9 @@ pub struct WorkerSnapshot {
     /// Connections accepted beyond `Builder::max_connections_per_worker`
     /// and closed at once, in total.
     pub refused: u64,
+    /// Connections this worker took from the listener of a hung worker
+    /// (`Builder::rescue_hung_queues`), in total.
+    pub rescued: u64,
     /// Requests being served now (fed by [`crate::context::InFlight`]
     /// guards: the Tower layer's, or a hand-written server's).
     pub in_flight: u32,
@@ -197,6 +200,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                 accepted: w.accepted.load(Ordering::Relaxed),
                 open_connections: w.open_conns.load(Ordering::Relaxed),
                 refused: shared.workers[id].refused(),
+                rescued: shared.workers[id].rescued(),
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
                 eligible: bitmap & (1 << id) != 0,

@@ -78,13 +78,17 @@ pub(super) async fn worker_loop<F, Fut>(
                 continue;
             }
         };
-        let listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source)
+        let own = matches!(source, Source::Own(_));
+        let mut listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source)
             .tcp_nodelay(shared.config.tcp_nodelay)
             .limits(
                 shared.config.max_connections,
                 shared.config.header_read_timeout,
                 shared.config.idle_timeout,
             );
+        if own && shared.config.rescue_hung && shared.config.workers > 1 {
+            listener = listener.rescue_hung(shared.clone());
+        }
         // Starting -> Serving, unless a drain began meanwhile (Relaxed: the
         // state is a lone value; the compare-exchange only keeps a drain's
         // store from being overwritten).

@@ -299,6 +299,10 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         // the shared listener) places connections, and nothing places requests.
         builder.place_requests(false).reconnect_overloaded(None);
     }
+    if matches!(args.mode, Peer::Reuseport | Peer::Shared) {
+        // Nor does any worker take connections queued on a hung one.
+        builder.rescue_hung_queues(false);
+    }
     if let Some(absolute) = args.margin {
         builder.policy(LeastLoaded { absolute, ..LeastLoaded::default() });
     }
