@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (MIT OR Apache-2.0) AND GPL-2.0
 //
-// hermes-dsr balancer: tc ingress on the balancer's interface. Packets for
+// hermes-dsr balancer: tc ingress (`dsr_balance`) or XDP (`dsr_balance_xdp`)
+// on the balancer's interface, the same logic behind both. Packets for
 // the VIP are forwarded at L2 to a server (destination MAC rewritten, source
 // MAC set to the balancer's own so that the switch keeps learning the client
 // where it is), and leave through the same interface; servers answer the
@@ -53,6 +54,15 @@ struct {
 	__type(key, struct dsr_flow_key);
 	__type(value, __u32);
 } dsr_flows SEC(".maps");
+
+// What the balancer does with a frame; each entry point maps it to its
+// own return codes (tc: TC_ACT_OK, TC_ACT_SHOT, bpf_redirect to the same
+// interface; XDP: XDP_PASS, XDP_DROP, XDP_TX).
+enum dsr_verdict {
+	DSR_PASS,
+	DSR_DROP,
+	DSR_FORWARD,
+};
 
 static __always_inline void count(__u32 idx)
 {
@@ -178,18 +188,18 @@ static __always_inline int pick(struct dsr_lb_config *cfg, __u32 hash, __u32 *se
 }
 
 // A metric from a host: the frame's source MAC names the server.
-static __always_inline int learn(struct ethhdr *eth, __u8 *opt, void *data_end)
+static __always_inline enum dsr_verdict learn(struct ethhdr *eth, __u8 *opt, void *data_end)
 {
 	if ((void *)(opt + DSR_OPT_LEN) > data_end)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	if (opt[1] != DSR_OPT_LEN)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	__u64 mac = 0;
 	__builtin_memcpy(&mac, eth->h_source, ETH_ALEN);
 	__u32 zero = 0;
 	struct dsr_lb_config *cfg = bpf_map_lookup_elem(&dsr_lb_cfg, &zero);
 	if (!cfg)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	__u32 n = READ_ONCE(cfg->servers);
 	for (__u32 i = 0; i < DSR_MAX_SERVERS; i++) {
 		if (i >= n)
@@ -205,26 +215,23 @@ static __always_inline int learn(struct ethhdr *eth, __u8 *opt, void *data_end)
 		WRITE_ONCE(s->updated_ns, bpf_ktime_get_ns());
 		__sync_fetch_and_add(&s->feedbacks, 1);
 		count(DSR_CNT_FEEDBACK);
-		return TC_ACT_SHOT;
+		return DSR_DROP;
 	}
 	count(DSR_CNT_FEEDBACK_UNKNOWN);
-	return TC_ACT_SHOT;
+	return DSR_DROP;
 }
 
-SEC("classifier")
-int dsr_balance(struct __sk_buff *skb)
+static __always_inline enum dsr_verdict balance(void *data, void *data_end)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return DSR_PASS;
 	struct iphdr *ip = (void *)(eth + 1);
 	if ((void *)(ip + 1) > data_end)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	__u32 ihl = ip->ihl & 0xF;
 	if (ihl < 5)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	if (ihl >= 7) {
 		__u8 *opt = (void *)(ip + 1);
 		if ((void *)(opt + 1) <= data_end && opt[0] == DSR_OPT_TYPE)
@@ -233,21 +240,21 @@ int dsr_balance(struct __sk_buff *skb)
 	__u32 zero = 0;
 	struct dsr_lb_config *cfg = bpf_map_lookup_elem(&dsr_lb_cfg, &zero);
 	if (!cfg)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	__u32 vip = READ_ONCE(cfg->vip);
 	if (ip->saddr == vip && vip != 0)
 		count(DSR_CNT_REPLY_SEEN);
 	if (ip->daddr != vip || vip == 0 || ip->protocol != IPPROTO_TCP) {
 		count(DSR_CNT_PASSED);
-		return TC_ACT_OK;
+		return DSR_PASS;
 	}
 	struct tcphdr *tcp = (void *)ip + ihl * 4;
 	if ((void *)(tcp + 1) > data_end)
-		return TC_ACT_OK;
+		return DSR_PASS;
 	__u32 port = READ_ONCE(cfg->port);
 	if (port && bpf_ntohs(tcp->dest) != port) {
 		count(DSR_CNT_PASSED);
-		return TC_ACT_OK;
+		return DSR_PASS;
 	}
 	struct dsr_flow_key key = {
 		.saddr = ip->saddr,
@@ -267,21 +274,21 @@ int dsr_balance(struct __sk_buff *skb)
 		__u32 hash = flow_hash(&key);
 		if (tcp->syn && !tcp->ack) {
 			if (pick(cfg, hash, &server) < 0)
-				return TC_ACT_SHOT;
+				return DSR_DROP;
 			count(DSR_CNT_NEW_FLOWS);
 		} else {
 			// A flow the map forgot (evicted, or the balancer restarted):
 			// Maglev keeps it where hashing would have put it.
 			count(DSR_CNT_NO_FLOW);
 			if (maglev(hash, &server) < 0)
-				return TC_ACT_SHOT;
+				return DSR_DROP;
 		}
 		bpf_map_update_elem(&dsr_flows, &key, &server, BPF_ANY);
 	}
 	__u32 skey = server;
 	struct dsr_server *s = bpf_map_lookup_elem(&dsr_servers, &skey);
 	if (!s)
-		return TC_ACT_SHOT;
+		return DSR_DROP;
 	if (!known) {
 		if (tcp->syn && !tcp->ack) {
 			__sync_fetch_and_add(&s->new_flows, 1);
@@ -295,7 +302,46 @@ int dsr_balance(struct __sk_buff *skb)
 	__builtin_memcpy(eth->h_dest, &dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, &src, ETH_ALEN);
 	count(DSR_CNT_FORWARDED);
-	return bpf_redirect(skb->ifindex, 0);
+	return DSR_FORWARD;
 }
+
+SEC("classifier")
+int dsr_balance(struct __sk_buff *skb)
+{
+	switch (balance((void *)(long)skb->data, (void *)(long)skb->data_end)) {
+	case DSR_FORWARD:
+		// Out of the interface it came in on.
+		return bpf_redirect(skb->ifindex, 0);
+	case DSR_DROP:
+		return TC_ACT_SHOT;
+	default:
+		return TC_ACT_OK;
+	}
+}
+
+// The same at XDP: forwarded frames leave with XDP_TX. On a veth, frames
+// sent with XDP_TX are received by the peer only if the peer runs an XDP
+// program too (`dsr_xdp_pass` below, for a bridge port).
+SEC("xdp")
+int dsr_balance_xdp(struct xdp_md *ctx)
+{
+	switch (balance((void *)(long)ctx->data, (void *)(long)ctx->data_end)) {
+	case DSR_FORWARD:
+		return XDP_TX;
+	case DSR_DROP:
+		return XDP_DROP;
+	default:
+		return XDP_PASS;
+	}
+}
+
+// Passes every frame: attached to the peer of a veth whose other end runs
+// `dsr_balance_xdp`, it lets that peer receive XDP_TX frames.
+SEC("xdp")
+int dsr_xdp_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
 
 char _license[] SEC("license") = "GPL";

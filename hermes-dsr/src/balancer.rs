@@ -121,6 +121,60 @@ pub struct Balancer {
     servers: Arc<Region<ServerSlot>>,
     counters: Arc<Region<AtomicU64>>,
     backends: Vec<Backend>,
+    datapath: Datapath,
+}
+
+/// Where the balancer's program runs on its interface. The logic and the
+/// maps are the same; only the hook differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datapath {
+    /// tc ingress (`dsr_balance`), forwarding with `bpf_redirect` to the
+    /// same interface. Needs nothing from the segment.
+    #[default]
+    Tc,
+    /// XDP (`dsr_balance_xdp`), forwarding with `XDP_TX`, before the kernel
+    /// allocates a socket buffer. On a veth, the peer must run an XDP
+    /// program too ([`XdpPass`]), or the forwarded frames are lost.
+    Xdp,
+}
+
+impl std::str::FromStr for Datapath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tc" => Ok(Self::Tc),
+            "xdp" => Ok(Self::Xdp),
+            other => Err(format!("datapath `{other}`: expected `tc` or `xdp`")),
+        }
+    }
+}
+
+/// An XDP program that passes every frame, attached to an interface until
+/// dropped: on a veth pair, the peer of the balancer's interface needs one
+/// for the frames [`Datapath::Xdp`] sends back out with `XDP_TX` to be
+/// received (for example the bridge port of a container's veth).
+pub struct XdpPass {
+    _loaded: Loaded,
+}
+
+impl fmt::Debug for XdpPass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XdpPass").finish_non_exhaustive()
+    }
+}
+
+impl XdpPass {
+    /// Attaches the pass program to `interface` in the calling thread's
+    /// network namespace.
+    ///
+    /// # Errors
+    /// As [`Balancer::load`] and [`Balancer::attach`].
+    pub fn attach(interface: &str) -> Result<Self, Error> {
+        let mut loaded = Loaded::load(LB_OBJECT, PROGRAM, layout::LB_PROGRAM)?;
+        loaded.attach_xdp(layout::XDP_PASS_PROGRAM, interface)?;
+        Ok(Self { _loaded: loaded })
+    }
 }
 
 impl fmt::Debug for Balancer {
@@ -169,13 +223,41 @@ impl Balancer {
         // Release: the VIP is the switch that makes the program act; a
         // program that sees it sees the servers and table stored above.
         c.vip.store(layout::ipv4_to_u32(settings.vip), Ordering::Release);
-        Ok(Self { loaded, config, servers: slots, counters, backends: servers.to_vec() })
+        Ok(Self {
+            loaded,
+            config,
+            servers: slots,
+            counters,
+            backends: servers.to_vec(),
+            datapath: Datapath::Tc,
+        })
     }
 
     /// Attaches the program at ingress of `interface` (in the calling
     /// thread's network namespace). It stays attached while `self` lives.
     pub fn attach(&mut self, interface: &str) -> Result<(), Error> {
-        self.loaded.attach(interface, TcAttachType::Ingress)
+        self.attach_with(interface, Datapath::Tc)
+    }
+
+    /// Attaches the program to `interface` (in the calling thread's network
+    /// namespace) at `datapath`'s hook. It stays attached while `self`
+    /// lives. Attach one datapath per balancer.
+    ///
+    /// # Errors
+    /// [`Error::Attach`] when the interface is missing or the hook refused;
+    /// [`Error::KernelRefused`] when the XDP program does not load.
+    pub fn attach_with(&mut self, interface: &str, datapath: Datapath) -> Result<(), Error> {
+        match datapath {
+            Datapath::Tc => self.loaded.attach(interface, TcAttachType::Ingress)?,
+            Datapath::Xdp => self.loaded.attach_xdp(layout::LB_XDP_PROGRAM, interface)?,
+        }
+        self.datapath = datapath;
+        Ok(())
+    }
+
+    /// The datapath attached last ([`Datapath::Tc`] before any).
+    pub fn datapath(&self) -> Datapath {
+        self.datapath
     }
 
     /// Changes the new-flow policy (existing flows keep their server).
@@ -276,6 +358,9 @@ impl Balancer {
 
     /// The kernel's run statistics of the balancer program.
     pub fn program_stats(&self) -> Result<ProgramStats, Error> {
-        self.loaded.stats()
+        match self.datapath {
+            Datapath::Tc => self.loaded.stats(),
+            Datapath::Xdp => self.loaded.stats_of(layout::LB_XDP_PROGRAM),
+        }
     }
 }

@@ -22,6 +22,11 @@ pub const OPTION_LEN: usize = 8;
 
 /// Balancer program (C function name).
 pub const LB_PROGRAM: &str = "dsr_balance";
+/// The balancer's XDP program (the same logic as [`LB_PROGRAM`]).
+pub const LB_XDP_PROGRAM: &str = "dsr_balance_xdp";
+/// An XDP program that passes every frame, for the peer of a veth whose
+/// other end runs [`LB_XDP_PROGRAM`].
+pub const XDP_PASS_PROGRAM: &str = "dsr_xdp_pass";
 /// Balancer settings map: one [`LbConfig`].
 pub const LB_CONFIG_MAP: &str = "dsr_lb_cfg";
 /// Servers map: [`MAX_SERVERS`] [`ServerSlot`]s.

@@ -1,7 +1,8 @@
 //! The cross-host tier of Hermes: a load-aware Direct Server Return (DSR)
 //! L4 balancer, fed in band by each host's Hermes Worker State Table.
 //!
-//! - On the balancer, [`Balancer`] attaches `dsr_balance` (tc ingress) to the
+//! - On the balancer, [`Balancer`] attaches `dsr_balance` (tc ingress; or
+//!   `dsr_balance_xdp`, the same logic at XDP: [`Datapath`]) to the
 //!   interface that receives the VIP's traffic. An existing flow keeps its
 //!   server (LRU map on the 5-tuple); a SYN goes to the less loaded of two
 //!   servers drawn at random among those with a fresh metric; servers with a
@@ -28,7 +29,9 @@ mod loader;
 pub mod maglev;
 pub mod testbed;
 
-pub use balancer::{Backend, Balancer, BalancerSettings, LB_OBJECT, LbCounters, ServerStats};
+pub use balancer::{
+    Backend, Balancer, BalancerSettings, Datapath, LB_OBJECT, LbCounters, ServerStats, XdpPass,
+};
 pub use error::Error;
 pub use host::{AGENT_TICK, Agent, FeedbackHost, HOST_OBJECT, HostCounters, HostSettings, LoadSample};
 pub use layout::Policy;

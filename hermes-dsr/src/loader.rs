@@ -5,7 +5,7 @@ use std::{os::fd::AsFd, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
 use hermes_bpf::Region;
 
@@ -48,6 +48,14 @@ impl Loaded {
             .try_into()
             .map_err(|e| error::classify(program, "reading the program", &e))?;
         prog.load().map_err(|e| error::classify(program, "loading the program", &e))?;
+        // The object's XDP programs are loaded now too, while its maps are
+        // all held here: once `region` takes a map out of `ebpf`, the
+        // descriptor a later load would be relocated against is closed.
+        for (_, prog) in ebpf.programs_mut() {
+            if let aya::programs::Program::Xdp(prog) = prog {
+                prog.load().map_err(|e| error::classify(program, "loading its XDP programs", &e))?;
+            }
+        }
         Ok(Self { ebpf, program, name })
     }
 
@@ -92,11 +100,43 @@ impl Loaded {
         }
     }
 
+    /// Attaches XDP program `name` of the object (loaded with it, on the
+    /// same maps) to `interface` in the calling thread's network namespace.
+    /// The attachment lasts as long as `self`.
+    pub(crate) fn attach_xdp(&mut self, name: &'static str, interface: &str) -> Result<(), Error> {
+        let program = self.program;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::KernelRefused {
+                program,
+                what: "reading the embedded object",
+                detail: format!("program `{name}` is missing"),
+            })?
+            .try_into()
+            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        prog.attach(interface, XdpMode::Default).map(|_| ()).map_err(|e| Error::Attach {
+            program,
+            interface: interface.to_owned(),
+            detail: error::chain(&e),
+        })
+    }
+
+    /// The run statistics of the tc program this was loaded with.
     pub(crate) fn stats(&self) -> Result<ProgramStats, Error> {
+        self.stats_of(self.name)
+    }
+
+    /// The run statistics of program `name` of the object.
+    pub(crate) fn stats_of(&self, name: &str) -> Result<ProgramStats, Error> {
         let info = self
             .ebpf
-            .program(self.name)
-            .expect("the program exists once loaded")
+            .program(name)
+            .ok_or_else(|| Error::KernelRefused {
+                program: self.program,
+                what: "reading the program's info",
+                detail: format!("program `{name}` is missing"),
+            })?
             .info()
             .map_err(|e| error::classify(self.program, "reading the program's info", &e))?;
         Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })

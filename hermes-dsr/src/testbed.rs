@@ -131,6 +131,34 @@ impl Testbed {
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
     }
 
+    /// The bridge's port for `role` (in the `br` namespace): the peer of
+    /// that host's `eth0`.
+    pub fn port(&self, role: &str) -> String {
+        format!("v{role}")
+    }
+
+    /// Readies the segment for the balancer at XDP
+    /// ([`Datapath::Xdp`](crate::Datapath::Xdp)), for as long as the returned
+    /// program lives. On a veth pair two things differ from a wire:
+    /// - frames the balancer sends back with `XDP_TX` reach the bridge only
+    ///   if the bridge's port runs an XDP program too, so a pass program is
+    ///   attached there;
+    /// - a frame from the client's own stack carries a partial TCP checksum
+    ///   that the device is left to finish (`CHECKSUM_PARTIAL`); `XDP_TX`
+    ///   turns the frame into a bare buffer and that state is lost, so the
+    ///   servers would drop every forwarded segment (`TcpInCsumErrors`). The
+    ///   client's transmit checksum offload is turned off, as if its frames
+    ///   had come from a wire, where the checksum is always complete.
+    ///
+    /// # Errors
+    /// As [`XdpPass::attach`](crate::XdpPass::attach); the offload change
+    /// panics like the other testbed steps.
+    pub fn ready_for_xdp(&self) -> Result<crate::XdpPass, crate::Error> {
+        in_ns(&self.ns("c"), || tx_checksum_offload("eth0", false));
+        let port = self.port("lb");
+        in_ns(&self.ns("br"), move || crate::XdpPass::attach(&port))
+    }
+
     /// The namespace of `role` (`c`, `lb`, `s0`, ...).
     pub fn ns(&self, role: &str) -> String {
         format!("{}{role}", self.prefix)
@@ -140,6 +168,41 @@ impl Testbed {
     pub fn servers(&self) -> usize {
         self.servers
     }
+}
+
+/// Turns transmit checksum offload of `interface` (in the calling thread's
+/// network namespace) on or off, as `ethtool -K IF tx on|off` does.
+fn tx_checksum_offload(interface: &str, on: bool) {
+    /// `ETHTOOL_STXCSUM` of `linux/ethtool.h`.
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: u32::from(on) };
+    // SAFETY: an all-zero ifreq is valid (a name of NULs, a null pointer).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    assert!(interface.len() < req.ifr_name.len(), "interface name `{interface}` too long");
+    for (dst, src) in req.ifr_name.iter_mut().zip(interface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: plain socket creation; the descriptor is closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(sock >= 0, "socket for SIOCETHTOOL: {}", std::io::Error::last_os_error());
+    // SAFETY: `req` names the interface and points at `value`, both alive
+    // for the call; SIOCETHTOOL with ETHTOOL_STXCSUM reads `value` only.
+    let rc = unsafe { libc::ioctl(sock, libc::SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `sock` is the descriptor made above, closed once.
+    unsafe { libc::close(sock) };
+    assert_eq!(
+        rc,
+        0,
+        "turning transmit checksum offload of {interface} {}: {err}",
+        if on { "on" } else { "off" }
+    );
 }
 
 /// Runs `f` on a thread that joined network namespace `ns`. Sockets and

@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, HostSettings, Policy};
+use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy, XdpPass};
 use hermes_runtime::{Builder, ServerHandle};
 use support::*;
 
@@ -31,6 +31,8 @@ struct Cluster {
     agents: Vec<Agent>,
     servers: Vec<Arc<ServerHandle>>,
     balancer: Option<Balancer>,
+    /// The pass program on the balancer's bridge port, with the XDP datapath.
+    xdp_pass: Option<XdpPass>,
     gate: Arc<AtomicBool>,
     port: u16,
     bed: Testbed,
@@ -40,6 +42,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.agents.clear();
         self.balancer = None;
+        self.xdp_pass = None;
         self.gate.store(true, Ordering::Relaxed);
         for handle in self.servers.drain(..) {
             if let Ok(handle) = Arc::try_unwrap(handle) {
@@ -72,6 +75,12 @@ impl Cluster {
     /// The servers and their agents; the balancer in this process when
     /// `balancer` is true (otherwise the test runs its own).
     fn start_with(test: &str, max_stale: Duration, balancer: bool) -> Option<Self> {
+        let datapath = balancer.then_some(Datapath::Tc);
+        Self::start_on(test, max_stale, datapath)
+    }
+
+    /// As [`Cluster::start_with`], the balancer (if any) attached at `datapath`.
+    fn start_on(test: &str, max_stale: Duration, datapath: Option<Datapath>) -> Option<Self> {
         if !privileged_or_skip(test) {
             return None;
         }
@@ -81,6 +90,7 @@ impl Cluster {
             agents: Vec::new(),
             servers: Vec::new(),
             balancer: None,
+            xdp_pass: None,
             gate: gate.clone(),
             port: 0,
             bed,
@@ -112,8 +122,15 @@ impl Cluster {
                 Err(e) => panic!("{test}: the host feedback program did not load: {e}"),
             }
         }
-        if !balancer {
+        let Some(datapath) = datapath else {
             return Some(cluster);
+        };
+        if datapath == Datapath::Xdp {
+            let pass = cluster
+                .bed
+                .ready_for_xdp()
+                .unwrap_or_else(|e| panic!("{test}: the XDP pass program did not attach: {e}"));
+            cluster.xdp_pass = Some(pass);
         }
         let settings = BalancerSettings {
             vip: VIP,
@@ -126,7 +143,7 @@ impl Cluster {
             (0..SERVERS).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
         let balancer = in_ns(&cluster.bed.ns("lb"), move || {
             let mut b = Balancer::load(&settings, &backends)?;
-            b.attach("eth0")?;
+            b.attach_with("eth0", datapath)?;
             Ok::<_, hermes_dsr::Error>(b)
         })
         .unwrap_or_else(|e| panic!("{test}: the balancer did not load: {e}"));
@@ -403,6 +420,31 @@ fn packets_arrive_byte_for_byte_as_sent_and_the_option_only_in_copies_to_the_bal
     );
 }
 
+/// The balancer at XDP (`XDP_TX`, a pass program on the bridge's port): new
+/// flows are placed and spread, every packet after the SYN finds its flow,
+/// replies bypass the balancer, and metrics arrive in band, as with tc.
+#[test]
+fn xdp_datapath_balances_like_tc() {
+    let Some(cluster) =
+        Cluster::start_on("xdp_datapath_balances_like_tc", Duration::from_secs(2), Some(Datapath::Xdp))
+    else {
+        return;
+    };
+    assert_eq!(cluster.lb().datapath(), Datapath::Xdp);
+    cluster.touch_until(&[], "a first metric (keepalive) from every server", |lb| {
+        lb.server_stats().iter().all(|s| s.metric_age_ms < 1000.0)
+    });
+    let spread = cluster.vip_flows(30);
+    assert_eq!(spread.values().sum::<usize>(), 30);
+    assert!(spread.len() >= 2, "new flows herded onto one server: {spread:?}");
+    let c = cluster.lb().counters();
+    assert_eq!(c.new_flows, 30, "{c:?}");
+    assert_eq!(c.no_flow, 0, "{c:?}");
+    assert_eq!(c.reply_seen, 0, "replies reached the balancer: {c:?}");
+    assert!(c.forwarded >= 30 * 3, "{c:?}");
+    assert!(c.feedback > 0 && c.feedback_unknown == 0, "{c:?}");
+}
+
 #[test]
 fn new_flows_avoid_the_loaded_server() {
     let Some(cluster) = Cluster::start("new_flows_avoid_the_loaded_server", Duration::from_secs(2)) else {
@@ -545,6 +587,7 @@ fn the_hermes_lb_program_balances_and_prints_its_stats_as_json() {
     assert_eq!(settings["settings"]["vip"], VIP.to_string(), "{settings}");
     assert_eq!(settings["settings"]["own_mac"], "02:00:00:00:00:02", "{settings}");
     assert_eq!(settings["settings"]["servers"].as_array().map(Vec::len), Some(SERVERS), "{settings}");
+    assert_eq!(settings["settings"]["datapath"], "tc", "{settings}");
 
     // Flows through the VIP, and the servers' metrics arriving in band.
     let deadline = Instant::now() + Duration::from_secs(10);

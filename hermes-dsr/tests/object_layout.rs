@@ -57,6 +57,20 @@ fn balancer_object_matches_layout_mirrors() {
 }
 
 #[test]
+fn balancer_object_has_its_xdp_programs() {
+    let obj = Object::parse(LB_OBJECT).expect("the embedded object parses");
+    for name in [layout::LB_XDP_PROGRAM, layout::XDP_PASS_PROGRAM] {
+        let prog =
+            obj.programs.get(name).unwrap_or_else(|| panic!("program `{name}` present under its C name"));
+        assert!(
+            matches!(prog.section, ProgramSection::Xdp { .. }),
+            "`{name}` must be an XDP program, found {:?}",
+            prog.section
+        );
+    }
+}
+
+#[test]
 fn host_object_matches_layout_mirrors() {
     check(
         HOST_OBJECT,

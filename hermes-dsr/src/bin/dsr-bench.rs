@@ -7,7 +7,9 @@
 //! seconds (cheap requests, then costly ones). Prints requests per second and
 //! p99 per mode, and last `rps ratio in-band/polling-1s = X.XX`.
 //!
-//! `cargo run --release -p hermes-dsr --bin dsr-bench -- --quick` (as root).
+//! `cargo run --release -p hermes-dsr --bin dsr-bench -- --quick [--datapath tc|xdp]`
+//! (as root). `--datapath` picks where the balancer's program runs (tc
+//! ingress by default; XDP with a pass program on the bridge's port).
 //! Figures mean something only on a quiet machine.
 
 use std::{
@@ -23,7 +25,7 @@ use std::{
 
 use axum::{Router, extract::Query, routing::get};
 use hermes_dsr::{
-    Agent, Backend, Balancer, BalancerSettings, HostSettings, Policy,
+    Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy,
     testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac},
 };
 use hermes_runtime::{Builder, ServerHandle};
@@ -87,7 +89,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let datapath: Datapath = match args.iter().position(|a| a == "--datapath") {
+        None => Datapath::Tc,
+        Some(i) => match args.get(i + 1).map(|v| v.parse()) {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                eprintln!("dsr-bench: {e}");
+                std::process::exit(2);
+            }
+            None => {
+                eprintln!("dsr-bench: --datapath needs `tc` or `xdp`");
+                std::process::exit(2);
+            }
+        },
+    };
     let per_mode = if quick { Duration::from_secs(4) } else { Duration::from_secs(20) };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -128,10 +145,14 @@ fn main() {
     };
     let backends: Vec<Backend> =
         (0..SCALES.len()).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+    // XDP_TX on the balancer's veth reaches the bridge only if its port
+    // runs an XDP program too.
+    let _pass = (datapath == Datapath::Xdp)
+        .then(|| bed.ready_for_xdp().expect("XDP pass program on the bridge port"));
     let balancer = Arc::new(
         in_ns(&bed.ns("lb"), move || {
             let mut b = Balancer::load(&settings, &backends)?;
-            b.attach("eth0")?;
+            b.attach_with("eth0", datapath)?;
             Ok::<_, hermes_dsr::Error>(b)
         })
         .expect("balancer program"),
@@ -153,6 +174,7 @@ fn main() {
         "servers: 3 Hermes servers of 2 workers, request cost x1 / x2 / x4; {CLIENTS} closed-loop clients,"
     );
     println!("a new connection per request; mix alternates every 2 s: 200 us requests, then 1 ms requests");
+    println!("balancer datapath: {}", if datapath == Datapath::Xdp { "xdp" } else { "tc" });
     println!("{:<14} {:>10} {:>10} {:>10} {:>22}", "mode", "req/s", "p50 ms", "p99 ms", "new flows s0/s1/s2");
     let mut rps_of = std::collections::HashMap::new();
     for mode in &modes {

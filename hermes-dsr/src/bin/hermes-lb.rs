@@ -26,7 +26,7 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
-use hermes_dsr::{Backend, Balancer, BalancerSettings, Policy};
+use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy};
 use serde_json::{Value, json};
 
 /// A load-aware Direct Server Return balancer for Hermes hosts.
@@ -51,6 +51,10 @@ struct Args {
     /// How new flows are placed.
     #[arg(long, value_enum, default_value_t = PolicyArg::Load)]
     policy: PolicyArg,
+    /// Where the program runs on the interface: `tc` (ingress, `bpf_redirect`)
+    /// or `xdp` (`XDP_TX`; on a veth, the peer must run an XDP program too).
+    #[arg(long, value_name = "tc|xdp", default_value = "tc")]
+    datapath: Datapath,
     /// Print the counters and per-server figures as JSON lines.
     #[arg(long)]
     stats: bool,
@@ -107,6 +111,7 @@ fn settings_json(args: &Args, settings: &BalancerSettings) -> Value {
             "own_mac": mac_str(settings.own_mac),
             "max_stale_ms": settings.max_stale.as_millis() as u64,
             "policy": match args.policy { PolicyArg::Load => "load", PolicyArg::Hash => "hash" },
+            "datapath": match args.datapath { Datapath::Tc => "tc", Datapath::Xdp => "xdp" },
             "servers": args.servers.iter().map(|b| json!({"addr": b.addr.to_string(), "mac": mac_str(b.mac)})).collect::<Vec<_>>(),
         }
     })
@@ -180,7 +185,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = balancer.attach(&args.interface) {
+    if let Err(e) = balancer.attach_with(&args.interface, args.datapath) {
         eprintln!("hermes-lb: attaching to {}: {}", args.interface, e);
         return ExitCode::FAILURE;
     }
