@@ -10,7 +10,7 @@ use tower::{
     util::{Either, option_layer},
 };
 
-use super::{IntoBindAddr, ServeFuture, log_start, shutdown_on_signal, shutdown_when};
+use super::{IntoBindAddr, ServeFuture, StopSignals, log_start, shutdown_all_on, shutdown_when};
 use crate::{Hermes, HermesLayer, Place};
 
 /// The service each worker's tonic server is given: the routes, behind
@@ -253,11 +253,16 @@ where
             let this = this?;
             // Loading the program, binding and the start-up wait block: on
             // the blocking pool, not on the caller's executor thread.
+            // The handlers go in before the workers start (see `serve`).
+            let stop = match signal {
+                Some(signal) => Ok(signal),
+                None => Err(StopSignals::install()),
+            };
             let handle =
                 tokio::task::spawn_blocking(move || this.start()).await.map_err(io::Error::other)??;
-            match signal {
-                Some(signal) => shutdown_when(handle, signal).await,
-                None => shutdown_on_signal(handle).await,
+            match stop {
+                Ok(signal) => shutdown_when(handle, signal).await,
+                Err(signals) => shutdown_all_on(vec![handle], signals).await,
             }
         })
     }

@@ -21,15 +21,16 @@ use axum::{extract::Request, response::Response, routing::future::RouteFuture};
 use futures_util::future::Either;
 use hermes_runtime::{Builder, HermesListener, ServerHandle};
 use pin_project_lite::pin_project;
+use tokio::signal::unix::{SignalKind, signal as signal_of};
 use tower_layer::Layer;
 use tower_service::Service;
 
 #[cfg(feature = "tls")]
 use super::tls::RustlsConfig;
 use super::{
-    IncomingStream, IntoBindAddr, ServeFuture, WorkerListener,
+    IncomingStream, IntoBindAddr, ServeFuture, StopSignals, WorkerListener,
     conn::{ActiveGuard, Activity},
-    log_start, shutdown_all_on_signal, shutdown_all_when,
+    log_start, shutdown_all_on, shutdown_all_when,
 };
 use crate::{Hermes, HermesLayer, Place, place::future::PlaceFuture};
 
@@ -366,29 +367,35 @@ where
         let this = self.resolved();
         ServeFuture::new(async move {
             let this = this?;
+            // The handlers go in before the workers start, so that a signal
+            // sent as soon as the server answers is not missed.
+            let stop = match signal {
+                Some(signal) => Ok(signal),
+                None => Err(StopSignals::install()),
+            };
+            let usr2 = upgrades.then(|| signal_of(SignalKind::user_defined2()));
             // Loading the program, binding and the start-up wait block: on
             // the blocking pool, not on the caller's executor thread.
             let mut handles =
                 tokio::task::spawn_blocking(move || this.start_all()).await.map_err(io::Error::other)??;
-            if upgrades {
+            if let Some(usr2) = usr2 {
                 // One server (checked by `start_all`).
                 let handle = handles.remove(0);
-                return super::upgrade_on_sigusr2(handle, async move {
-                    match signal {
-                        Some(signal) => signal.await,
-                        None => {
-                            if let Err(e) = super::ctrl_c_or_sigterm().await {
-                                tracing::error!(error = %e, "no SIGINT/SIGTERM handler");
-                                std::future::pending::<()>().await;
-                            }
+                return super::upgrade_on(handle, usr2, async move {
+                    match stop {
+                        Ok(signal) => signal.await,
+                        Err(Ok(mut signals)) => signals.recv().await,
+                        Err(Err(e)) => {
+                            tracing::error!(error = %e, "no SIGINT/SIGTERM handler");
+                            std::future::pending::<()>().await;
                         }
                     }
                 })
                 .await;
             }
-            match signal {
-                Some(signal) => shutdown_all_when(handles, signal).await,
-                None => shutdown_all_on_signal(handles).await,
+            match stop {
+                Ok(signal) => shutdown_all_when(handles, signal).await,
+                Err(signals) => shutdown_all_on(handles, signals).await,
             }
         })
     }

@@ -68,7 +68,7 @@ use hermes_runtime::{ServerHandle, WorkerStatus};
 pub use http::{Serve, serve};
 #[cfg(feature = "tls")]
 pub use tls::{ALPN, RustlsConfig, TlsStats};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// The future of [`Serve`] and [`ServeTonic`] awaited: resolves once the
 /// server has stopped.
@@ -145,10 +145,43 @@ pub async fn shutdown_on_signal(handle: ServerHandle) -> io::Result<()> {
     shutdown_all_on_signal(vec![handle]).await
 }
 
+/// `SIGINT` and `SIGTERM` as streams. The one-line serve installs them
+/// before it starts the server: from then on either signal is caught by
+/// Tokio's handler and waits in the stream, so one that arrives while the
+/// workers start (a supervisor's stop right after the start) stops the
+/// server instead of killing the process.
+pub(crate) struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Installs both handlers (from a Tokio runtime with signals enabled).
+    pub(crate) fn install() -> io::Result<Self> {
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    /// The next `SIGINT` or `SIGTERM`, logged.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM"),
+        }
+    }
+}
+
 /// [`shutdown_on_signal`] for several servers (one per address), stopped together.
 pub(crate) async fn shutdown_all_on_signal(handles: Vec<ServerHandle>) -> io::Result<()> {
-    let signals = signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)));
-    let (mut interrupt, mut terminate) = match signals {
+    shutdown_all_on(handles, StopSignals::install()).await
+}
+
+/// [`shutdown_all_on_signal`] with handlers installed earlier (an error:
+/// they could not be, and the servers are shut down at once).
+pub(crate) async fn shutdown_all_on(
+    handles: Vec<ServerHandle>,
+    signals: io::Result<StopSignals>,
+) -> io::Result<()> {
+    let StopSignals { mut interrupt, mut terminate } = match signals {
         Ok(s) => s,
         Err(e) => {
             shutdown_all(handles).await?;
@@ -249,12 +282,7 @@ async fn join_all(handles: Vec<ServerHandle>) -> io::Result<()> {
 /// # Errors
 /// When the signal handlers cannot be installed.
 pub async fn ctrl_c_or_sigterm() -> io::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = interrupt.recv() => tracing::info!("SIGINT"),
-        _ = terminate.recv() => tracing::info!("SIGTERM"),
-    }
+    StopSignals::install()?.recv().await;
     Ok(())
 }
 
@@ -289,7 +317,18 @@ pub async fn upgrade_on_sigusr2<F>(handle: ServerHandle, stop: F) -> io::Result<
 where
     F: Future<Output = ()>,
 {
-    let mut usr2 = match signal(SignalKind::user_defined2()) {
+    upgrade_on(handle, signal(SignalKind::user_defined2()), stop).await
+}
+
+/// [`upgrade_on_sigusr2`] with the `SIGUSR2` handler installed earlier (an
+/// error: it could not be, and the server is shut down at once). Installed
+/// before the server starts, a `SIGUSR2` that comes while it starts waits
+/// in the stream: unhandled, the signal would kill the process.
+pub(crate) async fn upgrade_on<F>(handle: ServerHandle, usr2: io::Result<Signal>, stop: F) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let mut usr2 = match usr2 {
         Ok(s) => s,
         Err(e) => {
             tokio::task::spawn_blocking(move || handle.shutdown()).await.map_err(io::Error::other)?;
