@@ -133,6 +133,28 @@ pub struct StreamCounts {
     pub requests_by_worker: BTreeMap<String, u64>,
     /// Connections per worker, from each connection's first response.
     pub conns_by_worker: BTreeMap<String, u64>,
+    /// The stream's own latencies (as [`Outcome::hist`]); `None` before its first success.
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl StreamCounts {
+    /// The stream's latency at quantile `q`, in milliseconds; `None` without a success.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        self.hist.as_ref().map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+}
+
+/// The latency at quantile `q` (milliseconds) of every stream of `streams` but the one at `except`
+/// together; `None` when they had no success.
+pub fn others_quantile_ms(streams: &[StreamCounts], except: usize, q: f64) -> Option<f64> {
+    let mut merged: Option<Histogram<u64>> = None;
+    for h in streams.iter().enumerate().filter(|(i, _)| *i != except).filter_map(|(_, s)| s.hist.as_ref()) {
+        match merged.as_mut() {
+            Some(m) => m.add(h).expect("histograms of the same bounds"),
+            None => merged = Some(h.clone()),
+        }
+    }
+    merged.map(|h| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
 impl Outcome {
@@ -234,7 +256,15 @@ impl Tally {
             bump(&mut self.stream(stream).conns_by_worker, worker, 1);
         }
         bump(&mut self.requests_by_worker, worker, 1);
-        bump(&mut self.stream(stream).requests_by_worker, worker, 1);
+        let counts = self.stream(stream);
+        bump(&mut counts.requests_by_worker, worker, 1);
+        counts
+            .hist
+            .get_or_insert_with(|| {
+                Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+            })
+            .record(us)
+            .expect("value within bounds");
     }
 
     fn errors(&mut self, kind: &str, n: u64) {
@@ -948,6 +978,30 @@ mod tests {
         let total: f64 = (0..n).map(|_| rng.gap(1000.0).as_secs_f64()).sum();
         let mean = total / n as f64;
         assert!((mean - 0.001).abs() < 0.00005, "mean gap {mean}");
+    }
+
+    #[test]
+    fn stream_quantiles_are_their_own_and_the_others_merged() {
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut tally = Tally::new(end);
+        let now = Instant::now();
+        // Stream 0: 100 successes that count from now; stream 1: 10 that count from 50 ms ago,
+        // stream 2: 10 from 20 ms ago.
+        for _ in 0..100 {
+            tally.success(0, now, None, false);
+        }
+        for _ in 0..10 {
+            tally.success(1, now - Duration::from_millis(50), None, false);
+            tally.success(2, now - Duration::from_millis(20), None, false);
+        }
+        assert!(tally.streams[0].quantile_ms(0.99).unwrap() < 20.0);
+        assert!(tally.streams[1].quantile_ms(0.5).unwrap() >= 50.0);
+        // Without stream 1: 100 fast and 10 at 20 ms, p99 is 20 ms and some.
+        let others = others_quantile_ms(&tally.streams, 1, 0.99).unwrap();
+        assert!((20.0..50.0).contains(&others), "{others}");
+        // Without stream 0: half at 20 ms, half at 50 ms.
+        assert!(others_quantile_ms(&tally.streams, 0, 0.99).unwrap() >= 50.0);
+        assert_eq!(others_quantile_ms(&tally.streams[..1], 0, 0.99), None);
     }
 
     #[test]

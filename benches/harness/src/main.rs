@@ -446,13 +446,15 @@ impl Bench {
         r.offered_rps = outcome.offered_rate();
         r.wake_p99_ms = outcome.wake.value_at_quantile(0.99) as f64 / 1000.0;
         r.wake_max_ms = outcome.wake.max() as f64 / 1000.0;
-        for (stream, counts) in sc.plan.streams.iter().zip(&outcome.streams) {
+        for (i, (stream, counts)) in sc.plan.streams.iter().zip(&outcome.streams).enumerate() {
             if let Some(label) = stream.label {
                 let whole = |v: Vec<f64>| v.into_iter().map(|x| x as u64).collect();
                 r.placements.push(Placement {
                     label: label.to_owned(),
                     conns: whole(stats::from_headers(&counts.conns_by_worker, self.workers)),
                     requests: whole(stats::from_headers(&counts.requests_by_worker, self.workers)),
+                    p99_ms: counts.quantile_ms(0.99),
+                    others_p99_ms: load::others_quantile_ms(&outcome.streams, i, 0.99),
                 });
             }
         }

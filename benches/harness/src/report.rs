@@ -24,6 +24,10 @@ pub struct Placement {
     pub conns: Vec<u64>,
     /// Successful requests per worker, in worker order.
     pub requests: Vec<u64>,
+    /// The stream's own p99 (ms), and that of every other stream of the run together: in
+    /// `skew`, the heavy tenant's own tail and the light tenant's.
+    pub p99_ms: Option<f64>,
+    pub others_p99_ms: Option<f64>,
 }
 
 /// What one peer achieved in one run of a scenario.
@@ -409,13 +413,16 @@ fn placement_notes(rows: &[PeerRow]) -> Vec<String> {
                 else {
                     continue;
                 };
+                let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
                 runs.push(format!(
-                    "run {}: {} on {}, requests {}, p99 {:.2} ms",
+                    "run {}: {} on {}, requests {}, p99 {:.2} ms ({label} {} ms, the others {} ms)",
                     i + 1,
                     label,
                     vector(&p.conns),
                     vector(&p.requests),
-                    run.p99_ms
+                    run.p99_ms,
+                    ms(p.p99_ms),
+                    ms(p.others_p99_ms),
                 ));
                 let mut shape = p.conns.clone();
                 shape.sort_unstable_by(|a, b| b.cmp(a));
@@ -477,22 +484,40 @@ pub fn summary_json(description: &str, workers: usize, rows: &[PeerRow]) -> Valu
         if !failures.is_empty() {
             p.insert("failures".to_owned(), json!(failures));
         }
-        let mut by_label: BTreeMap<&str, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        #[allow(clippy::type_complexity)]
+        let mut by_label: BTreeMap<
+            &str,
+            (Vec<Value>, Vec<Value>, Vec<Option<f64>>, Vec<Option<f64>>),
+        > = BTreeMap::new();
         for run in &r.runs {
             for pl in &run.placements {
                 by_label.entry(&pl.label).or_default();
             }
         }
-        for (label, (conns, requests)) in by_label.iter_mut() {
+        for (label, (conns, requests, own, others)) in by_label.iter_mut() {
             for run in &r.runs {
                 let pl = run.placements.iter().find(|p| p.label == *label).filter(|_| run.served());
                 conns.push(json!(pl.map(|p| &p.conns)));
                 requests.push(json!(pl.map(|p| &p.requests)));
+                own.push(pl.and_then(|p| p.p99_ms));
+                others.push(pl.and_then(|p| p.others_p99_ms));
             }
         }
-        for (label, (conns, requests)) in by_label {
+        let median = |v: &[Option<f64>]| {
+            let mut xs: Vec<f64> = v.iter().flatten().copied().collect();
+            xs.sort_by(f64::total_cmp);
+            (!xs.is_empty()).then(|| xs[xs.len() / 2])
+        };
+        for (label, (conns, requests, own, others)) in by_label {
             p.insert(format!("{label}_conns_per_worker_runs"), Value::Array(conns));
             p.insert(format!("{label}_requests_per_worker_runs"), Value::Array(requests));
+            p.insert(format!("{label}_p99_ms"), json!(round(median(&own))));
+            p.insert(format!("{label}_p99_ms_runs"), json!(own.into_iter().map(round).collect::<Vec<_>>()));
+            p.insert(format!("{label}_others_p99_ms"), json!(round(median(&others))));
+            p.insert(
+                format!("{label}_others_p99_ms_runs"),
+                json!(others.into_iter().map(round).collect::<Vec<_>>()),
+            );
         }
         peers.insert(r.peer.clone(), Value::Object(p));
     }
@@ -668,7 +693,13 @@ mod tests {
     fn placements_group_runs_by_shape() {
         let run = |conns: Vec<u64>, requests: Vec<u64>, p99: f64| {
             let mut r = result("hermes", 1000.0, p99);
-            r.placements.push(Placement { label: "heavy".to_owned(), conns, requests });
+            r.placements.push(Placement {
+                label: "heavy".to_owned(),
+                conns,
+                requests,
+                p99_ms: Some(p99 + 5.0),
+                others_p99_ms: Some(p99 / 10.0),
+            });
             r
         };
         let hermes = row(vec![
@@ -677,11 +708,17 @@ mod tests {
             run(vec![0, 2], vec![0, 399], 160.0),
         ]);
         let md = markdown("skew", "d", "h", std::slice::from_ref(&hermes));
-        assert!(md.contains("run 1: heavy on [2, 0], requests [400, 0], p99 150.00 ms"), "{md}");
+        assert!(
+            md.contains("run 1: heavy on [2, 0], requests [400, 0], p99 150.00 ms (heavy 155.00 ms, the others 15.00 ms)"),
+            "{md}"
+        );
         assert!(md.contains("[2, 0] ×2 (p99 150.0, 160.0 ms) / [1, 1] ×1 (p99 21.0 ms)"), "{md}");
         let v = summary_json("d", 2, &[hermes]);
         assert_eq!(v["peers"]["hermes"]["heavy_conns_per_worker_runs"], json!([[2, 0], [1, 1], [0, 2]]));
         assert_eq!(v["peers"]["hermes"]["heavy_requests_per_worker_runs"][1], json!([210, 190]));
+        assert_eq!(v["peers"]["hermes"]["heavy_p99_ms_runs"], json!([155.0, 26.0, 165.0]));
+        assert_eq!(v["peers"]["hermes"]["heavy_p99_ms"], 155.0);
+        assert_eq!(v["peers"]["hermes"]["heavy_others_p99_ms"], 15.0);
     }
 
     #[test]
