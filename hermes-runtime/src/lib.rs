@@ -95,7 +95,7 @@ pub use config::Mode;
 pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
-pub use server::{SHUTDOWN_GRACE, Server, ServerHandle};
+pub use server::{SHUTDOWN_GRACE, Server, ServerHandle, SnapshotSource};
 pub use stats::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
 #[cfg(feature = "axum")]
 pub use stats::{stats_handler, stats_router};

@@ -8,7 +8,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{BorrowedFd, OwnedFd},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Weak, atomic::Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -110,6 +110,34 @@ impl Server {
     }
 }
 
+/// Reads a running server's [`Snapshot`] from anywhere; made by
+/// [`ServerHandle::snapshot_source`].
+///
+/// ```no_run
+/// # fn f(handle: &hermes_runtime::ServerHandle) {
+/// let source = handle.snapshot_source();
+/// std::thread::spawn(move || {
+///     while let Some(snapshot) = source.snapshot() {
+///         println!("{} workers", snapshot.workers.len());
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///     }
+/// });
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SnapshotSource {
+    /// Weak: the listeners and the kernel state go with the server, not
+    /// with its readers.
+    shared: Weak<Shared>,
+}
+
+impl SnapshotSource {
+    /// The server's snapshot now; `None` once the server has been dropped.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.shared.upgrade().map(|shared| stats::snapshot(&shared))
+    }
+}
+
 /// How long [`ServerHandle::shutdown`] waits past the drain timeout for the
 /// workers to exit (their runtimes give blocking tasks 1 s of it).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -144,6 +172,13 @@ impl ServerHandle {
     /// The table, the bitmap and the kernel's counters, now.
     pub fn snapshot(&self) -> Snapshot {
         stats::snapshot(&self.shared)
+    }
+
+    /// A cheap, cloneable reader of [`snapshot`](Self::snapshot) for another
+    /// thread (an exporter, the cross-host feedback agent), which does not
+    /// keep the server alive: once the server is gone it reads `None`.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource { shared: Arc::downgrade(&self.shared) }
     }
 
     /// Drains worker `id`: it leaves the bitmap, its listener closes (its
