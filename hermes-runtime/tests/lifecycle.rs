@@ -102,7 +102,10 @@ fn ebpf_shutdown_worker_migrates_queued_connections() {
             .bind("127.0.0.1:0".parse().unwrap())
             .require_ebpf(true)
             .policy(Steered(mask.clone()))
-            .drain_timeout(Duration::from_secs(10)),
+            .drain_timeout(Duration::from_secs(10))
+            // What is tested is the kernel's migration: no other worker
+            // takes the blocked worker's queue first.
+            .rescue_hung_queues(false),
     );
     let addr = h.local_addr();
     poll_until(Duration::from_secs(5), || (h.snapshot().bitmap == 1).then_some(()))
@@ -277,6 +280,29 @@ fn dropping_the_handle_stops_the_server_unless_detached() {
     h.detach();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(get(addr, "/").expect("a detached server still serves").status, 200);
+}
+
+/// A snapshot source reads the live table from another thread, and does
+/// not keep the server (its port) alive: after the shutdown it reads `None`
+/// and the port refuses connections.
+#[test]
+fn a_snapshot_source_reads_the_running_server_and_not_a_stopped_one() {
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::KernelHash));
+    let addr = h.local_addr();
+    let source = h.snapshot_source();
+    assert_eq!(get(addr, "/").expect("GET /").status, 200);
+    let read = std::thread::spawn({
+        let source = source.clone();
+        move || source.snapshot()
+    })
+    .join()
+    .expect("reader thread")
+    .expect("a running server's snapshot");
+    assert_eq!(read.workers.len(), 2);
+    assert_eq!(read.workers.iter().map(|w| w.accepted).sum::<u64>(), 1, "{read:?}");
+    h.shutdown();
+    assert!(source.snapshot().is_none(), "a stopped server still reads");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "{addr} still accepts with a source alive");
 }
 
 /// A handler blocks its worker's thread for a minute: `shutdown()` returns
