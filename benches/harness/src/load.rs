@@ -297,6 +297,11 @@ impl Tally {
             for (k, v) in theirs.conns_by_worker {
                 bump(&mut ours.conns_by_worker, &k, v);
             }
+            match (ours.hist.as_mut(), theirs.hist) {
+                (Some(h), Some(t)) => h.add(&t).expect("histograms of the same bounds"),
+                (None, t) => ours.hist = t,
+                (Some(_), None) => {}
+            }
         }
     }
 }
@@ -1002,6 +1007,18 @@ mod tests {
         // Without stream 0: half at 20 ms, half at 50 ms.
         assert!(others_quantile_ms(&tally.streams, 0, 0.99).unwrap() >= 50.0);
         assert_eq!(others_quantile_ms(&tally.streams[..1], 0, 0.99), None);
+
+        // A keep-alive connection's own tally, merged: its stream's latencies come along.
+        let mut conn = Tally::new(end);
+        for _ in 0..10 {
+            conn.success(1, now - Duration::from_millis(80), None, false);
+        }
+        tally.merge(conn);
+        assert!(tally.streams[1].quantile_ms(0.99).unwrap() >= 80.0);
+        assert_eq!(tally.streams[1].hist.as_ref().map(|h| h.len()), Some(20));
+        let mut fresh = Tally::new(end);
+        fresh.merge(tally);
+        assert_eq!(fresh.streams[2].hist.as_ref().map(|h| h.len()), Some(10));
     }
 
     #[test]
