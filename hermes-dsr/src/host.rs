@@ -214,14 +214,14 @@ fn store(region: &Region<HostLoad>, sample: LoadSample) {
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::sync::Arc;
 /// use hermes_dsr::{Agent, HostSettings};
 ///
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
-/// let server = Arc::new(hermes_tower::serve("0.0.0.0:80", app).start()?);
+/// let server = hermes_tower::serve("0.0.0.0:80", app).start()?;
 /// let settings = HostSettings::new([0x02, 0, 0, 0, 0, 2], "192.0.2.2".parse()?, "198.51.100.10".parse()?);
-/// let source = server.clone();
-/// let agent = Agent::start("eth0", settings, move || source.snapshot())?;
+/// // Reads the table without keeping the server alive.
+/// let source = server.snapshot_source();
+/// let agent = Agent::start("eth0", settings, move || source.snapshot().unwrap_or_default())?;
 /// # drop(agent);
 /// # Ok(())
 /// # }

@@ -209,6 +209,22 @@ pub mod host_counter {
 /// Entries of the host counters map.
 pub const HOST_COUNTERS_LEN: usize = 16;
 
+/// A MAC written as six hex bytes separated by `:` (`02:00:00:00:00:11`).
+///
+/// # Errors
+/// A message naming the text when it is not one.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC (six hex bytes separated by ':')"));
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC"))?;
+    }
+    Ok(mac)
+}
+
 /// A MAC as the programs store it: its six bytes in memory order in a `u64`.
 pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
     let mut b = [0u8; 8];

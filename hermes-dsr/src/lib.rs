@@ -34,5 +34,5 @@ pub use balancer::{
 };
 pub use error::Error;
 pub use host::{AGENT_TICK, Agent, FeedbackHost, HOST_OBJECT, HostCounters, HostSettings, LoadSample};
-pub use layout::Policy;
+pub use layout::{Policy, parse_mac};
 pub use loader::ProgramStats;

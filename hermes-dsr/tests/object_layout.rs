@@ -97,4 +97,8 @@ fn mac_and_address_encodings_round_trip() {
     // In memory, the programs see the MAC's bytes in wire order.
     assert_eq!(&layout::mac_to_u64(mac).to_ne_bytes()[..6], &mac);
     assert_eq!(layout::ipv4_to_u32("192.0.2.1".parse().unwrap()).to_ne_bytes(), [192, 0, 2, 1]);
+    assert_eq!(layout::parse_mac("02:00:5e:10:20:30"), Ok(mac));
+    for bad in ["02:00:5e:10:20", "02:00:5e:10:20:30:40", "02:00:5e:10:20:zz", ""] {
+        assert!(layout::parse_mac(bad).is_err(), "{bad:?} parsed");
+    }
 }

@@ -198,6 +198,10 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
         "--drain-timeout-ms",
         "--max-connections",
         "--cost-scale",
+        "--dsr-balancer",
+        "--dsr-vip",
+        "--dsr-interface",
+        "--dsr-interval-ms",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
@@ -211,6 +215,15 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     for scale in ["0", "-1", "inf", "fast"] {
         let bad = Command::new(BIN).args(["--cost-scale", scale]).output().expect("run with a bad scale");
         assert_eq!(bad.status.code(), Some(2), "--cost-scale {scale}: {bad:?}");
+    }
+    for args in [
+        &["--dsr-balancer", "192.0.2.2=02:00:00:00:00"][..],
+        &["--dsr-balancer", "192.0.2.2"],
+        &["--dsr-balancer", "192.0.2.2=02:00:00:00:00:02"],
+        &["--dsr-vip", "198.51.100.10"],
+    ] {
+        let bad = Command::new(BIN).args(args).output().expect("run with bad DSR flags");
+        assert_eq!(bad.status.code(), Some(2), "{args:?}: {bad:?}");
     }
 }
 

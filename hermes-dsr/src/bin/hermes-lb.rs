@@ -26,7 +26,7 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
-use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy};
+use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy, parse_mac};
 use serde_json::{Value, json};
 
 /// A load-aware Direct Server Return balancer for Hermes hosts.
@@ -70,18 +70,6 @@ enum PolicyArg {
     Load,
     /// Maglev consistent hashing always.
     Hash,
-}
-
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC (six hex bytes separated by ':')"));
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("{s:?} is not a MAC"))?;
-    }
-    Ok(mac)
 }
 
 fn parse_server(s: &str) -> Result<Backend, String> {

@@ -12,6 +12,8 @@
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
 //! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
 //! and `/block` (their responses say the cost applied in `x-hermes-cost`).
+//! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP`
+//! sends the host's load to the balancer in band (`hermes_dsr::Agent`).
 //! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
@@ -39,7 +41,7 @@
 use std::{
     cell::Cell,
     io::Write,
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -114,6 +116,28 @@ struct Args {
     /// the maxima apply to the scaled cost.
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_scale)]
     cost_scale: f64,
+    /// Hermes mode, on a host behind `hermes-lb`: the balancer as `ADDR=MAC`
+    /// (its address and its interface's MAC). This host's load then travels
+    /// to it in band (`hermes_dsr::Agent`: the feedback program at egress of
+    /// `--dsr-interface`); needs `--dsr-vip` and CAP_BPF + CAP_NET_ADMIN.
+    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires = "dsr_vip")]
+    dsr_balancer: Option<(Ipv4Addr, [u8; 6])>,
+    /// The VIP this host serves (held on its loopback), with `--dsr-balancer`.
+    #[arg(long, value_name = "ADDR", requires = "dsr_balancer")]
+    dsr_vip: Option<Ipv4Addr>,
+    /// The interface the host's replies leave by, with `--dsr-balancer`.
+    #[arg(long, value_name = "IFACE", default_value = "eth0")]
+    dsr_interface: String,
+    /// At most one metric per this many milliseconds, with `--dsr-balancer`.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    dsr_interval_ms: u64,
+}
+
+/// `ADDR=MAC` of `--dsr-balancer`.
+fn parse_balancer(s: &str) -> Result<(Ipv4Addr, [u8; 6]), String> {
+    let (addr, mac) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ADDR=MAC"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((addr, hermes_dsr::parse_mac(mac)?))
 }
 
 /// A cost scale: finite and above 0.
@@ -343,6 +367,21 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         Mode::Hermes => "hermes",
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
+    };
+    // After the start and before the announcement: a test bed that waits
+    // for the line finds the host's feedback running.
+    let _agent = match (args.dsr_balancer, args.dsr_vip) {
+        (Some((balancer_addr, balancer_mac)), Some(vip)) => {
+            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip);
+            settings.interval = Duration::from_millis(args.dsr_interval_ms.max(1));
+            let source = handle.snapshot_source();
+            let agent = hermes_dsr::Agent::start(&args.dsr_interface, settings, move || {
+                source.snapshot().unwrap_or_default()
+            })
+            .map_err(|e| std::io::Error::other(format!("--dsr-balancer: {e}")))?;
+            Some(agent)
+        }
+        _ => None,
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
     std::io::stdout().flush()?;
