@@ -407,7 +407,9 @@ impl Builder {
     /// How long a client may take to send a whole request head (request
     /// line and headers), from its first byte; a connection still short of
     /// a head then is closed. `None` waits for ever. Applied by
-    /// `hermes_tower::serve` (HTTP/1 and HTTP/2; read it with
+    /// `hermes_tower::serve` (HTTP/1 and HTTP/2) and by
+    /// `hermes_tower::serve_tonic` to each connection's first head or HTTP/2
+    /// preface (read it with
     /// [`HermesListener::header_read_timeout`](crate::HermesListener::header_read_timeout)
     /// in a server of your own). Default: 30 s, hyper's own default when it
     /// has a timer.
@@ -421,7 +423,9 @@ impl Builder {
     /// client that connected and sent nothing) before it is closed. A
     /// request being served is never cut by it, however long its handler
     /// takes. `None` keeps idle connections for ever. Applied by
-    /// `hermes_tower::serve` (read it with
+    /// `hermes_tower::serve`, and by `hermes_tower::serve_tonic` until a
+    /// connection's first byte only (an established gRPC channel may idle
+    /// between calls, as with tonic's own server; read it with
     /// [`HermesListener::idle_timeout`](crate::HermesListener::idle_timeout)).
     /// Default: 60 s.
     pub fn idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {

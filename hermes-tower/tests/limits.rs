@@ -159,3 +159,66 @@ fn connections_beyond_the_per_worker_limit_are_closed_and_counted() {
     drop(held);
     handle.shutdown();
 }
+
+/// `serve_tonic` watches each connection until its first request head or
+/// HTTP/2 preface is complete: a client that connects and sends nothing, or
+/// only part of a head, is closed; a gRPC channel that then idles for longer
+/// than both timeouts keeps its connection, as with tonic's own server.
+#[test]
+fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
+    use tonic::{service::Routes, transport::Channel};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let mut b = builder(2);
+    b.header_read_timeout(Some(Duration::from_millis(300))).idle_timeout(Some(Duration::from_millis(300)));
+    let handle =
+        hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
+            .with_builder(b)
+            // HTTP/1 too (gRPC-Web), whose heads hyper would otherwise wait
+            // 30 s for.
+            .with_server(tonic::transport::Server::builder().accept_http1(true))
+            .start()
+            .expect("start");
+    let addr = handle.local_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+    let mut health = runtime.block_on(async {
+        let channel =
+            Channel::from_shared(format!("http://{addr}")).expect("URI").connect().await.expect("connect");
+        let mut health = HealthClient::new(channel);
+        health.check(HealthCheckRequest::default()).await.expect("first call");
+        health
+    });
+
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    let mut preface = TcpStream::connect(addr).expect("connect");
+    // The preface up to and past its own empty line, short of its 24 bytes.
+    preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM").expect("partial preface");
+    let mut head = TcpStream::connect(addr).expect("connect");
+    head.write_all(b"POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: t\r\n").expect("partial head");
+    for (what, conn) in
+        [("silent", &mut silent), ("partial preface", &mut preface), ("partial head", &mut head)]
+    {
+        let took = closed_within(conn, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("the {what} connection is still open after 3 s"));
+        assert!(took < Duration::from_secs(2), "{what}: {took:?}");
+    }
+    assert!(
+        poll_until(Duration::from_secs(5), || (open_total(&handle.snapshot()) == 1).then_some(())).is_some(),
+        "only the channel's connection stays open: {:?}",
+        handle.snapshot()
+    );
+
+    // The channel has now idled for well over both timeouts; its next call
+    // goes over the same connection (a closed one would have been replaced,
+    // and counted as a fifth connection accepted).
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        health.check(HealthCheckRequest::default()).await.expect("call after idling");
+    });
+    let accepted: u64 = handle.snapshot().workers.iter().map(|w| w.accepted).sum();
+    assert_eq!(accepted, 4, "{:?}", handle.snapshot());
+    assert_eq!(open_total(&handle.snapshot()), 1);
+    drop(health);
+    drop(runtime);
+    handle.shutdown();
+}

@@ -1,10 +1,11 @@
 //! What each worker hands to `axum::serve`: [`WorkerListener`], over the
 //! worker's [`HermesListener`] (with the TLS handshakes when TLS is on), and
-//! the [`Connection`]s it accepts.
+//! the [`Connection`]s it accepts, which `serve_tonic` hands to tonic too.
 
+#[cfg(feature = "axum")]
+use std::net::SocketAddr;
 use std::{
     fmt, io,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -14,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+#[cfg(feature = "axum")]
 use axum::serve::{ListenerExt, TapIo};
 use hermes_runtime::{HermesListener, HermesStream};
 use tokio::{
@@ -38,12 +40,14 @@ use super::tls::TlsListener;
 /// [`io`](axum::serve::IncomingStream::io) (a [`Connection`]: worker, TLS
 /// session); a handler finds its worker with
 /// [`hermes_runtime::context::current`].
+#[cfg(feature = "axum")]
 pub type IncomingStream<'a> = axum::serve::IncomingStream<'a, TapIo<WorkerListener, fn(&mut Connection)>>;
 
 /// One worker's listener as `axum::serve` sees it: the worker's
 /// [`HermesListener`], with the TLS handshakes done here when TLS is on.
 /// Made by [`serve()`](super::serve()) on each worker; it appears in
 /// [`IncomingStream`].
+#[cfg(feature = "axum")]
 pub struct WorkerListener {
     inner: Inner,
     /// The header read and idle timeouts (`Builder::header_read_timeout`,
@@ -59,17 +63,19 @@ pub(crate) struct Timeouts {
 }
 
 impl Timeouts {
-    fn of(listener: &HermesListener) -> Self {
+    pub(crate) fn of(listener: &HermesListener) -> Self {
         Self { header: listener.header_read_timeout(), idle: listener.idle_timeout() }
     }
 }
 
+#[cfg(feature = "axum")]
 enum Inner {
     Plain(HermesListener),
     #[cfg(feature = "tls")]
     Tls(TlsListener),
 }
 
+#[cfg(feature = "axum")]
 impl fmt::Debug for WorkerListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.inner {
@@ -80,8 +86,10 @@ impl fmt::Debug for WorkerListener {
     }
 }
 
+#[cfg(feature = "axum")]
 fn leave_as_is(_: &mut Connection) {}
 
+#[cfg(feature = "axum")]
 impl WorkerListener {
     /// Plain HTTP on `listener`.
     pub(crate) fn plain(listener: HermesListener) -> Self {
@@ -111,6 +119,7 @@ impl WorkerListener {
     }
 }
 
+#[cfg(feature = "axum")]
 impl axum::serve::Listener for WorkerListener {
     type Io = Connection;
     type Addr = SocketAddr;
@@ -160,6 +169,7 @@ pub(crate) struct Activity {
     active: AtomicU32,
 }
 
+#[cfg(feature = "axum")]
 impl Activity {
     /// Counts a request whose head has been read, until the guard drops
     /// (its response produced, or the request cancelled).
@@ -174,8 +184,10 @@ impl Activity {
 }
 
 /// A request in progress on its connection (see [`Activity::start`]).
+#[cfg(feature = "axum")]
 pub(crate) struct ActiveGuard(Arc<Activity>);
 
+#[cfg(feature = "axum")]
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         // Relaxed: see `Activity::start`.
@@ -204,9 +216,21 @@ enum Phase {
 /// allocations beside hyper's own buffers for the connection, and only when
 /// a timeout is on. Per read it costs a clock read; the timer is reset only
 /// when the phase changes or it fires early.
+///
+/// A connection served by tonic (`serve_tonic`) has no [`Activity`]: tonic
+/// gives the service no handle on its connection. Its timer watches only
+/// the start: the idle timeout until the first byte, the header read timeout
+/// from there until the first request head (HTTP/1) or the HTTP/2 preface is
+/// complete ([`FirstHead`]); then the timer is dropped, and the connection
+/// is tonic's, with tonic's own settings (hyper's HTTP/1 header timeout, the
+/// HTTP/2 keep-alive pings), as a gRPC channel that idles between calls
+/// expects.
 struct Timer {
     sleep: Pin<Box<Sleep>>,
-    activity: Arc<Activity>,
+    /// `None` for a tonic connection, which is watched until its first head only.
+    activity: Option<Arc<Activity>>,
+    /// Some for a tonic connection: how far its first head is.
+    first_head: Option<FirstHead>,
     timeouts: Timeouts,
     phase: Phase,
     /// `Activity::started` when last looked at.
@@ -218,12 +242,73 @@ struct Timer {
     h2: bool,
 }
 
+/// How far a tonic connection's first request head is: an HTTP/1 head
+/// ends at its first empty line, the HTTP/2 preface after its 24 bytes.
+#[derive(Clone, Copy, Debug)]
+struct FirstHead {
+    /// Bytes read so far.
+    read: usize,
+    /// Whether every byte so far was the HTTP/2 preface's.
+    h2: bool,
+    /// The last four bytes read, to find `\r\n\r\n` across reads.
+    tail: u32,
+    done: bool,
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl FirstHead {
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    fn new() -> Self {
+        Self { read: 0, h2: true, tail: 0, done: false }
+    }
+
+    /// Takes bytes read; whether the head (or preface) is now complete.
+    /// Looks at each byte until then (a head is at most a few kilobytes:
+    /// hyper refuses longer ones), at none after.
+    fn read(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if self.done {
+                break;
+            }
+            self.h2 = self.h2 && PREFACE.get(self.read) == Some(&b);
+            self.read = self.read.saturating_add(1);
+            self.tail = (self.tail << 8) | u32::from(b);
+            // The preface holds an empty line of its own, after 18 bytes.
+            self.done = if self.h2 {
+                self.read == PREFACE.len()
+            } else {
+                self.tail == u32::from_be_bytes(*b"\r\n\r\n")
+            };
+        }
+        self.done
+    }
+}
+
 impl Timer {
+    #[cfg(feature = "axum")]
     fn new(timeouts: Timeouts, h2: bool) -> Self {
+        Self::with(timeouts, h2, Some(Arc::new(Activity::default())), None)
+    }
+
+    /// The timer of a tonic connection: see [`Timer`].
+    #[cfg(feature = "tonic")]
+    fn first_head(timeouts: Timeouts) -> Self {
+        Self::with(timeouts, false, None, Some(FirstHead::new()))
+    }
+
+    fn with(
+        timeouts: Timeouts,
+        h2: bool,
+        activity: Option<Arc<Activity>>,
+        first_head: Option<FirstHead>,
+    ) -> Self {
         let now = Instant::now();
         let mut timer = Self {
             sleep: Box::pin(tokio::time::sleep_until(now)),
-            activity: Arc::new(Activity::default()),
+            activity,
+            first_head,
             timeouts,
             phase: Phase::Idle,
             seen: 0,
@@ -258,9 +343,10 @@ impl Timer {
     /// Follows the service: a request started since the last look (its
     /// head was read), or every request finished.
     fn sync(&mut self) {
+        let Some(activity) = &self.activity else { return };
         // Relaxed: see `Activity::start`.
-        let started = self.activity.started.load(Ordering::Relaxed);
-        let active = self.activity.active.load(Ordering::Relaxed);
+        let started = activity.started.load(Ordering::Relaxed);
+        let active = activity.active.load(Ordering::Relaxed);
         if active > 0 {
             self.seen = started;
             self.phase = Phase::Busy;
@@ -272,6 +358,14 @@ impl Timer {
 
     /// Bytes were read.
     fn on_read(&mut self, bytes: &[u8]) {
+        if let Some(first) = &mut self.first_head {
+            if first.read(bytes) {
+                self.phase = Phase::Busy;
+            } else if self.phase == Phase::Idle {
+                self.enter(Phase::Head, Instant::now());
+            }
+            return;
+        }
         self.sync();
         let now = Instant::now();
         match self.phase {
@@ -290,6 +384,12 @@ impl Timer {
         if self.phase == Phase::Idle {
             self.since = Instant::now();
         }
+    }
+
+    /// Whether a tonic connection's first head is complete: its timer has
+    /// nothing more to watch.
+    fn finished(&self) -> bool {
+        self.first_head.is_some_and(|f| f.done)
     }
 
     /// Whether the phase's timeout has passed; registers the waker otherwise.
@@ -327,7 +427,7 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn plain(stream: HermesStream) -> Self {
+    pub(crate) fn plain(stream: HermesStream) -> Self {
         Self { inner: Stream::Plain(stream), timer: None }
     }
 
@@ -337,6 +437,7 @@ impl Connection {
     }
 
     /// Starts the connection's timeouts (none when both are off).
+    #[cfg(feature = "axum")]
     fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         if timeouts.header.is_some() || timeouts.idle.is_some() {
             #[cfg(feature = "tls")]
@@ -348,10 +449,21 @@ impl Connection {
         self
     }
 
+    /// Starts the timeouts of a connection served by tonic, which watch its
+    /// first request head or HTTP/2 preface only (see [`Timer`]).
+    #[cfg(feature = "tonic")]
+    pub(crate) fn with_first_head_timeouts(mut self, timeouts: Timeouts) -> Self {
+        if timeouts.header.is_some() || timeouts.idle.is_some() {
+            self.timer = Some(Timer::first_head(timeouts));
+        }
+        self
+    }
+
     /// What the connection's service reports its requests to, when the
     /// connection has timeouts.
+    #[cfg(feature = "axum")]
     pub(crate) fn activity(&self) -> Option<Arc<Activity>> {
-        self.timer.as_ref().map(|t| t.activity.clone())
+        self.timer.as_ref().and_then(|t| t.activity.clone())
     }
 
     fn hermes(&self) -> &HermesStream {
@@ -392,6 +504,16 @@ impl Connection {
     }
 }
 
+#[cfg(feature = "tonic")]
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    /// The TCP addresses, as tonic gives them to `Request::remote_addr`.
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.hermes().connect_info()
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match &mut $self.inner {
@@ -415,7 +537,14 @@ impl AsyncRead for Connection {
         let result = delegate!(this, s => s.poll_read(cx, buf));
         let Some(timer) = &mut this.timer else { return result };
         match result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => timer.on_read(&buf.filled()[before..]),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                timer.on_read(&buf.filled()[before..]);
+                if timer.finished() {
+                    // A tonic connection past its first head: nothing more to
+                    // watch, and its sleep leaves the timer wheel.
+                    this.timer = None;
+                }
+            }
             Poll::Pending => {
                 if let Some(what) = timer.poll_expired(cx) {
                     tracing::debug!(worker = this.worker_id(), "{what}: closing the connection");
@@ -471,5 +600,31 @@ impl AsyncWrite for Connection {
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.is_write_vectored(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FirstHead, PREFACE};
+
+    fn complete_after(chunks: &[&[u8]]) -> Option<usize> {
+        let mut head = FirstHead::new();
+        chunks.iter().position(|c| head.read(c))
+    }
+
+    #[test]
+    fn an_http1_head_ends_at_its_first_empty_line_across_reads() {
+        assert_eq!(complete_after(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some(0));
+        assert_eq!(complete_after(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r", b"\n"]), Some(2));
+        assert_eq!(complete_after(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]), None);
+    }
+
+    #[test]
+    fn the_http2_preface_is_complete_after_its_24_bytes_not_its_empty_line() {
+        assert_eq!(complete_after(&[&PREFACE[..18]]), None, "the preface's own empty line is not the end");
+        assert_eq!(complete_after(&[&PREFACE[..3], &PREFACE[3..20], &PREFACE[20..]]), Some(2));
+        let mut with_settings = PREFACE.to_vec();
+        with_settings.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(complete_after(&[&with_settings]), Some(0));
     }
 }

@@ -10,7 +10,13 @@ use tower::{
     util::{Either, option_layer},
 };
 
-use super::{IntoBindAddr, ServeFuture, StopSignals, log_start, shutdown_all_on, shutdown_when};
+use futures_util::StreamExt;
+
+use super::{
+    IntoBindAddr, ServeFuture, StopSignals,
+    conn::{Connection, Timeouts},
+    log_start, shutdown_all_on, shutdown_when,
+};
 use crate::{Hermes, HermesLayer, Place};
 
 /// The service each worker's tonic server is given: the routes, behind
@@ -28,6 +34,14 @@ pub type TonicService = Place<Either<Hermes<Routes>, Routes>>;
 /// state; services that share state hold it in an `Arc`. Every worker serves
 /// the routes behind [`HermesLayer`] with `Server::builder()`, or with the
 /// configured server given to [`ServeTonic::with_server`].
+///
+/// Each connection has the builder's idle timeout until its first byte and
+/// its header read timeout until its first request head or HTTP/2 preface
+/// is complete (`Builder::idle_timeout`, `Builder::header_read_timeout`):
+/// a client that connects and sends nothing, or part of a preface, is
+/// closed. After that the connection is tonic's: an idle channel is kept, as
+/// tonic's own server keeps it (its `http2_keepalive_interval` and
+/// `http2_keepalive_timeout` find dead peers).
 ///
 /// ```diff
 /// -Server::builder().add_service(GreeterServer::new(greeter)).serve(addr).await?;
@@ -217,9 +231,16 @@ where
 {
     let worker = listener.worker_id();
     let drain = listener.shutdown_signal();
+    // The header read and idle timeouts watch each connection until its
+    // first request head or HTTP/2 preface is complete (see `Connection`):
+    // a client that connects and sends nothing, or only part of a head, is
+    // closed; after that the connection is tonic's.
+    let timeouts = Timeouts::of(&listener);
+    let incoming = listener
+        .map(move |accepted| accepted.map(|s| Connection::plain(s).with_first_head_timeouts(timeouts)));
     // tonic sets TCP_NODELAY only on the connections it accepts itself; the
     // runtime sets it on ours as it accepts them (`Builder::tcp_nodelay`).
-    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, listener, drain).await
+    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await
     {
         tracing::error!(worker, error = %e, "tonic stopped serving");
     }

@@ -42,7 +42,7 @@
 //! application's public surface. Turn it on with [`Serve::with_stats`].
 
 mod addr;
-#[cfg(feature = "axum")]
+#[cfg(any(feature = "axum", feature = "tonic"))]
 mod conn;
 #[cfg(feature = "tonic")]
 mod grpc;
@@ -59,8 +59,10 @@ use std::{
 };
 
 pub use addr::IntoBindAddr;
+#[cfg(any(feature = "axum", feature = "tonic"))]
+pub use conn::Connection;
 #[cfg(feature = "axum")]
-pub use conn::{Connection, IncomingStream, WorkerListener};
+pub use conn::{IncomingStream, WorkerListener};
 #[cfg(feature = "tonic")]
 pub use grpc::{ServeTonic, serve_tonic};
 use hermes_runtime::{ServerHandle, WorkerStatus};
