@@ -357,7 +357,14 @@ impl Builder {
     /// Close each HTTP/1 keep-alive connection on its first response after
     /// it is `age` old (`Connection: close`), as
     /// [`Builder::max_requests_per_connection`] does after a count; `None`
-    /// sets no limit. Default: `None`.
+    /// sets no limit. `hermes_tower::serve_tonic` gives it to tonic as its
+    /// `max_connection_age`, so that each gRPC connection that old is sent
+    /// an HTTP/2 GOAWAY, its calls in progress finish, and the client
+    /// reconnects (those are not counted as `recycled`: tonic does not say
+    /// when it sends one). As with tonic's own setting, a call the client
+    /// hands to the connection just as its GOAWAY arrives fails on the
+    /// client with `Cancelled` before it is sent, and may be retried.
+    /// Default: `None`.
     pub fn max_connection_age(&mut self, age: Option<Duration>) -> &mut Self {
         self.max_connection_age = age;
         self

@@ -120,3 +120,46 @@ async fn serve_tonic_counts_calls_in_flight_behind_a_configured_server() {
     }
     tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn the_builders_max_connection_age_makes_grpc_channels_reconnect() {
+    let mut builder = two_workers();
+    builder.max_connection_age(Some(Duration::from_millis(200)));
+    let handle =
+        hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
+            .with_builder(builder)
+            .start()
+            .expect("start");
+    let mut health = client(handle.local_addr()).await;
+    // One channel, calls one after another for over a second: tonic sends
+    // each connection a GOAWAY at 200 ms and the channel connects again.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let (mut answered, mut cancelled) = (0u64, 0u64);
+    while tokio::time::Instant::now() < until {
+        match health.check(HealthCheckRequest { service: String::new() }).await {
+            Ok(_) => answered += 1,
+            // A call the client hands to a connection as its GOAWAY arrives
+            // is cancelled by the client before it is sent (hyper's
+            // "connection closed"); tonic's own server with its own
+            // `max_connection_age` does the same, about as often, when
+            // client and server run on their own threads. It never reached
+            // the server, so it is safe to retry; it happens at most once per
+            // GOAWAY for calls made one at a time.
+            Err(status) => {
+                assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+                cancelled += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let accepted: u64 = handle.snapshot().workers.iter().map(|w| w.accepted).sum();
+    assert!(
+        accepted >= 3,
+        "{answered} calls over 1.2 s came on {accepted} connection(s): {:?}",
+        handle.snapshot()
+    );
+    assert!(cancelled < accepted, "{cancelled} calls cancelled over {accepted} connections");
+    assert!(answered >= 20, "{answered} answered, {cancelled} cancelled");
+    drop(health);
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+}

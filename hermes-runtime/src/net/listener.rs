@@ -93,6 +93,8 @@ pub struct HermesListener {
     header_read_timeout: Option<Duration>,
     /// [`crate::Builder::idle_timeout`].
     idle_timeout: Option<Duration>,
+    /// [`crate::Builder::max_connection_age`].
+    max_connection_age: Option<Duration>,
     /// Refusals not logged yet, and when the last log line was written.
     refusals: (u64, Option<std::time::Instant>),
     /// Taking the connections queued on hung workers' listeners
@@ -185,6 +187,7 @@ impl HermesListener {
             max_connections: None,
             header_read_timeout: None,
             idle_timeout: None,
+            max_connection_age: None,
             refusals: (0, None),
             rescue: None,
         }
@@ -225,6 +228,22 @@ impl HermesListener {
     /// Applied by the HTTP server on top, as the header read timeout.
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.idle_timeout
+    }
+
+    /// [`Builder::max_connection_age`](crate::Builder::max_connection_age):
+    /// the age after which a connection is asked to close. The listener does
+    /// not apply it; the server on top does (`hermes_tower::serve` for
+    /// HTTP/1, `hermes_tower::serve_tonic` through tonic's own
+    /// `max_connection_age`).
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        self.max_connection_age
+    }
+
+    /// The connection age the server on top applies (see
+    /// [`HermesListener::max_connection_age`]).
+    pub(crate) fn connection_age(mut self, age: Option<Duration>) -> Self {
+        self.max_connection_age = age;
+        self
     }
 
     /// Closes a connection accepted beyond the per-worker limit, counts it,

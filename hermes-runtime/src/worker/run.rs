@@ -85,7 +85,8 @@ pub(super) async fn worker_loop<F, Fut>(
                 shared.config.max_connections,
                 shared.config.header_read_timeout,
                 shared.config.idle_timeout,
-            );
+            )
+            .connection_age(shared.config.max_connection_age);
         if own && shared.config.rescue_hung && shared.config.workers > 1 {
             listener = listener.rescue_hung(shared.clone());
         }

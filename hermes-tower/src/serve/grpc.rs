@@ -236,6 +236,13 @@ where
     // a client that connects and sends nothing, or only part of a head, is
     // closed; after that the connection is tonic's.
     let timeouts = Timeouts::of(&listener);
+    // `Builder::max_connection_age`: tonic sends the GOAWAY and lets the
+    // calls in progress finish; the client's new connection is placed by the
+    // kernel with the current table.
+    let server = match listener.max_connection_age() {
+        Some(age) => server.max_connection_age(age),
+        None => server,
+    };
     let incoming = listener
         .map(move |accepted| accepted.map(|s| Connection::plain(s).with_first_head_timeouts(timeouts)));
     // tonic sets TCP_NODELAY only on the connections it accepts itself; the
