@@ -5,9 +5,9 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 
 use crate::{
-    Server,
     config::{Config, Hook, Mode, RuntimeHook, StartHook},
     scheduler::{LeastLoaded, Policy},
+    server::Server,
 };
 
 /// Builds a [`Server`], in the manner of `tokio::runtime::Builder`.
@@ -81,20 +81,12 @@ pub struct Builder {
     place_requests: bool,
     reconnect_every: Option<Duration>,
     offload_heavy: Option<Duration>,
-    max_connection_requests: Option<u64>,
-    max_connection_age: Option<Duration>,
     upgrade_from_env: bool,
     socket_activation: bool,
-    header_read_timeout: Option<Duration>,
-    idle_timeout: Option<Duration>,
     max_connections: Option<u32>,
     rescue_hung: bool,
 }
 
-/// The default of [`Builder::header_read_timeout`].
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default of [`Builder::idle_timeout`].
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The default of [`Builder::max_connections_per_worker`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 
@@ -131,13 +123,9 @@ impl Builder {
             stack_size: None,
             place_requests: true,
             reconnect_every: Some(Duration::from_millis(100)),
-            offload_heavy: Some(crate::placement::DEFAULT_OFFLOAD),
-            max_connection_requests: None,
-            max_connection_age: None,
+            offload_heavy: Some(crate::state::placement::DEFAULT_OFFLOAD),
             upgrade_from_env: false,
             socket_activation: false,
-            header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
-            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             max_connections: Some(DEFAULT_MAX_CONNECTIONS),
             rescue_hung: true,
         }
@@ -318,16 +306,16 @@ impl Builder {
     /// of its HTTP/1 keep-alive connections per `every` to reconnect
     /// (`Connection: close` on a response), so that the kernel places it
     /// again with the current table; `None` never asks (see
-    /// [`crate::placement::Placement::should_reconnect`]). HTTP/2
-    /// connections are not asked: their streams are placed one by one.
+    /// [`crate::placement::Reconnect`]). HTTP/2 connections are not asked:
+    /// their streams are placed one by one.
     /// Default: every 100 ms.
     pub fn reconnect_overloaded(&mut self, every: Option<Duration>) -> &mut Self {
         self.reconnect_every = every;
         self
     }
 
-    /// Run the requests of a route (a path class, see
-    /// [`crate::placement::CostClass`]) learned to hold the worker's thread
+    /// Run the requests of a route (its path, folded onto one of 64 cost
+    /// classes; see [`crate::placement`]) learned to hold the worker's thread
     /// for at least `threshold` per request (CPU work without an `.await`,
     /// a blocking call) on the worker runtime's blocking pool, so that the
     /// worker goes on reading and answering its other connections; `None`
@@ -339,34 +327,6 @@ impl Builder {
     /// Default: 1 ms.
     pub fn offload_heavy(&mut self, threshold: Option<Duration>) -> &mut Self {
         self.offload_heavy = threshold;
-        self
-    }
-
-    /// Close each HTTP/1 keep-alive connection after it has served `max`
-    /// requests (`Connection: close` on the last response), so that clients
-    /// reconnect and the kernel places their new connections with the
-    /// current table; `None` sets no limit. HTTP/2 connections are not
-    /// closed: their streams are placed one by one. Needs the Tower layer
-    /// `hermes_tower::Place` (`hermes_tower::serve` adds it). Counted as
-    /// `recycled` in the snapshot and metrics. Default: `None`.
-    pub fn max_requests_per_connection(&mut self, max: Option<u64>) -> &mut Self {
-        self.max_connection_requests = max;
-        self
-    }
-
-    /// Close each HTTP/1 keep-alive connection on its first response after
-    /// it is `age` old (`Connection: close`), as
-    /// [`Builder::max_requests_per_connection`] does after a count; `None`
-    /// sets no limit. `hermes_tower::serve_tonic` gives it to tonic as its
-    /// `max_connection_age`, so that each gRPC connection that old is sent
-    /// an HTTP/2 GOAWAY, its calls in progress finish, and the client
-    /// reconnects (those are not counted as `recycled`: tonic does not say
-    /// when it sends one). As with tonic's own setting, a call the client
-    /// hands to the connection just as its GOAWAY arrives fails on the
-    /// client with `Cancelled` before it is sent, and may be retried.
-    /// Default: `None`.
-    pub fn max_connection_age(&mut self, age: Option<Duration>) -> &mut Self {
-        self.max_connection_age = age;
         self
     }
 
@@ -408,35 +368,6 @@ impl Builder {
     /// Default: off.
     pub fn socket_activation(&mut self, on: bool) -> &mut Self {
         self.socket_activation = on;
-        self
-    }
-
-    /// How long a client may take to send a whole request head (request
-    /// line and headers), from its first byte; a connection still short of
-    /// a head then is closed. `None` waits for ever. Applied by
-    /// `hermes_tower::serve` (HTTP/1 and HTTP/2) and by
-    /// `hermes_tower::serve_tonic` to each connection's first head or HTTP/2
-    /// preface (read it with
-    /// [`HermesListener::header_read_timeout`](crate::HermesListener::header_read_timeout)
-    /// in a server of your own). Default: 30 s, hyper's own default when it
-    /// has a timer.
-    pub fn header_read_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
-        self.header_read_timeout = timeout;
-        self
-    }
-
-    /// How long a connection may stay open with no request in progress and
-    /// nothing read or written (a keep-alive connection between requests, a
-    /// client that connected and sent nothing) before it is closed. A
-    /// request being served is never cut by it, however long its handler
-    /// takes. `None` keeps idle connections for ever. Applied by
-    /// `hermes_tower::serve`, and by `hermes_tower::serve_tonic` until a
-    /// connection's first byte only (an established gRPC channel may idle
-    /// between calls, as with tonic's own server; read it with
-    /// [`HermesListener::idle_timeout`](crate::HermesListener::idle_timeout)).
-    /// Default: 60 s.
-    pub fn idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
-        self.idle_timeout = timeout;
         self
     }
 
@@ -510,23 +441,8 @@ impl Builder {
                 self.offload_heavy.unwrap_or_default()
             )));
         }
-        if self.max_connection_requests == Some(0) {
-            return Err(invalid(
-                "max_requests_per_connection must be at least 1 (None sets no limit)".into(),
-            ));
-        }
-        if self.max_connection_age.is_some_and(|d| d.is_zero()) {
-            return Err(invalid("max_connection_age must not be zero (None sets no limit)".into()));
-        }
         if self.stack_size == Some(0) {
             return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
-        }
-        for (name, t) in
-            [("header_read_timeout", self.header_read_timeout), ("idle_timeout", self.idle_timeout)]
-        {
-            if t.is_some_and(|t| t.is_zero()) {
-                return Err(invalid(format!("{name} must not be zero (None turns it off)")));
-            }
         }
         if self.max_connections == Some(0) {
             return Err(invalid("max_connections_per_worker must be at least 1 (None: no limit)".into()));
@@ -552,12 +468,8 @@ impl Builder {
             place_requests: self.place_requests,
             reconnect_every: self.reconnect_every,
             offload_heavy: self.offload_heavy,
-            max_connection_requests: self.max_connection_requests,
-            max_connection_age: self.max_connection_age,
             upgrade_from_env: self.upgrade_from_env,
             socket_activation: self.socket_activation,
-            header_read_timeout: self.header_read_timeout,
-            idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             rescue_hung: self.rescue_hung,
         })

@@ -1,37 +1,23 @@
 //! Thread-per-core Tokio runtimes whose new connections are placed by Hermes.
 //!
-//! Modules, from the system calls up to the server (each imports only the
-//! ones above it):
-//!
-//! - `sys`: the Linux calls std and socket2 do not wrap (`TCP_INFO`, CPU
-//!   pinning, listener shutdown, the `EPOLLEXCLUSIVE` epoll set);
-//! - [`context`]: [`context::WorkerRef`], the current worker's slot of the table, and
-//!   [`context::InFlight`], the per-request guard that feeds its load signal;
-//! - [`scheduler`]: the scheduler pass and its [`scheduler::Policy`];
-//! - [`placement`]: request placement, the scheduler's second half (learned
-//!   costs, expected work, utilisation, the target of the moment);
-//! - `config`: [`Mode`] and the validated settings;
-//! - `control`: a worker's drain flag, and how to stop its listener from another thread;
-//! - `net`: [`HermesListener`] and [`HermesStream`];
-//! - `shared`: the state the workers share (table, kernel maps), the
-//!   scheduler pass and the accept-queue sample;
-//! - `stats`: [`Snapshot`], the `metrics` export, the `/_hermes/stats` handler;
-//! - `worker`: each worker's thread, runtime, loop and housekeeping; [`shutdown_signal`];
-//! - [`upgrade`]: the zero-downtime hand-over to a successor process;
-//! - `server`: [`Server`] and [`ServerHandle`];
-//! - `builder`: [`Builder`].
-//!
 //! A [`Builder`] makes a [`Server`]: one OS thread per worker, each running
-//! a current-thread Tokio runtime with a `LocalSet` (so `!Send` handlers
-//! work) and owning its own `SO_REUSEPORT` listener, placed in the kernel's
-//! socket array at slot = worker id. Each worker publishes its live state
-//! into its slot of the Worker State Table (open connections, accept queue,
+//! a current-thread Tokio runtime with a `LocalSet` (so `!Send` handlers work) and
+//! owning its own `SO_REUSEPORT` listener, placed in the kernel's socket
+//! array at slot = worker id. Each worker publishes its live state into its
+//! slot of the Worker State Table (open connections, accept queue,
 //! heartbeat, busy time; in-flight requests come from [`context::InFlight`]
-//! guards, which the Tower layer opens per request), runs a
-//! [`scheduler`] pass every tick, and any worker may publish the resulting
-//! bitmap of eligible workers. The kernel program then places each new
-//! connection on an eligible worker, so a worker stuck in a handler stops
-//! receiving connections within a few ticks.
+//! guards, which the Tower layer opens per request), runs a [`scheduler`]
+//! pass every tick, and any worker may publish the resulting bitmap of
+//! eligible workers. The kernel program then places each new connection on
+//! an eligible worker, so a worker stuck in a handler stops receiving
+//! connections within a few ticks. Requests are placed too: [`placement`]
+//! decides, per request, whether its handler runs on its connection's
+//! worker, another worker, or the blocking pool.
+//!
+//! The runtime is protocol-neutral: it hands each worker a
+//! [`HermesListener`] and counts what the server on top reports. HTTP
+//! (axum, tonic, timeouts, TLS, `/_hermes/stats`) is `hermes_tower`'s; the
+//! `redis` example serves its own protocol on the same runtime.
 //!
 //! When the kernel refuses the program (no CAP_BPF, old kernel), the server
 //! runs with plain `SO_REUSEPORT` hashing, logs one warning, and reports the
@@ -39,23 +25,49 @@
 //! [`Builder::require_ebpf`] asks for an error instead).
 //!
 //! ```no_run
-//! use axum::{Router, routing::get};
 //! use hermes_runtime::{Builder, HermesListener, shutdown_signal};
+//! use tokio::io::AsyncWriteExt;
 //!
-//! let app = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .merge(hermes_runtime::stats_router());
 //! let server = Builder::new().workers(4).bind("127.0.0.1:8080".parse().unwrap()).build()?;
 //! println!("listening on {} mode={}", server.local_addr(), server.mode());
-//! let handle = server.serve(move |listener: HermesListener| {
-//!     let app = app.clone();
-//!     async move {
-//!         let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await;
+//! let handle = server.serve(|mut listener: HermesListener| async move {
+//!     let accept = async {
+//!         while let Some((mut stream, _peer)) = listener.accept_connection().await {
+//!             tokio::task::spawn_local(async move {
+//!                 let _in_flight = hermes_runtime::context::current().map(|w| w.request());
+//!                 let _ = stream.write_all(b"hello\n").await;
+//!             });
+//!         }
+//!     };
+//!     tokio::select! {
+//!         () = accept => {}
+//!         () = shutdown_signal() => {}
 //!     }
 //! })?;
 //! handle.join();
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! # Modules
+//!
+//! Each imports only the ones listed before it:
+//!
+//! - `sys`: the Linux calls beyond `std` (listeners, affinity, epoll, `TCP_INFO`);
+//! - `config`: [`Mode`] and the validated settings;
+//! - [`scheduler`]: the scheduler pass and its [`scheduler::Policy`];
+//! - [`upgrade`]: the zero-downtime hand-over's public types, and
+//!   `upgrade::protocol`, its messages (text header, `SCM_RIGHTS`);
+//! - `state`: the running server's state, split by what it does (dispatch,
+//!   workers, placement state, opening, the tick, the self-check, drain,
+//!   the hand-over logic);
+//! - [`context`]: the one thread-local saying which worker a thread is
+//!   ([`context::WorkerRef`]), and the per-request guards;
+//! - [`placement`]: the per-request placement decision;
+//! - `net`: [`HermesListener`] and [`HermesStream`];
+//! - `stats`: [`Snapshot`] and the `metrics` export;
+//! - `worker`: each worker's thread, runtime, loop and housekeeping; [`shutdown_signal`];
+//! - `server`: the public [`Server`] and [`ServerHandle`];
+//! - `builder`: [`Builder`].
 //!
 //! # Modes
 //! [`Mode::Hermes`] (the default), [`Mode::KernelHash`] (plain
@@ -78,26 +90,24 @@
 mod builder;
 mod config;
 pub mod context;
-mod control;
 mod error;
 mod net;
 pub mod placement;
 pub mod scheduler;
 mod server;
-mod shared;
+mod state;
 mod stats;
 mod sys;
 pub mod upgrade;
 mod worker;
 
-pub use builder::{Builder, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
+pub use builder::{Builder, DEFAULT_MAX_CONNECTIONS};
 pub use config::Mode;
 pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
-pub use server::{SHUTDOWN_GRACE, Server, ServerHandle, SnapshotSource};
+pub use server::{Server, ServerHandle, SnapshotSource};
+pub use state::SHUTDOWN_GRACE;
 pub use stats::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
-#[cfg(feature = "axum")]
-pub use stats::{stats_handler, stats_router};
 pub use upgrade::{Upgrade, UpgradeError, Upgraded};
 pub use worker::shutdown_signal;

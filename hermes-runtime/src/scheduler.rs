@@ -169,22 +169,6 @@ pub(crate) fn eligible_serving(policy: &dyn Policy, input: &PassInput<'_>) -> u6
     bitmap
 }
 
-/// [`pass`] for a server whose workers use the slots `slot_base..` and
-/// whose token is `owner`: publishes the bitmap shifted to those slots, and
-/// only while `owner` owns the maps. Returns the bitmap in worker ids.
-pub(crate) fn pass_as(
-    policy: &dyn Policy,
-    input: &PassInput<'_>,
-    control: &Control,
-    publisher: usize,
-    owner: u64,
-    slot_base: usize,
-) -> u64 {
-    let bitmap = eligible_serving(policy, input);
-    control.publish_as(Some(owner), bitmap << slot_base, input.now_ns, slot_base + publisher);
-    bitmap
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering::Relaxed;

@@ -1,14 +1,13 @@
 //! [`Server`] and [`ServerHandle`]: a server before and after its workers
-//! start. Both read the same shared state; their common accessors are
-//! written once, by the `common_accessors!` macro.
+//! start, and [`SnapshotSource`]. Both read the same [`ServerState`]; their
+//! common accessors are written once, by the `common_accessors!` macro.
 
 use std::{
     fmt,
     future::Future,
     io,
     net::SocketAddr,
-    os::fd::{BorrowedFd, OwnedFd},
-    sync::{Arc, Weak, atomic::Ordering},
+    sync::{Arc, Weak},
     thread,
     time::{Duration, Instant},
 };
@@ -16,41 +15,41 @@ use std::{
 use crate::{
     config::{Config, Mode},
     net::HermesListener,
-    shared::Shared,
+    state::{ServerState, handover, open},
     stats::{self, Snapshot},
-    upgrade::{self, Offer, Upgrade, UpgradeError, Upgraded},
+    upgrade::{Upgrade, UpgradeError, Upgraded},
     worker,
 };
 
 /// The accessors and the `Debug` form that [`Server`] and [`ServerHandle`]
-/// share, on their `shared: Arc<Shared>` field.
+/// share, on their `server: Arc<ServerState>` field.
 macro_rules! common_accessors {
     ($ty:ident) => {
         impl $ty {
             /// The address the server listens on (with the port resolved).
             pub fn local_addr(&self) -> SocketAddr {
-                self.shared.addr
+                self.server.dispatch.addr
             }
 
             /// The mode in force: [`Mode::KernelHash`] after a fallback, and
             /// while the dispatch self-check finds the program not running.
             pub fn mode(&self) -> Mode {
-                self.shared.current_mode().0
+                self.server.dispatch.current_mode().0
             }
 
             /// Why the server is not in [`Mode::Hermes`] though asked to be,
             /// if it is not.
             pub fn mode_reason(&self) -> Option<&str> {
-                self.shared.current_mode().1
+                self.server.dispatch.current_mode().1
             }
         }
 
         impl fmt::Debug for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($ty))
-                    .field("addr", &self.shared.addr)
-                    .field("mode", &self.shared.mode)
-                    .field("workers", &self.shared.config.workers)
+                    .field("addr", &self.server.dispatch.addr)
+                    .field("mode", &self.server.dispatch.mode())
+                    .field("workers", &self.server.config.workers)
                     .finish()
             }
         }
@@ -61,7 +60,7 @@ macro_rules! common_accessors {
 /// kernel's socket array) but whose workers are not started yet. Start them
 /// with [`Server::serve`].
 pub struct Server {
-    shared: Arc<Shared>,
+    server: Arc<ServerState>,
     listeners: Vec<Option<std::net::TcpListener>>,
 }
 
@@ -69,8 +68,8 @@ common_accessors!(Server);
 
 impl Server {
     pub(crate) fn new(config: Config) -> io::Result<Self> {
-        let (shared, listeners) = Shared::open(config)?;
-        Ok(Self { shared, listeners })
+        let (server, listeners) = open::open(config)?;
+        Ok(Self { server, listeners })
     }
 
     /// Starts the workers. `serve` is called on each worker thread with its
@@ -88,15 +87,15 @@ impl Server {
         Fut: Future<Output = ()> + 'static,
     {
         let serve = Arc::new(serve);
-        let mut threads = Vec::with_capacity(self.shared.config.workers);
-        for id in 0..self.shared.config.workers {
+        let mut threads = Vec::with_capacity(self.server.config.workers);
+        for id in 0..self.server.config.workers {
             let listener = self.listeners[id].take();
-            threads.push(worker::spawn(self.shared.clone(), id, serve.clone(), listener)?);
+            threads.push(worker::spawn(self.server.clone(), id, serve.clone(), listener)?);
         }
         // Return once every worker accepts (bounded: a worker that cannot
         // start is logged by itself and retried).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.shared.started() < self.shared.config.workers {
+        while !self.server.workers.all_started() {
             if Instant::now() >= deadline {
                 tracing::warn!("not every worker started within 10 s; serving with those that did");
                 break;
@@ -105,8 +104,8 @@ impl Server {
         }
         // A successor takes the bitmap over from the server it replaces now
         // that its workers serve.
-        self.shared.complete_handover();
-        Ok(ServerHandle { shared: self.shared, threads })
+        handover::complete(&self.server);
+        Ok(ServerHandle { server: self.server, threads })
     }
 }
 
@@ -128,19 +127,15 @@ impl Server {
 pub struct SnapshotSource {
     /// Weak: the listeners and the kernel state go with the server, not
     /// with its readers.
-    shared: Weak<Shared>,
+    server: Weak<ServerState>,
 }
 
 impl SnapshotSource {
     /// The server's snapshot now; `None` once the server has been dropped.
     pub fn snapshot(&self) -> Option<Snapshot> {
-        self.shared.upgrade().map(|shared| stats::snapshot(&shared))
+        self.server.upgrade().map(|server| stats::snapshot(&server))
     }
 }
-
-/// How long [`ServerHandle::shutdown`] waits past the drain timeout for the
-/// workers to exit (their runtimes give blocking tasks 1 s of it).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// A running server. Stop it with [`ServerHandle::shutdown`] (drains and
 /// waits). Dropping the handle also stops the server, without waiting: every
@@ -162,7 +157,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    server: Arc<ServerState>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
@@ -171,14 +166,14 @@ common_accessors!(ServerHandle);
 impl ServerHandle {
     /// The table, the bitmap and the kernel's counters, now.
     pub fn snapshot(&self) -> Snapshot {
-        stats::snapshot(&self.shared)
+        stats::snapshot(&self.server)
     }
 
     /// A cheap, cloneable reader of [`snapshot`](Self::snapshot) for another
     /// thread (an exporter, the cross-host feedback agent), which does not
     /// keep the server alive: once the server is gone it reads `None`.
     pub fn snapshot_source(&self) -> SnapshotSource {
-        SnapshotSource { shared: Arc::downgrade(&self.shared) }
+        SnapshotSource { server: Arc::downgrade(&self.server) }
     }
 
     /// Drains worker `id`: it leaves the bitmap, its listener closes (its
@@ -190,27 +185,25 @@ impl ServerHandle {
     /// # Errors
     /// `InvalidInput` if `id` is not a worker.
     pub fn shutdown_worker(&self, id: usize) -> io::Result<()> {
-        if id >= self.shared.config.workers {
+        if id >= self.server.config.workers {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("worker {id} does not exist ({} workers)", self.shared.config.workers),
+                format!("worker {id} does not exist ({} workers)", self.server.config.workers),
             ));
         }
-        self.shared.begin_drain(id);
+        self.server.begin_drain(id);
         Ok(())
     }
 
     /// Drains every worker, one after the other, and waits for them to exit,
-    /// at most the drain timeout plus [`SHUTDOWN_GRACE`]: a worker still
+    /// at most the drain timeout plus [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE): a worker still
     /// running then (a handler blocking its thread, a stuck blocking task)
     /// is logged with what it still holds and abandoned to end with the
     /// process.
     pub fn shutdown(mut self) {
-        for id in 0..self.shared.config.workers {
-            self.shared.begin_drain(id);
-        }
+        self.server.drain_all();
         let threads = std::mem::take(&mut self.threads);
-        self.wait_bounded(threads);
+        self.server.wait_for(threads);
     }
 
     /// Waits for every worker to exit. A server that is not draining runs
@@ -218,43 +211,12 @@ impl ServerHandle {
     /// the process's logic, a signal handler, or
     /// [`ServerHandle::shutdown_worker`]), and `join` waits as long; once a
     /// worker drains, `join` waits for it at most the drain timeout plus
-    /// [`SHUTDOWN_GRACE`] from the start of its drain, as
-    /// [`ServerHandle::shutdown`] does, then logs it and abandons it.
+    /// [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE) from the start of its
+    /// drain, as [`ServerHandle::shutdown`] does, then logs it and abandons
+    /// it.
     pub fn join(mut self) {
         let threads = std::mem::take(&mut self.threads);
-        self.wait_bounded(threads);
-    }
-
-    /// Waits until every worker thread has finished, or every one still
-    /// running has drained for longer than the drain timeout plus
-    /// [`SHUTDOWN_GRACE`]; joins the finished ones and logs the others.
-    fn wait_bounded(&self, threads: Vec<thread::JoinHandle<()>>) {
-        let bound = (self.shared.config.drain_timeout + SHUTDOWN_GRACE).as_nanos() as u64;
-        loop {
-            let now = hermes_bpf::monotonic_ns();
-            let waiting = threads.iter().enumerate().filter(|(_, t)| !t.is_finished()).all(|(id, _)| {
-                self.shared.workers[id].drain_started_ns().is_some_and(|t| now.saturating_sub(t) >= bound)
-            });
-            // `all` over no unfinished worker is true: every one exited.
-            if waiting {
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        for (id, t) in threads.into_iter().enumerate() {
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                let slot = &self.shared.table[id];
-                // Relaxed: lone gauges (see `WorkerState`).
-                tracing::error!(
-                    worker = id,
-                    open_connections = slot.open_conns.load(std::sync::atomic::Ordering::Relaxed),
-                    in_flight = slot.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-                    "the worker did not stop within the drain timeout; abandoning it"
-                );
-            }
-        }
+        self.server.wait_for(threads);
     }
 
     /// Hands this server over to a successor process without losing a
@@ -286,71 +248,7 @@ impl ServerHandle {
     /// take over within the timeout; the server then keeps serving (taking
     /// the bitmap back if the successor had taken it) and logs the error.
     pub fn upgrade(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
-        let shared = &self.shared;
-        if shared.mode == Mode::SharedListener {
-            return Err(UpgradeError::Unsupported { mode: shared.mode });
-        }
-        // Acquire/Release: only the flag's own value matters here.
-        if shared.upgrading.swap(true, Ordering::AcqRel) {
-            return Err(UpgradeError::InProgress);
-        }
-        let result = self.offer(upgrade);
-        match &result {
-            Ok(done) => {
-                // At once: from now on only a stale bitmap (the kernel's hash
-                // then) could still send a connection to these listeners.
-                tracing::info!(successor = done.pid, "upgrade: the successor serves; draining this server");
-                for id in 0..shared.config.workers {
-                    shared.begin_drain(id);
-                }
-            }
-            Err(e) => {
-                if shared.dispatcher.is_some() && !shared.owns_bitmap() {
-                    shared.take_ownership();
-                }
-                tracing::error!(error = %e, "upgrade failed; this server keeps serving");
-                shared.upgrading.store(false, Ordering::Release);
-            }
-        }
-        result
-    }
-
-    fn offer(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
-        let shared = &self.shared;
-        let listeners: Vec<OwnedFd> = shared
-            .workers
-            .iter()
-            .filter_map(|w| {
-                w.with_listener_fd(|fd| {
-                    // SAFETY: the worker's control holds the descriptor open
-                    // for the duration of this call.
-                    unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
-                })
-            })
-            .collect::<io::Result<_>>()
-            .map_err(|e| UpgradeError::Io { what: "duplicating the listeners", source: e })?;
-        if listeners.is_empty() {
-            return Err(UpgradeError::Protocol("no worker has a listener to hand over".into()));
-        }
-        let kernel = match &shared.dispatcher {
-            Some(d) => Some(
-                d.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .export_fds()
-                    .map_err(|e| UpgradeError::Io { what: "duplicating the kernel maps", source: e })?,
-            ),
-            None => None,
-        };
-        let offer = Offer {
-            pid: std::process::id(),
-            mode: shared.mode,
-            layout: shared.control[0].layout_version(),
-            slot_base: shared.slot_base,
-            workers: shared.config.workers,
-            listeners: listeners.len(),
-            kernel: kernel.is_some(),
-        };
-        upgrade::offer(upgrade, &offer, &listeners, kernel.as_ref())
+        handover::offer(&self.server, upgrade)
     }
 
     /// Lets the server run on after the handle is gone (until the process
@@ -368,10 +266,8 @@ impl Drop for ServerHandle {
         if self.threads.is_empty() {
             return;
         }
-        tracing::info!(addr = %self.shared.addr, "server handle dropped; draining every worker");
-        for id in 0..self.shared.config.workers {
-            self.shared.begin_drain(id);
-        }
+        tracing::info!(addr = %self.server.dispatch.addr, "server handle dropped; draining every worker");
+        self.server.drain_all();
     }
 }
 
@@ -411,7 +307,7 @@ mod tests {
             })
             .expect("serve");
         // The maps as another release would have made them.
-        handle.shared.control[0].set_layout_version(LAYOUT_VERSION + 1);
+        handle.server.dispatch.control().set_layout_version(LAYOUT_VERSION + 1);
         let marker = std::env::temp_dir().join(format!("hermes-layout-child-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
         let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
@@ -437,7 +333,7 @@ mod tests {
         assert_eq!(child, "refused with LayoutVersion");
         let _ = std::fs::remove_file(&marker);
         // Still the owner, still publishing, still serving.
-        assert!(handle.shared.owns_bitmap());
+        assert!(handle.server.dispatch.owns_bitmap());
         thread::sleep(Duration::from_millis(50));
         assert_ne!(handle.snapshot().bitmap, 0, "the old server keeps publishing its bitmap");
         let mut conn = std::net::TcpStream::connect(handle.local_addr()).expect("connect");

@@ -1,18 +1,25 @@
-//! The few Linux calls the runtime makes that the standard library and
-//! socket2 do not wrap: TCP_INFO on a listener, CPU pinning, shutting a
-//! listener down, and the per-worker epoll set of the shared-listener mode.
+//! The Linux calls the runtime makes beyond `std`: listeners with
+//! `SO_REUSEPORT` (socket2), the listeners systemd passes (sd-notify), CPU
+//! affinity, `shutdown` of a listener and the per-worker epoll set of the
+//! shared-listener mode (nix), and the one call none of them wraps:
+//! `TCP_INFO` on a listening socket.
 
 use std::{
     io,
     net::{SocketAddr, TcpListener},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
+use nix::{
+    sched::{CpuSet, sched_getaffinity, sched_setaffinity},
+    sys::{
+        epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags},
+        eventfd::{EfdFlags, EventFd},
+        socket::{Shutdown, shutdown},
+    },
+    unistd::Pid,
+};
 use socket2::{Domain, Protocol, Socket, Type};
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
-}
 
 /// A nonblocking listening socket on `addr`, with `SO_REUSEPORT` set before
 /// `bind` when `reuseport` is true (so every worker's listener joins one group).
@@ -33,7 +40,7 @@ pub(crate) fn listener(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::R
     Ok(socket.into())
 }
 
-/// Fails with [`crate::PortInUse`] (kind `AddrInUse`) when a socket already
+/// Fails with [`PortInUse`](crate::error::PortInUse) (kind `AddrInUse`) when a socket already
 /// listens on `addr`: a probe bound without `SO_REUSEPORT` (and with
 /// `SO_REUSEADDR`, so that connections in `TIME_WAIT` do not count) is
 /// refused by any listener, whatever group it belongs to. Port 0 is never
@@ -50,41 +57,32 @@ pub(crate) fn refuse_taken_port(addr: SocketAddr) -> io::Result<()> {
     match probe.bind(&addr.into()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            Err(io::Error::new(io::ErrorKind::AddrInUse, crate::PortInUse { addr }))
+            Err(io::Error::new(io::ErrorKind::AddrInUse, crate::error::PortInUse { addr }))
         }
         Err(e) => Err(e),
     }
 }
 
-/// The listening sockets passed by systemd's socket activation (the
-/// `sd_listen_fds` protocol): `LISTEN_FDS` descriptors from 3, when
-/// `LISTEN_PID` is this process (a child that inherited the variables is
-/// not meant). `Ok(None)` without them. Each must be a listening TCP socket
-/// with `SO_REUSEPORT` (systemd's `ReusePort=yes`) and all on one address;
-/// they are made close-on-exec and nonblocking.
+/// The listening sockets passed by systemd's socket activation (read with
+/// `sd_notify::listen_fds`, which checks `LISTEN_PID` and sets them
+/// close-on-exec); `Ok(None)` without them. Each must be a listening TCP
+/// socket with `SO_REUSEPORT` (systemd's `ReusePort=yes`), and all on one
+/// address; they are made nonblocking.
 pub(crate) fn listen_fds() -> io::Result<Option<Vec<TcpListener>>> {
-    let (Some(pid), Some(n)) = (std::env::var_os("LISTEN_PID"), std::env::var_os("LISTEN_FDS")) else {
-        return Ok(None);
-    };
-    if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let fds = sd_notify::listen_fds().map_err(|e| invalid(format!("socket activation: {e}")))?;
+    if fds.len() == 0 {
         return Ok(None);
     }
-    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
-    let n: RawFd = n
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .ok_or_else(|| invalid(format!("LISTEN_FDS={n:?} is not a positive number")))?;
-    let mut listeners = Vec::new();
-    for fd in 3..3 + n {
+    let mut listeners = Vec::with_capacity(fds.len());
+    for fd in fds {
         // SAFETY: F_GETFD only reads flags; it fails on a closed number.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(invalid(format!("socket activation: descriptor {fd} of LISTEN_FDS={n} is not open")));
+            return Err(invalid(format!("socket activation: descriptor {fd} of LISTEN_FDS is not open")));
         }
         // SAFETY: systemd passed this descriptor to this process (LISTEN_PID
-        // checked above) for it to own; it is open.
+        // checked by `listen_fds`) for it to own; it is open.
         let socket = unsafe { Socket::from_raw_fd(fd) };
-        socket.set_cloexec(true)?;
         let listening = socket.is_listener().unwrap_or(false);
         if !listening || socket.r#type().ok() != Some(Type::STREAM) {
             return Err(invalid(format!(
@@ -113,15 +111,18 @@ pub(crate) fn listen_fds() -> io::Result<Option<Vec<TcpListener>>> {
 }
 
 /// The accept-queue length of a listening socket: for a socket in LISTEN
-/// state the kernel reports it in `tcpi_unacked` (and the limit in `tcpi_sacked`).
+/// state the kernel reports it in `tcpi_unacked` (and the limit in
+/// `tcpi_sacked`). Neither socket2 nor nix reads `TCP_INFO`.
 pub(crate) fn accept_queue(fd: RawFd) -> io::Result<u32> {
     // SAFETY: an all-zero tcp_info is a valid value (plain integers).
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` and `len` are valid out-pointers of the stated size.
-    cvt(unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
-    })?;
+    let ret =
+        unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(info.tcpi_unacked)
 }
 
@@ -131,32 +132,22 @@ pub(crate) fn accept_queue(fd: RawFd) -> io::Result<u32> {
 /// array, and its queued connections migrate), and wakes every task waiting
 /// to accept on it.
 pub(crate) fn stop_listening(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain syscall on a descriptor the caller owns.
-    cvt(unsafe { libc::shutdown(fd, libc::SHUT_RD) }).map(drop)
+    shutdown(fd, Shutdown::Read).map_err(io::Error::from)
 }
 
 /// The CPUs this thread may run on, in order.
 pub(crate) fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid out-pointer of the stated size.
-    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
-        return Vec::new();
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect(),
+        Err(_) => Vec::new(),
     }
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: `cpu` is below CPU_SETSIZE.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
 }
 
 /// Pins the calling thread to `cpu`.
 pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the caller passes a CPU from `allowed_cpus`, below CPU_SETSIZE.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the stated size.
-    cvt(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(io::Error::from)?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
 /// One worker's epoll set in the shared-listener mode: the shared listener
@@ -164,52 +155,53 @@ pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
 /// as nginx does), and an eventfd that wakes this worker when it drains.
 #[derive(Debug)]
 pub(crate) struct ExclusiveEpoll {
-    epoll: OwnedFd,
-    wake: OwnedFd,
+    epoll: Epoll,
+    wake: EventFd,
 }
 
 impl ExclusiveEpoll {
-    pub(crate) fn new(listener: RawFd) -> io::Result<Self> {
-        // SAFETY: plain syscalls; each returned descriptor is owned at once.
-        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
-        // SAFETY: as above.
-        let wake =
-            unsafe { OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?) };
-        let add = |fd: RawFd, events: u32| {
-            let mut ev = libc::epoll_event { events, u64: fd as u64 };
-            // SAFETY: both descriptors are open; `ev` is a valid event.
-            cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
-        };
-        add(listener, (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32)?;
-        add(wake.as_raw_fd(), libc::EPOLLIN as u32)?;
+    pub(crate) fn new(listener: BorrowedFd<'_>) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(listener, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0))?;
+        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
         Ok(Self { epoll, wake })
     }
 
     /// A second handle on the wake eventfd, for the worker's drain request.
-    pub(crate) fn waker(&self) -> io::Result<OwnedFd> {
-        self.wake.try_clone()
+    pub(crate) fn waker(&self) -> io::Result<Waker> {
+        // SAFETY: the duplicate refers to this set's eventfd.
+        Ok(Waker(unsafe { EventFd::from_owned_fd(self.wake.as_fd().try_clone_to_owned()?) }))
     }
-}
-
-/// Writes to an eventfd made by [`ExclusiveEpoll::waker`].
-pub(crate) fn wake_eventfd(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
-    unsafe { libc::write(fd, (&raw const one).cast(), 8) };
 }
 
 impl AsRawFd for ExclusiveEpoll {
     fn as_raw_fd(&self) -> RawFd {
-        self.epoll.as_raw_fd()
+        self.epoll.0.as_raw_fd()
+    }
+}
+
+/// Wakes the worker whose [`ExclusiveEpoll`] it was made from.
+#[derive(Debug)]
+pub(crate) struct Waker(EventFd);
+
+impl Waker {
+    pub(crate) fn wake(&self) {
+        // A full counter (2^64 - 2 wake-ups unread) still wakes the worker.
+        let _ = self.0.write(1);
+    }
+}
+
+impl From<Waker> for OwnedFd {
+    fn from(waker: Waker) -> Self {
+        waker.0.into()
     }
 }
 
 /// Accepts one connection from a nonblocking listener (`accept4` with
-/// `SOCK_NONBLOCK | SOCK_CLOEXEC`).
-pub(crate) fn accept_nonblocking(listener: RawFd) -> io::Result<(std::net::TcpStream, SocketAddr)> {
-    // SAFETY: the caller's listener outlives this borrow.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener) };
-    let sock = socket2::SockRef::from(&fd);
+/// `SOCK_CLOEXEC`), made nonblocking.
+pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let sock = socket2::SockRef::from(&listener);
     let (conn, addr) = sock.accept()?;
     conn.set_nonblocking(true)?;
     let addr = addr.as_socket().ok_or_else(|| io::Error::other("accepted a non-IP connection"))?;

@@ -170,7 +170,7 @@ fn panicking_serve_future_restarts_worker() {
                 if first {
                     panic!("first serve future fails");
                 }
-                let _ = axum::serve(listener, app)
+                let _ = axum::serve(hermes_test_support::server::AxumListener(listener), app)
                     .with_graceful_shutdown(hermes_runtime::shutdown_signal())
                     .await;
             }
@@ -238,7 +238,7 @@ fn ebpf_panicked_worker_restarts_in_its_slot() {
                 if panics {
                     panic!("worker {id}'s first serve future fails");
                 }
-                let _ = axum::serve(listener, app)
+                let _ = axum::serve(hermes_test_support::server::AxumListener(listener), app)
                     .with_graceful_shutdown(hermes_runtime::shutdown_signal())
                     .await;
             }

@@ -45,7 +45,7 @@ fn ebpf_program_survives_the_restart_of_every_worker() {
             let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
             let app = app(listener.worker_id());
             async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(hermes_runtime::shutdown_signal());
+                let serve = axum::serve(hermes_test_support::server::AxumListener(listener), app).with_graceful_shutdown(hermes_runtime::shutdown_signal());
                 if first {
                     tokio::select! {
                         _ = serve => {}

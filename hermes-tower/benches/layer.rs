@@ -28,10 +28,10 @@ use std::{
 use criterion::{Criterion, criterion_group, criterion_main};
 use hermes_bpf::{Region, layout::WorkerState};
 use hermes_runtime::{
+    Builder, Mode, ServerHandle,
     context::{self, WorkerRef},
-    placement::Placement,
 };
-use hermes_tower::{Hermes, Place, ServiceTime};
+use hermes_tower::{Hermes, Place, SampleRate};
 use tower::{Service, service_fn};
 
 fn bare()
@@ -87,11 +87,11 @@ fn bench_layer(c: &mut Criterion) {
 
     let mut svc = bare();
     run("bare", &mut |cx, n| request(&mut svc, cx, n));
-    let mut svc = Hermes::with_service_time(bare(), ServiceTime::OFF);
+    let mut svc = Hermes::with_service_time(bare(), SampleRate::OFF);
     run("hermes/service_time_off", &mut |cx, n| request(&mut svc, cx, n));
     let mut svc = Hermes::new(bare());
     run("hermes/default_one_in_64", &mut |cx, n| request(&mut svc, cx, n));
-    let mut svc = Hermes::with_service_time(bare(), ServiceTime::EVERY_REQUEST);
+    let mut svc = Hermes::with_service_time(bare(), SampleRate::EVERY_REQUEST);
     run("hermes/every_request", &mut |cx, n| request(&mut svc, cx, n));
     // Bare again, to see the run-to-run noise of the baseline.
     let mut svc = bare();
@@ -127,12 +127,31 @@ where
     }
 }
 
+/// A one-worker server (the kernel's hash, nothing to load) and a handle on
+/// its worker, to enter on the bench's thread: the placement decisions then
+/// read a real server's table and learned costs.
+fn server_worker() -> (ServerHandle, WorkerRef) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = Builder::new()
+        .workers(1)
+        .pin_workers(false)
+        .mode(Mode::KernelHash)
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .build()
+        .expect("build the server");
+    let handle = server
+        .serve(move |_listener| {
+            let _ = tx.send(context::current().expect("on a Hermes worker"));
+            hermes_runtime::shutdown_signal()
+        })
+        .expect("start the server");
+    (handle, rx.recv().expect("the worker's handle"))
+}
+
 /// `Place` on the local path (the common case: nothing costly in flight, so
 /// the request stays), with and without the counting layer inside it.
 fn bench_place(c: &mut Criterion) {
-    let table = Arc::new(Region::<WorkerState>::in_memory(8));
-    let placement = Arc::new(Placement::new(table.clone(), 2, Duration::from_millis(5), true));
-    let worker = WorkerRef::with_placement(1, table.clone(), placement);
+    let (server, worker) = server_worker();
     let _entered = worker.enter();
     let mut cx = Context::from_waker(Waker::noop());
     let mut group = c.benchmark_group("per_http_request");
@@ -145,7 +164,9 @@ fn bench_place(c: &mut Criterion) {
     let mut svc = Place::new(Hermes::new(bare_http()));
     group.bench_function("place_hermes", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
     group.finish();
-    assert_eq!(table[1].in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(worker.state().in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(_entered);
+    server.shutdown();
 }
 
 criterion_group! {

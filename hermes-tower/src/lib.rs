@@ -2,9 +2,16 @@
 //!
 //! Modules:
 //!
-//! - [`hermes`](mod@hermes): the middleware, [`Hermes`], [`HermesLayer`],
-//!   [`ResponseFuture`] and the [`ServiceTime`] setting;
-//! - [`serve`](mod@serve): the one-line entry points [`serve()`] and `serve_tonic`.
+//! - [`hermes`](mod@hermes): the middleware, [`Hermes`], [`HermesLayer`] and
+//!   [`ResponseFuture`];
+//! - [`place`]: request placement, [`Place`] and [`PlaceLayer`], which carry
+//!   out the runtime's placement decisions;
+//! - [`stats`](mod@stats): `/_hermes/stats`;
+//! - [`serve`](mod@serve): the one-line entry points [`serve()`] and
+//!   [`serve_tonic`], their options, and the HTTP side of a worker
+//!   (listener, connections, timeouts, TLS).
+//!
+//! The runtime below is protocol-neutral; everything HTTP is here.
 //!
 //! Each worker thread of a Hermes server owns one slot of the Worker State
 //! Table; the scheduler and the kernel's dispatch program read the slots to
@@ -17,8 +24,8 @@
 //!   fired) or unwinds from a panic;
 //! - `requests` counts the requests finished;
 //! - `service_ns` adds up the time spent serving them (by default measured on
-//!   one request in [`ServiceTime::DEFAULT_ONE_IN`] and scaled, see
-//!   [`ServiceTime`]).
+//!   one request in [`SampleRate::DEFAULT_ONE_IN`] and scaled, see
+//!   [`SampleRate`]).
 //!
 //! Outside a Hermes worker (no worker entered on the thread, see
 //! [`hermes_runtime::context`]) the layer does nothing: requests pass through
@@ -30,8 +37,7 @@
 //! [`serve()`] and [`serve_tonic`] start an axum application (a `Router` or
 //! any make-service `axum::serve` takes) or tonic services on a Hermes
 //! server with the layer added, in place of `axum::serve` or tonic's
-//! `Server::serve`, HTTPS included (features `axum`, `tonic` and `tls`, on by
-//! default):
+//! `Server::serve`, TLS included (feature `tls`, on by default):
 //!
 //! ```diff
 //! -axum::serve(listener, app).await?;
@@ -90,11 +96,10 @@
 pub mod hermes;
 pub mod place;
 pub mod serve;
+pub mod stats;
 
-#[cfg(feature = "axum")]
-pub use serve::serve;
-#[cfg(feature = "tonic")]
-pub use serve::serve_tonic;
-
-pub use hermes::{Hermes, HermesLayer, ServiceTime, error::InvalidSampleRate, future::ResponseFuture};
-pub use place::{Place, PlaceLayer};
+pub use hermes::{Hermes, HermesLayer, future::ResponseFuture};
+pub use hermes_runtime::context::{InvalidSampleRate, SampleRate};
+pub use place::{ConnectionLimits, Place, PlaceLayer};
+pub use serve::{serve, serve_tonic};
+pub use stats::{stats_handler, stats_router};

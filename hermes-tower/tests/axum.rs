@@ -10,7 +10,7 @@ use hermes_test_support::{
     wait::eventually,
     worker::{WorkerServer, slot, table},
 };
-use hermes_tower::{HermesLayer, ServiceTime};
+use hermes_tower::{HermesLayer, SampleRate};
 use tokio::sync::Notify;
 
 fn app(gate: Arc<Notify>) -> Router {
@@ -24,7 +24,7 @@ fn app(gate: Arc<Notify>) -> Router {
             }),
         )
         .with_state(gate)
-        .layer(HermesLayer::new().service_time(ServiceTime::EVERY_REQUEST))
+        .layer(HermesLayer::new().service_time(SampleRate::EVERY_REQUEST))
 }
 
 fn serve_axum(table: hermes_bpf::WorkerTable, id: usize, gate: Arc<Notify>) -> WorkerServer {

@@ -12,7 +12,7 @@ use std::{
 
 use hermes_runtime::context::WorkerRef;
 use hermes_test_support::worker::{Slot, slot, table, untouched};
-use hermes_tower::{Hermes, HermesLayer, ServiceTime};
+use hermes_tower::{Hermes, HermesLayer, SampleRate};
 use tower::{Service, ServiceExt, service_fn};
 use tower_test::mock;
 
@@ -143,7 +143,7 @@ async fn requests_and_service_time_are_recorded() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Infallible>(ms)
         }),
-        ServiceTime::EVERY_REQUEST,
+        SampleRate::EVERY_REQUEST,
     );
 
     for ms in [2, 3] {
@@ -159,7 +159,7 @@ async fn requests_and_service_time_are_recorded() {
 async fn sampled_service_time_measures_one_request_in_n_and_scales_it() {
     let table = table(1);
     let _entered = WorkerRef::new(0, table.clone()).enter();
-    let one_in_4 = ServiceTime::one_in(4).expect("power of two");
+    let one_in_4 = SampleRate::one_in(4).expect("power of two");
     // Requests 0 and 4 are measured: 0 sleeps 2 ms, 4 sleeps 3 ms, the rest none.
     let svc = Hermes::with_service_time(
         service_fn(|seq: u64| async move {
@@ -192,7 +192,7 @@ async fn service_time_off_counts_requests_only() {
             tokio::time::sleep(Duration::from_millis(1)).await;
             Ok::<_, Infallible>(())
         }),
-        ServiceTime::OFF,
+        SampleRate::OFF,
     );
     for _ in 0..3 {
         svc.clone().oneshot(()).await.expect("infallible");
@@ -248,12 +248,12 @@ fn a_response_future_finished_on_another_thread_settles_its_own_slot() {
 
 #[test]
 fn sample_rates_must_be_powers_of_two() {
-    assert_eq!(ServiceTime::one_in(1), Ok(ServiceTime::EVERY_REQUEST));
-    assert_eq!(ServiceTime::one_in(1024).map(|s| s.rate()), Ok(Some(1024)));
-    assert_eq!(ServiceTime::OFF.rate(), None);
-    assert_eq!(ServiceTime::default().rate(), Some(ServiceTime::DEFAULT_ONE_IN));
+    assert_eq!(SampleRate::one_in(1), Ok(SampleRate::EVERY_REQUEST));
+    assert_eq!(SampleRate::one_in(1024).map(|s| s.rate()), Ok(Some(1024)));
+    assert_eq!(SampleRate::OFF.rate(), None);
+    assert_eq!(SampleRate::default().rate(), Some(SampleRate::DEFAULT_ONE_IN));
     for bad in [0, 3, 100, u32::MAX] {
-        let err = ServiceTime::one_in(bad).expect_err("not a power of two");
+        let err = SampleRate::one_in(bad).expect_err("not a power of two");
         assert_eq!(err.requested(), bad);
         assert!(err.to_string().contains(&format!("not one in {bad}")), "{err}");
     }

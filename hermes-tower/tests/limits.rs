@@ -36,9 +36,17 @@ fn builder(workers: usize) -> Builder {
     b
 }
 
-fn start(b: Builder) -> ServerHandle {
-    hermes_tower::serve("127.0.0.1:0", app()).with_builder(b).start().expect("start")
+/// `app` on a server of `b` with these header read and idle timeouts.
+fn start(b: Builder, header: Option<Duration>, idle: Option<Duration>) -> ServerHandle {
+    hermes_tower::serve("127.0.0.1:0", app())
+        .with_builder(b)
+        .header_read_timeout(header)
+        .idle_timeout(idle)
+        .start()
+        .expect("start")
 }
+
+const T300: Option<Duration> = Some(Duration::from_millis(300));
 
 /// How long until the server closes `s` (EOF or reset), reading whatever it
 /// sends; `None` if it is still open after `limit`.
@@ -59,9 +67,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[test]
 fn a_slow_partial_head_is_closed_after_the_header_read_timeout() {
-    let mut b = builder(2);
-    b.header_read_timeout(Some(Duration::from_millis(300))).idle_timeout(None);
-    let handle = start(b);
+    let handle = start(builder(2), T300, None);
     let addr = handle.local_addr();
 
     let mut slow = TcpStream::connect(addr).expect("connect");
@@ -92,9 +98,7 @@ fn a_slow_partial_head_is_closed_after_the_header_read_timeout() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_and_a_long_request_is_not() {
-    let mut b = builder(2);
-    b.idle_timeout(Some(Duration::from_millis(300))).header_read_timeout(Some(Duration::from_millis(300)));
-    let handle = start(b);
+    let handle = start(builder(2), T300, T300);
     let addr = handle.local_addr();
 
     // A request whose handler outlasts both timeouts is answered, and the
@@ -123,8 +127,8 @@ fn an_idle_keep_alive_connection_is_closed_and_a_long_request_is_not() {
 #[test]
 fn connections_beyond_the_per_worker_limit_are_closed_and_counted() {
     let mut b = builder(1);
-    b.max_connections_per_worker(Some(3)).idle_timeout(None);
-    let handle = start(b);
+    b.max_connections_per_worker(Some(3));
+    let handle = start(b, Some(hermes_tower::serve::DEFAULT_HEADER_READ_TIMEOUT), None);
     let addr: SocketAddr = handle.local_addr();
 
     let mut held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).expect("connect")).collect();
@@ -169,11 +173,11 @@ fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
     use tonic::{service::Routes, transport::Channel};
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let mut b = builder(2);
-    b.header_read_timeout(Some(Duration::from_millis(300))).idle_timeout(Some(Duration::from_millis(300)));
     let handle =
         hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
-            .with_builder(b)
+            .with_builder(builder(2))
+            .header_read_timeout(T300)
+            .idle_timeout(T300)
             // HTTP/1 too (gRPC-Web), whose heads hyper would otherwise wait
             // 30 s for.
             .with_server(tonic::transport::Server::builder().accept_http1(true))

@@ -365,12 +365,13 @@ async fn asks_to_close(conn: &mut H1, addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_close_at_their_maximum_request_count_or_age() {
     let mut builder = Builder::new();
-    builder
-        .workers(2)
-        .pin_workers(false)
+    builder.workers(2).pin_workers(false);
+    let handle = hermes_tower::serve("127.0.0.1:0", app())
+        .with_builder(builder)
         .max_requests_per_connection(Some(3))
-        .max_connection_age(Some(Duration::from_millis(400)));
-    let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
+        .max_connection_age(Some(Duration::from_millis(400)))
+        .start()
+        .expect("start");
     let addr = handle.local_addr();
 
     // By count: the third response asks the client to reconnect, and the
@@ -399,10 +400,9 @@ async fn keep_alive_connections_close_at_their_maximum_request_count_or_age() {
 
 #[test]
 fn zero_connection_limits_are_refused() {
-    let mut builder = Builder::new();
-    builder.bind("127.0.0.1:0".parse().expect("address"));
-    let e = builder.clone().max_requests_per_connection(Some(0)).build().expect_err("refused");
+    let serve = || hermes_tower::serve("127.0.0.1:0", app());
+    let e = serve().max_requests_per_connection(Some(0)).start().expect_err("refused");
     assert!(e.to_string().contains("max_requests_per_connection"), "{e}");
-    let e = builder.max_connection_age(Some(Duration::ZERO)).build().expect_err("refused");
+    let e = serve().max_connection_age(Some(Duration::ZERO)).start().expect_err("refused");
     assert!(e.to_string().contains("max_connection_age"), "{e}");
 }

@@ -122,12 +122,11 @@ async fn serve_tonic_counts_calls_in_flight_behind_a_configured_server() {
 }
 
 #[tokio::test]
-async fn the_builders_max_connection_age_makes_grpc_channels_reconnect() {
-    let mut builder = two_workers();
-    builder.max_connection_age(Some(Duration::from_millis(200)));
+async fn max_connection_age_makes_grpc_channels_reconnect() {
     let handle =
         hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
-            .with_builder(builder)
+            .with_builder(two_workers())
+            .max_connection_age(Some(Duration::from_millis(200)))
             .start()
             .expect("start");
     let mut health = client(handle.local_addr()).await;

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
@@ -20,10 +20,8 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use hermes_bpf::{layout::WorkerPhase, monotonic_ns};
-
-use super::HermesStream;
-use crate::{context::WorkerRef, control::WorkerControl, shared::Shared, sys};
+use super::stream::HermesStream;
+use crate::{context::WorkerRef, state::WorkerControl, sys};
 
 /// Where a worker's connections come from.
 pub(crate) enum Source {
@@ -35,18 +33,16 @@ pub(crate) enum Source {
 
 /// The listener of one worker.
 ///
-/// Pass it to `axum::serve` (it implements `axum::serve::Listener`), to
-/// tonic's `serve_with_incoming_shutdown` (it is a
-/// `Stream<Item = io::Result<HermesStream>>`), or accept in a loop with
-/// [`HermesListener::accept_connection`] and serve each stream with
-/// hyper-util (`TokioIo::new(stream)`).
+/// Accept in a loop with [`HermesListener::accept_connection`] and serve
+/// each stream with the protocol of your choice (hyper-util's
+/// `TokioIo::new(stream)`, a codec), or use it as a
+/// `Stream<Item = io::Result<HermesStream>>`. For axum and tonic,
+/// `hermes_tower::serve::WorkerListener` wraps it.
 ///
 /// Accepting never fails: connection errors are retried at once and other
 /// errors (such as `EMFILE`) are logged and retried after a back-off. When
 /// the worker starts draining the listener closes: the stream ends and
-/// [`HermesListener::accept_connection`] returns `None`
-/// (`axum::serve::Listener::accept` then never completes; stop with
-/// [`crate::shutdown_signal`]).
+/// [`HermesListener::accept_connection`] returns `None`.
 ///
 /// ```no_run
 /// use hermes_runtime::{Builder, HermesListener};
@@ -62,22 +58,6 @@ pub(crate) enum Source {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 ///
-/// With tonic (feature `tonic`), the listener is the incoming stream:
-///
-/// ```no_run
-/// use hermes_runtime::{Builder, HermesListener, shutdown_signal};
-///
-/// let server = Builder::new().bind("127.0.0.1:50051".parse().unwrap()).build()?;
-/// let handle = server.serve(|listener: HermesListener| async move {
-///     let routes = tonic::service::Routes::default(); // add the gRPC services here
-///     let _ = tonic::transport::Server::builder()
-///         .add_routes(routes)
-///         .serve_with_incoming_shutdown(listener, shutdown_signal())
-///         .await;
-/// })?;
-/// handle.join();
-/// # Ok::<(), std::io::Error>(())
-/// ```
 pub struct HermesListener {
     worker: WorkerRef,
     control: Arc<WorkerControl>,
@@ -89,12 +69,6 @@ pub struct HermesListener {
     nodelay: bool,
     /// [`crate::Builder::max_connections_per_worker`].
     max_connections: Option<u32>,
-    /// [`crate::Builder::header_read_timeout`].
-    header_read_timeout: Option<Duration>,
-    /// [`crate::Builder::idle_timeout`].
-    idle_timeout: Option<Duration>,
-    /// [`crate::Builder::max_connection_age`].
-    max_connection_age: Option<Duration>,
     /// Refusals not logged yet, and when the last log line was written.
     refusals: (u64, Option<std::time::Instant>),
     /// Taking the connections queued on hung workers' listeners
@@ -106,7 +80,7 @@ pub struct HermesListener {
 /// it looks for workers of its server that hang (heartbeat older than the
 /// hang threshold) and accepts what their listeners hold.
 struct Rescue {
-    shared: Arc<Shared>,
+    tick_every: Duration,
     /// Fires once a tick.
     tick: Pin<Box<Sleep>>,
     /// At the last look, a hung worker's listener gave a connection: look
@@ -114,39 +88,6 @@ struct Rescue {
     active: bool,
     /// Rescues not logged yet, and when the last log line was written.
     logged: (u64, Option<std::time::Instant>),
-}
-
-impl Rescue {
-    /// One connection from the listener of a hung worker other than `me`,
-    /// or `None` when no hung worker's listener holds one. Takes the stop
-    /// lock of a worker only once that worker hangs: never on a healthy
-    /// server.
-    fn take(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
-        let threshold = u64::try_from(self.shared.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
-        let now = monotonic_ns();
-        for (id, control) in self.shared.workers.iter().enumerate() {
-            let state = &self.shared.table[id];
-            // Relaxed: a lone timestamp and a lone state (see `WorkerState`);
-            // a stale reading costs one look too many or too few.
-            let heartbeat = state.heartbeat_ns.load(std::sync::atomic::Ordering::Relaxed);
-            if id == me
-                || state.phase() != WorkerPhase::Serving
-                || heartbeat == 0
-                || now.saturating_sub(heartbeat) < threshold
-            {
-                continue;
-            }
-            match control.with_listener_fd(sys::accept_nonblocking) {
-                Some(Ok((stream, addr))) => return Some((stream, addr, id)),
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Some(Err(e)) => {
-                    tracing::debug!(worker = me, hung = id, error = %e, "accepting from a hung worker's listener")
-                }
-                None => {}
-            }
-        }
-        None
-    }
 }
 
 impl fmt::Debug for HermesListener {
@@ -185,9 +126,6 @@ impl HermesListener {
             backing_off: false,
             nodelay: true,
             max_connections: None,
-            header_read_timeout: None,
-            idle_timeout: None,
-            max_connection_age: None,
             refusals: (0, None),
             rescue: None,
         }
@@ -195,54 +133,16 @@ impl HermesListener {
 
     /// Takes the connections queued on hung workers' listeners once a tick
     /// (see [`crate::Builder::rescue_hung_queues`]).
-    pub(crate) fn rescue_hung(mut self, shared: Arc<Shared>) -> Self {
-        let tick = Box::pin(tokio::time::sleep(shared.config.tick));
-        self.rescue = Some(Rescue { shared, tick, active: false, logged: (0, None) });
+    pub(crate) fn rescue_hung(mut self, tick_every: Duration) -> Self {
+        let tick = Box::pin(tokio::time::sleep(tick_every));
+        self.rescue = Some(Rescue { tick_every, tick, active: false, logged: (0, None) });
         self
     }
 
-    /// The per-worker connection limit and the timeouts the HTTP server
-    /// applies (see [`crate::Builder`]).
-    pub(crate) fn limits(
-        mut self,
-        max_connections: Option<u32>,
-        header_read_timeout: Option<Duration>,
-        idle_timeout: Option<Duration>,
-    ) -> Self {
+    /// The per-worker connection limit (see
+    /// [`crate::Builder::max_connections_per_worker`]).
+    pub(crate) fn max_connections(mut self, max_connections: Option<u32>) -> Self {
         self.max_connections = max_connections;
-        self.header_read_timeout = header_read_timeout;
-        self.idle_timeout = idle_timeout;
-        self
-    }
-
-    /// [`Builder::header_read_timeout`](crate::Builder::header_read_timeout):
-    /// how long a client may take to send a request head. The listener does
-    /// not apply it; the HTTP server on top does (`hermes_tower::serve`
-    /// does).
-    pub fn header_read_timeout(&self) -> Option<Duration> {
-        self.header_read_timeout
-    }
-
-    /// [`Builder::idle_timeout`](crate::Builder::idle_timeout): how long a
-    /// connection may stay open with no request in progress and no traffic.
-    /// Applied by the HTTP server on top, as the header read timeout.
-    pub fn idle_timeout(&self) -> Option<Duration> {
-        self.idle_timeout
-    }
-
-    /// [`Builder::max_connection_age`](crate::Builder::max_connection_age):
-    /// the age after which a connection is asked to close. The listener does
-    /// not apply it; the server on top does (`hermes_tower::serve` for
-    /// HTTP/1, `hermes_tower::serve_tonic` through tonic's own
-    /// `max_connection_age`).
-    pub fn max_connection_age(&self) -> Option<Duration> {
-        self.max_connection_age
-    }
-
-    /// The connection age the server on top applies (see
-    /// [`HermesListener::max_connection_age`]).
-    pub(crate) fn connection_age(mut self, age: Option<Duration>) -> Self {
-        self.max_connection_age = age;
         self
     }
 
@@ -321,7 +221,7 @@ impl HermesListener {
                             continue;
                         }
                     };
-                    match guard.try_io(|_| sys::accept_nonblocking(listener.as_raw_fd())) {
+                    match guard.try_io(|_| sys::accept_nonblocking(listener.as_fd())) {
                         Ok(result) => result.and_then(|(s, a)| Ok((TcpStream::from_std(s)?, a))),
                         // Another worker took it, or the wake-up was the drain eventfd.
                         Err(_would_block) => continue,
@@ -361,7 +261,7 @@ impl HermesListener {
         let me = self.worker.id();
         let rescue = self.rescue.as_mut()?;
         if rescue.tick.as_mut().poll(cx).is_ready() {
-            let next = Instant::now() + rescue.shared.config.tick;
+            let next = Instant::now() + rescue.tick_every;
             rescue.tick.as_mut().reset(next);
             // Registers this task for the next tick.
             let _ = rescue.tick.as_mut().poll(cx);
@@ -377,7 +277,7 @@ impl HermesListener {
             rescue.active = false;
             return None;
         }
-        let Some((stream, addr, hung)) = rescue.take(me) else {
+        let Some((stream, addr, hung)) = self.worker.server().and_then(|s| s.take_from_hung(me)) else {
             rescue.active = false;
             return None;
         };
@@ -424,24 +324,5 @@ impl Stream for HermesListener {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx).map(|c| c.map(|(s, _)| Ok(s)))
-    }
-}
-
-#[cfg(feature = "axum")]
-impl axum::serve::Listener for HermesListener {
-    type Io = HermesStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accept_connection().await {
-            Some(conn) => conn,
-            // Closed: the worker is draining and axum's graceful shutdown
-            // (on `shutdown_signal`) stops the accept loop.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local_addr)
     }
 }

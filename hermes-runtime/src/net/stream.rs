@@ -110,12 +110,3 @@ impl AsyncWrite for HermesStream {
         self.inner.is_write_vectored()
     }
 }
-
-#[cfg(feature = "tonic")]
-impl tonic::transport::server::Connected for HermesStream {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
-    }
-}

@@ -3,9 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
-use hermes_bpf::{Counters, monotonic_ns};
+use hermes_bpf::monotonic_ns;
 
-use crate::shared::Shared;
+use crate::state::{SelfCheck, ServerState};
 
 /// Handles registered with the `metrics` recorder for one worker.
 ///
@@ -49,7 +49,8 @@ pub(crate) struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub(crate) fn new(shared: &Shared, id: usize) -> Self {
+    pub(crate) fn new(server: &ServerState, id: usize) -> Self {
+        let mode = server.dispatch.mode();
         let w = id.to_string();
         Self {
             id,
@@ -71,11 +72,11 @@ impl WorkerMetrics {
             rescued: metrics::counter!("hermes_rescued_total", "worker" => w),
             mode: metrics::gauge!(
                 "hermes_mode",
-                "mode" => shared.mode.as_str(),
-                "reason" => shared.mode_reason.clone().unwrap_or_default()
+                "mode" => mode.as_str(),
+                "reason" => server.dispatch.fallback_reason().unwrap_or_default().to_owned()
             ),
-            mode_lost: (shared.mode == crate::Mode::Hermes).then(|| {
-                metrics::gauge!("hermes_mode", "mode" => crate::Mode::KernelHash.as_str(), "reason" => crate::shared::DISPATCH_LOST)
+            mode_lost: (mode == crate::config::Mode::Hermes).then(|| {
+                metrics::gauge!("hermes_mode", "mode" => crate::config::Mode::KernelHash.as_str(), "reason" => SelfCheck::LOST)
             }),
             dispatch_lost: metrics::counter!("hermes_dispatch_lost_total"),
             fallbacks: ["too_few", "stale", "no_socket"]
@@ -85,9 +86,11 @@ impl WorkerMetrics {
     }
 
     /// Sets every metric from the worker's slot and the kernel's counters.
-    pub(crate) fn export(&self, shared: &Shared, bitmap: u64) {
+    pub(crate) fn export(&self, server: &ServerState, bitmap: u64) {
         let id = self.id;
-        let w = &shared.table[id];
+        let w = &server.table[id];
+        let control = server.workers.control(id);
+        let placement = &server.placement;
         // Relaxed: independent gauges and counters (see `WorkerState`).
         self.open.set(w.open_conns.load(Ordering::Relaxed) as f64);
         self.in_flight.set(w.in_flight.load(Ordering::Relaxed) as f64);
@@ -98,23 +101,22 @@ impl WorkerMetrics {
         self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
         self.requests.absolute(w.requests.load(Ordering::Relaxed));
         self.busy.set(w.busy_ns.load(Ordering::Relaxed) as f64 / 1e9);
-        let (out, into) = shared.placement.moves(id);
+        let (out, into) = placement.moves(id);
         self.placed_out.absolute(out);
         self.placed_in.absolute(into);
-        self.reconnects.absolute(shared.placement.reconnects(id));
-        self.offloaded.absolute(shared.placement.offloaded(id));
-        self.recycled.absolute(shared.placement.recycled(id));
-        self.mode.set(1.0);
-        self.refused.absolute(shared.workers[id].refused());
-        self.rescued.absolute(shared.workers[id].rescued());
-        let lost = shared.current_mode().0 != shared.mode;
+        self.reconnects.absolute(placement.reconnects(id));
+        self.offloaded.absolute(placement.offloaded(id));
+        self.recycled.absolute(placement.recycled(id));
+        self.refused.absolute(control.refused());
+        self.rescued.absolute(control.rescued());
+        let lost = server.dispatch.selfcheck.is_lost();
         self.mode.set(if lost { 0.0 } else { 1.0 });
         if let Some(g) = &self.mode_lost {
             g.set(if lost { 1.0 } else { 0.0 });
         }
-        self.dispatch_lost.absolute(shared.dispatch_losses());
-        if let Some(c) = shared.counters.as_deref().map(Counters::read) {
-            self.dispatched.absolute(c.dispatched[shared.slot_base + id]);
+        self.dispatch_lost.absolute(server.dispatch.selfcheck.losses());
+        if let Some(c) = server.dispatch.read_counters() {
+            self.dispatched.absolute(c.dispatched[server.dispatch.slot_base + id]);
             for (m, v) in
                 self.fallbacks.iter().zip([c.fallback_too_few, c.fallback_stale, c.fallback_no_socket])
             {

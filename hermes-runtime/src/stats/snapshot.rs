@@ -3,10 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use hermes_bpf::{Counters, layout::WorkerPhase, monotonic_ns};
+use hermes_bpf::{layout::WorkerPhase, monotonic_ns};
 use serde::Serialize;
 
-use crate::{config::Mode, shared::Shared};
+use crate::{config::Mode, state::ServerState};
 
 /// The server's state at one instant: per-worker table values, eligibility
 /// and kernel dispatch counts, fallbacks by reason, and the mode.
@@ -178,42 +178,44 @@ impl From<WorkerPhase> for WorkerStatus {
     }
 }
 
-pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
+pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
     let now = monotonic_ns();
-    let control = &shared.control[0];
+    let dispatch = &server.dispatch;
     // Acquire pairs with the Release store of the publish time: the bitmap
     // read after it is that publish's or a newer one.
-    let published = control.published_ns.load(Ordering::Acquire);
-    let bitmap =
-        if shared.owns_bitmap() { control.bitmap.load(Ordering::Relaxed) >> shared.slot_base } else { 0 };
-    let counters = shared.counters.as_deref().map(Counters::read);
+    let published = dispatch.control().published_ns.load(Ordering::Acquire);
+    let bitmap = dispatch.bitmap();
+    let counters = dispatch.read_counters();
+    let base = dispatch.slot_base;
+    let placement = &server.placement;
     let ms = |ns: u64| ns as f64 / 1e6;
-    let workers = shared.table[..shared.config.workers]
+    let workers = server.table[..server.config.workers]
         .iter()
+        .zip(server.workers.iter())
         .enumerate()
-        .map(|(id, w)| {
+        .map(|(id, (w, control))| {
             // Relaxed: independent gauges and counters (see `WorkerState`).
             let hb = w.heartbeat_ns.load(Ordering::Relaxed);
-            let (placed_out, placed_in) = shared.placement.moves(id);
+            let (placed_out, placed_in) = placement.moves(id);
             WorkerSnapshot {
                 id,
                 accepted: w.accepted.load(Ordering::Relaxed),
                 open_connections: w.open_conns.load(Ordering::Relaxed),
-                refused: shared.workers[id].refused(),
-                rescued: shared.workers[id].rescued(),
+                refused: control.refused(),
+                rescued: control.rescued(),
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
                 eligible: bitmap & (1 << id) != 0,
-                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[shared.slot_base + id]),
+                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[base + id]),
                 requests: w.requests.load(Ordering::Relaxed),
                 busy_ns: w.busy_ns.load(Ordering::Relaxed),
                 heartbeat_age_ms: if hb == 0 { f64::INFINITY } else { ms(now.saturating_sub(hb)) },
                 state: w.phase().into(),
                 placed_out,
                 placed_in,
-                reconnects: shared.placement.reconnects(id),
-                offloaded: shared.placement.offloaded(id),
-                recycled: shared.placement.recycled(id),
+                reconnects: placement.reconnects(id),
+                offloaded: placement.offloaded(id),
+                recycled: placement.recycled(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),
             }
@@ -229,23 +231,24 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
             c.migrated,
         )
     });
+    let (mode, reason) = dispatch.current_mode();
     Snapshot {
         pid: std::process::id(),
-        slot_base: shared.slot_base,
+        slot_base: base,
         program_runs: counters.as_ref().map_or(0, |c| c.runs),
-        mode: shared.current_mode().0,
-        mode_reason: shared.current_mode().1.map(str::to_owned),
-        dispatch_lost: shared.dispatch_losses(),
+        mode,
+        mode_reason: reason.map(str::to_owned),
+        dispatch_lost: dispatch.selfcheck.losses(),
         bitmap,
         bitmap_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
         workers,
         fallbacks,
         migrated,
         placement: PlacementSnapshot {
-            enabled: shared.placement.is_enabled(),
-            target: shared.placement.target(),
-            offload_threshold_us: shared.placement.offload_threshold_us(),
-            lost: shared.placement.lost(),
+            enabled: placement.is_enabled(),
+            target: placement.target(),
+            offload_threshold_us: placement.offload_threshold_us(),
+            lost: placement.lost(),
         },
     }
 }

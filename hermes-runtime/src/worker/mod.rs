@@ -13,15 +13,15 @@ use std::{future::Future, io, panic::AssertUnwindSafe, sync::Arc, thread, time::
 use hermes_bpf::layout::WorkerPhase;
 
 use crate::{
-    context::WorkerRef,
+    context::{self, WorkerRef},
     net::HermesListener,
-    shared::{self, Shared},
+    state::ServerState,
     sys,
 };
 
 /// Starts worker `id` on its own thread, serving with `serve`.
 pub(crate) fn spawn<F, Fut>(
-    shared: Arc<Shared>,
+    server: Arc<ServerState>,
     id: usize,
     serve: Arc<F>,
     listener: Option<std::net::TcpListener>,
@@ -31,14 +31,14 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let mut thread = thread::Builder::new().name(format!("hermes-worker-{id}"));
-    if let Some(bytes) = shared.config.stack_size {
+    if let Some(bytes) = server.config.stack_size {
         thread = thread.stack_size(bytes);
     }
-    thread.spawn(move || worker_thread(shared, id, serve, listener))
+    thread.spawn(move || worker_thread(server, id, serve, listener))
 }
 
 fn worker_thread<F, Fut>(
-    shared: Arc<Shared>,
+    server: Arc<ServerState>,
     id: usize,
     serve: Arc<F>,
     listener: Option<std::net::TcpListener>,
@@ -46,74 +46,79 @@ fn worker_thread<F, Fut>(
     F: Fn(HermesListener) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    if !shared.cpus.is_empty() {
-        let cpu = shared.cpus[id % shared.cpus.len()];
-        if let Err(e) = sys::pin_to(cpu) {
-            tracing::debug!(worker = id, cpu, error = %e, "could not pin the worker");
-        }
+    if let Some(cpu) = server.workers.cpu(id)
+        && let Err(e) = sys::pin_to(cpu)
+    {
+        tracing::debug!(worker = id, cpu, error = %e, "could not pin the worker");
     }
     // Everything the worker runs, handlers included, is inside this span.
     let _span = tracing::info_span!("hermes_worker", worker = id).entered();
-    let worker = WorkerRef::with_placement(id, shared.table.clone(), shared.placement.clone());
+    let worker = WorkerRef::of(&server, id);
     let _enter = worker.enter();
-    shared::set_current(Some((shared.clone(), id)));
+    let control = server.workers.control(id).clone();
     let mut listener = listener;
     loop {
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            runtime::run(&shared, &worker, &serve, &mut listener)
+            runtime::run(&server, &worker, &serve, &mut listener)
         }));
         match run {
             Ok(()) => break,
-            Err(_) if shared.workers[id].is_draining() => break,
+            Err(_) if control.is_draining() => break,
             Err(_) => {
                 tracing::error!(worker = id, "the worker's runtime panicked; restarting it");
                 // Nobody accepts from the old listener until the restart: a
                 // replacement joins the group now (so the group and its
                 // program outlive the old one), then the old one leaves it.
-                if shared.shared_listener.is_none() && listener.is_none() {
-                    match run::open_listener(&shared, id) {
+                if server.dispatch.shared_listener().is_none() && listener.is_none() {
+                    match run::open_listener(&server, id) {
                         Ok(l) => listener = Some(l),
                         Err(e) => {
                             tracing::error!(worker = id, error = %e, "could not bind the restarted worker's listener; retrying")
                         }
                     }
                 }
-                shared.workers[id].stop_listener();
+                control.stop_listener();
                 thread::sleep(Duration::from_millis(100));
             }
         }
     }
-    shared.placement.set_handle(id, None);
+    server.placement.set_handle(id, None);
     worker.state().set_phase(WorkerPhase::Empty);
     // Whatever ended the worker, its listener leaves the group now (its queued
     // connections migrate): an open listener nobody accepts from would keep
     // receiving the kernel hash's share of new connections.
-    shared.workers[id].stop_listener();
-    shared.schedule(id);
-    shared::set_current(None);
+    control.stop_listener();
+    server.schedule(id);
 }
 
 /// Resolves when the current worker starts draining; never resolves when
 /// called outside a Hermes worker thread. Pass it to axum's
-/// `with_graceful_shutdown` or tonic's `serve_with_incoming_shutdown`.
+/// `with_graceful_shutdown`, tonic's `serve_with_incoming_shutdown`, or a
+/// `select!` of your own accept loop.
 ///
 /// ```no_run
-/// use axum::{Router, routing::get};
 /// use hermes_runtime::{Builder, HermesListener, shutdown_signal};
 ///
-/// let app = Router::new().route("/", get(|| async { "hello" }));
 /// let server = Builder::new().bind("127.0.0.1:0".parse().unwrap()).build()?;
-/// let handle = server.serve(move |listener: HermesListener| {
-///     let app = app.clone();
-///     async move {
-///         axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.ok();
+/// let handle = server.serve(|mut listener: HermesListener| async move {
+///     let accept = async {
+///         while let Some((_stream, _peer)) = listener.accept_connection().await {
+///             // Serve the connection (spawn a task for it).
+///         }
+///     };
+///     tokio::select! {
+///         () = accept => {}
+///         () = shutdown_signal() => {} // the worker drains
 ///     }
 /// })?;
 /// handle.join();
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    let control = shared::current().map(|(s, id)| s.workers[id].clone());
+    let control = context::with_current(|worker| {
+        let worker = worker?;
+        Some(worker.server()?.workers.control(worker.id()).clone())
+    });
     if control.is_none() {
         tracing::debug!("shutdown_signal() called outside a Hermes worker; it never resolves");
     }

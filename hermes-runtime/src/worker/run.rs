@@ -5,7 +5,7 @@
 use std::{
     future::Future,
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -16,16 +16,19 @@ use tokio::io::unix::AsyncFd;
 use super::housekeeping::housekeeping;
 use crate::{
     context::WorkerRef,
-    control::Stop,
     net::{HermesListener, Source},
-    shared::Shared,
+    state::{ServerState, Stop},
     sys,
 };
 
-fn new_source(shared: &Shared, id: usize, initial: &mut Option<std::net::TcpListener>) -> io::Result<Source> {
-    let control = &shared.workers[id];
-    if let Some(shared_listener) = &shared.shared_listener {
-        let epoll = sys::ExclusiveEpoll::new(shared_listener.as_raw_fd())?;
+fn new_source(
+    server: &ServerState,
+    id: usize,
+    initial: &mut Option<std::net::TcpListener>,
+) -> io::Result<Source> {
+    let control = server.workers.control(id);
+    if let Some(shared_listener) = server.dispatch.shared_listener() {
+        let epoll = sys::ExclusiveEpoll::new(shared_listener.as_fd())?;
         control.install(Stop::Wake(epoll.waker()?));
         // SAFETY: `ExclusiveEpoll` owns its epoll descriptor, which stays open
         // and unchanged until the `AsyncFd` drops it.
@@ -35,7 +38,7 @@ fn new_source(shared: &Shared, id: usize, initial: &mut Option<std::net::TcpList
     }
     let std_listener = match initial.take() {
         Some(l) => l,
-        None => open_listener(shared, id)?,
+        None => open_listener(server, id)?,
     };
     control.install(Stop::Listener(OwnedFd::from(std_listener.try_clone()?)));
     Ok(Source::Own(tokio::net::TcpListener::from_std(std_listener)?))
@@ -43,19 +46,16 @@ fn new_source(shared: &Shared, id: usize, initial: &mut Option<std::net::TcpList
 
 /// Binds a new listener for worker `id` into the group and places it in the
 /// worker's slot of the kernel's socket array.
-pub(super) fn open_listener(shared: &Shared, id: usize) -> io::Result<std::net::TcpListener> {
-    let l = sys::listener(shared.addr, true, shared.config.backlog)?;
-    if let Some(d) = &shared.dispatcher {
-        let mut d = d.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = d.insert(id, &l) {
-            tracing::error!(worker = id, error = %e, "could not place the restarted worker's listener");
-        }
+pub(super) fn open_listener(server: &ServerState, id: usize) -> io::Result<std::net::TcpListener> {
+    let l = sys::listener(server.dispatch.addr, true, server.config.backlog)?;
+    if let Err(e) = server.dispatch.insert(id, &l) {
+        tracing::error!(worker = id, error = %e, "could not place the restarted worker's listener");
     }
     Ok(l)
 }
 
 pub(super) async fn worker_loop<F, Fut>(
-    shared: Arc<Shared>,
+    server: Arc<ServerState>,
     worker: WorkerRef,
     serve: Arc<F>,
     initial: &mut Option<std::net::TcpListener>,
@@ -64,13 +64,13 @@ pub(super) async fn worker_loop<F, Fut>(
     Fut: Future<Output = ()> + 'static,
 {
     let id = worker.id();
-    let control = shared.workers[id].clone();
-    let mut housekeeping = tokio::task::spawn_local(housekeeping(shared.clone(), worker.clone()));
+    let control = server.workers.control(id).clone();
+    let mut housekeeping = tokio::task::spawn_local(housekeeping(server.clone(), id));
     loop {
         if control.is_draining() {
             break;
         }
-        let source = match new_source(&shared, id, initial) {
+        let source = match new_source(&server, id, initial) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(worker = id, error = %e, "could not open the worker's listener; retrying");
@@ -79,16 +79,11 @@ pub(super) async fn worker_loop<F, Fut>(
             }
         };
         let own = matches!(source, Source::Own(_));
-        let mut listener = HermesListener::new(worker.clone(), control.clone(), shared.addr, source)
-            .tcp_nodelay(shared.config.tcp_nodelay)
-            .limits(
-                shared.config.max_connections,
-                shared.config.header_read_timeout,
-                shared.config.idle_timeout,
-            )
-            .connection_age(shared.config.max_connection_age);
-        if own && shared.config.rescue_hung && shared.config.workers > 1 {
-            listener = listener.rescue_hung(shared.clone());
+        let mut listener = HermesListener::new(worker.clone(), control.clone(), server.dispatch.addr, source)
+            .tcp_nodelay(server.config.tcp_nodelay)
+            .max_connections(server.config.max_connections);
+        if own && server.config.rescue_hung && server.config.workers > 1 {
+            listener = listener.rescue_hung(server.config.tick);
         }
         // Starting -> Serving, unless a drain began meanwhile (Relaxed: the
         // state is a lone value; the compare-exchange only keeps a drain's
@@ -100,16 +95,14 @@ pub(super) async fn worker_loop<F, Fut>(
             Ordering::Relaxed,
         );
         let started = Instant::now();
-        if control.first_start() {
-            shared.count_started();
-        }
+        server.workers.count_started(id);
         let main = tokio::task::spawn_local((*serve)(listener));
         tokio::select! {
             result = main => match result {
                 Ok(()) if control.is_draining() => break,
                 Ok(()) => {
                     tracing::warn!(worker = id, "the serve future returned; the worker drains and stops");
-                    shared.begin_drain(id);
+                    server.begin_drain(id);
                     break;
                 }
                 Err(e) => {
@@ -123,14 +116,14 @@ pub(super) async fn worker_loop<F, Fut>(
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
-                    shared.schedule(id);
+                    server.schedule(id);
                     // The replacement joins the group before the old listener
                     // leaves it: a group whose every member closes is freed
                     // by the kernel with its program (one worker, or every
                     // worker restarting at once), and listeners bound after
                     // that form a new group without one.
-                    if shared.shared_listener.is_none() && initial.is_none() {
-                        match open_listener(&shared, id) {
+                    if server.dispatch.shared_listener().is_none() && initial.is_none() {
+                        match open_listener(&server, id) {
                             Ok(l) => *initial = Some(l),
                             Err(e) => tracing::error!(worker = id, error = %e, "could not bind the restarted worker's listener; retrying"),
                         }

@@ -1,21 +1,34 @@
-//! The worker's current-thread Tokio runtime, whose park and unpark hooks
+//! The worker's current-thread Tokio runtime and its `LocalSet` (so the
+//! application's futures need not be `Send`), whose park and unpark hooks
 //! keep the worker's heartbeat and busy time in its slot.
+//!
+//! Not Tokio's `LocalRuntime`, which does the same in one type: on it, the
+//! tasks a worker spawns locally (its housekeeping, the application's serve
+//! future) share the run queue with the connections' tasks, and a worker
+//! coming back from a handler that held its thread parks (and refreshes its
+//! heartbeat) before it reads the requests that waited behind that handler.
+//! Those requests then see a worker that looks idle and stay on it, where
+//! request placement should move them (the test
+//! `a_blocked_workers_next_costly_request_runs_on_another_worker` shows it).
 
-use std::{future::Future, sync::Arc, sync::atomic::Ordering, thread, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
 
 use hermes_bpf::monotonic_ns;
-use tokio::task::LocalSet;
 
 use super::run::worker_loop;
-use crate::{context::WorkerRef, net::HermesListener, shared::Shared};
-
-thread_local! {
-    static UNPARKED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
+use crate::{context::WorkerRef, net::HermesListener, state::ServerState};
 
 /// Builds the worker's runtime and runs the worker on it until it exits.
 pub(super) fn run<F, Fut>(
-    shared: &Arc<Shared>,
+    server: &Arc<ServerState>,
     worker: &WorkerRef,
     serve: &Arc<F>,
     listener: &mut Option<std::net::TcpListener>,
@@ -23,18 +36,23 @@ pub(super) fn run<F, Fut>(
     F: Fn(HermesListener) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let (on_park, on_unpark) = (worker.clone(), worker.clone());
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
-    if let Some(hook) = &shared.config.on_runtime {
+    if let Some(hook) = &server.config.on_runtime {
         (hook.0)(worker.id(), &mut builder);
     }
+    // When the worker's thread last left its park. Only that thread writes
+    // and reads it (the hooks run on the thread that parks), so Relaxed is
+    // enough: it is an atomic only because the hooks must be `Sync`.
+    let unparked_at = Arc::new(AtomicU64::new(monotonic_ns()));
+    let (on_park, on_unpark) = (worker.clone(), worker.clone());
+    let (park_since, unpark_at) = (unparked_at.clone(), unparked_at);
     // Set after the application's hook: the park hooks are the heartbeat.
     let rt = builder
         .on_thread_park(move || {
             let now = monotonic_ns();
             let slot = on_park.state();
-            let since = UNPARKED_AT.with(|t| t.get());
+            let since = park_since.load(Ordering::Relaxed);
             // Relaxed: single writer (this thread); readers take each
             // counter as an independent value.
             if since != 0 {
@@ -44,7 +62,7 @@ pub(super) fn run<F, Fut>(
         })
         .on_thread_unpark(move || {
             let now = monotonic_ns();
-            UNPARKED_AT.with(|t| t.set(now));
+            unpark_at.store(now, Ordering::Relaxed);
             on_unpark.state().heartbeat_ns.store(now, Ordering::Relaxed);
         })
         .build();
@@ -56,16 +74,15 @@ pub(super) fn run<F, Fut>(
             panic!("runtime build failed");
         }
     };
-    UNPARKED_AT.with(|t| t.set(monotonic_ns()));
     // Moved requests reach this worker through its runtime's handle.
-    shared.placement.set_handle(worker.id(), Some(rt.handle().clone()));
-    let local = LocalSet::new();
-    let on_start = shared.config.on_start.clone();
+    server.placement.set_handle(worker.id(), Some(rt.handle().clone()));
+    let on_start = server.config.on_start.clone();
+    let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         if let Some(hook) = on_start {
             (hook.0)(worker.id());
         }
-        worker_loop(shared.clone(), worker.clone(), serve.clone(), listener).await;
+        worker_loop(server.clone(), worker.clone(), serve.clone(), listener).await;
     });
     drop(local);
     // Dropping the runtime would wait for every `spawn_blocking` task without

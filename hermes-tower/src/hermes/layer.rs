@@ -1,6 +1,8 @@
 use tower_layer::Layer;
 
-use super::{Hermes, ServiceTime};
+use hermes_runtime::context::SampleRate;
+
+use super::Hermes;
 
 /// Wraps services in [`Hermes`], which counts their requests in the current
 /// Hermes worker's slot of the Worker State Table.
@@ -10,27 +12,27 @@ use super::{Hermes, ServiceTime};
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use hermes_tower::{HermesLayer, ServiceTime};
+/// use hermes_tower::{HermesLayer, SampleRate};
 ///
 /// let app: Router = Router::new()
 ///     .route("/", get(|| async { "hello" }))
-///     .layer(HermesLayer::new().service_time(ServiceTime::EVERY_REQUEST));
+///     .layer(HermesLayer::new().service_time(SampleRate::EVERY_REQUEST));
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HermesLayer {
-    service_time: ServiceTime,
+    service_time: SampleRate,
 }
 
 impl HermesLayer {
     /// A layer that counts every request and measures service time at the
-    /// default rate ([`ServiceTime::default`]).
+    /// default rate ([`SampleRate::DEFAULT`]).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Which requests have their service time measured. Default: one in
-    /// [`ServiceTime::DEFAULT_ONE_IN`].
-    pub fn service_time(mut self, service_time: ServiceTime) -> Self {
+    /// [`SampleRate::DEFAULT_ONE_IN`].
+    pub fn service_time(mut self, service_time: SampleRate) -> Self {
         self.service_time = service_time;
         self
     }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use hermes_runtime::{
-    context::WorkerRef,
-    placement::{CostClass, ExpectedWork},
+    context::{ExpectedWork, WorkerRef},
+    placement::Learner,
 };
 use pin_project_lite::pin_project;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -23,14 +23,14 @@ pin_project! {
     pub struct Timed<F> {
         #[pin]
         inner: F,
-        learner: Option<(WorkerRef, CostClass)>,
+        learner: Option<Learner>,
         spent_ns: u64,
     }
 }
 
 impl<F> Timed<F> {
     /// Measures `inner` when `learner` is given.
-    pub(crate) fn new(inner: F, learner: Option<(WorkerRef, CostClass)>) -> Self {
+    pub(crate) fn new(inner: F, learner: Option<Learner>) -> Self {
         Self { inner, learner, spent_ns: 0 }
     }
 
@@ -53,11 +53,9 @@ impl<F: Future> Future for Timed<F> {
         let poll = this.inner.poll(cx);
         *this.spent_ns += u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         if poll.is_ready()
-            && let Some((worker, class)) = this.learner.take()
-            && let Some(placement) = worker.placement()
+            && let Some(learner) = this.learner.take()
         {
-            let us = u32::try_from(*this.spent_ns / 1_000).unwrap_or(u32::MAX);
-            placement.learn(class, us);
+            learner.learn(std::time::Duration::from_nanos(*this.spent_ns));
         }
         poll
     }
@@ -205,9 +203,7 @@ where
 /// The answer to a placed request whose handler was cancelled by its
 /// runtime's shutdown: counted, logged, `503 Service Unavailable`.
 fn lost<B: Default>(worker: &WorkerRef) -> http::Response<B> {
-    if let Some(placement) = worker.placement() {
-        placement.count_lost();
-    }
+    worker.placed_request_lost();
     let mut response = http::Response::new(B::default());
     *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     response

@@ -2,17 +2,18 @@
 //! (its layer) and [`future::PlaceFuture`].
 //!
 //! The kernel places connections; [`Place`] places requests. On each call,
-//! inside a Hermes worker, it asks the server's
-//! [`Placement`](hermes_runtime::placement::Placement) whether the request
-//! should run on another worker (the owner is busy with costly work in
-//! flight, another worker is clearly less loaded), and if so spawns the
-//! handler future on that worker's runtime and waits for its response on the
-//! connection's worker, which writes it. Otherwise, the common case, the
-//! request runs where it is, with nothing allocated and nothing locked.
+//! inside a Hermes worker, it asks the runtime where the request runs
+//! ([`WorkerRef::decide`](hermes_runtime::context::WorkerRef::decide)): the
+//! owner is busy with costly work in flight and another worker is clearly
+//! less loaded, the route holds its thread, or, the common case, the request
+//! runs where it is, with nothing allocated and nothing locked. `Place`
+//! carries the decision out: it spawns a moved handler future on the target
+//! worker's runtime and waits for its response on the connection's worker,
+//! which writes it.
 //!
-//! It also learns what requests cost: the thread time their handler futures
-//! spend in `poll`, per path class, measured on every request of a costly or
-//! unknown class and on one in [`MEASURE_ONE_IN`] of the others.
+//! It also measures what requests cost, when the decision asks for it: the
+//! thread time their handler futures spend in `poll`, which the runtime
+//! learns per path class.
 //!
 //! A request of a class learned to hold its thread for at least the offload
 //! threshold (`Builder::offload_heavy`, 1 ms by default) does not run on a
@@ -22,7 +23,7 @@
 //! other connections while the handler holds a pool thread. See
 //! [`hermes_runtime::placement`] for why. Inside such a handler,
 //! `hermes_runtime::context::current()` is the connection's worker (the pool
-//! thread acts for it: see `context::WorkerScope`), and `tokio::spawn` and
+//! thread enters its context), and `tokio::spawn` and
 //! the runtime's I/O and timers work as on the worker;
 //! `tokio::task::spawn_local` does not (a handler that needs it should run
 //! with `Builder::offload_heavy(None)`).
@@ -55,11 +56,10 @@
 //! While a worker stays overloaded and another has room, the layer asks one
 //! of the overloaded worker's HTTP/1 connections per interval to reconnect
 //! (`Connection: close` on its response), so that the kernel places it again
-//! with the current table; see
-//! [`Placement::should_reconnect`](hermes_runtime::placement::Placement::should_reconnect)
-//! and `Builder::reconnect_overloaded`. With `Builder::max_connection_age`
-//! or `Builder::max_requests_per_connection`, every HTTP/1 connection is
-//! asked the same way once it is that old or has served that many requests.
+//! with the current table; see `Builder::reconnect_overloaded`. With
+//! [`ConnectionLimits`] (`max_connection_age`, `max_requests_per_connection`
+//! on [`serve()`](crate::serve())), every HTTP/1 connection is asked the
+//! same way once it is that old or has served that many requests.
 //!
 //! # Failure
 //!
@@ -72,19 +72,18 @@
 //! wake-up: a handler holding its thread cannot be interrupted).
 
 use std::{
-    cell::Cell,
     mem,
     sync::Arc,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use hermes_runtime::{
-    context::{self, WorkerRef},
-    placement::{CostClass, ExpectedWork, LIGHT_US},
+    context,
+    placement::{Decision, Reconnect},
 };
-use tokio::{runtime::Handle, sync::oneshot};
+use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -93,8 +92,32 @@ pub mod future;
 
 use future::{PlaceFuture, Timed};
 
-/// One request in this many of a light, known class has its cost measured.
-pub const MEASURE_ONE_IN: u32 = 64;
+/// When an HTTP/1 keep-alive connection is asked to close, so that its
+/// client reconnects and the kernel places the new connection with the
+/// current table: after `max_requests` requests, or on its first response
+/// after it is `max_age` old. `None` sets no limit; both are off by
+/// default. Closed connections count as `recycled` in the snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Close after this many requests.
+    pub max_requests: Option<u64>,
+    /// Close on the first response after this age.
+    pub max_age: Option<Duration>,
+}
+
+impl ConnectionLimits {
+    /// Whether a connection opened at `opened` that has served `served`
+    /// requests (this one included; 0 when not counted) is due to close.
+    /// Without limits, one branch and no clock read.
+    #[inline]
+    fn due(&self, served: u64, opened: Instant) -> bool {
+        if self.max_requests.is_none() && self.max_age.is_none() {
+            return false;
+        }
+        self.max_requests.is_some_and(|m| served >= m && served > 0)
+            || self.max_age.is_some_and(|a| opened.elapsed() >= a)
+    }
+}
 
 /// Runs a request's handler on another worker of the Hermes server when the
 /// Worker State Table says it pays; see the [module](self) documentation.
@@ -103,26 +126,30 @@ pub const MEASURE_ONE_IN: u32 = 64;
 #[derive(Clone, Debug)]
 pub struct Place<S> {
     inner: S,
+    limits: ConnectionLimits,
     /// When this service was made: for a connection's own `Place`, when the
-    /// connection was accepted (its age for `Builder::max_connection_age`).
+    /// connection was accepted (its age for [`ConnectionLimits::max_age`]).
     /// Copied into the clones that serve each request.
     opened: Instant,
     /// Requests called through this service and its clones (the
-    /// connection's count for `Builder::max_requests_per_connection`); made
-    /// only when the server sets that limit, so that by default a
-    /// connection's `Place` allocates nothing.
+    /// connection's count for [`ConnectionLimits::max_requests`]); made
+    /// only with that limit, so that by default a connection's `Place`
+    /// allocates nothing.
     served: Option<Arc<AtomicU64>>,
 }
 
 impl<S> Place<S> {
-    /// Wraps `inner`. Made once per connection (hyper serves each request
-    /// with a clone), it also keeps the connection's age and, when the
-    /// server limits requests per connection, their count.
+    /// Wraps `inner`, with no connection limits.
     pub fn new(inner: S) -> Self {
-        let count = context::with_current(|worker| {
-            worker.and_then(|w| w.placement()).is_some_and(|p| p.limits_requests())
-        });
-        Self { inner, opened: Instant::now(), served: count.then(Arc::default) }
+        Self::with_limits(inner, ConnectionLimits::default())
+    }
+
+    /// Wraps `inner`. Made once per connection (hyper serves each request
+    /// with a clone), it also keeps the connection's age and, with a request
+    /// limit, its count.
+    pub fn with_limits(inner: S, limits: ConnectionLimits) -> Self {
+        let served = limits.max_requests.is_some().then(Arc::default);
+        Self { inner, limits, opened: Instant::now(), served }
     }
 
     /// The inner service.
@@ -139,13 +166,19 @@ impl<S> Place<S> {
 /// Wraps services in [`Place`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PlaceLayer {
-    _private: (),
+    limits: ConnectionLimits,
 }
 
 impl PlaceLayer {
-    /// The layer.
+    /// The layer, with no connection limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Asks each HTTP/1 connection to close at these limits.
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -153,27 +186,8 @@ impl<S> Layer<S> for PlaceLayer {
     type Service = Place<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Place::new(inner)
+        Place::with_limits(inner, self.limits)
     }
-}
-
-thread_local! {
-    /// Requests of light, known classes seen on this thread, for sampling.
-    static SEEN: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether to measure a request of learned cost `cost_us`: always when the
-/// class is unknown (0) or costly, else one in [`MEASURE_ONE_IN`].
-#[inline]
-fn measure(cost_us: u32) -> bool {
-    if cost_us == 0 || cost_us >= LIGHT_US {
-        return true;
-    }
-    SEEN.with(|n| {
-        let seen = n.get().wrapping_add(1);
-        n.set(seen);
-        seen % MEASURE_ONE_IN == 0
-    })
 }
 
 impl<S, B, RB> Service<http::Request<B>> for Place<S>
@@ -194,48 +208,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let class = CostClass::of(request.uri().path().as_bytes());
-        let http1 = request.version() <= http::Version::HTTP_11;
-        // Relaxed: a count that only this connection's requests, which hyper
-        // serves one at a time for HTTP/1, increment.
-        let served = self.served.as_ref().map_or(0, |n| n.fetch_add(1, Relaxed) + 1);
-        let opened = self.opened;
-        // Decided without cloning the worker handle; clones are made only for
-        // what outlives the call (a measurement, expected work, a move).
+        // Only HTTP/1 connections are asked to reconnect; HTTP/2 streams are
+        // placed one by one.
+        let reconnect = if request.version() > http::Version::HTTP_11 {
+            Reconnect::Cannot
+        } else {
+            // Relaxed: a count that only this connection's requests, which
+            // hyper serves one at a time for HTTP/1, increment.
+            let served = self.served.as_ref().map_or(0, |n| n.fetch_add(1, Relaxed) + 1);
+            if self.limits.due(served, self.opened) { Reconnect::Due } else { Reconnect::May }
+        };
+        // Decided without cloning the worker handle: the decision clones
+        // only what outlives the call.
         let decision = context::with_current(|worker| {
-            let worker = worker?;
-            let placement = worker.placement()?;
-            let cost = placement.expected_us(class);
-            // Only HTTP/1 connections are asked to reconnect; the checks are
-            // a load of one gauge unless the worker is overloaded, and one
-            // branch unless connections have a maximum age or count. A
-            // draining worker (stopping, or handing over to a successor)
-            // asks every one, so that a keep-alive client's next request goes
-            // to a serving worker instead of racing the close of an idle
-            // connection.
-            let draining = hermes_runtime::WorkerStatus::from(worker.state().phase())
-                == hermes_runtime::WorkerStatus::Draining;
-            let reconnect = http1
-                && (draining
-                    || placement.should_recycle(worker.id(), served, opened)
-                    || placement.should_reconnect(worker.id()));
-            let learner = measure(cost).then(|| (worker.clone(), class));
-            if placement.offloads(cost)
-                && let Some(runtime) = placement.handle(worker.id())
-            {
-                placement.count_offload(worker.id());
-                return Some(Decision::Offload { runtime, learner, owner: worker.clone(), reconnect });
-            }
-            if let Some(target) = placement.choose(worker.id(), cost)
-                && let Some(runtime) = placement.handle(target)
-            {
-                placement.count_move(worker.id(), target);
-                // Counted on the target now, so the next decisions see it.
-                let expected = (cost >= LIGHT_US).then(|| ExpectedWork::start(worker.sibling(target), cost));
-                return Some(Decision::Move { runtime, expected, learner, owner: worker.clone(), reconnect });
-            }
-            let expected = (cost >= LIGHT_US).then(|| ExpectedWork::start(worker.clone(), cost));
-            Some(Decision::Local { expected, learner, reconnect })
+            worker.map(|w| w.decide(request.uri().path().as_bytes(), reconnect))
         });
         match decision {
             None => PlaceFuture::local(Timed::off(self.inner.call(request)), None, false),
@@ -267,7 +253,7 @@ where
                 let driver = Arc::clone(&runtime);
                 // The pool thread acts for this worker: the handler sees it
                 // as the current worker (`context::current()`, the stats).
-                let scope = context::scope();
+                let acting_for = owner.clone();
                 // Driven with `Handle::block_on` on a thread of the worker
                 // runtime's blocking pool: its I/O and timers stay on the
                 // worker (whose thread runs the runtime's own `block_on`), and
@@ -275,7 +261,7 @@ where
                 // connections. Dropping the response future drops `cancel`,
                 // which ends the handler at its next wake-up.
                 let task = runtime.spawn_blocking(move || {
-                    let _scope = scope.as_ref().map(context::WorkerScope::enter);
+                    let _entered = acting_for.enter();
                     driver.block_on(async move {
                         tokio::select! {
                             biased;
@@ -288,26 +274,4 @@ where
             }
         }
     }
-}
-
-/// What [`Place::call`] decided for a request inside a worker.
-enum Decision {
-    Local {
-        expected: Option<ExpectedWork>,
-        learner: Option<(WorkerRef, CostClass)>,
-        reconnect: bool,
-    },
-    Offload {
-        runtime: Arc<Handle>,
-        learner: Option<(WorkerRef, CostClass)>,
-        owner: WorkerRef,
-        reconnect: bool,
-    },
-    Move {
-        runtime: Arc<Handle>,
-        expected: Option<ExpectedWork>,
-        learner: Option<(WorkerRef, CostClass)>,
-        owner: WorkerRef,
-        reconnect: bool,
-    },
 }

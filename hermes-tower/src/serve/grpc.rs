@@ -1,29 +1,74 @@
-//! [`serve_tonic`]: the one-line start of tonic services on a Hermes server.
+//! [`serve_tonic`]: the one-line start of tonic services on a Hermes
+//! server, and its protocol, [`Grpc`].
 
-use std::{fmt, io, pin::Pin, sync::Arc};
+use std::{
+    convert::Infallible,
+    fmt,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
-use hermes_runtime::{Builder, HermesListener, ServerHandle};
+use futures_util::future::Either;
+use hermes_runtime::HermesListener;
 use tonic::{body::Body, service::Routes, transport::Server};
 use tower::{
     Layer, Service,
     layer::util::Identity,
-    util::{Either, option_layer},
+    util::{Either as EitherService, option_layer},
 };
-
-use futures_util::StreamExt;
 
 use super::{
-    IntoBindAddr, ServeFuture, StopSignals,
-    conn::{Connection, Timeouts},
-    log_start, shutdown_all_on, shutdown_when,
+    IntoBindAddr, Serve,
+    protocol::{Sealed, WorkerSettings},
+    timeouts::Watch,
 };
-use crate::{Hermes, HermesLayer, Place};
+use crate::{
+    hermes::Hermes,
+    place::{Place, future::PlaceFuture},
+    stats,
+};
 
-/// The service each worker's tonic server is given: the routes, behind
-/// [`HermesLayer`] when it is on, behind [`Place`] (so a call moved to
-/// another worker is counted where it runs). A [`Server`]'s layers (given
-/// with [`ServeTonic::with_server`]) go around it.
-pub type TonicService = Place<Either<Hermes<Routes>, Routes>>;
+/// The service each worker's tonic server is given: `/_hermes/stats` when
+/// mounted, otherwise the routes behind [`Place`] (so a call moved to
+/// another worker is counted where it runs) and [`HermesLayer`] when it is
+/// on. A [`Server`]'s layers (given with [`Serve::with_server`]) go around
+/// it. [`HermesLayer`](crate::HermesLayer) is on by default.
+#[derive(Clone)]
+pub struct TonicService {
+    routes: Place<EitherService<Hermes<Routes>, Routes>>,
+    stats: bool,
+}
+
+impl fmt::Debug for TonicService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TonicService").field("stats", &self.stats).finish_non_exhaustive()
+    }
+}
+
+type RoutesFuture = PlaceFuture<
+    <EitherService<Hermes<Routes>, Routes> as Service<http::Request<Body>>>::Future,
+    Body,
+    Infallible,
+>;
+
+impl Service<http::Request<Body>> for TonicService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<RoutesFuture, std::future::Ready<Result<http::Response<Body>, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.routes, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if self.stats && request.uri().path() == stats::STATS_PATH {
+            let response =
+                stats::response(request.method()).map(|bytes| Body::new(http_body_util::Full::new(bytes)));
+            return Either::Right(std::future::ready(Ok(response)));
+        }
+        Either::Left(self.routes.call(request))
+    }
+}
 
 /// Starts the gRPC services that `routes` makes on a Hermes server
 /// listening on `addr`; await it in place of
@@ -33,14 +78,16 @@ pub type TonicService = Place<Either<Hermes<Routes>, Routes>>;
 /// is restarted after a panic), so each worker may have its own service
 /// state; services that share state hold it in an `Arc`. Every worker serves
 /// the routes behind [`HermesLayer`] with `Server::builder()`, or with the
-/// configured server given to [`ServeTonic::with_server`].
+/// configured server given to [`Serve::with_server`]. Every option of
+/// [`Serve`] applies: TLS, stats, several addresses, upgrades, the timeouts
+/// and connection age.
 ///
-/// Each connection has the builder's idle timeout until its first byte and
-/// its header read timeout until its first request head or HTTP/2 preface
-/// is complete (`Builder::idle_timeout`, `Builder::header_read_timeout`):
-/// a client that connects and sends nothing, or part of a preface, is
-/// closed. After that the connection is tonic's: an idle channel is kept, as
-/// tonic's own server keeps it (its `http2_keepalive_interval` and
+/// Each connection has the idle timeout until its first byte and the header
+/// read timeout until its first request head or HTTP/2 preface is complete
+/// ([`Serve::idle_timeout`], [`Serve::header_read_timeout`]): a client that
+/// connects and sends nothing, or part of a preface, is closed. After that
+/// the connection is tonic's: an idle channel is kept, as tonic's own
+/// server keeps it (its `http2_keepalive_interval` and
 /// `http2_keepalive_timeout` find dead peers).
 ///
 /// ```diff
@@ -65,65 +112,28 @@ where
     A: IntoBindAddr,
     F: Fn() -> Routes + Send + Sync + 'static,
 {
-    ServeTonic {
-        addr,
-        routes,
-        builder: Builder::new(),
-        layer: Some(HermesLayer::new()),
-        server: Server::builder(),
-        signal: None,
-    }
+    Serve::new(addr, Grpc { routes, server: Server::builder() })
 }
 
 /// gRPC services about to be served by a Hermes server; made by
 /// [`serve_tonic`].
-///
-/// Await it to serve until ctrl-c or `SIGTERM`, or [`start`](ServeTonic::start)
-/// it for a [`ServerHandle`].
-///
-/// ```no_run
-/// use tonic::service::Routes;
-///
-/// # fn run() -> std::io::Result<()> {
-/// let handle = hermes_tower::serve_tonic("127.0.0.1:0", || {
-///     Routes::new(tonic_health::server::health_reporter().1)
-/// })
-/// .start()?;
-/// println!("grpc on {} (mode {})", handle.local_addr(), handle.mode());
-/// handle.shutdown();
-/// # Ok(())
-/// # }
-/// ```
-#[must_use = "a ServeTonic does nothing until it is awaited or started"]
-pub struct ServeTonic<A, F, L = Identity> {
-    addr: A,
+pub type ServeTonic<A, F, L = Identity> = Serve<A, Grpc<F, L>>;
+
+/// The gRPC protocol of a [`Serve`]: a clone of the tonic [`Server`] (with
+/// its layers `L`) on every worker, serving the [`Routes`] that `F` makes
+/// there.
+pub struct Grpc<F, L> {
     routes: F,
-    builder: Builder,
-    layer: Option<HermesLayer>,
     server: Server<L>,
-    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
-impl<A, F, L> fmt::Debug for ServeTonic<A, F, L> {
+impl<F, L> fmt::Debug for Grpc<F, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServeTonic")
-            .field("builder", &self.builder)
-            .field("layer", &self.layer)
-            .field("graceful_shutdown", &self.signal.is_some())
-            .finish_non_exhaustive()
+        f.debug_struct("Grpc").finish_non_exhaustive()
     }
 }
 
-impl<A, F, L> ServeTonic<A, F, L>
-where
-    A: IntoBindAddr,
-    F: Fn() -> Routes + Send + Sync + 'static,
-    L: Layer<TonicService> + Clone + Send + Sync + 'static,
-    L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
+impl<A, F, L> Serve<A, Grpc<F, L>> {
     /// The tonic server each worker serves with, configured as you would
     /// before `.add_service(..)`: timeouts, concurrency limits, HTTP/2
     /// keepalive, window sizes, frame size, `accept_http1`, your own layers
@@ -132,8 +142,9 @@ where
     /// (`GreeterServer::new(..).max_decoding_message_size(..)`).
     ///
     /// tonic ignores its `tcp_nodelay` and `tcp_keepalive` settings for
-    /// connections it did not accept itself; use
-    /// [`ServeTonic::tcp_nodelay`] here. Default: `Server::builder()`.
+    /// connections it did not accept itself; use [`Serve::tcp_nodelay`]
+    /// here, and [`Serve::max_connection_age`] rather than tonic's own.
+    /// Default: `Server::builder()`.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -149,113 +160,13 @@ where
     ///     .await
     /// # }
     /// ```
-    pub fn with_server<L2>(self, server: Server<L2>) -> ServeTonic<A, F, L2> {
-        ServeTonic {
-            addr: self.addr,
-            routes: self.routes,
-            builder: self.builder,
-            layer: self.layer,
-            server,
-            signal: self.signal,
-        }
-    }
-
-    /// Sets `TCP_NODELAY` on every accepted connection. Default: on (as
-    /// tonic's own default).
-    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
-        self.builder.tcp_nodelay(nodelay);
-        self
-    }
-
-    /// Stops the server when `signal` resolves, in place of ctrl-c and
-    /// `SIGTERM`; see [`Serve::with_graceful_shutdown`](super::Serve::with_graceful_shutdown).
-    pub fn with_graceful_shutdown<S>(mut self, signal: S) -> Self
-    where
-        S: Future<Output = ()> + Send + 'static,
-    {
-        self.signal = Some(Box::pin(signal));
-        self
-    }
-
-    /// The server's settings; its address is replaced by the one given to
-    /// [`serve_tonic`]. Default: [`Builder::new()`].
-    pub fn with_builder(mut self, builder: Builder) -> Self {
-        self.builder = builder;
-        self
-    }
-
-    /// The layer added to every worker's tonic server. Default:
-    /// [`HermesLayer::new()`].
-    pub fn with_layer(mut self, layer: HermesLayer) -> Self {
-        self.layer = Some(layer);
-        self
-    }
-
-    /// Serves the routes without [`HermesLayer`]: the table then has no
-    /// in-flight counts.
-    pub fn without_layer(mut self) -> Self {
-        self.layer = None;
-        self
-    }
-
-    /// Binds the address, starts the workers and returns at once; see
-    /// [`Serve::start`](super::Serve::start).
-    ///
-    /// # Errors
-    /// The address's resolution error, and [`Builder::build`]'s and
-    /// [`hermes_runtime::Server::serve`]'s errors.
-    pub fn start(self) -> io::Result<ServerHandle> {
-        let addr = self.addr.into_bind_addr()?;
-        let mut builder = self.builder;
-        let server = builder.bind(addr).build()?;
-        let routes = Arc::new(self.routes);
-        let (layer, tonic_server) = (self.layer, self.server);
-        let handle = server.serve(move |listener: HermesListener| {
-            let service = Place::new(option_layer(layer).layer(routes().prepare()));
-            serve_worker(listener, tonic_server.clone(), service)
-        })?;
-        log_start(&handle);
-        Ok(handle)
+    pub fn with_server<L2>(self, server: Server<L2>) -> Serve<A, Grpc<F, L2>> {
+        self.map_protocol(|grpc| Grpc { routes: grpc.routes, server })
     }
 }
 
-/// One worker's tonic server: `server` on the worker's listener until the
-/// worker drains.
-async fn serve_worker<L>(listener: HermesListener, server: Server<L>, service: TonicService)
+impl<F, L> Sealed for Grpc<F, L>
 where
-    L: Layer<TonicService>,
-    L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
-    let worker = listener.worker_id();
-    let drain = listener.shutdown_signal();
-    // The header read and idle timeouts watch each connection until its
-    // first request head or HTTP/2 preface is complete (see `Connection`):
-    // a client that connects and sends nothing, or only part of a head, is
-    // closed; after that the connection is tonic's.
-    let timeouts = Timeouts::of(&listener);
-    // `Builder::max_connection_age`: tonic sends the GOAWAY and lets the
-    // calls in progress finish; the client's new connection is placed by the
-    // kernel with the current table.
-    let server = match listener.max_connection_age() {
-        Some(age) => server.max_connection_age(age),
-        None => server,
-    };
-    let incoming = listener
-        .map(move |accepted| accepted.map(|s| Connection::plain(s).with_first_head_timeouts(timeouts)));
-    // tonic sets TCP_NODELAY only on the connections it accepts itself; the
-    // runtime sets it on ours as it accepts them (`Builder::tcp_nodelay`).
-    if let Err(e) = server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await
-    {
-        tracing::error!(worker, error = %e, "tonic stopped serving");
-    }
-}
-
-impl<A, F, L> std::future::IntoFuture for ServeTonic<A, F, L>
-where
-    A: IntoBindAddr + Send + 'static,
     F: Fn() -> Routes + Send + Sync + 'static,
     L: Layer<TonicService> + Clone + Send + Sync + 'static,
     L::Service: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -263,34 +174,38 @@ where
     <L::Service as Service<http::Request<Body>>>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    type Output = io::Result<()>;
-    type IntoFuture = ServeFuture;
-
-    fn into_future(mut self) -> ServeFuture {
-        let signal = self.signal.take();
-        // A listener given is closed now, as tonic's own serve consumes its own.
-        let this = self.addr.into_bind_addr().map(|addr| ServeTonic {
-            addr,
-            routes: self.routes,
-            builder: self.builder,
-            layer: self.layer,
-            server: self.server,
-            signal: None,
-        });
-        ServeFuture::new(async move {
-            let this = this?;
-            // Loading the program, binding and the start-up wait block: on
-            // the blocking pool, not on the caller's executor thread.
-            // The handlers go in before the workers start (see `serve`).
-            let stop = match signal {
-                Some(signal) => Ok(signal),
-                None => Err(StopSignals::install()),
-            };
-            let handle =
-                tokio::task::spawn_blocking(move || this.start()).await.map_err(io::Error::other)??;
-            match stop {
-                Ok(signal) => shutdown_when(handle, signal).await,
-                Err(signals) => shutdown_all_on(vec![handle], signals).await,
+    fn serve_worker(
+        &self,
+        listener: HermesListener,
+        settings: &WorkerSettings,
+    ) -> Pin<Box<dyn Future<Output = ()>>> {
+        let service = TonicService {
+            // Only HTTP/1 connections are recycled by count or age in `Place`;
+            // a gRPC connection's age is tonic's to enforce (below).
+            routes: Place::new(option_layer(settings.layer).layer((self.routes)().prepare())),
+            stats: settings.stats,
+        };
+        // `max_connection_age`: tonic sends the GOAWAY and lets the calls in
+        // progress finish; the client's new connection is placed by the
+        // kernel with the current table.
+        let server = match settings.limits.max_age {
+            Some(age) => self.server.clone().max_connection_age(age),
+            None => self.server.clone(),
+        };
+        let worker = listener.worker_id();
+        let drain = listener.shutdown_signal();
+        // The timeouts watch each connection until its first request head or
+        // HTTP/2 preface is complete (see `Watch::FirstHead`): a client that
+        // connects and sends nothing, or only part of a head, is closed;
+        // after that the connection is tonic's. tonic sets TCP_NODELAY only
+        // on the connections it accepts itself; the runtime sets it on ours
+        // as it accepts them (`Builder::tcp_nodelay`).
+        let incoming = settings.listener(listener, Watch::FirstHead);
+        Box::pin(async move {
+            if let Err(e) =
+                server.serve_with_incoming_shutdown::<_, _, _, _, _, Body>(service, incoming, drain).await
+            {
+                tracing::error!(worker, error = %e, "tonic stopped serving");
             }
         })
     }

@@ -340,8 +340,6 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .upgrade_from_env(true)
         // Started by systemd (or anything speaking LISTEN_FDS): serve there.
         .socket_activation(true)
-        .header_read_timeout(millis(args.header_timeout_ms))
-        .idle_timeout(millis(args.idle_timeout_ms))
         .max_connections_per_worker((args.max_connections > 0).then_some(args.max_connections))
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
@@ -355,9 +353,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, app(hermes_runtime::stats_router(), args.cost_scale))
+    let handle = hermes_tower::serve(args.addr, app(hermes_tower::stats_router(), args.cost_scale))
         .with_builder(builder)
         .without_layer()
+        .header_read_timeout(millis(args.header_timeout_ms))
+        .idle_timeout(millis(args.idle_timeout_ms))
         .start()?;
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");

@@ -57,7 +57,12 @@ pub fn app(id: usize) -> Router {
                 "unreachable"
             }),
         )
-        .merge(hermes_runtime::stats_router())
+        .route(
+            "/_hermes/stats",
+            route_get(|| async {
+                axum::Json(hermes_runtime::current_snapshot().expect("on a Hermes worker"))
+            }),
+        )
         .layer(axum::middleware::map_response(move |mut res: Response| async move {
             res.headers_mut().insert("x-hermes-worker", HeaderValue::from(id));
             res
@@ -74,10 +79,33 @@ pub fn start(builder: &Builder) -> ServerHandle {
         .serve(|listener: HermesListener| {
             let app = app(listener.worker_id());
             async move {
-                let _ = axum::serve(listener, app)
+                let _ = axum::serve(AxumListener(listener), app)
                     .with_graceful_shutdown(hermes_runtime::shutdown_signal())
                     .await;
             }
         })
         .expect("serve")
+}
+
+/// A worker's listener as `axum::serve` takes it, for tests of the runtime
+/// alone (`hermes_tower::serve::WorkerListener` is what users take).
+#[derive(Debug)]
+pub struct AxumListener(pub HermesListener);
+
+impl axum::serve::Listener for AxumListener {
+    type Io = hermes_runtime::HermesStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.accept_connection().await {
+            Some(conn) => conn,
+            // Closed: the worker drains, and the graceful shutdown (on
+            // `shutdown_signal`) stops the accept loop.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
+    }
 }

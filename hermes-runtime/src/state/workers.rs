@@ -1,12 +1,13 @@
-//! [`WorkerControl`]: what a worker can be asked to do from other threads
-//! (drain, stop its listener), and the drain signal its listener and
-//! handlers wait on.
+//! The workers as the server sees them from any thread: [`Workers`], and
+//! each worker's [`WorkerControl`] (drain, stop its listener, its
+//! connection counters, the drain signal its listener and handlers wait
+//! on).
 
 use std::{
-    os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -22,7 +23,7 @@ pub(crate) struct WorkerControl {
     notify: Notify,
     /// How to stop the current listener from another thread.
     stop: Mutex<Option<Stop>>,
-    /// Whether the worker was counted in `Shared::started`.
+    /// Whether the worker was counted in [`Workers::started`].
     started_once: AtomicBool,
     /// Connections accepted beyond `max_connections_per_worker` and closed.
     refused: AtomicU64,
@@ -37,7 +38,7 @@ pub(crate) enum Stop {
     /// A second descriptor of the worker's own listener (`shutdown` on it).
     Listener(OwnedFd),
     /// The eventfd in the worker's epoll set (shared-listener mode).
-    Wake(OwnedFd),
+    Wake(sys::Waker),
 }
 
 impl Stop {
@@ -48,7 +49,7 @@ impl Stop {
                     tracing::debug!(error = %e, "stopping a listener");
                 }
             }
-            Stop::Wake(fd) => sys::wake_eventfd(fd.as_raw_fd()),
+            Stop::Wake(waker) => waker.wake(),
         }
     }
 }
@@ -118,9 +119,9 @@ impl WorkerControl {
     }
 
     /// Marks the worker as started; `true` the first time only.
-    pub(crate) fn first_start(&self) -> bool {
+    fn first_start(&self) -> bool {
         // Relaxed: only the worker's own thread swaps it; the count it guards
-        // (`Shared::started`) carries its own ordering.
+        // (`Workers::started`) carries its own ordering.
         !self.started_once.swap(true, Ordering::Relaxed)
     }
 
@@ -160,11 +161,74 @@ impl WorkerControl {
     }
 
     /// Runs `f` on the descriptor of the worker's own listener, if it has one.
-    pub(crate) fn with_listener_fd<R>(&self, f: impl FnOnce(RawFd) -> R) -> Option<R> {
+    pub(crate) fn with_listener<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
         let slot = self.stop.lock().unwrap_or_else(|e| e.into_inner());
         match slot.as_ref() {
-            Some(Stop::Listener(fd)) => Some(f(fd.as_raw_fd())),
+            Some(Stop::Listener(fd)) => Some(f(fd.as_fd())),
             _ => None,
         }
+    }
+}
+
+/// Every worker's [`WorkerControl`], how many have started, and the CPUs
+/// they are pinned to.
+pub(crate) struct Workers {
+    controls: Box<[Arc<WorkerControl>]>,
+    /// Workers that reached `Serving` at least once. No bitmap is published
+    /// before every worker has: a bitmap of the first workers up would send
+    /// the first burst of connections to them alone, while the kernel's hash
+    /// (what an unpublished bitmap means) spreads it over every listener.
+    started: AtomicUsize,
+    /// The CPU of each worker (by id, modulo their number); empty: unpinned.
+    cpus: Vec<usize>,
+}
+
+impl Workers {
+    /// `n` workers, pinned to the CPUs this process may run on when `pin`.
+    pub(crate) fn new(n: usize, pin: bool) -> Self {
+        Self {
+            controls: (0..n).map(|_| Arc::new(WorkerControl::new())).collect(),
+            started: AtomicUsize::new(0),
+            cpus: if pin { sys::allowed_cpus() } else { Vec::new() },
+        }
+    }
+
+    /// How many workers the server has.
+    pub(crate) fn len(&self) -> usize {
+        self.controls.len()
+    }
+
+    /// Worker `id`'s control.
+    pub(crate) fn control(&self, id: usize) -> &Arc<WorkerControl> {
+        &self.controls[id]
+    }
+
+    /// Every worker's control, by id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<WorkerControl>> {
+        self.controls.iter()
+    }
+
+    /// The CPU worker `id` is pinned to, if workers are pinned.
+    pub(crate) fn cpu(&self, id: usize) -> Option<usize> {
+        (!self.cpus.is_empty()).then(|| self.cpus[id % self.cpus.len()])
+    }
+
+    /// Workers that reached `Serving` at least once.
+    pub(crate) fn started(&self) -> usize {
+        // Acquire pairs with the Release increment in `count_started`.
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Counts worker `id` as started, the first time only.
+    pub(crate) fn count_started(&self, id: usize) {
+        if self.controls[id].first_start() {
+            // Release: pairs with the Acquire loads in `started`.
+            self.started.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Whether every worker has started.
+    pub(crate) fn all_started(&self) -> bool {
+        self.started() >= self.len()
     }
 }

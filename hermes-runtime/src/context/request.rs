@@ -1,192 +1,14 @@
-//! Which worker the current thread is: the handle the Tower layer and the
-//! accept path use to update their own slot of the Worker State Table, and
-//! [`InFlight`], the per-request guard that feeds the slot's load signal.
+//! The per-request guards on a worker's slot: [`InFlight`] (the request is
+//! in flight, and its service time, one request in a [`SampleRate`]) and
+//! [`ExpectedWork`] (the learned cost of a request placed on a worker).
 
 use std::{
-    cell::RefCell,
     fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Instant,
 };
 
-use hermes_bpf::{WorkerTable, layout::WorkerState};
-
-use crate::placement::Placement;
-
-struct Inner {
-    id: usize,
-    table: WorkerTable,
-    placement: Option<Arc<Placement>>,
-}
-
-/// A handle on one worker's slot of the Worker State Table.
-///
-/// Cloning is one uncontended atomic increment: each worker has its own
-/// handle, so clones made on a worker touch only that worker's cache line.
-#[derive(Clone)]
-pub struct WorkerRef(Arc<Inner>);
-
-impl WorkerRef {
-    /// A handle on slot `id` of `table`.
-    ///
-    /// # Panics
-    /// If `id` is not a slot of `table`.
-    pub fn new(id: usize, table: WorkerTable) -> Self {
-        assert!(id < table.len(), "worker id {id} is outside the table ({} slots)", table.len());
-        Self(Arc::new(Inner { id, table, placement: None }))
-    }
-
-    /// A handle on slot `id` of `table`, with the server's request placement.
-    ///
-    /// # Panics
-    /// If `id` is not a slot of `table`.
-    pub fn with_placement(id: usize, table: WorkerTable, placement: Arc<Placement>) -> Self {
-        assert!(id < table.len(), "worker id {id} is outside the table ({} slots)", table.len());
-        Self(Arc::new(Inner { id, table, placement: Some(placement) }))
-    }
-
-    /// The request placement of this worker's server; `None` for a handle
-    /// made with [`WorkerRef::new`] (no server behind it).
-    pub fn placement(&self) -> Option<&Placement> {
-        self.0.placement.as_deref()
-    }
-
-    /// A handle on another worker `id` of the same server.
-    ///
-    /// # Panics
-    /// If `id` is not a slot of the table.
-    pub fn sibling(&self, id: usize) -> Self {
-        assert!(id < self.0.table.len(), "worker id {id} is outside the table");
-        Self(Arc::new(Inner { id, table: self.0.table.clone(), placement: self.0.placement.clone() }))
-    }
-
-    /// The worker id (its slot in the table and in the kernel's socket array).
-    pub fn id(&self) -> usize {
-        self.0.id
-    }
-
-    /// This worker's slot.
-    pub fn state(&self) -> &WorkerState {
-        &self.0.table[self.0.id]
-    }
-
-    /// Counts one request in flight on this worker until the returned guard
-    /// drops, measuring its service time at the default rate
-    /// ([`SampleRate::DEFAULT`]). See [`InFlight`].
-    ///
-    /// Costs one reference-count increment on this handle and one atomic add
-    /// on the worker's slot; it allocates nothing and takes no lock.
-    #[inline]
-    pub fn request(&self) -> InFlight {
-        InFlight::start(self.clone(), SampleRate::DEFAULT)
-    }
-
-    /// Makes `self` the current thread's worker until the returned guard drops.
-    pub fn enter(&self) -> EnterGuard {
-        let prev = CURRENT.with(|c| c.replace(Some(self.clone())));
-        EnterGuard { prev }
-    }
-}
-
-impl fmt::Debug for WorkerRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerRef").field("id", &self.0.id).finish()
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<WorkerRef>> = const { RefCell::new(None) };
-}
-
-/// The worker running on this thread, or `None` outside a Hermes worker.
-pub fn current() -> Option<WorkerRef> {
-    CURRENT.with(|c| c.borrow().clone())
-}
-
-/// Runs `f` with the worker running on this thread (`None` outside a
-/// Hermes worker), without cloning its handle: for per-request paths that
-/// only read the worker's state and clone the handle when they keep it.
-///
-/// `f` must not enter another worker ([`WorkerRef::enter`]) while it runs.
-#[inline]
-pub fn with_current<R>(f: impl FnOnce(Option<&WorkerRef>) -> R) -> R {
-    CURRENT.with(|c| f(c.borrow().as_ref()))
-}
-
-/// Restores the previous current worker when dropped.
-#[derive(Debug)]
-#[must_use = "the worker is current only while the guard lives"]
-pub struct EnterGuard {
-    prev: Option<WorkerRef>,
-}
-
-impl Drop for EnterGuard {
-    fn drop(&mut self) {
-        let prev = self.prev.take();
-        CURRENT.with(|c| *c.borrow_mut() = prev);
-    }
-}
-
-/// Everything that makes a thread a worker's: its [`WorkerRef`] and its
-/// server (what [`current`], `stats_handler` and `current_snapshot` read).
-/// Taken on a worker with [`scope`] and entered on a thread that runs work
-/// on that worker's behalf (the blocking-pool thread of an offloaded
-/// request, see [`crate::placement`]), so that the work sees the worker it
-/// belongs to.
-#[derive(Clone)]
-pub struct WorkerScope {
-    worker: WorkerRef,
-    server: Option<(Arc<crate::shared::Shared>, usize)>,
-}
-
-impl fmt::Debug for WorkerScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerScope").field("worker", &self.worker).finish_non_exhaustive()
-    }
-}
-
-/// The current thread's [`WorkerScope`], or `None` outside a Hermes worker.
-pub fn scope() -> Option<WorkerScope> {
-    Some(WorkerScope { worker: current()?, server: crate::shared::current() })
-}
-
-impl WorkerScope {
-    /// The worker.
-    pub fn worker(&self) -> &WorkerRef {
-        &self.worker
-    }
-
-    /// Makes the scope's worker and server the current thread's until the
-    /// returned guard drops (which restores what was current before).
-    pub fn enter(&self) -> ScopeGuard {
-        let worker = self.worker.enter();
-        let server = crate::shared::current();
-        crate::shared::set_current(self.server.clone());
-        ScopeGuard { _worker: worker, server }
-    }
-}
-
-/// Restores the thread's previous worker and server when dropped.
-#[must_use = "the scope is current only while the guard lives"]
-pub struct ScopeGuard {
-    _worker: EnterGuard,
-    server: Option<(Arc<crate::shared::Shared>, usize)>,
-}
-
-impl fmt::Debug for ScopeGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScopeGuard").finish_non_exhaustive()
-    }
-}
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        crate::shared::set_current(self.server.take());
-    }
-}
+use super::worker::WorkerRef;
 
 /// Which requests an [`InFlight`] guard times: one in a power of two, or
 /// none.
@@ -202,8 +24,8 @@ impl Drop for ScopeGuard {
 /// ```
 /// use hermes_runtime::context::SampleRate;
 ///
-/// assert_eq!(SampleRate::one_in(16).and_then(SampleRate::rate), Some(16));
-/// assert_eq!(SampleRate::one_in(10), None); // not a power of two
+/// assert_eq!(SampleRate::one_in(16).map(SampleRate::rate), Ok(Some(16)));
+/// assert_eq!(SampleRate::one_in(10).unwrap_err().requested(), 10); // not a power of two
 /// assert_eq!(SampleRate::OFF.rate(), None);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -223,14 +45,16 @@ impl SampleRate {
     /// The default: one request in [`SampleRate::DEFAULT_ONE_IN`].
     pub const DEFAULT: Self = Self { every: Self::DEFAULT_ONE_IN };
 
-    /// Times one request in `n`, counting its time `n` times; `None` unless
-    /// `n` is a power of two (0 included: use [`SampleRate::OFF`]).
+    /// Times one request in `n`, counting its time `n` times.
     ///
     /// Which requests are timed follows the worker's request sequence (every
     /// `n`-th request to start on the worker), so a steady stream is sampled
     /// evenly.
-    pub const fn one_in(n: u32) -> Option<Self> {
-        if n.is_power_of_two() { Some(Self { every: n }) } else { None }
+    ///
+    /// # Errors
+    /// Unless `n` is a power of two (0 included: use [`SampleRate::OFF`]).
+    pub const fn one_in(n: u32) -> Result<Self, InvalidSampleRate> {
+        if n.is_power_of_two() { Ok(Self { every: n }) } else { Err(InvalidSampleRate { requested: n }) }
     }
 
     /// One request in how many is timed, or `None` when off.
@@ -238,6 +62,33 @@ impl SampleRate {
         if self.every == 0 { None } else { Some(self.every) }
     }
 }
+
+/// A sampling rate that is not a power of two, refused by
+/// [`SampleRate::one_in`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidSampleRate {
+    requested: u32,
+}
+
+impl InvalidSampleRate {
+    /// The rate that was asked for.
+    pub fn requested(&self) -> u32 {
+        self.requested
+    }
+}
+
+impl fmt::Display for InvalidSampleRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service time can be measured on one request in a power of two (1, 2, 4, ... 2^31), not one in {}; \
+             use SampleRate::OFF to measure none",
+            self.requested
+        )
+    }
+}
+
+impl std::error::Error for InvalidSampleRate {}
 
 impl Default for SampleRate {
     /// [`SampleRate::DEFAULT`].
@@ -390,6 +241,51 @@ fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+impl WorkerRef {
+    /// Counts one request in flight on this worker until the returned guard
+    /// drops, measuring its service time at the default rate
+    /// ([`SampleRate::DEFAULT`]). See [`InFlight`].
+    ///
+    /// Costs one reference-count increment on this handle and one atomic add
+    /// on the worker's slot; it allocates nothing and takes no lock.
+    #[inline]
+    pub fn request(&self) -> InFlight {
+        InFlight::start(self.clone(), SampleRate::DEFAULT)
+    }
+}
+
+/// Counts `us` microseconds of expected work (the learned cost of a request
+/// placed there, see [`crate::placement`]) on a worker's slot for as long as
+/// it lives: made by the placement decision, dropped where the request ends
+/// (on completion, cancellation or unwinding alike, on whichever thread).
+#[derive(Debug)]
+pub struct ExpectedWork {
+    /// Whose table (a clone of the deciding worker's handle).
+    worker: WorkerRef,
+    /// The slot the work counts on.
+    slot: usize,
+    us: u32,
+}
+
+impl ExpectedWork {
+    /// Adds `us` to the expected work of slot `slot` of `worker`'s table.
+    pub(crate) fn start(worker: WorkerRef, slot: usize, us: u32) -> Self {
+        // fetch_add/fetch_sub (not load + store): the guard may be dropped on
+        // another thread than the one that created it, and a lost update
+        // would skew the worker's score for its whole life. Relaxed: a lone
+        // gauge, read as an independent value.
+        worker.slot(slot).expected_us.fetch_add(us, Relaxed);
+        Self { worker, slot, us }
+    }
+}
+
+impl Drop for ExpectedWork {
+    fn drop(&mut self) {
+        // Relaxed: see `start`.
+        self.worker.slot(self.slot).expected_us.fetch_sub(self.us, Relaxed);
+    }
+}
+
 impl fmt::Debug for InFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
@@ -401,9 +297,12 @@ impl fmt::Debug for InFlight {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::Ordering, time::Duration};
+    use std::{
+        sync::{Arc, atomic::Ordering},
+        time::Duration,
+    };
 
-    use hermes_bpf::Region;
+    use hermes_bpf::{Region, WorkerTable, layout::WorkerState};
 
     use super::*;
 

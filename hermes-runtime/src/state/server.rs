@@ -1,0 +1,64 @@
+//! [`ServerState`]: one running server as its workers, its handle and its
+//! stats see it. It is opened by `open`, worked on every tick by `tick`,
+//! drained by `drain`, and handed over to a successor by `handover`.
+
+use std::sync::{Mutex, atomic::AtomicBool};
+
+use hermes_bpf::WorkerTable;
+
+use super::{dispatch::Dispatch, placement::Placement, workers::Workers};
+use crate::{config::Config, upgrade::protocol::Inherited};
+
+/// One running server (see the module).
+pub(crate) struct ServerState {
+    pub(crate) config: Config,
+    /// The Worker State Table: slot `i` is worker `i` (the kernel's map in
+    /// Hermes mode, starting at the server's first slot; process memory
+    /// otherwise).
+    pub(crate) table: WorkerTable,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) workers: Workers,
+    pub(crate) placement: Placement,
+    pub(crate) handover: Handover,
+    /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample (see
+    /// `tick`).
+    pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+}
+
+/// Where the server is in an upgrade.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    /// What a successor inherited, until its workers serve and it takes over.
+    pub(crate) inherited: Mutex<Option<Inherited>>,
+    /// Set while this server hands over to a successor, and for good once
+    /// one took over.
+    pub(crate) upgrading: AtomicBool,
+}
+
+impl ServerState {
+    /// The state of a server whose listeners are bound: `dispatch` places
+    /// its connections on `config.workers` workers in `table`.
+    pub(crate) fn new(
+        config: Config,
+        table: WorkerTable,
+        dispatch: Dispatch,
+        inherited: Option<Inherited>,
+    ) -> Self {
+        let workers = Workers::new(config.workers, config.pin_workers);
+        let placement = Placement::new(table.clone(), &config);
+        Self {
+            config,
+            table,
+            dispatch,
+            workers,
+            placement,
+            handover: Handover { inherited: Mutex::new(inherited), upgrading: AtomicBool::new(false) },
+            sampled_ns: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many workers the server has.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.config.workers
+    }
+}

@@ -1,0 +1,251 @@
+//! The work every worker does for the server on each tick: its heartbeat and
+//! utilisation ([`WorkerTick`]), the accept-queue sample of every listener,
+//! the scheduler pass that publishes the bitmap, the placement target, the
+//! dispatch self-check; and, between ticks, taking the connections queued
+//! on a hung worker's listener.
+
+use std::{net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering};
+
+use hermes_bpf::{Counters, layout::WorkerState, monotonic_ns};
+
+use super::{selfcheck::Finding, selfcheck::Reading, server::ServerState};
+use crate::{
+    scheduler::{self, PassInput},
+    sys,
+};
+
+/// One worker's share of the tick.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerTick {
+    util: UtilMeter,
+}
+
+impl WorkerTick {
+    /// Worker `id`'s tick: its heartbeat and utilisation, then the server's
+    /// accept-queue sample (if no other worker took it within half a
+    /// tick), a scheduler pass published as `id`, and the placement target.
+    /// Returns the bitmap of the pass.
+    pub(crate) fn run(&mut self, server: &ServerState, id: usize) -> u64 {
+        let now = monotonic_ns();
+        let slot = &server.table[id];
+        // Relaxed: a lone timestamp (see `WorkerState`).
+        slot.heartbeat_ns.store(now, Ordering::Relaxed);
+        self.util.sample(slot, now);
+        server.sample_accept_queues();
+        let bitmap = server.schedule(id);
+        server.placement.refresh_target(now);
+        bitmap
+    }
+}
+
+/// Smooths a worker's utilisation from its busy time, one sample per tick.
+#[derive(Debug, Default)]
+struct UtilMeter {
+    last_busy_ns: u64,
+    last_ns: u64,
+}
+
+impl UtilMeter {
+    /// Stores the worker's utilisation since the last call, averaged with
+    /// the previous value (weight 1/2), into its slot.
+    fn sample(&mut self, slot: &WorkerState, now_ns: u64) {
+        // Relaxed: the busy time is written by this same thread.
+        let busy = slot.busy_ns.load(Ordering::Relaxed);
+        if self.last_ns != 0 && now_ns > self.last_ns {
+            let share = (busy.saturating_sub(self.last_busy_ns) * 1_000 / (now_ns - self.last_ns)).min(1_000);
+            let old = u64::from(slot.util_permille.load(Ordering::Relaxed));
+            slot.util_permille.store(((old + share) / 2) as u32, Ordering::Relaxed);
+        }
+        self.last_busy_ns = busy;
+        self.last_ns = now_ns;
+    }
+}
+
+impl ServerState {
+    /// The scheduler's input now: this server's slots.
+    fn pass_input(&self, now_ns: u64) -> PassInput<'_> {
+        PassInput {
+            workers: &self.table[..self.config.workers],
+            now_ns,
+            hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
+            min_candidates: self.config.min_candidates,
+        }
+    }
+
+    /// The workers eligible now, by the policy, among those serving.
+    pub(crate) fn eligible_now(&self) -> u64 {
+        scheduler::eligible_serving(&*self.config.policy, &self.pass_input(monotonic_ns()))
+    }
+
+    /// One scheduler pass, published as worker `publisher` while this
+    /// server owns the bitmap; 0 (and nothing published) until every worker
+    /// has started. Returns the bitmap in worker ids.
+    pub(crate) fn schedule(&self, publisher: usize) -> u64 {
+        if !self.workers.all_started() {
+            return 0;
+        }
+        let input = self.pass_input(monotonic_ns());
+        let bitmap = scheduler::eligible_serving(&*self.config.policy, &input);
+        self.dispatch.publish(bitmap, input.now_ns, publisher);
+        bitmap
+    }
+
+    /// Samples the accept queue of every worker's listener (one
+    /// `getsockopt(TCP_INFO)` each) into the workers' slots, unless another
+    /// worker did within the last half tick. Returns whether it sampled.
+    ///
+    /// Any worker samples every listener, rather than only its own: a worker
+    /// that is descheduled or stuck is exactly the one whose queue grows, and
+    /// it cannot sample it itself. Without this, its slot shows a low load
+    /// while connections pile up in its queue, and both the scheduler's
+    /// margin and the kernel's fine filter send it even more. This makes
+    /// `accept_queue` the one field of a slot that other workers also write.
+    /// One worker claims each sample (a compare-and-swap of the sample
+    /// time), so the server makes O(workers) `getsockopt` calls per tick,
+    /// not O(workers²).
+    pub(crate) fn sample_accept_queues(&self) -> bool {
+        let now = monotonic_ns();
+        // Relaxed: the sample time only elects the sampler; the samples
+        // themselves are lone gauges (see `WorkerState`).
+        let last = self.sampled_ns.load(Ordering::Relaxed);
+        let half_tick = self.config.tick.as_nanos() as u64 / 2;
+        if last != 0 && now.saturating_sub(last) < half_tick {
+            return false;
+        }
+        if self.sampled_ns.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        let shared_queue =
+            self.dispatch.shared_listener().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
+        let counters = self.dispatch.counters();
+        let base = self.dispatch.slot_base;
+        for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
+            // The placements counted so far are in the queue about to be read
+            // (or already accepted); those made after this read are not.
+            let seen = counters.map(|c| Counters::recent(c, base + id));
+            let queue = match shared_queue {
+                Some(q) => q,
+                None => control
+                    .with_listener(|fd| sys::accept_queue(fd.as_raw_fd()))
+                    .and_then(Result::ok)
+                    .unwrap_or(0),
+            };
+            // Relaxed: a lone gauge (see `WorkerState`).
+            slot.accept_queue.store(queue, Ordering::Relaxed);
+            if let (Some(counters), Some(seen)) = (counters, seen) {
+                Counters::consume_recent(counters, base + id, seen);
+            }
+        }
+        self.check_dispatch(now);
+        true
+    }
+
+    /// The dispatch self-check (see `selfcheck`), run by the sampler of the
+    /// tick: logs what it finds and attaches the program again when lost.
+    fn check_dispatch(&self, now: u64) {
+        let Some(counters) = self.dispatch.counters() else { return };
+        let n = self.config.workers;
+        let finding = self.dispatch.selfcheck.observe(now, || {
+            let read = Counters::read(counters);
+            // Relaxed: independent counters and gauges (see `WorkerState`).
+            let accepted = self.table[..n].iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
+            let queued: u64 =
+                self.table[..n].iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
+            Reading {
+                at_ns: now,
+                accepted,
+                runs: read.runs,
+                pending: queued + read.recent[..n].iter().sum::<u64>(),
+            }
+        });
+        let addr: SocketAddr = self.dispatch.addr;
+        match finding {
+            Finding::Nothing => {}
+            Finding::Recovered => {
+                tracing::info!(%addr, "the dispatch program places new connections again; mode hermes");
+            }
+            Finding::Lost { accepted, first } => {
+                if first {
+                    tracing::error!(
+                        %addr,
+                        accepted,
+                        "connections were accepted that the dispatch program never saw: the port's SO_REUSEPORT \
+                         group lost it, or another program was attached to the group; attaching it again \
+                         (mode kernel-hash until it places connections)"
+                    );
+                }
+                self.dispatch.reattach(&self.workers);
+            }
+        }
+    }
+
+    /// One connection from the listener of a worker other than `me` that
+    /// hangs (heartbeat older than the hang threshold), or `None` when no
+    /// hung worker's listener holds one. Takes the stop lock of a worker
+    /// only once that worker hangs: never on a healthy server. Returns the
+    /// connection, its peer and the hung worker.
+    pub(crate) fn take_from_hung(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
+        let threshold = u64::try_from(self.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let now = monotonic_ns();
+        for (id, control) in self.workers.iter().enumerate() {
+            let state = &self.table[id];
+            // Relaxed: a lone timestamp and a lone state (see `WorkerState`);
+            // a stale reading costs one look too many or too few.
+            let heartbeat = state.heartbeat_ns.load(Ordering::Relaxed);
+            if id == me
+                || state.phase() != hermes_bpf::layout::WorkerPhase::Serving
+                || heartbeat == 0
+                || now.saturating_sub(heartbeat) < threshold
+            {
+                continue;
+            }
+            match control.with_listener(sys::accept_nonblocking) {
+                Some(Ok((stream, addr))) => return Some((stream, addr, id)),
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) => {
+                    tracing::debug!(worker = me, hung = id, error = %e, "accepting from a hung worker's listener")
+                }
+                None => {}
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Barrier, thread, time::Duration};
+
+    use crate::{Builder, Mode};
+
+    /// Four workers' housekeeping ticking at the same moment: one of them
+    /// samples the four listeners, the others skip; a tick later, one
+    /// samples again.
+    #[test]
+    fn one_worker_samples_the_queues_per_tick() {
+        let config = Builder::new()
+            .workers(4)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .tick(Duration::from_millis(20))
+            .config()
+            .unwrap();
+        let (server, _listeners) = super::super::open::open(config).unwrap();
+        let start = Barrier::new(4);
+        let sampled: usize = thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        server.sample_accept_queues()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+        });
+        assert_eq!(sampled, 1, "one sampler per tick");
+        assert!(!server.sample_accept_queues(), "sampled again within the tick");
+        thread::sleep(Duration::from_millis(20));
+        assert!(server.sample_accept_queues(), "sampled again a tick later");
+    }
+}

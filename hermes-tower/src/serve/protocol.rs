@@ -1,0 +1,86 @@
+//! [`Protocol`]: how each worker of a [`Serve`](super::Serve) serves its
+//! listener ([`Http`](super::Http) for axum, [`Grpc`](super::Grpc) for
+//! tonic), and the [`WorkerSettings`] both are given.
+
+use std::time::Duration;
+
+use hermes_runtime::HermesListener;
+
+#[cfg(feature = "tls")]
+use super::tls::RustlsConfig;
+use super::{
+    listener::WorkerListener,
+    timeouts::{Timeouts, Watch},
+};
+use crate::{hermes::HermesLayer, place::ConnectionLimits};
+
+/// How long a draining worker keeps answering on idle HTTP/1 keep-alive
+/// connections (each answer with `Connection: close`) before it closes
+/// those still idle.
+pub(crate) const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// What every worker serves with, besides the application.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub(crate) layer: Option<HermesLayer>,
+    pub(crate) stats: bool,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<RustlsConfig>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: ConnectionLimits,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            layer: Some(HermesLayer::new()),
+            stats: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+            timeouts: Timeouts::default(),
+            limits: ConnectionLimits::default(),
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// The worker's listener, with TLS and the timeouts, whose timers watch
+    /// what `watch` says.
+    pub(crate) fn listener(&self, listener: HermesListener, watch: Watch) -> WorkerListener {
+        WorkerListener::with(
+            listener,
+            #[cfg(feature = "tls")]
+            self.tls.clone(),
+            self.timeouts,
+            watch,
+        )
+    }
+}
+
+mod sealed {
+    use std::{future::Future, pin::Pin};
+
+    use hermes_runtime::HermesListener;
+
+    use super::WorkerSettings;
+
+    /// What a [`Protocol`](super::Protocol) does; implemented by this crate
+    /// only.
+    pub trait Sealed: Send + Sync + 'static {
+        /// The worker's serve future: serves `listener` with `settings`
+        /// until the worker drains.
+        fn serve_worker(
+            &self,
+            listener: HermesListener,
+            settings: &WorkerSettings,
+        ) -> Pin<Box<dyn Future<Output = ()>>>;
+    }
+}
+
+pub(crate) use sealed::Sealed;
+
+/// How each worker serves its connections: [`Http`](super::Http) (axum) or
+/// [`Grpc`](super::Grpc) (tonic). Implemented by this crate only.
+pub trait Protocol: Sealed {}
+
+impl<T: Sealed> Protocol for T {}
