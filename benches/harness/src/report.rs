@@ -503,11 +503,7 @@ pub fn summary_json(description: &str, workers: usize, rows: &[PeerRow]) -> Valu
                 others.push(pl.and_then(|p| p.others_p99_ms));
             }
         }
-        let median = |v: &[Option<f64>]| {
-            let mut xs: Vec<f64> = v.iter().flatten().copied().collect();
-            xs.sort_by(f64::total_cmp);
-            (!xs.is_empty()).then(|| xs[xs.len() / 2])
-        };
+        let median = |v: &[Option<f64>]| stats::median(&v.iter().flatten().copied().collect::<Vec<_>>());
         for (label, (conns, requests, own, others)) in by_label {
             p.insert(format!("{label}_conns_per_worker_runs"), Value::Array(conns));
             p.insert(format!("{label}_requests_per_worker_runs"), Value::Array(requests));
@@ -719,6 +715,22 @@ mod tests {
         assert_eq!(v["peers"]["hermes"]["heavy_p99_ms_runs"], json!([155.0, 26.0, 165.0]));
         assert_eq!(v["peers"]["hermes"]["heavy_p99_ms"], 155.0);
         assert_eq!(v["peers"]["hermes"]["heavy_others_p99_ms"], 15.0);
+    }
+
+    #[test]
+    fn stream_medians_of_an_even_count_are_the_mean_of_the_middle_two() {
+        let run = |p99: f64| {
+            let mut r = result("hermes", 1000.0, p99);
+            r.placements.push(Placement {
+                label: "heavy".to_owned(),
+                p99_ms: Some(p99),
+                ..Default::default()
+            });
+            r
+        };
+        let v = summary_json("d", 2, &[row(vec![run(10.0), run(20.0)])]);
+        assert_eq!(v["peers"]["hermes"]["heavy_p99_ms"], 15.0);
+        assert_eq!(v["peers"]["hermes"]["p99_ms"], 15.0);
     }
 
     #[test]

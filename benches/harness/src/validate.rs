@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::Bench;
 use crate::load::{self, Plan, Stream, Transport};
 use crate::peer::{self, Server};
+use crate::stats;
 
 /// Connections used by both generators in the validation, as in the `light` scenario.
 const CONNS: usize = 32;
@@ -20,10 +21,6 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
 
 /// Alternating rounds of each generator, so drift in the machine's other load hits both alike.
 const ROUNDS: usize = 5;
-
-fn median(v: Vec<f64>) -> f64 {
-    crate::stats::median(&v).unwrap_or(0.0)
-}
 
 /// Runs wrk and this generator the same closed-loop way (each connection sends its next request
 /// when the previous answer arrives) against the same `hermes` server, in alternating rounds, and
@@ -73,9 +70,11 @@ pub fn wrk_vs_ours(
         ours.push(o.throughput());
     }
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-    let (wrk, mine) = (median(wrks.clone()), median(ours.clone()));
+    // Every round gave a figure, so the medians exist.
+    let median = |v: &[f64]| stats::median(v).unwrap_or(0.0);
+    let (wrk, mine) = (median(&wrks), median(&ours));
     // Each round's pair ran back to back, so its ratio is the least disturbed by drift.
-    let ratio = median(ours.iter().zip(&wrks).map(|(o, w)| o / w).collect());
+    let ratio = median(&ours.iter().zip(&wrks).map(|(o, w)| o / w).collect::<Vec<_>>());
     let agree = (ratio - 1.0).abs() <= 0.10;
     Ok(format!(
         "## Validation: this generator vs wrk on `light`\n\n\
