@@ -23,25 +23,25 @@ use std::time::Instant;
 
 use clap::Parser;
 
+use crate::peer::{Binary, Peer};
 use crate::report::{PeerResult, PeerRow, Placement};
-use crate::scenario::Size;
+use crate::scenario::{Choice, Name, Size};
 
 /// Side-by-side evaluation of Hermes against the servers users would pick instead.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Comma-separated scenarios: light, mixed, mixed-spin, skew, churn, hang, h2, or all
-    /// [default: mixed; light with --smoke].
+    /// Comma-separated scenarios; all runs every one [default: mixed; light with --smoke].
     #[arg(long, value_delimiter = ',')]
-    scenario: Option<Vec<String>>,
+    scenario: Option<Vec<Choice>>,
     /// Runs each scenario N times (the peers interleaved within each run) and reports the median
     /// and the spread of each figure.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
-    /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex, and hermes-local (Hermes with
-    /// every request kept on its connection's worker, for comparison with placement).
+    /// Comma-separated peers; hermes-local is Hermes with every request kept on its connection's
+    /// worker, for comparison with placement.
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
-    peers: Vec<String>,
+    peers: Vec<Peer>,
     /// Workers per server (default: the available cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -110,11 +110,6 @@ fn machine() -> String {
 }
 
 fn real_main(args: Args) -> Result<ExitCode, String> {
-    for p in &args.peers {
-        if !peer::ALL.contains(&p.as_str()) {
-            return Err(format!("unknown peer {p:?}; known peers: {}", peer::ALL.join(",")));
-        }
-    }
     let size = if args.smoke {
         Size::Smoke
     } else if args.quick {
@@ -122,21 +117,15 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     } else {
         Size::Full
     };
-    let asked: Vec<&str> = match &args.scenario {
-        Some(list) => list.iter().map(|s| s.trim()).collect(),
-        None if args.smoke => vec!["light"],
-        None => vec!["mixed"],
+    let asked = match &args.scenario {
+        Some(list) => list.clone(),
+        None if args.smoke => vec![Choice::One(Name::Light)],
+        None => vec![Choice::One(Name::Mixed)],
     };
-    let mut scenarios: Vec<&str> = Vec::new();
-    for s in asked {
-        let names = if s == "all" { scenario::ALL.to_vec() } else { vec![s] };
-        for name in names {
-            if scenario::build(name, size, 1.0).is_none() {
-                return Err(format!("unknown scenario {name:?}; known: {} or all", scenario::ALL.join(", ")));
-            }
-            if !scenarios.contains(&name) {
-                scenarios.push(name);
-            }
+    let mut scenarios: Vec<Name> = Vec::new();
+    for name in asked.into_iter().flat_map(Choice::names) {
+        if !scenarios.contains(&name) {
+            scenarios.push(name);
         }
     }
     if args.rate_scale.is_nan() || args.rate_scale <= 0.0 {
@@ -180,8 +169,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     );
 
     // Binaries: given, or built once.
-    let needs_workload =
-        args.validate || args.peers.iter().any(|p| peer::binary_of(p) == peer::Binary::Workload);
+    let needs_workload = args.validate || args.peers.iter().any(|p| p.binary() == Binary::Workload);
     if needs_workload {
         match args.workload_bin.clone().map(Ok).unwrap_or_else(peer::build_workload) {
             Ok(p) => bench.workload_bin = Some(p),
@@ -189,7 +177,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         }
     }
     let run_scenarios = !args.validate || args.scenario.is_some();
-    if run_scenarios && args.peers.iter().any(|p| p == "ntex") {
+    if run_scenarios && args.peers.contains(&Peer::Ntex) {
         match args.ntex_bin.clone().map(Ok).unwrap_or_else(peer::build_ntex) {
             Ok(p) => bench.ntex_bin = Some(p),
             Err(e) => bench.build_errors.push(("ntex".to_owned(), e.to_string())),
@@ -219,17 +207,17 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
 
     if run_scenarios {
         for name in &scenarios {
-            let sc = scenario::build(name, size, args.rate_scale).expect("checked above");
-            let mut rows: Vec<PeerRow> = args.peers.iter().map(|p| PeerRow::new(p)).collect();
+            let sc = scenario::build(*name, size, args.rate_scale);
+            let mut rows: Vec<PeerRow> = args.peers.iter().map(|&p| PeerRow::new(p)).collect();
             let n = args.peers.len();
-            let index = scenario::ALL.iter().position(|s| s == name).unwrap_or(0);
+            let index = name.index();
             for run in 0..args.repeat as usize {
                 // Every peer runs once per repeat, so drift in the machine's other load hits them
                 // alike; the order is rotated per scenario and repeat so that no peer always runs
                 // first. The report keeps the given order.
                 let offset = (index + run) % n.max(1);
                 for p in args.peers.iter().cycle().skip(offset).take(n) {
-                    let r = bench.run_peer(&sc, p, run);
+                    let r = bench.run_peer(&sc, *p, run);
                     eprintln!(
                         "  {name}/{p} (run {}/{}): {}",
                         run + 1,
@@ -244,20 +232,20 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
                     }
                 }
             }
-            if *name == "h2"
+            if *name == Name::H2
                 && let Some(note) = validate::h2load_note(&bench, &args.peers)
                 && let Some(r) = rows.iter_mut().find(|r| r.peer == peer::BASELINE)
             {
                 r.notes.push(note);
             }
-            let (md, chart) = report::write(&bench.out, name, sc.description, &bench.header, &rows)
-                .map_err(|e| format!("writing the {name} report: {e}"))?;
+            let (md, chart) =
+                report::write(&bench.out, &name.to_string(), sc.description, &bench.header, &rows)
+                    .map_err(|e| format!("writing the {name} report: {e}"))?;
             let text = std::fs::read_to_string(&md).unwrap_or_default();
             println!("{text}");
             println!("(written: {} and {})\n", md.display(), chart.display());
             let _ = writeln!(summary, "{text}");
-            summary_json
-                .insert((*name).to_owned(), report::summary_json(sc.description, bench.workers, &rows));
+            summary_json.insert(name.to_string(), report::summary_json(sc.description, bench.workers, &rows));
             // Written after every scenario, so a long run that is stopped keeps what it measured.
             std::fs::write(&summary_path, &summary)
                 .map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
@@ -307,7 +295,7 @@ fn write_json(
 
 /// Smoke check: `summary.json` reads back with a number for each documented figure of every
 /// scenario and peer.
-fn smoke_json_ok(path: &Path, scenarios: &[&str], peers: &[String]) -> bool {
+fn smoke_json_ok(path: &Path, scenarios: &[Name], peers: &[Peer]) -> bool {
     let doc: Option<serde_json::Value> =
         std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
     let Some(doc) = doc else {
@@ -318,7 +306,7 @@ fn smoke_json_ok(path: &Path, scenarios: &[&str], peers: &[String]) -> bool {
     for s in scenarios {
         for p in peers {
             for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
-                if !doc["scenarios"][s]["peers"][p][key].is_number() {
+                if !doc["scenarios"][s.to_string()]["peers"][p.to_string()][key].is_number() {
                     eprintln!("smoke: summary.json has no number at scenarios.{s}.peers.{p}.{key}");
                     ok = false;
                 }
@@ -329,10 +317,10 @@ fn smoke_json_ok(path: &Path, scenarios: &[&str], peers: &[String]) -> bool {
 }
 
 impl Bench {
-    fn binary(&self, peer: &str) -> Result<&Path, String> {
-        let (bin, what) = match peer::binary_of(peer) {
-            peer::Binary::Workload => (&self.workload_bin, "workload"),
-            peer::Binary::Ntex => (&self.ntex_bin, "ntex"),
+    fn binary(&self, peer: Peer) -> Result<&Path, String> {
+        let (bin, what) = match peer.binary() {
+            Binary::Workload => (&self.workload_bin, "workload"),
+            Binary::Ntex => (&self.ntex_bin, "ntex"),
         };
         bin.as_deref().ok_or_else(|| {
             self.build_errors
@@ -345,9 +333,9 @@ impl Bench {
 
     /// Starts the peer's server, drives it with the scenario's plan, and gathers the figures of
     /// run `run` (the peers of one run share the arrival schedule; each run has its own).
-    fn run_peer(&self, sc: &scenario::Scenario, name: &str, run: usize) -> PeerResult {
-        let mut r = PeerResult { mode: name.to_owned(), ..Default::default() };
-        let bin = match self.binary(name) {
+    fn run_peer(&self, sc: &scenario::Scenario, peer: Peer, run: usize) -> PeerResult {
+        let mut r = PeerResult { mode: peer.to_string(), ..Default::default() };
+        let bin = match self.binary(peer) {
             Ok(b) => b,
             Err(e) => {
                 r.failure = Some(e);
@@ -357,7 +345,7 @@ impl Bench {
         let logs = self.out.join("logs");
         let _ = std::fs::create_dir_all(&logs);
         let server =
-            match peer::Server::start(bin, name, self.workers, &logs.join(format!("{}-{name}.log", sc.name)))
+            match peer::Server::start(bin, peer, self.workers, &logs.join(format!("{}-{peer}.log", sc.name)))
             {
                 Ok(s) => s,
                 Err(e) => {
@@ -371,7 +359,7 @@ impl Bench {
                 .push(format!("asked for {} workers, the server announced {}", self.workers, server.workers));
         }
         let addr = server.addr;
-        let seed = sc.name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+        let seed = sc.name.to_string().bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
         let seed = seed.wrapping_add(run as u64 * 0x9E37_79B9);
         let pid = server.pid().to_string();
         let (before, outcome, after, cpu) = self.rt.block_on(async {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
-use crate::peer::BASELINE;
+use crate::peer::{BASELINE, Peer};
 use crate::stats;
 
 /// Where one labelled stream's traffic landed in one run (e.g. the heavy tenant of `skew`).
@@ -76,9 +76,9 @@ impl PeerResult {
 }
 
 /// One peer's runs of one scenario, in run order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PeerRow {
-    pub peer: String,
+    pub peer: Peer,
     pub runs: Vec<PeerResult>,
     /// Remarks about the peer as a whole (e.g. a cross-check run once).
     pub notes: Vec<String>,
@@ -89,8 +89,8 @@ type Figure = fn(&PeerResult) -> Option<f64>;
 
 impl PeerRow {
     /// A row without runs yet.
-    pub fn new(peer: &str) -> Self {
-        Self { peer: peer.to_owned(), ..Default::default() }
+    pub fn new(peer: Peer) -> Self {
+        Self { peer, runs: Vec::new(), notes: Vec::new() }
     }
 
     /// The runs that served.
@@ -126,7 +126,7 @@ impl PeerRow {
                 modes.push(&r.mode);
             }
         }
-        if modes.is_empty() { self.peer.clone() } else { modes.join("/") }
+        if modes.is_empty() { self.peer.to_string() } else { modes.join("/") }
     }
 
     /// A figure of every run that served, in run order.
@@ -515,7 +515,7 @@ pub fn summary_json(description: &str, workers: usize, rows: &[PeerRow]) -> Valu
                 json!(others.into_iter().map(round).collect::<Vec<_>>()),
             );
         }
-        peers.insert(r.peer.clone(), Value::Object(p));
+        peers.insert(r.peer.to_string(), Value::Object(p));
     }
     json!({
         "description": description,
@@ -542,7 +542,7 @@ fn draw(path: &Path, scenario: &str, rs: &[&PeerRow]) -> Result<(), Box<dyn std:
     let root = root.titled(&format!("hermes-bench: {scenario}"), ("sans-serif", 22))?;
     let (left, right) = root.split_horizontally(360);
     let n = rs.len().max(1) as f64;
-    let names: Vec<String> = rs.iter().map(|r| r.peer.clone()).collect();
+    let names: Vec<String> = rs.iter().map(|r| r.peer.to_string()).collect();
     let label = move |x: &f64| {
         let i = x.floor() as usize;
         if (x - x.floor() - 0.5).abs() < 1e-6 {
@@ -624,6 +624,8 @@ pub fn write(
 
 #[cfg(test)]
 mod tests {
+    use clap::ValueEnum;
+
     use super::*;
 
     fn result(peer: &str, throughput: f64, p99: f64) -> PeerResult {
@@ -640,7 +642,8 @@ mod tests {
     }
 
     fn row(runs: Vec<PeerResult>) -> PeerRow {
-        PeerRow { peer: runs[0].mode.clone(), runs, notes: Vec::new() }
+        let peer = Peer::from_str(&runs[0].mode, false).expect("a peer's name");
+        PeerRow { peer, runs, notes: Vec::new() }
     }
 
     #[test]

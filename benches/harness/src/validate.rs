@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::Bench;
 use crate::load::{self, Plan, Stream, Transport};
-use crate::peer::{self, Server};
+use crate::peer::{self, Peer, Server};
 use crate::stats;
 
 /// Connections used by both generators in the validation, as in the `light` scenario.
@@ -91,8 +91,8 @@ pub fn wrk_vs_ours(
 
 /// Runs h2load (closed loop, 8 connections × 16 streams) against the baseline peer, when both are
 /// available; returns a note for the h2 report.
-pub fn h2load_note(bench: &Bench, peers: &[String]) -> Option<String> {
-    if !peers.iter().any(|p| p == peer::BASELINE) {
+pub fn h2load_note(bench: &Bench, peers: &[Peer]) -> Option<String> {
+    if !peers.contains(&peer::BASELINE) {
         return None;
     }
     let bin = bench.workload_bin.as_deref()?;
