@@ -24,7 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::peer::{Binary, Peer};
-use crate::report::{PeerResult, PeerRow, Placement};
+use crate::report::{PeerResult, PeerRow, Placement, ScenarioReport};
 use crate::scenario::{Choice, Name, Size};
 
 /// Side-by-side evaluation of Hermes against the servers users would pick instead.
@@ -238,9 +238,15 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
             {
                 r.notes.push(note);
             }
-            let (md, chart) =
-                report::write(&bench.out, &name.to_string(), sc.description, &bench.header, &rows)
-                    .map_err(|e| format!("writing the {name} report: {e}"))?;
+            let name_text = name.to_string();
+            let scenario_report = ScenarioReport {
+                name: &name_text,
+                description: sc.description,
+                header: &bench.header,
+                rows: &rows,
+            };
+            let (md, chart) = report::write(&bench.out, &scenario_report)
+                .map_err(|e| format!("writing the {name} report: {e}"))?;
             let text = std::fs::read_to_string(&md).unwrap_or_default();
             println!("{text}");
             println!("(written: {} and {})\n", md.display(), chart.display());
