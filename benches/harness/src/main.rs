@@ -24,7 +24,7 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::peer::{Binary, Peer};
-use crate::report::{PeerResult, PeerRow, Placement, ScenarioReport};
+use crate::report::{PeerResult, PeerRow, Placement, ScenarioReport, Summary};
 use crate::scenario::{Choice, Name, Size};
 
 /// Side-by-side evaluation of Hermes against the servers users would pick instead.
@@ -191,7 +191,7 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
     let mut all_ok = true;
     let mut summary = String::new();
     let _ = writeln!(summary, "# hermes-bench results\n");
-    let mut summary_json = serde_json::Map::new();
+    let mut summary_json = Summary::new(&command);
     let summary_path = bench.out.join("summary.md");
     let json_path = bench.out.join("summary.json");
 
@@ -251,11 +251,11 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
             println!("{text}");
             println!("(written: {} and {})\n", md.display(), chart.display());
             let _ = writeln!(summary, "{text}");
-            summary_json.insert(name.to_string(), report::summary_json(sc.description, bench.workers, &rows));
+            summary_json.add(&scenario_report, bench.workers);
             // Written after every scenario, so a long run that is stopped keeps what it measured.
             std::fs::write(&summary_path, &summary)
                 .map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
-            write_json(&json_path, &summary_json, &command)?;
+            summary_json.write(&json_path)?;
             if args.smoke {
                 for r in &rows {
                     if !r.served_every_run() {
@@ -271,8 +271,8 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         }
     }
     std::fs::write(&summary_path, summary).map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
-    write_json(&json_path, &summary_json, &command)?;
-    if args.smoke && !smoke_json_ok(&json_path, &scenarios, &args.peers) {
+    summary_json.write(&json_path)?;
+    if args.smoke && !report::has_every_figure(&json_path, &scenarios, &args.peers) {
         all_ok = false;
     }
     eprintln!(
@@ -282,44 +282,6 @@ fn real_main(args: Args) -> Result<ExitCode, String> {
         json_path.display()
     );
     Ok(if all_ok || !(args.smoke || args.validate) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// Writes `summary.json`: `{"command": .., "scenarios": {NAME: {"workers": .., "peers": {PEER:
-/// {"p99_ms": .., "p50_ms": .., "rps": .., "over_1s": .., "errors": .., ...}}}}}`.
-fn write_json(
-    path: &Path,
-    scenarios: &serde_json::Map<String, serde_json::Value>,
-    command: &[String],
-) -> Result<(), String> {
-    let doc = serde_json::json!({
-        "command": format!("hermes-bench {}", command.join(" ")),
-        "scenarios": scenarios,
-    });
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("encoding {}: {e}", path.display()))?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
-/// Smoke check: `summary.json` reads back with a number for each documented figure of every
-/// scenario and peer.
-fn smoke_json_ok(path: &Path, scenarios: &[Name], peers: &[Peer]) -> bool {
-    let doc: Option<serde_json::Value> =
-        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let Some(doc) = doc else {
-        eprintln!("smoke: {} is missing or not JSON", path.display());
-        return false;
-    };
-    let mut ok = true;
-    for s in scenarios {
-        for p in peers {
-            for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
-                if !doc["scenarios"][s.to_string()]["peers"][p.to_string()][key].is_number() {
-                    eprintln!("smoke: summary.json has no number at scenarios.{s}.peers.{p}.{key}");
-                    ok = false;
-                }
-            }
-        }
-    }
-    ok
 }
 
 impl Bench {

@@ -20,7 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use self::figures::{PeerResult, PeerRow, Placement};
-pub use self::summary::summary_json;
+pub use self::summary::{Summary, has_every_figure};
 
 /// One scenario's results, as every report of it shows them.
 #[derive(Debug, Clone, Copy)]
