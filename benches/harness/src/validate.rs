@@ -1,12 +1,11 @@
 //! Cross-checks against real clients: wrk on `light`, h2load on `h2`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::Bench;
+use crate::bench::Bench;
 use crate::load::{self, Plan, Stream, Transport};
-use crate::peer::{self, Peer, Server};
+use crate::peer::{self, Server};
 use crate::stats;
 
 /// Connections used by both generators in the validation, as in the `light` scenario.
@@ -28,15 +27,11 @@ const ROUNDS: usize = 5;
 ///
 /// With the server on fewer workers than the machine has cores, the server and not the client is
 /// the bottleneck, so the comparison shows whether this generator measures the server's capacity
-/// as a real client does.
-pub fn wrk_vs_ours(
-    rt: &tokio::runtime::Runtime,
-    bin: &Path,
-    workers: usize,
-    threads: usize,
-    out: &Path,
-) -> Result<String, String> {
-    let log = out.join("logs");
+/// as a real client does. The server runs on `workers` workers.
+pub fn wrk_vs_ours(bench: &Bench, workers: usize) -> Result<String, String> {
+    let bin = bench.workload_bin().ok_or("--validate needs the workload binary")?;
+    let threads = bench.client_threads;
+    let log = bench.out.join("logs");
     std::fs::create_dir_all(&log).map_err(|e| e.to_string())?;
     let server =
         Server::start(bin, peer::BASELINE, workers, &log.join("validate.log")).map_err(|e| e.to_string())?;
@@ -65,7 +60,7 @@ pub fn wrk_vs_ours(
             number_after(&text, "Requests/sec:")
                 .ok_or_else(|| format!("could not read wrk's throughput from: {text}"))?,
         );
-        let o = rt.block_on(load::run(server.addr, &plan, round as u64)).map_err(|e| e.to_string())?;
+        let o = bench.rt.block_on(load::run(server.addr, &plan, round as u64)).map_err(|e| e.to_string())?;
         errors += o.error_count();
         ours.push(o.throughput());
     }
@@ -91,11 +86,11 @@ pub fn wrk_vs_ours(
 
 /// Runs h2load (closed loop, 8 connections × 16 streams) against the baseline peer, when both are
 /// available; returns a note for the h2 report.
-pub fn h2load_note(bench: &Bench, peers: &[Peer]) -> Option<String> {
-    if !peers.contains(&peer::BASELINE) {
+pub fn h2load_note(bench: &Bench) -> Option<String> {
+    if !bench.peers.contains(&peer::BASELINE) {
         return None;
     }
-    let bin = bench.workload_bin.as_deref()?;
+    let bin = bench.workload_bin()?;
     let log = bench.out.join("logs/h2load.log");
     let server = Server::start(bin, peer::BASELINE, bench.workers, &log).ok()?;
     let output = match Command::new("h2load")
