@@ -130,6 +130,11 @@ fn spin_mix() -> Vec<(f64, String)> {
     vec![(95.0, "/".to_owned()), (5.0, SPIN.to_owned())]
 }
 
+/// A stream without a label.
+fn stream(transport: Transport, rate: Option<f64>, mix: Vec<(f64, String)>) -> Stream {
+    Stream { transport, rate, mix, label: None }
+}
+
 fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
     let scale = match size {
         Size::Quick => 1.0,
@@ -155,45 +160,18 @@ pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
         Name::Light => Scenario {
             name,
             description: "uniform cheap requests (`/`) over 32 keep-alive connections, 3000 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(3000.0),
-                    mix: light_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(3000.0), light_mix())], 4.0, size),
         },
         Name::Mixed => Scenario {
             name,
             description: "95% `/`, 5% 10 ms of blocked worker time, 32 keep-alive connections, 1500 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(1500.0),
-                    mix: mixed_mix(),
-                    label: None,
-                }],
-                5.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(1500.0), mixed_mix())], 5.0, size),
         },
         Name::MixedSpin => Scenario {
             name,
             description: "95% `/`, 5% 10 ms of CPU spin (`/work?us=10000`), 32 keep-alive connections, \
                  1000 req/s (lower than `mixed`, so the generator keeps its share of the cores)",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(SPIN_RATE),
-                    mix: spin_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(SPIN_RATE), spin_mix())], 4.0, size),
         },
         Name::Skew => Scenario {
             name,
@@ -201,12 +179,7 @@ pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
                  connections carrying all the 10 ms blocking requests, 80 req/s",
             plan: plan(
                 vec![
-                    Stream {
-                        transport: Transport::KeepAlive { conns: 30 },
-                        rate: r(1500.0),
-                        mix: light_mix(),
-                        label: None,
-                    },
+                    stream(Transport::KeepAlive { conns: 30 }, r(1500.0), light_mix()),
                     Stream {
                         transport: Transport::KeepAlive { conns: 2 },
                         rate: r(80.0),
@@ -221,18 +194,10 @@ pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
         Name::Churn => Scenario {
             name,
             description: "a new connection per request (`/`), 800 req/s",
-            plan: plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(800.0), mix: light_mix(), label: None }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::Fresh, r(800.0), light_mix())], 4.0, size),
         },
         Name::Hang => {
-            let mut p = plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(400.0), mix: light_mix(), label: None }],
-                12.0,
-                size,
-            );
+            let mut p = plan(vec![stream(Transport::Fresh, r(400.0), light_mix())], 12.0, size);
             p.hang = Some(Hang {
                 first_at: if size == Size::Smoke {
                     Duration::from_millis(200)
@@ -253,16 +218,7 @@ pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
             name,
             description: "8 long-lived HTTP/2 connections with multiplexed requests, 95% `/`, 5% 10 ms \
                  of blocked worker time, 1500 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::H2 { conns: 8 },
-                    rate: r(1500.0),
-                    mix: mixed_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::H2 { conns: 8 }, r(1500.0), mixed_mix())], 4.0, size),
         },
     }
 }
