@@ -27,6 +27,7 @@ pub struct Bench {
     pub peers: Vec<Peer>,
     /// Runs of each scenario per peer.
     pub repeat: usize,
+    /// How long the scenarios run.
     pub size: Size,
     /// Multiplies every scenario's arrival rate.
     pub rate_scale: f64,

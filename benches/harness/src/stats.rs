@@ -1,4 +1,5 @@
-//! The workload server's `/_hermes/stats` snapshot and the spread figures derived from it.
+//! The workload server's `/_hermes/stats` snapshot and the spread figures derived from it, the
+//! process CPU time, and the one median of every report.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
