@@ -9,7 +9,9 @@
 //! cargo run --release -p hermes-bench -- --validate
 //! ```
 
+mod bench;
 mod load;
+mod measure;
 mod peer;
 mod report;
 mod scenario;
@@ -23,25 +25,26 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use crate::report::{PeerResult, PeerRow, Placement};
-use crate::scenario::Size;
+use crate::bench::Bench;
+use crate::peer::Peer;
+use crate::report::{ScenarioReport, Summary};
+use crate::scenario::{Choice, Name, Size};
 
 /// Side-by-side evaluation of Hermes against the servers users would pick instead.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Comma-separated scenarios: light, mixed, mixed-spin, skew, churn, hang, h2, or all
-    /// [default: mixed; light with --smoke].
+    /// Comma-separated scenarios; all runs every one [default: mixed; light with --smoke].
     #[arg(long, value_delimiter = ',')]
-    scenario: Option<Vec<String>>,
+    scenario: Option<Vec<Choice>>,
     /// Runs each scenario N times (the peers interleaved within each run) and reports the median
     /// and the spread of each figure.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
-    /// Comma-separated peers: hermes, reuseport, shared, tokio, ntex, and hermes-local (Hermes with
-    /// every request kept on its connection's worker, for comparison with placement).
+    /// Comma-separated peers; hermes-local is Hermes with every request kept on its connection's
+    /// worker, for comparison with placement.
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
-    peers: Vec<String>,
+    peers: Vec<Peer>,
     /// Workers per server (default: the available cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -72,16 +75,38 @@ struct Args {
     client_threads: usize,
 }
 
-/// Everything shared by the runs of one invocation.
-#[derive(Debug)]
-struct Bench {
-    workers: usize,
-    out: PathBuf,
-    workload_bin: Option<PathBuf>,
-    ntex_bin: Option<PathBuf>,
-    build_errors: Vec<(String, String)>,
-    rt: tokio::runtime::Runtime,
-    header: String,
+impl Args {
+    /// How long and how hard to run.
+    fn size(&self) -> Size {
+        if self.smoke {
+            Size::Smoke
+        } else if self.quick {
+            Size::Quick
+        } else {
+            Size::Full
+        }
+    }
+
+    /// The scenarios asked for, each once, in the order first asked.
+    fn scenarios(&self) -> Vec<Name> {
+        let asked = match &self.scenario {
+            Some(list) => list.clone(),
+            None if self.smoke => vec![Choice::One(Name::Light)],
+            None => vec![Choice::One(Name::Mixed)],
+        };
+        let mut scenarios: Vec<Name> = Vec::new();
+        for name in asked.into_iter().flat_map(Choice::names) {
+            if !scenarios.contains(&name) {
+                scenarios.push(name);
+            }
+        }
+        scenarios
+    }
+
+    /// False for `--validate` alone, which runs no scenario.
+    fn runs_scenarios(&self) -> bool {
+        !self.validate || self.scenario.is_some()
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,377 +120,101 @@ fn main() -> ExitCode {
     }
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
-}
-
 fn real_main(args: Args) -> Result<ExitCode, String> {
-    for p in &args.peers {
-        if !peer::ALL.contains(&p.as_str()) {
-            return Err(format!("unknown peer {p:?}; known peers: {}", peer::ALL.join(",")));
-        }
-    }
-    let size = if args.smoke {
-        Size::Smoke
-    } else if args.quick {
-        Size::Quick
-    } else {
-        Size::Full
-    };
-    let asked: Vec<&str> = match &args.scenario {
-        Some(list) => list.iter().map(|s| s.trim()).collect(),
-        None if args.smoke => vec!["light"],
-        None => vec!["mixed"],
-    };
-    let mut scenarios: Vec<&str> = Vec::new();
-    for s in asked {
-        let names = if s == "all" { scenario::ALL.to_vec() } else { vec![s] };
-        for name in names {
-            if scenario::build(name, size, 1.0).is_none() {
-                return Err(format!("unknown scenario {name:?}; known: {} or all", scenario::ALL.join(", ")));
-            }
-            if !scenarios.contains(&name) {
-                scenarios.push(name);
-            }
-        }
-    }
-    if args.rate_scale.is_nan() || args.rate_scale <= 0.0 {
-        return Err(format!("--rate-scale must be positive, got {}", args.rate_scale));
-    }
-    let workers =
-        args.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-    if workers == 0 {
-        return Err("--workers must be at least 1".to_owned());
-    }
-    if args.client_threads == 0 {
-        return Err("--client-threads must be at least 1".to_owned());
-    }
-
+    let scenarios = args.scenarios();
     let started = Instant::now();
-    let mut bench = Bench {
-        workers,
-        out: args.out.clone(),
-        workload_bin: None,
-        ntex_bin: None,
-        build_errors: Vec::new(),
-        rt: if args.client_threads == 1 {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.client_threads)
-                .enable_all()
-                .build()
-        }
-        .map_err(|e| format!("starting the generator's runtime: {e}"))?,
-        header: String::new(),
-    };
     let command: Vec<String> = std::env::args().skip(1).collect();
-    bench.header = format!(
-        "Run: `hermes-bench {}` on {}; {workers} workers per server; load generator: {} thread(s) \
-         sharing the machine with the server.\n\n{}",
-        command.join(" "),
-        machine(),
-        args.client_threads,
-        scenario::EMULATION_NOTE
-    );
-
-    // Binaries: given, or built once.
-    let needs_workload =
-        args.validate || args.peers.iter().any(|p| peer::binary_of(p) == peer::Binary::Workload);
-    if needs_workload {
-        match args.workload_bin.clone().map(Ok).unwrap_or_else(peer::build_workload) {
-            Ok(p) => bench.workload_bin = Some(p),
-            Err(e) => bench.build_errors.push(("workload".to_owned(), e.to_string())),
-        }
-    }
-    let run_scenarios = !args.validate || args.scenario.is_some();
-    if run_scenarios && args.peers.iter().any(|p| p == "ntex") {
-        match args.ntex_bin.clone().map(Ok).unwrap_or_else(peer::build_ntex) {
-            Ok(p) => bench.ntex_bin = Some(p),
-            Err(e) => bench.build_errors.push(("ntex".to_owned(), e.to_string())),
-        }
-    }
-    for (what, e) in &bench.build_errors {
-        eprintln!("warning: {what}: {e}");
-    }
-
+    let bench = Bench::new(&args, &command)?;
     std::fs::create_dir_all(&bench.out).map_err(|e| format!("creating {}: {e}", bench.out.display()))?;
+    let mut summaries = Summaries::new(&bench.out, &command);
     let mut all_ok = true;
-    let mut summary = String::new();
-    let _ = writeln!(summary, "# hermes-bench results\n");
-    let mut summary_json = serde_json::Map::new();
-    let summary_path = bench.out.join("summary.md");
-    let json_path = bench.out.join("summary.json");
 
     if args.validate {
-        let bin = bench.workload_bin.clone().ok_or("--validate needs the workload binary")?;
         // One server worker by default, so the server (not a client) is the bottleneck.
-        let server_workers = args.workers.unwrap_or(1);
-        let text = validate::wrk_vs_ours(&bench.rt, &bin, server_workers, args.client_threads, &bench.out)?;
+        let text = validate::wrk_vs_ours(&bench, args.workers.unwrap_or(1))?;
         println!("{text}");
-        let _ = writeln!(summary, "{text}\n");
+        let _ = writeln!(summaries.markdown, "{text}\n");
         all_ok &= text.contains("agree: yes");
     }
-
-    if run_scenarios {
-        for name in &scenarios {
-            let sc = scenario::build(name, size, args.rate_scale).expect("checked above");
-            let mut rows: Vec<PeerRow> = args.peers.iter().map(|p| PeerRow::new(p)).collect();
-            let n = args.peers.len();
-            let index = scenario::ALL.iter().position(|s| s == name).unwrap_or(0);
-            for run in 0..args.repeat as usize {
-                // Every peer runs once per repeat, so drift in the machine's other load hits them
-                // alike; the order is rotated per scenario and repeat so that no peer always runs
-                // first. The report keeps the given order.
-                let offset = (index + run) % n.max(1);
-                for p in args.peers.iter().cycle().skip(offset).take(n) {
-                    let r = bench.run_peer(&sc, p, run);
-                    eprintln!(
-                        "  {name}/{p} (run {}/{}): {}",
-                        run + 1,
-                        args.repeat,
-                        r.failure.clone().unwrap_or_else(|| format!(
-                            "{:.0} req/s, p99 {:.2} ms, {} errors",
-                            r.throughput, r.p99_ms, r.errors
-                        ))
-                    );
-                    if let Some(row) = rows.iter_mut().find(|row| row.peer == *p) {
-                        row.runs.push(r);
-                    }
-                }
-            }
-            if *name == "h2"
-                && let Some(note) = validate::h2load_note(&bench, &args.peers)
-                && let Some(r) = rows.iter_mut().find(|r| r.peer == peer::BASELINE)
-            {
-                r.notes.push(note);
-            }
-            let (md, chart) = report::write(&bench.out, name, sc.description, &bench.header, &rows)
-                .map_err(|e| format!("writing the {name} report: {e}"))?;
-            let text = std::fs::read_to_string(&md).unwrap_or_default();
-            println!("{text}");
-            println!("(written: {} and {})\n", md.display(), chart.display());
-            let _ = writeln!(summary, "{text}");
-            summary_json
-                .insert((*name).to_owned(), report::summary_json(sc.description, bench.workers, &rows));
-            // Written after every scenario, so a long run that is stopped keeps what it measured.
-            std::fs::write(&summary_path, &summary)
-                .map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
-            write_json(&json_path, &summary_json, &command)?;
-            if args.smoke {
-                for r in &rows {
-                    if !r.served_every_run() {
-                        eprintln!("smoke: peer {} did not serve in every run of {name}", r.peer);
-                        all_ok = false;
-                    }
-                }
-                if !md.exists() || !chart.exists() {
-                    eprintln!("smoke: the report for {name} was not written");
-                    all_ok = false;
-                }
-            }
+    if args.runs_scenarios() {
+        for &name in &scenarios {
+            all_ok &= run_scenario(&bench, name, &mut summaries, args.smoke)?;
         }
     }
-    std::fs::write(&summary_path, summary).map_err(|e| format!("writing {}: {e}", summary_path.display()))?;
-    write_json(&json_path, &summary_json, &command)?;
-    if args.smoke && !smoke_json_ok(&json_path, &scenarios, &args.peers) {
+    summaries.write()?;
+    if args.smoke && !report::has_every_figure(&summaries.json_path, &scenarios, &bench.peers) {
         all_ok = false;
     }
     eprintln!(
         "done in {:.0} s; summary: {} and {}",
         started.elapsed().as_secs_f64(),
-        summary_path.display(),
-        json_path.display()
+        summaries.md_path.display(),
+        summaries.json_path.display()
     );
     Ok(if all_ok || !(args.smoke || args.validate) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Writes `summary.json`: `{"command": .., "scenarios": {NAME: {"workers": .., "peers": {PEER:
-/// {"p99_ms": .., "p50_ms": .., "rps": .., "over_1s": .., "errors": .., ...}}}}}`.
-fn write_json(
-    path: &Path,
-    scenarios: &serde_json::Map<String, serde_json::Value>,
-    command: &[String],
-) -> Result<(), String> {
-    let doc = serde_json::json!({
-        "command": format!("hermes-bench {}", command.join(" ")),
-        "scenarios": scenarios,
-    });
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| format!("encoding {}: {e}", path.display()))?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
-/// Smoke check: `summary.json` reads back with a number for each documented figure of every
-/// scenario and peer.
-fn smoke_json_ok(path: &Path, scenarios: &[&str], peers: &[String]) -> bool {
-    let doc: Option<serde_json::Value> =
-        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let Some(doc) = doc else {
-        eprintln!("smoke: {} is missing or not JSON", path.display());
-        return false;
-    };
+/// Runs one scenario for every peer, writes its reports and adds them to the summaries; returns
+/// false when `smoke` and a peer did not serve in every run or a report is missing.
+fn run_scenario(bench: &Bench, name: Name, summaries: &mut Summaries, smoke: bool) -> Result<bool, String> {
+    let sc = scenario::build(name, bench.size, bench.rate_scale);
+    let mut rows = bench.run_scenario(&sc);
+    if name == Name::H2
+        && let Some(note) = validate::h2load_note(bench)
+        && let Some(r) = rows.iter_mut().find(|r| r.peer == peer::BASELINE)
+    {
+        r.notes.push(note);
+    }
+    let name_text = name.to_string();
+    let scenario_report =
+        ScenarioReport { name: &name_text, description: sc.description, header: &bench.header, rows: &rows };
+    let (md, chart) =
+        report::write(&bench.out, &scenario_report).map_err(|e| format!("writing the {name} report: {e}"))?;
+    let text = std::fs::read_to_string(&md).unwrap_or_default();
+    println!("{text}");
+    println!("(written: {} and {})\n", md.display(), chart.display());
+    let _ = writeln!(summaries.markdown, "{text}");
+    summaries.json.add(&scenario_report, bench.workers);
+    // Written after every scenario, so a long run that is stopped keeps what it measured.
+    summaries.write()?;
     let mut ok = true;
-    for s in scenarios {
-        for p in peers {
-            for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
-                if !doc["scenarios"][s]["peers"][p][key].is_number() {
-                    eprintln!("smoke: summary.json has no number at scenarios.{s}.peers.{p}.{key}");
-                    ok = false;
-                }
+    if smoke {
+        for r in &rows {
+            if !r.served_every_run() {
+                eprintln!("smoke: peer {} did not serve in every run of {name}", r.peer);
+                ok = false;
             }
         }
+        if !md.exists() || !chart.exists() {
+            eprintln!("smoke: the report for {name} was not written");
+            ok = false;
+        }
     }
-    ok
+    Ok(ok)
 }
 
-impl Bench {
-    fn binary(&self, peer: &str) -> Result<&Path, String> {
-        let (bin, what) = match peer::binary_of(peer) {
-            peer::Binary::Workload => (&self.workload_bin, "workload"),
-            peer::Binary::Ntex => (&self.ntex_bin, "ntex"),
-        };
-        bin.as_deref().ok_or_else(|| {
-            self.build_errors
-                .iter()
-                .find(|(w, _)| w == what)
-                .map(|(_, e)| e.clone())
-                .unwrap_or_else(|| format!("no {what} binary"))
-        })
+/// `summary.md` and `summary.json`: every report so far.
+#[derive(Debug)]
+struct Summaries {
+    markdown: String,
+    json: Summary,
+    md_path: PathBuf,
+    json_path: PathBuf,
+}
+
+impl Summaries {
+    fn new(out: &Path, command: &[String]) -> Self {
+        Self {
+            markdown: "# hermes-bench results\n\n".to_owned(),
+            json: Summary::new(command),
+            md_path: out.join("summary.md"),
+            json_path: out.join("summary.json"),
+        }
     }
 
-    /// Starts the peer's server, drives it with the scenario's plan, and gathers the figures of
-    /// run `run` (the peers of one run share the arrival schedule; each run has its own).
-    fn run_peer(&self, sc: &scenario::Scenario, name: &str, run: usize) -> PeerResult {
-        let mut r = PeerResult { mode: name.to_owned(), ..Default::default() };
-        let bin = match self.binary(name) {
-            Ok(b) => b,
-            Err(e) => {
-                r.failure = Some(e);
-                return r;
-            }
-        };
-        let logs = self.out.join("logs");
-        let _ = std::fs::create_dir_all(&logs);
-        let server =
-            match peer::Server::start(bin, name, self.workers, &logs.join(format!("{}-{name}.log", sc.name)))
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    r.failure = Some(e.to_string());
-                    return r;
-                }
-            };
-        r.mode = server.mode.clone();
-        if server.workers != self.workers {
-            r.notes
-                .push(format!("asked for {} workers, the server announced {}", self.workers, server.workers));
-        }
-        let addr = server.addr;
-        let seed = sc.name.bytes().fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-        let seed = seed.wrapping_add(run as u64 * 0x9E37_79B9);
-        let pid = server.pid().to_string();
-        let (before, outcome, after, cpu) = self.rt.block_on(async {
-            let before = stats::fetch(addr).await;
-            let cpu_before = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
-            let outcome = load::run(addr, &sc.plan, seed).await;
-            let cpu_after = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
-            let after = stats::fetch(addr).await;
-            (before, outcome, after, (cpu_before, cpu_after))
-        });
-        drop(server);
-        let ((server0, gen0, t0), (server1, gen1, t1)) = cpu;
-        let wall = t1.duration_since(t0).as_secs_f64().max(1e-9);
-        r.server_cpu = server0.zip(server1).map(|(a, b)| (b - a) / wall / self.workers as f64);
-        r.generator_cpu = gen0.zip(gen1).map(|(a, b)| (b - a) / wall);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                r.failure = Some(e.to_string());
-                return r;
-            }
-        };
-        if let Some(snapshot) = &after {
-            let mode = snapshot.mode.as_deref().unwrap_or("not reported");
-            match &snapshot.mode_reason {
-                Some(reason) => r.notes.push(format!("stats mode: {mode} ({reason})")),
-                None => r.notes.push(format!("stats mode: {mode}")),
-            }
-            let rescued: f64 =
-                stats::delta(before.as_ref(), snapshot, |w| w.rescued).map_or(0.0, |d| d.iter().sum());
-            if rescued > 0.0 {
-                r.notes.push(format!("connections taken from a hung worker's listener: {rescued}"));
-            }
-        }
-        if outcome.ok == 0 {
-            let kinds =
-                outcome.errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect::<Vec<_>>().join(", ");
-            r.failure = Some(format!("no successful response ({kinds})"));
-            return r;
-        }
-        let ms = |q: f64| outcome.hist.value_at_quantile(q) as f64 / 1000.0;
-        r.ok = outcome.ok;
-        r.throughput = outcome.throughput();
-        r.p50_ms = ms(0.5);
-        r.p99_ms = ms(0.99);
-        r.p999_ms = ms(0.999);
-        r.max_ms = outcome.hist.max() as f64 / 1000.0;
-        r.slow = outcome.slow;
-        r.errors = outcome.error_count();
-        r.error_kinds =
-            outcome.errors.iter().map(|(k, v)| format!("{k} ×{v}")).collect::<Vec<_>>().join(", ");
-
-        let from_stats = after.as_ref().and_then(|a| stats::delta(before.as_ref(), a, |w| w.accepted));
-        let conns = match from_stats {
-            Some(v) if stats::spread(&v).is_some() => {
-                r.conn_source = "the stats endpoint (accepted during the run)";
-                v
-            }
-            _ => {
-                r.conn_source = "the x-hermes-worker header of each connection's first response";
-                stats::from_headers(&outcome.conns_by_worker, self.workers)
-            }
-        };
-        if let Some(s) = stats::spread(&conns) {
-            r.conn_sd = Some(s.sd);
-            r.conn_max_mean = Some(s.max_over_mean);
-        }
-        if let Some(busy) = after.as_ref().and_then(|a| stats::delta(before.as_ref(), a, |w| w.busy_ns)) {
-            let ms: Vec<f64> = busy.iter().map(|ns| ns / 1e6).collect();
-            r.busy_sd_ms = stats::spread(&ms).map(|s| s.sd);
-        }
-        r.offered_rps = outcome.offered_rate();
-        r.wake_p99_ms = outcome.wake.value_at_quantile(0.99) as f64 / 1000.0;
-        r.wake_max_ms = outcome.wake.max() as f64 / 1000.0;
-        for (i, (stream, counts)) in sc.plan.streams.iter().zip(&outcome.streams).enumerate() {
-            if let Some(label) = stream.label {
-                let whole = |v: Vec<f64>| v.into_iter().map(|x| x as u64).collect();
-                r.placements.push(Placement {
-                    label: label.to_owned(),
-                    conns: whole(stats::from_headers(&counts.conns_by_worker, self.workers)),
-                    requests: whole(stats::from_headers(&counts.requests_by_worker, self.workers)),
-                    p99_ms: counts.quantile_ms(0.99),
-                    others_p99_ms: load::others_quantile_ms(&outcome.streams, i, 0.99),
-                });
-            }
-        }
-        let reqs = stats::from_headers(&outcome.requests_by_worker, self.workers);
-        r.notes.push(format!(
-            "requests per worker (header): {}",
-            reqs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join("/")
-        ));
-        if let Some(w) = &outcome.hung_worker {
-            r.notes.push(format!("hung worker {w}, blocked {} time(s)", outcome.hangs));
-        }
-        r
+    fn write(&self) -> Result<(), String> {
+        std::fs::write(&self.md_path, &self.markdown)
+            .map_err(|e| format!("writing {}: {e}", self.md_path.display()))?;
+        self.json.write(&self.json_path)
     }
 }

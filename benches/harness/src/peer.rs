@@ -1,5 +1,6 @@
 //! The peers: which binary serves each one, how it is built, and the running server process.
 
+use std::fmt;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,14 +8,39 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Every peer, in report order; `hermes` first because ratios are taken against it.
+use clap::ValueEnum;
+
+/// A peer, as named on the command line, in the reports and in the workload server's `--mode`;
+/// `hermes` first because ratios are taken against it.
+///
 /// `hermes-local` is Hermes with every request kept on its connection's worker (no request
 /// placement, no offload, no reconnect asks): the server as it was before request placement, to
 /// measure what placement costs or gains in the same run. It is not in the default peer list.
-pub const ALL: [&str; 6] = ["hermes", "hermes-local", "reuseport", "shared", "tokio", "ntex"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Peer {
+    Hermes,
+    HermesLocal,
+    Reuseport,
+    Shared,
+    Tokio,
+    Ntex,
+}
+
+impl Peer {
+    /// The binary serving the peer.
+    pub fn binary(self) -> Binary {
+        if self == Peer::Ntex { Binary::Ntex } else { Binary::Workload }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_possible_value().expect("no peer is hidden").get_name())
+    }
+}
 
 /// The peer the ratios are taken against.
-pub const BASELINE: &str = "hermes";
+pub const BASELINE: Peer = Peer::Hermes;
 
 /// The workspace package that holds the `hermes-workload` binary (the only place that names it).
 pub const WORKLOAD_PACKAGE: &str = "hermes-tests";
@@ -29,11 +55,6 @@ pub enum Binary {
     Workload,
     /// The ntex workload server in `benches/ntex-workload`, outside the workspace.
     Ntex,
-}
-
-/// The binary serving `peer`.
-pub fn binary_of(peer: &str) -> Binary {
-    if peer == "ntex" { Binary::Ntex } else { Binary::Workload }
 }
 
 /// The workspace root, two levels above this crate.
@@ -112,15 +133,17 @@ pub fn parse_first_line(line: &str) -> Option<(SocketAddr, String, usize)> {
 }
 
 impl Server {
-    /// Starts `bin --mode MODE --workers N --addr 127.0.0.1:0` and waits for its first line.
+    /// Starts `bin --mode PEER --workers N --addr 127.0.0.1:0` and waits for its first line.
     /// The server's stderr goes to `log`.
-    pub fn start(bin: &Path, mode: &str, workers: usize, log: &Path) -> io::Result<Server> {
+    pub fn start(bin: &Path, peer: Peer, workers: usize, log: &Path) -> io::Result<Server> {
         let log_file = std::fs::File::create(log)?;
+        let mode = peer.to_string();
         let mut cmd = Command::new(bin);
-        cmd.args(["--mode", mode, "--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
+        cmd.args(["--mode", &mode, "--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
         // Where eBPF is required (CI), a `hermes` peer that fell back to
         // kernel hashing must fail to start rather than be measured as hermes.
-        if mode.starts_with("hermes") && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
+        let hermes = matches!(peer, Peer::Hermes | Peer::HermesLocal);
+        if hermes && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
             cmd.arg("--require-ebpf");
         }
         let mut child = cmd
@@ -178,5 +201,13 @@ mod tests {
         assert_eq!((mode.as_str(), n), ("hermes", 2));
         assert!(parse_first_line("listening at 127.0.0.1:4000").is_none());
         assert!(parse_first_line("listening on 127.0.0.1:4000 mode=hermes").is_none());
+    }
+
+    #[test]
+    fn peers_keep_their_command_line_spellings() {
+        let names: Vec<String> = Peer::value_variants().iter().map(Peer::to_string).collect();
+        assert_eq!(names, ["hermes", "hermes-local", "reuseport", "shared", "tokio", "ntex"]);
+        assert_eq!(Peer::Ntex.binary(), Binary::Ntex);
+        assert_eq!(Peer::HermesLocal.binary(), Binary::Workload);
     }
 }

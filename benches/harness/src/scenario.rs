@@ -7,12 +7,75 @@
 //! exception that checks this: `mixed` with real CPU spin, at a rate low enough that the spin
 //! leaves the generator its share of the cores (see [`SPIN_RATE`]).
 
+use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use clap::ValueEnum;
+use clap::builder::PossibleValue;
 
 use crate::load::{Hang, Plan, Stream, Transport};
 
-/// Every scenario, in report order.
-pub const ALL: [&str; 7] = ["light", "mixed", "mixed-spin", "skew", "churn", "hang", "h2"];
+/// A scenario, as named on the command line and in the reports; declared in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Name {
+    Light,
+    Mixed,
+    MixedSpin,
+    Skew,
+    Churn,
+    Hang,
+    H2,
+}
+
+impl Name {
+    /// Every scenario, in report order.
+    pub fn all() -> &'static [Name] {
+        Name::value_variants()
+    }
+
+    /// The scenario's place in report order.
+    pub fn index(self) -> usize {
+        Name::all().iter().position(|n| *n == self).expect("every scenario is listed")
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_possible_value().expect("no scenario is hidden").get_name())
+    }
+}
+
+/// What `--scenario` accepts: one scenario, or `all` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    One(Name),
+    All,
+}
+
+impl Choice {
+    /// The scenarios chosen: `all` gives every one, in report order.
+    pub fn names(self) -> Vec<Name> {
+        match self {
+            Choice::One(name) => vec![name],
+            Choice::All => Name::all().to_vec(),
+        }
+    }
+}
+
+impl ValueEnum for Choice {
+    fn value_variants<'a>() -> &'a [Self] {
+        static CHOICES: OnceLock<Vec<Choice>> = OnceLock::new();
+        CHOICES.get_or_init(|| Name::all().iter().copied().map(Choice::One).chain([Choice::All]).collect())
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Choice::One(name) => name.to_possible_value(),
+            Choice::All => Some(PossibleValue::new("all")),
+        }
+    }
+}
 
 /// The heavy request: 10 ms of worker time, emulated by blocking the worker thread.
 pub const HEAVY: &str = "/block?ms=10";
@@ -50,7 +113,7 @@ pub enum Size {
 /// A scenario's description for the report.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    pub name: &'static str,
+    pub name: Name,
     pub description: &'static str,
     pub plan: Plan,
 }
@@ -65,6 +128,11 @@ fn mixed_mix() -> Vec<(f64, String)> {
 
 fn spin_mix() -> Vec<(f64, String)> {
     vec![(95.0, "/".to_owned()), (5.0, SPIN.to_owned())]
+}
+
+/// A stream without a label.
+fn stream(transport: Transport, rate: Option<f64>, mix: Vec<(f64, String)>) -> Stream {
+    Stream { transport, rate, mix, label: None }
 }
 
 fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
@@ -85,65 +153,33 @@ fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
     }
 }
 
-/// Builds a scenario by name, or `None` for an unknown name. `rate_scale` multiplies every rate.
-pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
+/// Builds a scenario. `rate_scale` multiplies every rate.
+pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
     let r = |rate: f64| Some(rate * rate_scale * if size == Size::Smoke { 0.1 } else { 1.0 });
-    let s = match name {
-        "light" => Scenario {
-            name: "light",
+    match name {
+        Name::Light => Scenario {
+            name,
             description: "uniform cheap requests (`/`) over 32 keep-alive connections, 3000 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(3000.0),
-                    mix: light_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(3000.0), light_mix())], 4.0, size),
         },
-        "mixed" => Scenario {
-            name: "mixed",
+        Name::Mixed => Scenario {
+            name,
             description: "95% `/`, 5% 10 ms of blocked worker time, 32 keep-alive connections, 1500 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(1500.0),
-                    mix: mixed_mix(),
-                    label: None,
-                }],
-                5.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(1500.0), mixed_mix())], 5.0, size),
         },
-        "mixed-spin" => Scenario {
-            name: "mixed-spin",
+        Name::MixedSpin => Scenario {
+            name,
             description: "95% `/`, 5% 10 ms of CPU spin (`/work?us=10000`), 32 keep-alive connections, \
                  1000 req/s (lower than `mixed`, so the generator keeps its share of the cores)",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::KeepAlive { conns: 32 },
-                    rate: r(SPIN_RATE),
-                    mix: spin_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::KeepAlive { conns: 32 }, r(SPIN_RATE), spin_mix())], 4.0, size),
         },
-        "skew" => Scenario {
-            name: "skew",
+        Name::Skew => Scenario {
+            name,
             description: "30 keep-alive connections of `/` at 1500 req/s, and a heavy tenant: 2 keep-alive \
                  connections carrying all the 10 ms blocking requests, 80 req/s",
             plan: plan(
                 vec![
-                    Stream {
-                        transport: Transport::KeepAlive { conns: 30 },
-                        rate: r(1500.0),
-                        mix: light_mix(),
-                        label: None,
-                    },
+                    stream(Transport::KeepAlive { conns: 30 }, r(1500.0), light_mix()),
                     Stream {
                         transport: Transport::KeepAlive { conns: 2 },
                         rate: r(80.0),
@@ -155,21 +191,13 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
                 size,
             ),
         },
-        "churn" => Scenario {
-            name: "churn",
+        Name::Churn => Scenario {
+            name,
             description: "a new connection per request (`/`), 800 req/s",
-            plan: plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(800.0), mix: light_mix(), label: None }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::Fresh, r(800.0), light_mix())], 4.0, size),
         },
-        "hang" => {
-            let mut p = plan(
-                vec![Stream { transport: Transport::Fresh, rate: r(400.0), mix: light_mix(), label: None }],
-                12.0,
-                size,
-            );
+        Name::Hang => {
+            let mut p = plan(vec![stream(Transport::Fresh, r(400.0), light_mix())], 12.0, size);
             p.hang = Some(Hang {
                 first_at: if size == Size::Smoke {
                     Duration::from_millis(200)
@@ -180,30 +208,19 @@ pub fn build(name: &str, size: Size, rate_scale: f64) -> Option<Scenario> {
                 block_ms: if size == Size::Smoke { 300 } else { 2000 },
             });
             Scenario {
-                name: "hang",
+                name,
                 description: "a new connection per request (`/`), 400 req/s, while one worker is blocked \
                      for 2 s every 10 s (a keep-alive connection sends it `/block?ms=2000`)",
                 plan: p,
             }
         }
-        "h2" => Scenario {
-            name: "h2",
+        Name::H2 => Scenario {
+            name,
             description: "8 long-lived HTTP/2 connections with multiplexed requests, 95% `/`, 5% 10 ms \
                  of blocked worker time, 1500 req/s",
-            plan: plan(
-                vec![Stream {
-                    transport: Transport::H2 { conns: 8 },
-                    rate: r(1500.0),
-                    mix: mixed_mix(),
-                    label: None,
-                }],
-                4.0,
-                size,
-            ),
+            plan: plan(vec![stream(Transport::H2 { conns: 8 }, r(1500.0), mixed_mix())], 4.0, size),
         },
-        _ => return None,
-    };
-    Some(s)
+    }
 }
 
 #[cfg(test)]
@@ -214,20 +231,29 @@ mod tests {
     fn every_scenario_builds_and_quick_fits_the_budget() {
         let peers = 5.0;
         let mut secs = 0.0;
-        for name in ALL {
-            let s = build(name, Size::Quick, 1.0).unwrap();
+        for &name in Name::all() {
+            let s = build(name, Size::Quick, 1.0);
             assert_eq!(s.name, name);
             // Window, a worst-case drain, and about two seconds of server start and stop.
             secs += (s.plan.duration.as_secs_f64() + 2.0) * peers;
         }
         assert!(secs < 280.0, "quick would take about {secs} s");
-        assert!(build("nope", Size::Quick, 1.0).is_none());
+    }
+
+    #[test]
+    fn names_keep_their_command_line_spellings() {
+        let names: Vec<String> = Name::all().iter().map(Name::to_string).collect();
+        assert_eq!(names, ["light", "mixed", "mixed-spin", "skew", "churn", "hang", "h2"]);
+        assert_eq!(Choice::from_str("all", false), Ok(Choice::All));
+        assert_eq!(Choice::All.names(), Name::all());
+        assert_eq!(Choice::from_str("mixed-spin", false), Ok(Choice::One(Name::MixedSpin)));
+        assert_eq!(Name::H2.index(), 6);
     }
 
     #[test]
     fn mixed_spin_is_mixed_with_cpu_spin_at_its_own_rate() {
-        let spin = build("mixed-spin", Size::Quick, 1.0).unwrap();
-        let mixed = build("mixed", Size::Quick, 1.0).unwrap();
+        let spin = build(Name::MixedSpin, Size::Quick, 1.0);
+        let mixed = build(Name::Mixed, Size::Quick, 1.0);
         let (s, m) = (&spin.plan.streams[0], &mixed.plan.streams[0]);
         assert_eq!(s.transport, m.transport);
         assert_eq!(s.rate, Some(SPIN_RATE));
@@ -240,7 +266,7 @@ mod tests {
 
     #[test]
     fn skew_labels_its_heavy_stream() {
-        let skew = build("skew", Size::Quick, 1.0).unwrap();
+        let skew = build(Name::Skew, Size::Quick, 1.0);
         let labels: Vec<_> = skew.plan.streams.iter().map(|s| s.label).collect();
         assert_eq!(labels, [None, Some("heavy")]);
     }

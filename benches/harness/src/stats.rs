@@ -1,4 +1,5 @@
-//! The workload server's `/_hermes/stats` snapshot and the spread figures derived from it.
+//! The workload server's `/_hermes/stats` snapshot and the spread figures derived from it, the
+//! process CPU time, and the one median of every report.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,7 +127,11 @@ pub fn from_headers(counts: &BTreeMap<String, u64>, workers: usize) -> Vec<f64> 
     counts.values().map(|&v| v as f64).collect()
 }
 
-/// The median (the mean of the two middle values for an even count); `None` for no values.
+/// The median of `values`, the one median of every report; `None` for no values.
+///
+/// For an even count it is the mean of the two middle values: the conventional definition, and
+/// the one the README states for the tables. With the odd repeat counts of the published figures
+/// (3 and 5) it is the middle value either way.
 pub fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);

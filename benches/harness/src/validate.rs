@@ -1,12 +1,12 @@
 //! Cross-checks against real clients: wrk on `light`, h2load on `h2`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::Bench;
+use crate::bench::Bench;
 use crate::load::{self, Plan, Stream, Transport};
 use crate::peer::{self, Server};
+use crate::stats;
 
 /// Connections used by both generators in the validation, as in the `light` scenario.
 const CONNS: usize = 32;
@@ -21,25 +21,17 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
 /// Alternating rounds of each generator, so drift in the machine's other load hits both alike.
 const ROUNDS: usize = 5;
 
-fn median(v: Vec<f64>) -> f64 {
-    crate::stats::median(&v).unwrap_or(0.0)
-}
-
 /// Runs wrk and this generator the same closed-loop way (each connection sends its next request
 /// when the previous answer arrives) against the same `hermes` server, in alternating rounds, and
 /// says whether they agree within 10% (median of the per-round ratios).
 ///
 /// With the server on fewer workers than the machine has cores, the server and not the client is
 /// the bottleneck, so the comparison shows whether this generator measures the server's capacity
-/// as a real client does.
-pub fn wrk_vs_ours(
-    rt: &tokio::runtime::Runtime,
-    bin: &Path,
-    workers: usize,
-    threads: usize,
-    out: &Path,
-) -> Result<String, String> {
-    let log = out.join("logs");
+/// as a real client does. The server runs on `workers` workers.
+pub fn wrk_vs_ours(bench: &Bench, workers: usize) -> Result<String, String> {
+    let bin = bench.workload_bin().ok_or("--validate needs the workload binary")?;
+    let threads = bench.client_threads;
+    let log = bench.out.join("logs");
     std::fs::create_dir_all(&log).map_err(|e| e.to_string())?;
     let server =
         Server::start(bin, peer::BASELINE, workers, &log.join("validate.log")).map_err(|e| e.to_string())?;
@@ -68,14 +60,16 @@ pub fn wrk_vs_ours(
             number_after(&text, "Requests/sec:")
                 .ok_or_else(|| format!("could not read wrk's throughput from: {text}"))?,
         );
-        let o = rt.block_on(load::run(server.addr, &plan, round as u64)).map_err(|e| e.to_string())?;
+        let o = bench.rt.block_on(load::run(server.addr, &plan, round as u64)).map_err(|e| e.to_string())?;
         errors += o.error_count();
         ours.push(o.throughput());
     }
     let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-    let (wrk, mine) = (median(wrks.clone()), median(ours.clone()));
+    // Every round gave a figure, so the medians exist.
+    let median = |v: &[f64]| stats::median(v).unwrap_or(0.0);
+    let (wrk, mine) = (median(&wrks), median(&ours));
     // Each round's pair ran back to back, so its ratio is the least disturbed by drift.
-    let ratio = median(ours.iter().zip(&wrks).map(|(o, w)| o / w).collect());
+    let ratio = median(&ours.iter().zip(&wrks).map(|(o, w)| o / w).collect::<Vec<_>>());
     let agree = (ratio - 1.0).abs() <= 0.10;
     Ok(format!(
         "## Validation: this generator vs wrk on `light`\n\n\
@@ -92,11 +86,11 @@ pub fn wrk_vs_ours(
 
 /// Runs h2load (closed loop, 8 connections × 16 streams) against the baseline peer, when both are
 /// available; returns a note for the h2 report.
-pub fn h2load_note(bench: &Bench, peers: &[String]) -> Option<String> {
-    if !peers.iter().any(|p| p == peer::BASELINE) {
+pub fn h2load_note(bench: &Bench) -> Option<String> {
+    if !bench.peers.contains(&peer::BASELINE) {
         return None;
     }
-    let bin = bench.workload_bin.as_deref()?;
+    let bin = bench.workload_bin()?;
     let log = bench.out.join("logs/h2load.log");
     let server = Server::start(bin, peer::BASELINE, bench.workers, &log).ok()?;
     let output = match Command::new("h2load")
