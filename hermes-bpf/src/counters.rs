@@ -1,5 +1,6 @@
 //! What the dispatch program counts, read from its counters map
-//! ([`Counters`]), and what the kernel counts of its runs ([`ProgramStats`]).
+//! ([`Counters`]), and what the kernel counts of any program's runs
+//! ([`ProgramStats`], shared with `hermes-dsr`'s programs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -82,11 +83,29 @@ impl Counters {
     }
 }
 
-/// The kernel's run statistics of the dispatch program.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kernel's run statistics of a program: of the dispatch program
+/// ([`Dispatcher::program_stats`](crate::Dispatcher::program_stats)), and of
+/// `hermes-dsr`'s balancer and host programs. The kernel updates them only
+/// while statistics are enabled (`sysctl kernel.bpf_stats_enabled=1`, or
+/// [`aya::sys::enable_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramStats {
     /// Total nanoseconds spent in the program while statistics were enabled.
     pub run_time_ns: u64,
     /// Runs counted while statistics were enabled.
     pub run_count: u64,
+}
+
+impl ProgramStats {
+    /// Mean nanoseconds per run, or 0 before any counted run.
+    pub fn ns_per_run(&self) -> f64 {
+        if self.run_count == 0 { 0.0 } else { self.run_time_ns as f64 / self.run_count as f64 }
+    }
+}
+
+impl From<&aya::programs::ProgramInfo> for ProgramStats {
+    /// The statistics in a program's info (`Program::info()` of aya).
+    fn from(info: &aya::programs::ProgramInfo) -> Self {
+        Self { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() }
+    }
 }

@@ -278,7 +278,7 @@ impl Dispatcher {
             .map(|p| p.info())
             .expect("the program exists once loaded")
             .map_err(|e| error::classify("reading the program's info", &e))?;
-        Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+        Ok(ProgramStats::from(&info))
     }
 
     /// Bitmap of the worker slots that hold a listener.

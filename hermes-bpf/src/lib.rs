@@ -8,7 +8,7 @@
 //! - `region`: [`Region`], a map `mmap`ed into the process (or plain memory of the same layout);
 //! - `dispatcher`: [`Dispatcher`], the loader that owns the program and its maps;
 //! - `counters`: [`Counters`], the program's counters, and [`ProgramStats`], the kernel's
-//!   run statistics of the program;
+//!   run statistics of a program (the dispatch program's, and `hermes-dsr`'s);
 //! - `kernel_fds`: [`KernelFds`], the descriptors an upgrade hands to the successor;
 //! - `error`: [`Error`], the loader's error, and [`error_chain`], the helpers the
 //!   workspace's other loaders report their errors with.

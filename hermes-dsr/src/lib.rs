@@ -33,6 +33,9 @@ pub use balancer::{
     Backend, Balancer, BalancerSettings, Datapath, LB_OBJECT, LbCounters, ServerStats, XdpPass,
 };
 pub use error::Error;
+/// The kernel's run statistics of a program ([`Balancer::program_stats`],
+/// [`FeedbackHost::program_stats`]): `hermes-bpf`'s, shared by every
+/// program of the workspace.
+pub use hermes_bpf::ProgramStats;
 pub use host::{AGENT_TICK, Agent, FeedbackHost, HOST_OBJECT, HostCounters, HostSettings, LoadSample};
 pub use layout::{Policy, parse_mac};
-pub use loader::ProgramStats;

@@ -7,26 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use hermes_bpf::Region;
+use hermes_bpf::{ProgramStats, Region};
 
 use crate::error::{self, Error};
-
-/// The kernel's run statistics of a program (enabled by
-/// `sysctl kernel.bpf_stats_enabled=1` or [`aya::sys::enable_stats`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProgramStats {
-    /// Total nanoseconds spent in the program while statistics were enabled.
-    pub run_time_ns: u64,
-    /// Runs counted while statistics were enabled.
-    pub run_count: u64,
-}
-
-impl ProgramStats {
-    /// Mean nanoseconds per run, or 0 before any counted run.
-    pub fn ns_per_run(&self) -> f64 {
-        if self.run_count == 0 { 0.0 } else { self.run_time_ns as f64 / self.run_count as f64 }
-    }
-}
 
 pub(crate) struct Loaded {
     pub(crate) ebpf: Ebpf,
@@ -139,6 +122,6 @@ impl Loaded {
             })?
             .info()
             .map_err(|e| error::classify(self.program, "reading the program's info", &e))?;
-        Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+        Ok(ProgramStats::from(&info))
     }
 }
