@@ -54,7 +54,7 @@ mod region;
 
 /// Helpers for reporting loader errors, for the workspace's other loaders.
 pub mod error_chain {
-    pub use crate::error::{chain, os_error};
+    pub use crate::error::{Refusal, chain, os_error};
 }
 
 use std::sync::{Arc, atomic::AtomicU64};
