@@ -21,7 +21,7 @@ use crate::{
     ControlRegion, CounterRegion, Counters, KernelFds, OBJECT, ProgramStats, WorkerTable,
     error::{self, Error},
     layout::{self, COUNTERS_LEN, Control, LAYOUT_VERSION, MAX_WORKERS, WorkerState},
-    region::{LayoutMismatch, Region},
+    region::{LayoutMismatch, Region, TakeArrayError},
 };
 
 /// How new connections are being placed on workers.
@@ -88,19 +88,17 @@ fn map_region<T>(
     name: &'static str,
     len: usize,
 ) -> Result<(Arc<Region<T>>, OwnedFd), Error> {
-    let map = take_map(ebpf, name)?;
-    let aya::maps::Map::Array(data) = map else {
-        return Err(Error::KernelRefused {
-            what: "reading the embedded object",
-            detail: format!("map `{name}` is not an array"),
-        });
-    };
-    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| Error::Mmap { map: name, source })?;
     // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
-    // of values laid out as `T` (checked by the layout test); `Region::map`
+    // of values laid out as `T` (checked by the layout test); `take_array`
     // checks the value size and the entry count with the kernel.
-    let region = map_fd::<T>(&fd, name, 0, len)?;
-    Ok((region, fd))
+    let (region, fd) = unsafe { Region::take_array(ebpf, name, len) }.map_err(|e| match e {
+        TakeArrayError::Missing { .. } | TakeArrayError::NotArray { .. } => {
+            Error::KernelRefused { what: "reading the embedded object", detail: e.to_string() }
+        }
+        TakeArrayError::Duplicate { map, source } => Error::Mmap { map, source },
+        TakeArrayError::Mmap { map, source } => mmap_error(map, source),
+    })?;
+    Ok((Arc::new(region), fd))
 }
 
 /// Maps elements `first..first + len` of the map behind `fd`.
@@ -109,15 +107,19 @@ fn map_fd<T>(fd: &OwnedFd, name: &'static str, first: usize, len: usize) -> Resu
     // laid out as `T` (the layout test checks the object; an inherited map
     // is refused before this when its layout version differs);
     // `Region::map_range` checks the value size and the entry count.
-    let region = unsafe { Region::map_range(fd, first, len) }.map_err(|source| {
-        match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
-            Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
-                Error::MapLayout { map: name, value_size, entries, want_size, want_entries }
-            }
-            None => Error::Mmap { map: name, source },
-        }
-    })?;
+    let region = unsafe { Region::map_range(fd, first, len) }.map_err(|source| mmap_error(name, source))?;
     Ok(Arc::new(region))
+}
+
+/// The error of a map that could not be mapped: [`Error::MapLayout`] when
+/// its sizes do not fit its Rust mirror, [`Error::Mmap`] otherwise.
+fn mmap_error(map: &'static str, source: std::io::Error) -> Error {
+    match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
+        Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
+            Error::MapLayout { map, value_size, entries, want_size, want_entries }
+        }
+        None => Error::Mmap { map, source },
+    }
 }
 
 impl Dispatcher {

@@ -5,7 +5,8 @@
 //! Modules:
 //!
 //! - [`layout`]: the `#[repr(C)]` mirrors of the program's maps, names and indexes;
-//! - `region`: [`Region`], a map `mmap`ed into the process (or plain memory of the same layout);
+//! - `region`: [`Region`], a map `mmap`ed into the process (or plain memory of the same
+//!   layout), and [`Region::take_array`], how every loader of the workspace maps its arrays;
 //! - `dispatcher`: [`Dispatcher`], the loader that owns the program and its maps;
 //! - `counters`: [`Counters`], the program's counters, and [`ProgramStats`], the kernel's
 //!   run statistics of a program (the dispatch program's, and `hermes-dsr`'s);
@@ -64,7 +65,7 @@ pub use dispatcher::{DispatchMode, Dispatcher};
 pub use error::Error;
 pub use kernel_fds::KernelFds;
 use layout::{Control, WorkerState};
-pub use region::{LayoutMismatch, Region};
+pub use region::{LayoutMismatch, Region, TakeArrayError};
 
 /// The compiled kernel program (`bpf/hermes.bpf.c`, rebuilt by `cargo xtask bpf`).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/hermes.bpf.o");

@@ -1,7 +1,7 @@
 //! What the balancer and the host have in common: loading an embedded
 //! object, mapping its mmapable arrays, attaching a tc program.
 
-use std::{os::fd::AsFd, sync::Arc};
+use std::sync::Arc;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -44,18 +44,12 @@ impl Loaded {
 
     /// Maps `len` values of the mmapable array `map` as `T`.
     pub(crate) fn region<T>(&mut self, map: &'static str, len: usize) -> Result<Arc<Region<T>>, Error> {
-        let program = self.program;
-        let refused = |detail: String| Error::KernelRefused { program, what: "mapping the maps", detail };
-        let m = self.ebpf.take_map(map).ok_or_else(|| refused(format!("map `{map}` is missing")))?;
-        let aya::maps::Map::Array(data) = m else {
-            return Err(refused(format!("map `{map}` is not an array")));
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| refused(format!("`{map}`: {e}")))?;
         // SAFETY: `map` is declared in `bpf/dsr.h`'s programs as an mmapable
         // array of at least `len` values laid out as `T` (checked by the
         // layout test against the embedded object).
-        let region =
-            unsafe { Region::map(&fd, len) }.map_err(|e| refused(format!("mmap of `{map}`: {e}")))?;
+        let (region, _fd) = unsafe { Region::take_array(&mut self.ebpf, map, len) }.map_err(|e| {
+            Error::KernelRefused { program: self.program, what: "mapping the maps", detail: e.to_string() }
+        })?;
         Ok(Arc::new(region))
     }
 
