@@ -21,15 +21,7 @@ impl Loaded {
     pub(crate) fn load(object: &[u8], program: &'static str, name: &'static str) -> Result<Self, Error> {
         let mut ebpf =
             EbpfLoader::new().load(object).map_err(|e| error::classify(program, "creating the maps", &e))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::KernelRefused {
-                program,
-                what: "reading the embedded object",
-                detail: format!("program `{name}` is missing"),
-            })?
-            .try_into()
-            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        let prog: &mut SchedClassifier = program_mut(&mut ebpf, program, name)?;
         prog.load().map_err(|e| error::classify(program, "loading the program", &e))?;
         // The object's XDP programs are loaded now too, while its maps are
         // all held here: once `region` takes a map out of `ebpf`, the
@@ -82,16 +74,7 @@ impl Loaded {
     /// The attachment lasts as long as `self`.
     pub(crate) fn attach_xdp(&mut self, name: &'static str, interface: &str) -> Result<(), Error> {
         let program = self.program;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::KernelRefused {
-                program,
-                what: "reading the embedded object",
-                detail: format!("program `{name}` is missing"),
-            })?
-            .try_into()
-            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        let prog: &mut Xdp = program_mut(&mut self.ebpf, program, name)?;
         prog.attach(interface, XdpMode::Default).map(|_| ()).map_err(|e| Error::Attach {
             program,
             interface: interface.to_owned(),
@@ -118,4 +101,20 @@ impl Loaded {
             .map_err(|e| error::classify(self.program, "reading the program's info", &e))?;
         Ok(ProgramStats::from(&info))
     }
+}
+
+/// Program `name` of the object, as the kind `P` it was compiled as (a tc
+/// classifier or an XDP program).
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, program: &'static str, name: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::KernelRefused {
+            program,
+            what: "reading the embedded object",
+            detail: format!("program `{name}` is missing"),
+        })?
+        .try_into()
+        .map_err(|e| error::classify(program, "reading the program", &e))
 }
