@@ -1,6 +1,8 @@
-//! Test helpers: the testbed (from the library), HTTP/1.1 over plain
-//! sockets, and a raw capture.
+//! Test helpers: the testbed (from the library), the cluster the
+//! end-to-end tests run on, HTTP/1.1 over plain sockets, and a raw capture.
 #![allow(dead_code)]
+
+mod cluster;
 
 use std::{
     io::{Read, Write},
@@ -10,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+pub use cluster::*;
 pub use hermes_dsr::testbed::*;
 
 /// Whether the privileged tests can run; without, fails when
