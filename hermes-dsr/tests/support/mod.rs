@@ -1,4 +1,5 @@
-//! Test helpers: the testbed (from the library), the cluster the
+//! Test helpers of the tier (`hermes-dsr`'s tests and `hermes-dsr-tools`'):
+//! the testbed (from `hermes-dsr-tools`), the cluster the
 //! end-to-end tests run on, HTTP/1.1 over plain sockets, and a raw capture.
 #![allow(dead_code)]
 
@@ -13,7 +14,7 @@ use std::{
 };
 
 pub use cluster::*;
-pub use hermes_dsr::testbed::*;
+pub use hermes_dsr_tools::testbed::*;
 
 /// Whether the privileged tests can run; without, fails when
 /// `HERMES_REQUIRE_BPF=1` and otherwise skips loudly.

@@ -3,6 +3,8 @@
 //! program balances the VIP's flows and prints its settings and figures as
 //! JSON lines.
 
+// The tier's test helpers and cluster, shared with `hermes-dsr`'s own tests.
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
