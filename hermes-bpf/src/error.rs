@@ -131,15 +131,35 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// What a loader error comes down to: the kernel refusing for lack of a
+/// capability, or anything else. Each loader of the workspace turns it into
+/// its own error type ([`Error::MissingCapability`] or
+/// [`Error::KernelRefused`] here, the same variants in `hermes-dsr`), so
+/// that a missing privilege is told apart the same way everywhere.
+#[derive(Debug)]
+pub enum Refusal {
+    /// `EPERM` or `EACCES` among the error's sources: the process lacks
+    /// CAP_BPF (or, for tc and XDP programs, CAP_NET_ADMIN).
+    Permission(io::Error),
+    /// Any other failure: the error's full message with its sources ([`chain`]).
+    Other(String),
+}
+
+impl Refusal {
+    /// Sorts a loader error (aya's, which carries the OS error among its
+    /// sources) into a [`Refusal`].
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> Self {
+        match os_error(e).and_then(io::Error::raw_os_error) {
+            Some(code @ (libc::EPERM | libc::EACCES)) => Self::Permission(io::Error::from_raw_os_error(code)),
+            _ => Self::Other(chain(e)),
+        }
+    }
+}
+
 /// Classifies a loader error: permission errors become [`Error::MissingCapability`].
 pub(crate) fn classify(what: &'static str, e: &(dyn std::error::Error + 'static)) -> Error {
-    match os_error(e) {
-        Some(io) if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
-            Error::MissingCapability {
-                what,
-                source: io::Error::from_raw_os_error(io.raw_os_error().unwrap_or(libc::EPERM)),
-            }
-        }
-        _ => Error::KernelRefused { what, detail: chain(e) },
+    match Refusal::of(e) {
+        Refusal::Permission(source) => Error::MissingCapability { what, source },
+        Refusal::Other(detail) => Error::KernelRefused { what, detail },
     }
 }

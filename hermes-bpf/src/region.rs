@@ -1,15 +1,20 @@
-//! Memory shared with the kernel program: a map `mmap`ed through its fd, or,
+//! Memory shared with the kernel programs: a map `mmap`ed through its fd, or,
 //! when the program cannot be loaded, plain process memory of the same
 //! layout so that the rest of the system does not care which it has.
+//!
+//! Every loader of the workspace (the dispatch program's here, the
+//! `hermes-dsr` balancer's and host's) maps its mmapable arrays with
+//! [`Region::take_array`], so that taking a map out of a loaded object,
+//! checking it is an array and mapping it is written once.
 
 use std::{
     fmt, io,
     ops::Deref,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
 };
 
-use aya::maps::MapData;
+use aya::{Ebpf, maps::MapData};
 use memmap2::{MmapOptions, MmapRaw};
 
 enum Backing<T> {
@@ -114,6 +119,38 @@ impl<T> Region<T> {
         Ok(Self { ptr, len, backing: Backing::Map(mmap) })
     }
 
+    /// Takes the array map `map` out of a loaded object and maps its first
+    /// `len` values as a region ([`Region::map`]). Returns the region and a
+    /// descriptor of the map, for a loader that hands it over or keeps it.
+    ///
+    /// Take the maps only once the object's programs are loaded: the loads
+    /// resolve the maps through the descriptors `ebpf` holds.
+    ///
+    /// # Errors
+    /// [`TakeArrayError`]: the map is missing or not an array, its
+    /// descriptor cannot be duplicated, or [`Region::map`] refuses it.
+    ///
+    /// # Safety
+    /// As [`Region::map`]: `map` must be an mmapable array whose values have
+    /// exactly the layout of `T`.
+    pub unsafe fn take_array(
+        ebpf: &mut Ebpf,
+        map: &'static str,
+        len: usize,
+    ) -> Result<(Self, OwnedFd), TakeArrayError> {
+        let aya::maps::Map::Array(data) = ebpf.take_map(map).ok_or(TakeArrayError::Missing { map })? else {
+            return Err(TakeArrayError::NotArray { map });
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| TakeArrayError::Duplicate { map, source })?;
+        // SAFETY: the caller's contract.
+        let region = unsafe { Self::map(&fd, len) }.map_err(|source| TakeArrayError::Mmap { map, source })?;
+        Ok((region, fd))
+    }
+
     /// Whether this region is a kernel map (rather than process memory).
     pub fn is_kernel_map(&self) -> bool {
         matches!(self.backing, Backing::Map(_))
@@ -157,6 +194,44 @@ impl fmt::Display for LayoutMismatch {
 }
 
 impl std::error::Error for LayoutMismatch {}
+
+/// Why [`Region::take_array`] could not map an array of a loaded object.
+/// The messages are the details a loader puts into its own error.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeArrayError {
+    /// The object has no map of that name (or it was taken already).
+    #[error("map `{map}` is missing")]
+    Missing {
+        /// Map name.
+        map: &'static str,
+    },
+    /// The map is not a `BPF_MAP_TYPE_ARRAY`.
+    #[error("map `{map}` is not an array")]
+    NotArray {
+        /// Map name.
+        map: &'static str,
+    },
+    /// The map's descriptor could not be duplicated.
+    #[error("`{map}`: {source}")]
+    Duplicate {
+        /// Map name.
+        map: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Region::map`] refused the map (an `InvalidData` wrapping a
+    /// [`LayoutMismatch`] when its sizes do not fit the Rust type), or the
+    /// `mmap` failed.
+    #[error("mmap of `{map}`: {source}")]
+    Mmap {
+        /// Map name.
+        map: &'static str,
+        /// [`Region::map`]'s error.
+        #[source]
+        source: io::Error,
+    },
+}
 
 impl<T> Deref for Region<T> {
     type Target = [T];

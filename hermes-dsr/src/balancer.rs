@@ -12,12 +12,12 @@ use std::{
 };
 
 use aya::programs::TcAttachType;
-use hermes_bpf::{Region, monotonic_ns};
+use hermes_bpf::{ProgramStats, Region, monotonic_ns};
 
 use crate::{
     error::Error,
     layout::{self, LbConfig, MAGLEV_SIZE, MAX_SERVERS, Policy, ServerSlot, lb_counter},
-    loader::{Loaded, ProgramStats},
+    loader::Loaded,
     maglev,
 };
 

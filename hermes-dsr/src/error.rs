@@ -46,7 +46,8 @@ pub enum Error {
     Invalid(String),
 }
 
-pub(crate) use hermes_bpf::error_chain::{chain, os_error};
+use hermes_bpf::error_chain::Refusal;
+pub(crate) use hermes_bpf::error_chain::chain;
 
 /// Classifies a loader error: permission errors become [`Error::MissingCapability`].
 pub(crate) fn classify(
@@ -54,10 +55,8 @@ pub(crate) fn classify(
     what: &'static str,
     e: &(dyn std::error::Error + 'static),
 ) -> Error {
-    match os_error(e).and_then(io::Error::raw_os_error) {
-        Some(code @ (libc::EPERM | libc::EACCES)) => {
-            Error::MissingCapability { program, what, source: io::Error::from_raw_os_error(code) }
-        }
-        _ => Error::KernelRefused { program, what, detail: chain(e) },
+    match Refusal::of(e) {
+        Refusal::Permission(source) => Error::MissingCapability { program, what, source },
+        Refusal::Other(detail) => Error::KernelRefused { program, what, detail },
     }
 }

@@ -13,13 +13,13 @@ use std::{
 };
 
 use aya::programs::TcAttachType;
-use hermes_bpf::{Region, monotonic_ns};
+use hermes_bpf::{ProgramStats, Region, monotonic_ns};
 use hermes_runtime::{Snapshot, WorkerStatus};
 
 use crate::{
     error::Error,
     layout::{self, HostConfig, HostLoad, host_counter},
-    loader::{Loaded, ProgramStats},
+    loader::Loaded,
 };
 
 /// The compiled host feedback program (`bpf/dsr_host.bpf.c`, rebuilt by `cargo xtask bpf`).

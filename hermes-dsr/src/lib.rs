@@ -18,7 +18,9 @@
 //!   clients never see the option. The balancer learns the load and drops
 //!   the copy. No polling request, no extra process.
 //!
-//! Layouts shared with the programs are in [`layout`].
+//! Layouts shared with the programs are in [`layout`]. The `hermes-lb` and
+//! `dsr-bench` programs, and the network-namespace testbed the tier's tests
+//! run on, are in the `hermes-dsr-tools` package (`hermes-dsr/tools`).
 #![deny(missing_docs)]
 
 mod balancer;
@@ -27,12 +29,14 @@ mod host;
 pub mod layout;
 mod loader;
 pub mod maglev;
-pub mod testbed;
 
 pub use balancer::{
     Backend, Balancer, BalancerSettings, Datapath, LB_OBJECT, LbCounters, ServerStats, XdpPass,
 };
 pub use error::Error;
+/// The kernel's run statistics of a program ([`Balancer::program_stats`],
+/// [`FeedbackHost::program_stats`]): `hermes-bpf`'s, shared by every
+/// program of the workspace.
+pub use hermes_bpf::ProgramStats;
 pub use host::{AGENT_TICK, Agent, FeedbackHost, HOST_OBJECT, HostCounters, HostSettings, LoadSample};
 pub use layout::{Policy, parse_mac};
-pub use loader::ProgramStats;

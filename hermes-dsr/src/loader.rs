@@ -1,32 +1,15 @@
 //! What the balancer and the host have in common: loading an embedded
 //! object, mapping its mmapable arrays, attaching a tc program.
 
-use std::{os::fd::AsFd, sync::Arc};
+use std::sync::Arc;
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
 };
-use hermes_bpf::Region;
+use hermes_bpf::{ProgramStats, Region};
 
 use crate::error::{self, Error};
-
-/// The kernel's run statistics of a program (enabled by
-/// `sysctl kernel.bpf_stats_enabled=1` or [`aya::sys::enable_stats`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProgramStats {
-    /// Total nanoseconds spent in the program while statistics were enabled.
-    pub run_time_ns: u64,
-    /// Runs counted while statistics were enabled.
-    pub run_count: u64,
-}
-
-impl ProgramStats {
-    /// Mean nanoseconds per run, or 0 before any counted run.
-    pub fn ns_per_run(&self) -> f64 {
-        if self.run_count == 0 { 0.0 } else { self.run_time_ns as f64 / self.run_count as f64 }
-    }
-}
 
 pub(crate) struct Loaded {
     pub(crate) ebpf: Ebpf,
@@ -38,15 +21,7 @@ impl Loaded {
     pub(crate) fn load(object: &[u8], program: &'static str, name: &'static str) -> Result<Self, Error> {
         let mut ebpf =
             EbpfLoader::new().load(object).map_err(|e| error::classify(program, "creating the maps", &e))?;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::KernelRefused {
-                program,
-                what: "reading the embedded object",
-                detail: format!("program `{name}` is missing"),
-            })?
-            .try_into()
-            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        let prog: &mut SchedClassifier = program_mut(&mut ebpf, program, name)?;
         prog.load().map_err(|e| error::classify(program, "loading the program", &e))?;
         // The object's XDP programs are loaded now too, while its maps are
         // all held here: once `region` takes a map out of `ebpf`, the
@@ -61,18 +36,12 @@ impl Loaded {
 
     /// Maps `len` values of the mmapable array `map` as `T`.
     pub(crate) fn region<T>(&mut self, map: &'static str, len: usize) -> Result<Arc<Region<T>>, Error> {
-        let program = self.program;
-        let refused = |detail: String| Error::KernelRefused { program, what: "mapping the maps", detail };
-        let m = self.ebpf.take_map(map).ok_or_else(|| refused(format!("map `{map}` is missing")))?;
-        let aya::maps::Map::Array(data) = m else {
-            return Err(refused(format!("map `{map}` is not an array")));
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| refused(format!("`{map}`: {e}")))?;
         // SAFETY: `map` is declared in `bpf/dsr.h`'s programs as an mmapable
         // array of at least `len` values laid out as `T` (checked by the
         // layout test against the embedded object).
-        let region =
-            unsafe { Region::map(&fd, len) }.map_err(|e| refused(format!("mmap of `{map}`: {e}")))?;
+        let (region, _fd) = unsafe { Region::take_array(&mut self.ebpf, map, len) }.map_err(|e| {
+            Error::KernelRefused { program: self.program, what: "mapping the maps", detail: e.to_string() }
+        })?;
         Ok(Arc::new(region))
     }
 
@@ -105,16 +74,7 @@ impl Loaded {
     /// The attachment lasts as long as `self`.
     pub(crate) fn attach_xdp(&mut self, name: &'static str, interface: &str) -> Result<(), Error> {
         let program = self.program;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::KernelRefused {
-                program,
-                what: "reading the embedded object",
-                detail: format!("program `{name}` is missing"),
-            })?
-            .try_into()
-            .map_err(|e| error::classify(program, "reading the program", &e))?;
+        let prog: &mut Xdp = program_mut(&mut self.ebpf, program, name)?;
         prog.attach(interface, XdpMode::Default).map(|_| ()).map_err(|e| Error::Attach {
             program,
             interface: interface.to_owned(),
@@ -139,6 +99,22 @@ impl Loaded {
             })?
             .info()
             .map_err(|e| error::classify(self.program, "reading the program's info", &e))?;
-        Ok(ProgramStats { run_time_ns: info.run_time().as_nanos() as u64, run_count: info.run_count() })
+        Ok(ProgramStats::from(&info))
     }
+}
+
+/// Program `name` of the object, as the kind `P` it was compiled as (a tc
+/// classifier or an XDP program).
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, program: &'static str, name: &str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::KernelRefused {
+            program,
+            what: "reading the embedded object",
+            detail: format!("program `{name}` is missing"),
+        })?
+        .try_into()
+        .map_err(|e| error::classify(program, "reading the program", &e))
 }

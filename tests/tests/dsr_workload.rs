@@ -17,10 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_dsr::{
-    Backend, Balancer, BalancerSettings, Policy,
-    testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac},
-};
+use hermes_dsr::{Backend, Balancer, BalancerSettings, Policy};
+use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 const PORT: u16 = 8080;

@@ -1,6 +1,9 @@
-//! Test helpers: the testbed (from the library), HTTP/1.1 over plain
-//! sockets, and a raw capture.
+//! Test helpers of the tier (`hermes-dsr`'s tests and `hermes-dsr-tools`'):
+//! the testbed (from `hermes-dsr-tools`), the cluster the
+//! end-to-end tests run on, HTTP/1.1 over plain sockets, and a raw capture.
 #![allow(dead_code)]
+
+mod cluster;
 
 use std::{
     io::{Read, Write},
@@ -10,7 +13,8 @@ use std::{
     time::Duration,
 };
 
-pub use hermes_dsr::testbed::*;
+pub use cluster::*;
+pub use hermes_dsr_tools::testbed::*;
 
 /// Whether the privileged tests can run; without, fails when
 /// `HERMES_REQUIRE_BPF=1` and otherwise skips loudly.

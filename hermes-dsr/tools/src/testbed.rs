@@ -1,4 +1,4 @@
-//! The network-namespace testbed of the tests and of `dsr-bench`: a client,
+//! The network-namespace testbed of the tier's tests and of `dsr-bench`: a client,
 //! a balancer and servers on one bridge, each in a namespace of its own that
 //! [`Testbed::new`] creates and its `Drop` removes (even when a test fails).
 //! Hosts take addresses from 192.0.2.0/24, the VIP is 198.51.100.10; no
@@ -138,7 +138,7 @@ impl Testbed {
     }
 
     /// Readies the segment for the balancer at XDP
-    /// ([`Datapath::Xdp`](crate::Datapath::Xdp)), for as long as the returned
+    /// ([`Datapath::Xdp`](hermes_dsr::Datapath::Xdp)), for as long as the returned
     /// program lives. On a veth pair two things differ from a wire:
     /// - frames the balancer sends back with `XDP_TX` reach the bridge only
     ///   if the bridge's port runs an XDP program too, so a pass program is
@@ -151,12 +151,12 @@ impl Testbed {
     ///   had come from a wire, where the checksum is always complete.
     ///
     /// # Errors
-    /// As [`XdpPass::attach`](crate::XdpPass::attach); the offload change
+    /// As [`XdpPass::attach`](hermes_dsr::XdpPass::attach); the offload change
     /// panics like the other testbed steps.
-    pub fn ready_for_xdp(&self) -> Result<crate::XdpPass, crate::Error> {
+    pub fn ready_for_xdp(&self) -> Result<hermes_dsr::XdpPass, hermes_dsr::Error> {
         in_ns(&self.ns("c"), || tx_checksum_offload("eth0", false));
         let port = self.port("lb");
-        in_ns(&self.ns("br"), move || crate::XdpPass::attach(&port))
+        in_ns(&self.ns("br"), move || hermes_dsr::XdpPass::attach(&port))
     }
 
     /// The namespace of `role` (`c`, `lb`, `s0`, ...).

@@ -7,7 +7,7 @@
 //! seconds (cheap requests, then costly ones). Prints requests per second and
 //! p99 per mode, and last `rps ratio in-band/polling-1s = X.XX`.
 //!
-//! `cargo run --release -p hermes-dsr --bin dsr-bench -- --quick [--datapath tc|xdp]`
+//! `cargo run --release -p hermes-dsr-tools --bin dsr-bench -- --quick [--datapath tc|xdp]`
 //! (as root). `--datapath` picks where the balancer's program runs (tc
 //! ingress by default; XDP with a pass program on the bridge's port).
 //! Figures mean something only on a quiet machine.
@@ -24,10 +24,8 @@ use std::{
 };
 
 use axum::{Router, extract::Query, routing::get};
-use hermes_dsr::{
-    Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy,
-    testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac},
-};
+use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy};
+use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
 use hermes_runtime::{Builder, ServerHandle};
 
 const SCALES: [u64; 3] = [1, 2, 4];

@@ -1,0 +1,417 @@
+//! The loader of the dispatch program: [`Dispatcher`] loads the embedded
+//! object (or takes over the program and maps of the server it replaces),
+//! maps the program's arrays, fills the socket array with the workers'
+//! listeners and attaches the program to their `SO_REUSEPORT` group;
+//! [`DispatchMode`] says whether it is in use or the kernel hash places
+//! connections instead.
+
+use std::{
+    fmt,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::{Arc, atomic::AtomicU64},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, ReusePortSockArray},
+    programs::SkReuseport,
+};
+
+use crate::{
+    ControlRegion, CounterRegion, Counters, KernelFds, OBJECT, ProgramStats, WorkerTable,
+    error::{self, Error},
+    layout::{self, COUNTERS_LEN, Control, LAYOUT_VERSION, MAX_WORKERS, WorkerState},
+    region::{LayoutMismatch, Region, TakeArrayError},
+};
+
+/// How new connections are being placed on workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispatchMode {
+    /// The Hermes program chooses (falling back per connection, counted).
+    Ebpf,
+    /// The kernel's `SO_REUSEPORT` hash chooses, for the reason given.
+    KernelHash {
+        /// Why the program is not in use.
+        reason: String,
+    },
+}
+
+impl fmt::Display for DispatchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ebpf => f.write_str("ebpf"),
+            Self::KernelHash { reason } => write!(f, "kernel-hash ({reason})"),
+        }
+    }
+}
+
+/// The loaded dispatch program and its maps.
+///
+/// Place each worker's listener with [`Dispatcher::insert`], attach the
+/// program to the group through any one listener with
+/// [`Dispatcher::attach`], then steer with [`Control::publish`].
+pub struct Dispatcher {
+    program: Program,
+    sockets: ReusePortSockArray<MapData>,
+    fds: KernelFds,
+    control: ControlRegion,
+    table: WorkerTable,
+    counters: CounterRegion,
+    filled: u64,
+    slot_base: usize,
+}
+
+/// The program: loaded by this process, or inherited from the server it
+/// replaces (aya 0.14 cannot make an `SkReuseport` from a descriptor, so
+/// an inherited one is kept as its descriptor and attached with
+/// `setsockopt` directly).
+enum Program {
+    Loaded(Ebpf),
+    Inherited,
+}
+
+impl fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dispatcher").field("filled", &format_args!("{:#x}", self.filled)).finish()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
+    ebpf.take_map(name).ok_or(Error::KernelRefused {
+        what: "reading the embedded object",
+        detail: format!("map `{name}` is missing"),
+    })
+}
+
+fn map_region<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    len: usize,
+) -> Result<(Arc<Region<T>>, OwnedFd), Error> {
+    // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
+    // of values laid out as `T` (checked by the layout test); `take_array`
+    // checks the value size and the entry count with the kernel.
+    let (region, fd) = unsafe { Region::take_array(ebpf, name, len) }.map_err(|e| match e {
+        TakeArrayError::Missing { .. } | TakeArrayError::NotArray { .. } => {
+            Error::KernelRefused { what: "reading the embedded object", detail: e.to_string() }
+        }
+        TakeArrayError::Duplicate { map, source } => Error::Mmap { map, source },
+        TakeArrayError::Mmap { map, source } => mmap_error(map, source),
+    })?;
+    Ok((Arc::new(region), fd))
+}
+
+/// Maps elements `first..first + len` of the map behind `fd`.
+fn map_fd<T>(fd: &OwnedFd, name: &'static str, first: usize, len: usize) -> Result<Arc<Region<T>>, Error> {
+    // SAFETY: `fd` is one of the program's mmapable arrays, whose values are
+    // laid out as `T` (the layout test checks the object; an inherited map
+    // is refused before this when its layout version differs);
+    // `Region::map_range` checks the value size and the entry count.
+    let region = unsafe { Region::map_range(fd, first, len) }.map_err(|source| mmap_error(name, source))?;
+    Ok(Arc::new(region))
+}
+
+/// The error of a map that could not be mapped: [`Error::MapLayout`] when
+/// its sizes do not fit its Rust mirror, [`Error::Mmap`] otherwise.
+fn mmap_error(map: &'static str, source: std::io::Error) -> Error {
+    match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
+        Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
+            Error::MapLayout { map, value_size, entries, want_size, want_entries }
+        }
+        None => Error::Mmap { map, source },
+    }
+}
+
+impl Dispatcher {
+    /// Loads the embedded program and creates its maps.
+    ///
+    /// # Errors
+    /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`]
+    /// when the kernel rejects the object or program.
+    pub fn load() -> Result<Self, Error> {
+        let mut ebpf =
+            EbpfLoader::new().load(OBJECT).map_err(|e| error::classify("creating the maps", &e))?;
+        let program: &mut SkReuseport = ebpf
+            .program_mut(layout::PROGRAM_NAME)
+            .ok_or(Error::KernelRefused {
+                what: "reading the embedded object",
+                detail: format!("program `{}` is missing", layout::PROGRAM_NAME),
+            })?
+            .try_into()
+            .map_err(|e| error::classify("reading the program", &e))?;
+        program.load().map_err(|e| error::classify("loading the program", &e))?;
+        let program_fd = program
+            .fd()
+            .map_err(|e| error::classify("reading the program", &e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::KernelRefused { what: "reading the program", detail: e.to_string() })?;
+        // Taken only now: the program's load resolves the maps through their fds.
+        let (control, control_fd) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
+        let (table, table_fd) = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
+        let (counters, counters_fd) = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
+        let sockets_map = take_map(&mut ebpf, layout::SOCKETS_MAP)?;
+        let sockets_fd = match &sockets_map {
+            aya::maps::Map::ReusePortSockArray(data) => data.fd().as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
+        let sockets = ReusePortSockArray::try_from(sockets_map)
+            .map_err(|e| error::classify("opening the socket array", &e))?;
+        let sockets_fd = sockets_fd.ok_or_else(|| Error::KernelRefused {
+            what: "opening the socket array",
+            detail: "its descriptor could not be duplicated".into(),
+        })?;
+        control[0].set_layout_version(LAYOUT_VERSION);
+        let fds = KernelFds {
+            control: control_fd,
+            table: table_fd,
+            counters: counters_fd,
+            sockets: sockets_fd,
+            program: program_fd,
+        };
+        Ok(Self {
+            program: Program::Loaded(ebpf),
+            sockets,
+            fds,
+            control,
+            table,
+            counters,
+            filled: 0,
+            slot_base: 0,
+        })
+    }
+
+    /// Takes over the program and maps of a running server (descriptors
+    /// received in an upgrade), for a server whose workers use the slots
+    /// `slot_base..` of the socket array, the Worker State Table and the
+    /// per-worker counters: [`Dispatcher::table`] then starts at slot
+    /// `slot_base`, and [`Dispatcher::insert`]'s worker `i` is slot
+    /// `slot_base + i`. Nothing is reset: the counters carry on.
+    ///
+    /// # Errors
+    /// [`Error::LayoutVersion`] when the maps were made by a server of
+    /// another [`LAYOUT_VERSION`]; [`Error::MapLayout`] when a map's sizes do
+    /// not fit this crate's mirrors; [`Error::Mmap`] when one cannot be
+    /// mapped; [`Error::WorkerOutOfRange`] for a base beyond the table.
+    pub fn inherit(fds: KernelFds, slot_base: usize) -> Result<Self, Error> {
+        if slot_base >= MAX_WORKERS {
+            return Err(Error::WorkerOutOfRange { worker: slot_base, max: MAX_WORKERS });
+        }
+        let control = map_fd::<Control>(&fds.control, layout::CONTROL_MAP, 0, 1)?;
+        let found = control[0].layout_version();
+        if found != LAYOUT_VERSION {
+            return Err(Error::LayoutVersion { found, want: LAYOUT_VERSION });
+        }
+        let table = map_fd::<WorkerState>(&fds.table, layout::TABLE_MAP, slot_base, MAX_WORKERS - slot_base)?;
+        let counters = map_fd::<AtomicU64>(&fds.counters, layout::COUNTERS_MAP, 0, COUNTERS_LEN)?;
+        let sockets_data = MapData::from_fd(
+            fds.sockets.try_clone().map_err(|source| Error::Mmap { map: layout::SOCKETS_MAP, source })?,
+        )
+        .map_err(|e| error::classify("opening the inherited socket array", &e))?;
+        let sockets = ReusePortSockArray::try_from(aya::maps::Map::ReusePortSockArray(sockets_data))
+            .map_err(|e| error::classify("opening the inherited socket array", &e))?;
+        Ok(Self { program: Program::Inherited, sockets, fds, control, table, counters, filled: 0, slot_base })
+    }
+
+    /// Duplicates of the descriptors of the program and its maps, to hand
+    /// to a successor ([`Dispatcher::inherit`]).
+    pub fn export_fds(&self) -> std::io::Result<KernelFds> {
+        self.fds.try_clone()
+    }
+
+    /// The first slot of this server's workers (0 unless inherited).
+    pub fn slot_base(&self) -> usize {
+        self.slot_base
+    }
+
+    /// Loads the program, or says why new connections will be placed by the
+    /// kernel's hash instead. Logs the fallback once as a warning.
+    pub fn load_or_fallback() -> (Option<Self>, DispatchMode) {
+        match Self::load() {
+            Ok(d) => (Some(d), DispatchMode::Ebpf),
+            Err(e) => {
+                tracing::warn!(error = %e, "Hermes dispatch unavailable; new connections use plain SO_REUSEPORT hashing");
+                (None, DispatchMode::KernelHash { reason: e.to_string() })
+            }
+        }
+    }
+
+    /// The settings and bitmap, shared with the program.
+    pub fn control(&self) -> &ControlRegion {
+        &self.control
+    }
+
+    /// [`Control`] itself (the region's only entry).
+    pub fn settings(&self) -> &Control {
+        &self.control[0]
+    }
+
+    /// The Worker State Table the program's fine filter reads.
+    pub fn table(&self) -> &WorkerTable {
+        &self.table
+    }
+
+    /// The counters region.
+    pub fn counter_region(&self) -> &CounterRegion {
+        &self.counters
+    }
+
+    /// Reads the counters.
+    pub fn counters(&self) -> Counters {
+        Counters::read(&self.counters)
+    }
+
+    /// The kernel's run statistics of the program: total run time and run
+    /// count. The kernel updates them only while statistics are enabled
+    /// (`sysctl kernel.bpf_stats_enabled=1`, or [`aya::sys::enable_stats`]).
+    ///
+    /// # Errors
+    /// [`Error::KernelRefused`] for a program inherited in an upgrade (aya
+    /// 0.14 reads the statistics of programs it loaded only).
+    pub fn program_stats(&self) -> Result<ProgramStats, Error> {
+        let Program::Loaded(ebpf) = &self.program else {
+            return Err(Error::KernelRefused {
+                what: "reading the program's info",
+                detail: "the program was inherited from the server this one replaced".into(),
+            });
+        };
+        let info = ebpf
+            .program(layout::PROGRAM_NAME)
+            .map(|p| p.info())
+            .expect("the program exists once loaded")
+            .map_err(|e| error::classify("reading the program's info", &e))?;
+        Ok(ProgramStats::from(&info))
+    }
+
+    /// Bitmap of the worker slots that hold a listener.
+    pub fn filled(&self) -> u64 {
+        self.filled
+    }
+
+    fn check(worker: usize) -> Result<u32, Error> {
+        if worker < MAX_WORKERS {
+            Ok(worker as u32)
+        } else {
+            Err(Error::WorkerOutOfRange { worker, max: MAX_WORKERS })
+        }
+    }
+
+    /// Places `listener` in slot `worker`, replacing what was there. The
+    /// listener must belong to the group the program is (or will be) attached to.
+    pub fn insert(&mut self, worker: usize, listener: &impl AsRawFd) -> Result<(), Error> {
+        let slot = Self::check(worker)?;
+        let slot = Self::check(slot as usize + self.slot_base)?;
+        self.sockets.set(slot, listener, 0).map_err(|e| Error::Socket {
+            what: "placing",
+            worker,
+            detail: error_chain(&e),
+        })?;
+        self.filled |= 1 << worker;
+        Ok(())
+    }
+
+    /// Empties slot `worker`. Emptying an empty slot is not an error. Closing
+    /// a listener empties its slot by itself.
+    pub fn remove(&mut self, worker: usize) -> Result<(), Error> {
+        let bit = Self::check(worker)?;
+        let slot = Self::check(bit as usize + self.slot_base)?;
+        if self.filled & (1 << bit) == 0 {
+            return Ok(());
+        }
+        match self.sockets.clear_index(&slot) {
+            Ok(()) => {}
+            // The socket closed already: the kernel emptied the slot.
+            Err(e) if error::os_error(&e).and_then(|io| io.raw_os_error()) == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::Socket { what: "removing", worker, detail: error_chain(&e) });
+            }
+        }
+        self.filled &= !(1 << bit);
+        Ok(())
+    }
+
+    /// Attaches the program to the `SO_REUSEPORT` group of `listener` (the
+    /// whole group: any member will do).
+    pub fn attach(&self, listener: &impl AsFd) -> Result<(), Error> {
+        let ebpf = match &self.program {
+            Program::Loaded(ebpf) => ebpf,
+            Program::Inherited => {
+                let prog = self.fds.program.as_raw_fd();
+                // SAFETY: plain setsockopt with an int-sized value; both
+                // descriptors are open for the call.
+                let ret = unsafe {
+                    libc::setsockopt(
+                        listener.as_fd().as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_ATTACH_REUSEPORT_EBPF,
+                        (&raw const prog).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if ret != 0 {
+                    return Err(Error::Attach {
+                        what: "attaching",
+                        detail: std::io::Error::last_os_error().to_string(),
+                    });
+                }
+                return Ok(());
+            }
+        };
+        let program: &SkReuseport = ebpf
+            .program(layout::PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("the program was loaded as SkReuseport in Dispatcher::load");
+        program.attach(listener).map_err(|e| Error::Attach { what: "attaching", detail: error_chain(&e) })
+    }
+
+    /// Detaches whatever program the group of `listener` has; the kernel hash
+    /// places new connections from then on.
+    pub fn detach(listener: &impl AsFd) -> Result<(), Error> {
+        SkReuseport::detach(listener)
+            .map_err(|e| Error::Attach { what: "detaching", detail: error_chain(&e) })
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    error::chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real maps, created by the kernel from the embedded object: a Rust
+    /// mirror of the wrong size, or more entries than the map has, is
+    /// refused before anything is mapped.
+    #[test]
+    fn ebpf_mapping_checks_value_size_and_entries_with_the_kernel() {
+        let mut ebpf = match EbpfLoader::new().load(OBJECT) {
+            Ok(e) => e,
+            Err(e) if std::env::var("HERMES_REQUIRE_BPF").as_deref() == Ok("1") => {
+                panic!("HERMES_REQUIRE_BPF=1 but the maps could not be created: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "\n*** SKIPPED ebpf_mapping_checks_value_size_and_entries_with_the_kernel: {e} ***\n"
+                );
+                return;
+            }
+        };
+        // The counters hold u64 values: a 64-byte `Control` does not fit.
+        let err = map_region::<Control>(&mut ebpf, layout::COUNTERS_MAP, 1).unwrap_err();
+        assert!(
+            matches!(err, Error::MapLayout { value_size: 8, want_size: 64, .. }),
+            "wrong value size refused: {err:?}"
+        );
+        assert!(err.to_string().contains("hermes_counters"), "the message names the map: {err}");
+        // One entry more than the table has.
+        let err = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS + 1).unwrap_err();
+        assert!(
+            matches!(err, Error::MapLayout { entries: MAX_WORKERS, want_entries, .. } if want_entries == MAX_WORKERS + 1),
+            "too many entries refused: {err:?}"
+        );
+        // The right mirror maps.
+        let (control, _) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1).unwrap();
+        assert!(control.is_kernel_map());
+    }
+}
