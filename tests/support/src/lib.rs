@@ -5,6 +5,8 @@
 //! - [`wait`]: waiting until a condition holds, on a snapshot or anything else.
 //! - [`snapshot`]: sums over a server's [`Snapshot`](hermes_runtime::Snapshot).
 //! - [`http`]: HTTP/1.1 requests over real loopback sockets, async and blocking.
+//! - [`client`]: hyper clients holding a keep-alive HTTP/1.1 or an HTTP/2
+//!   connection, over TCP or TLS.
 //! - [`server`]: Hermes servers for tests: two unpinned workers, an app like
 //!   the workload's, a shutdown that does not block the test's runtime.
 //! - [`worker`]: an in-memory Worker State Table and a server thread that runs
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod child;
+pub mod client;
 pub mod ebpf;
 pub mod http;
 pub mod kernel;
