@@ -14,6 +14,8 @@
 //! - [`kernel`]: `SO_REUSEPORT` groups, connections and accepts for the
 //!   dispatch program's own tests.
 //! - [`child`]: re-running one test in a child process without CAP_BPF.
+//! - [`workload`]: the `hermes-workload` binary as a child process: started,
+//!   its announced address read, stopped.
 #![deny(missing_docs)]
 
 pub mod child;
@@ -25,3 +27,4 @@ pub mod server;
 pub mod snapshot;
 pub mod wait;
 pub mod worker;
+pub mod workload;
