@@ -16,6 +16,7 @@
 //! - [`child`]: re-running one test in a child process without CAP_BPF.
 //! - [`workload`]: the `hermes-workload` binary as a child process: started,
 //!   its announced address read, stopped.
+//! - [`netns`]: the gate of the tests that make network namespaces.
 #![deny(missing_docs)]
 
 pub mod child;
@@ -23,6 +24,7 @@ pub mod client;
 pub mod ebpf;
 pub mod http;
 pub mod kernel;
+pub mod netns;
 pub mod server;
 pub mod snapshot;
 pub mod wait;
