@@ -11,7 +11,7 @@ use std::{
 };
 
 use hermes_runtime::{
-    Builder, HermesListener, Mode, WorkerStatus,
+    Builder, HermesListener, Mode, ServerHandle, WorkerStatus,
     scheduler::{PassInput, Policy},
 };
 use hermes_test_support::{
@@ -19,7 +19,7 @@ use hermes_test_support::{
     http::{get, read_response, send},
     server::{app, start},
     snapshot::{open_total, wait_all_eligible},
-    wait::poll_until,
+    wait::{TIMEOUT, eventually_snapshot_blocking, poll_until},
 };
 
 /// Open connections come back to zero after normal requests, handler
@@ -278,6 +278,8 @@ fn dropping_the_handle_stops_the_server_unless_detached() {
     let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).mode(Mode::KernelHash));
     let addr = h.local_addr();
     h.detach();
+    // Time for a server stopped by mistake to close its port: what is
+    // checked is that nothing happens, there is no state to wait for.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(get(addr, "/").expect("a detached server still serves").status, 200);
 }
@@ -305,12 +307,10 @@ fn a_snapshot_source_reads_the_running_server_and_not_a_stopped_one() {
     assert!(std::net::TcpStream::connect(addr).is_err(), "{addr} still accepts with a source alive");
 }
 
-/// A handler blocks its worker's thread for a minute: `shutdown()` returns
-/// within the drain timeout plus the grace (it abandons that worker), and the
-/// other worker has stopped.
-#[test]
-fn shutdown_is_bounded_with_a_blocked_worker() {
-    let drain = Duration::from_millis(500);
+/// Two workers on the kernel's hash with `drain` as their drain timeout,
+/// one of them blocked for a minute by a handler; the blocked request's
+/// connection, for the caller to hold.
+fn server_with_a_blocked_worker(drain: Duration) -> (ServerHandle, TcpStream) {
     let h = start(
         Builder::new()
             .workers(2)
@@ -318,12 +318,26 @@ fn shutdown_is_bounded_with_a_blocked_worker() {
             .mode(Mode::KernelHash)
             .drain_timeout(drain),
     );
-    let addr = h.local_addr();
-    let mut blocker = TcpStream::connect(addr).unwrap();
+    let mut blocker = TcpStream::connect(h.local_addr()).unwrap();
     send(&mut blocker, "/block?ms=60000", false).unwrap();
     poll_until(Duration::from_secs(5), || (open_total(&h.snapshot()) == 1).then_some(()))
         .expect("the blocking request's connection is open");
-    std::thread::sleep(Duration::from_millis(200)); // the handler is blocking now
+    // The handler is blocking now: its worker's heartbeat stops (a serving
+    // worker's is at most a tick, 5 ms, old).
+    eventually_snapshot_blocking(&h, TIMEOUT, "a worker blocked by the handler", |s| {
+        s.workers.iter().any(|w| w.heartbeat_age_ms > 200.0)
+    });
+    (h, blocker)
+}
+
+/// A handler blocks its worker's thread for a minute: `shutdown()` returns
+/// within the drain timeout plus the grace (it abandons that worker), and the
+/// other worker has stopped.
+#[test]
+fn shutdown_is_bounded_with_a_blocked_worker() {
+    let drain = Duration::from_millis(500);
+    let (h, _blocker) = server_with_a_blocked_worker(drain);
+    let addr = h.local_addr();
 
     let (done, stopped) = std::sync::mpsc::channel();
     let started = std::time::Instant::now();
@@ -343,19 +357,7 @@ fn shutdown_is_bounded_with_a_blocked_worker() {
 #[test]
 fn join_is_bounded_once_the_workers_drain() {
     let drain = Duration::from_millis(500);
-    let h = start(
-        Builder::new()
-            .workers(2)
-            .bind("127.0.0.1:0".parse().unwrap())
-            .mode(Mode::KernelHash)
-            .drain_timeout(drain),
-    );
-    let addr = h.local_addr();
-    let mut blocker = TcpStream::connect(addr).unwrap();
-    send(&mut blocker, "/block?ms=60000", false).unwrap();
-    poll_until(Duration::from_secs(5), || (open_total(&h.snapshot()) == 1).then_some(()))
-        .expect("the blocking request's connection is open");
-    std::thread::sleep(Duration::from_millis(200)); // the handler is blocking now
+    let (h, _blocker) = server_with_a_blocked_worker(drain);
 
     let started = std::time::Instant::now();
     h.shutdown_worker(0).unwrap();

@@ -9,7 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use hermes_runtime::{
@@ -21,7 +21,7 @@ use hermes_test_support::{
     http::{get, read_response, send},
     server::{app, start},
     snapshot::wait_all_eligible,
-    wait::poll_until,
+    wait::{TIMEOUT, eventually_snapshot_blocking, poll_until},
 };
 
 /// One worker, so its restart closes every listener of the group: the serve
@@ -47,6 +47,7 @@ fn ebpf_program_survives_the_restart_of_every_worker() {
             async move {
                 let serve = axum::serve(hermes_test_support::server::AxumListener(listener), app).with_graceful_shutdown(hermes_runtime::shutdown_signal());
                 if first {
+                    // The serve future fails 300 ms in: the scenario, not a wait.
                     tokio::select! {
                         _ = serve => {}
                         () = tokio::time::sleep(Duration::from_millis(300)) => panic!("serve future panic requested by the test"),
@@ -117,8 +118,13 @@ fn housekeeping_panic_restarts_the_worker_and_leaves_no_dead_listener() {
     policy.armed.store(true, Ordering::SeqCst);
     poll_until(Duration::from_secs(5), || policy.panicked.load(Ordering::SeqCst).then_some(()))
         .expect("the policy panicked");
-    // The worker restarts within 100 ms (and its heartbeat is stale meanwhile).
-    std::thread::sleep(Duration::from_millis(200));
+    // The worker restarts 100 ms after the panic, and its heartbeat is stale
+    // meanwhile: its last one came from the tick that panicked. A heartbeat
+    // more than 50 ms younger than the panic comes from the restarted worker.
+    let panicked = Instant::now();
+    eventually_snapshot_blocking(&h, TIMEOUT, "a heartbeat of the restarted worker 1", |s| {
+        s.workers[1].heartbeat_age_ms + 50.0 < panicked.elapsed().as_secs_f64() * 1e3
+    });
     wait_all_eligible(&h);
 
     let accepted_before = h.snapshot().workers[1].accepted;

@@ -40,6 +40,8 @@ fn ebpf_a_foreign_program_on_the_group_is_detected_reported_and_replaced() {
     let addr = h.local_addr();
     assert_eq!(h.mode(), Mode::Hermes);
     requests(addr, 20);
+    // Time for the self-check to raise a false alarm: what is checked is
+    // that nothing happens, there is no state to wait for.
     std::thread::sleep(Duration::from_millis(300));
     let s = h.snapshot();
     assert_eq!((s.mode, s.dispatch_lost), (Mode::Hermes, 0), "no false alarm while the program runs: {s:?}");

@@ -140,6 +140,7 @@ async fn requests_and_service_time_are_recorded() {
     let _entered = WorkerRef::new(0, table.clone()).enter();
     let svc = Hermes::with_service_time(
         service_fn(|ms: u64| async move {
+            // The service time under test, not a wait.
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Infallible>(ms)
         }),
@@ -168,6 +169,7 @@ async fn sampled_service_time_measures_one_request_in_n_and_scales_it() {
                 4 => 3,
                 _ => 0,
             };
+            // The service time under test, not a wait.
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, Infallible>(())
         }),
@@ -189,6 +191,7 @@ async fn service_time_off_counts_requests_only() {
     let _entered = WorkerRef::new(0, table.clone()).enter();
     let svc = Hermes::with_service_time(
         service_fn(|()| async {
+            // Service time that must not be counted, not a wait.
             tokio::time::sleep(Duration::from_millis(1)).await;
             Ok::<_, Infallible>(())
         }),

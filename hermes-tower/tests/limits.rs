@@ -24,6 +24,7 @@ fn app() -> Router {
     Router::new().route("/", get(|| async { "ok" })).route(
         "/sleep/{ms}",
         get(|Path(ms): Path<u64>| async move {
+            // A handler that outlasts the timeouts under test, not a wait.
             tokio::time::sleep(Duration::from_millis(ms)).await;
             "slept"
         }),
@@ -216,6 +217,7 @@ fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
     // goes over the same connection (a closed one would have been replaced,
     // and counted as a fifth connection accepted).
     runtime.block_on(async {
+        // The channel idles past both 300 ms timeouts: the time under test.
         tokio::time::sleep(Duration::from_millis(400)).await;
         health.check(HealthCheckRequest::default()).await.expect("call after idling");
     });

@@ -5,48 +5,52 @@
 use std::{
     net::{SocketAddr, TcpStream},
     os::fd::FromRawFd,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{Router, routing::get};
-use hermes_runtime::{Builder, ServerHandle};
+use hermes_runtime::ServerHandle;
+use hermes_test_support::{server::two_workers as builder, wait::poll_until};
+
+/// The server's end of the connection from `client_addr`, found among this
+/// process's descriptors; `None` until the server has accepted it.
+fn server_side(client_addr: SocketAddr) -> Option<TcpStream> {
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let Ok(entry) = entry else { continue };
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        if !target.to_string_lossy().starts_with("socket:") {
+            continue;
+        }
+        // SAFETY: `dup` of a descriptor of this process; the duplicate is
+        // owned by the stream below and closed with it, the original is
+        // left alone.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            continue; // closed meanwhile
+        }
+        // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+        let socket = unsafe { TcpStream::from_raw_fd(dup) };
+        if socket.peer_addr().ok() == Some(client_addr) {
+            return Some(socket);
+        }
+    }
+    None
+}
 
 /// `TCP_NODELAY` of the server's end of `client`'s connection.
 fn server_side_nodelay(client: &TcpStream) -> bool {
     let client_addr = client.local_addr().expect("client address");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
-            let Ok(entry) = entry else { continue };
-            let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-            if !target.to_string_lossy().starts_with("socket:") {
-                continue;
-            }
-            // SAFETY: `dup` of a descriptor of this process; the duplicate is
-            // owned by the stream below and closed with it, the original is
-            // left alone.
-            let dup = unsafe { libc::dup(fd) };
-            if dup < 0 {
-                continue; // closed meanwhile
-            }
-            // SAFETY: `dup` is a fresh descriptor that nothing else owns.
-            let socket = unsafe { TcpStream::from_raw_fd(dup) };
-            // The descriptor exists from `accept` on, a moment before the
-            // worker sets the option: read it again until it is set or the
-            // deadline passes, so that only a server that never sets it fails.
-            if socket.peer_addr().ok() == Some(client_addr)
-                && (socket.nodelay().expect("getsockopt TCP_NODELAY") || Instant::now() >= deadline)
-            {
-                return socket.nodelay().expect("getsockopt TCP_NODELAY");
-            }
-        }
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(1),
-            "the server never accepted {client_addr}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let nodelay = |socket: TcpStream| socket.nodelay().expect("getsockopt TCP_NODELAY");
+    // The descriptor exists from `accept` on, a moment before the worker
+    // sets the option: read it again until it is set or the wait ends, so
+    // that only a server that never sets it fails.
+    poll_until(Duration::from_secs(10), || server_side(client_addr).map(nodelay).filter(|&set| set))
+        .unwrap_or_else(|| {
+            nodelay(
+                server_side(client_addr).unwrap_or_else(|| panic!("the server never accepted {client_addr}")),
+            )
+        })
 }
 
 fn check(handle: ServerHandle) {
@@ -57,12 +61,6 @@ fn check(handle: ServerHandle) {
         assert!(!client.nodelay().expect("client option"), "the client's own end is untouched");
     }
     handle.shutdown();
-}
-
-fn builder() -> Builder {
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    builder
 }
 
 #[test]

@@ -14,12 +14,13 @@ use std::{
 };
 
 use axum::{Router, extract::Query, routing::get};
-use bytes::Bytes;
-use hermes_runtime::{Builder, ServerHandle, Snapshot, context};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hermes_runtime::{Builder, ServerHandle, context};
+use hermes_test_support::{
+    client::{H1, get_h1, get_h2, h1, h2},
+    server::shutdown,
+    snapshot::{in_flight, settled},
+    wait::eventually_snapshot as eventually,
+};
 
 /// The worker that runs the caller, or `none` off the workers.
 fn worker_id() -> String {
@@ -48,6 +49,7 @@ async fn heavy(Query(q): Query<HashMap<String, u64>>) -> String {
         ran_on.push_str(" with-stats");
     }
     if let Some(&ms) = q.get("sleep") {
+        // The handler's own timer: a request that waits, not the test.
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     assert!(!q.contains_key("panic"), "the handler panics on purpose");
@@ -67,46 +69,6 @@ fn start(offload: Option<Duration>) -> ServerHandle {
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
 }
 
-async fn shutdown(handle: ServerHandle) {
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
-}
-
-type H1 = http1::SendRequest<Empty<Bytes>>;
-
-async fn h1(addr: SocketAddr) -> H1 {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-async fn get_h1(sender: &mut H1, addr: SocketAddr, path: &str) -> Result<(u16, String), hyper::Error> {
-    sender.ready().await?;
-    let request = http::Request::get(format!("http://{addr}{path}")).body(Empty::new()).expect("request");
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-async fn eventually(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let snapshot = handle.snapshot();
-        if cond(&snapshot) {
-            return snapshot;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {snapshot:#?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn settled(s: &Snapshot) -> bool {
-    s.workers.iter().all(|w| w.in_flight == 0 && w.expected_us == 0)
-}
-
 /// Teaches the server that `/heavy` holds its thread (20 ms per request):
 /// the first request of an unknown route runs on the worker.
 async fn learn_heavy(conn: &mut H1, addr: SocketAddr) {
@@ -114,15 +76,15 @@ async fn learn_heavy(conn: &mut H1, addr: SocketAddr) {
     assert_eq!((status, ran_on.as_str()), (200, "hermes-worker-0 0"), "an unknown route runs on its worker");
 }
 
-/// Sends a 400 ms `/heavy` on one connection and, 50 ms later, a light
-/// request on another connection of the same worker; returns where each
-/// ran and whether the light one was answered while the heavy one ran.
+/// Sends a 400 ms `/heavy` on one connection and, once it is in flight, a
+/// light request on another connection of the same worker; returns where
+/// each ran and whether the light one was answered while the heavy one ran.
 async fn heavy_then_light(handle: &ServerHandle) -> (String, String, bool) {
     let addr = handle.local_addr();
     let (mut a, mut b) = (h1(addr).await, h1(addr).await);
     learn_heavy(&mut a, addr).await;
     let heavy = tokio::spawn(async move { get_h1(&mut a, addr, "/heavy?spin=400&stats=1").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(handle, "the heavy request in flight", |s| in_flight(s) == 1).await;
     let (status, light_on) = get_h1(&mut b, addr, "/who").await.expect("the light request");
     assert_eq!(status, 200);
     let answered_first = !heavy.is_finished();
@@ -197,29 +159,13 @@ async fn an_offloaded_request_that_is_cancelled_or_panics_leaves_the_counts_exac
 async fn an_http2_connections_heavy_streams_run_off_the_worker_beside_its_light_ones() {
     let handle = start(Some(Duration::from_millis(1)));
     let addr = handle.local_addr();
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) =
-        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let get = |path: &'static str| {
-        let mut sender = sender.clone();
-        async move {
-            let request = http::Request::get(format!("http://{addr}{path}"))
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(request).await.expect("stream");
-            assert_eq!(response.status(), 200);
-            let body = response.into_body().collect().await.expect("body").to_bytes();
-            String::from_utf8_lossy(&body).into_owned()
-        }
-    };
+    let sender = h2(addr).await;
+    let get = |path: &'static str| get_h2(sender.clone(), addr, path);
     assert_eq!(get("/heavy?spin=20").await, "hermes-worker-0 0", "an unknown route runs on its worker");
     // Two heavy streams at once on the one-worker server: both run off the
     // worker, side by side, and a light stream is answered meanwhile.
     let heavy: Vec<_> = (0..2).map(|_| tokio::spawn(get("/heavy?spin=400"))).collect();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(&handle, "both heavy streams in flight", |s| in_flight(s) == 2).await;
     assert_eq!(get("/who").await, "0");
     assert!(heavy.iter().all(|h| !h.is_finished()), "the light stream waited for the heavy ones");
     for h in heavy {

@@ -16,11 +16,15 @@ use std::{
 
 use axum::{Router, extract::Query, routing::get};
 use bytes::Bytes;
-use hermes_runtime::{Builder, ServerHandle, Snapshot, context};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hermes_runtime::{Builder, ServerHandle, context};
+use hermes_test_support::{
+    client::{H1, get_h1, get_h2, get_request, h1, h2},
+    server::shutdown,
+    snapshot::{in_flight, settled},
+    wait::{self, eventually_snapshot as eventually},
+};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 
 fn worker_id() -> String {
     context::current().map_or_else(|| "none".to_owned(), |w| w.id().to_string())
@@ -36,6 +40,7 @@ async fn heavy(Query(q): Query<HashMap<String, u64>>) -> String {
     }
     let ran_on = worker_id();
     if let Some(&ms) = q.get("sleep") {
+        // The handler's own timer: a request that waits, not the test.
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     assert!(!q.contains_key("panic"), "the handler panics on purpose");
@@ -52,32 +57,6 @@ fn start() -> ServerHandle {
     let mut builder = Builder::new();
     builder.workers(2).pin_workers(false).offload_heavy(None);
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
-}
-
-async fn shutdown(handle: ServerHandle) {
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
-}
-
-type H1 = http1::SendRequest<Empty<Bytes>>;
-
-/// A keep-alive HTTP/1.1 connection.
-async fn h1(addr: SocketAddr) -> H1 {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-/// `GET path` on a connection: the status and the body.
-async fn get_h1(sender: &mut H1, addr: SocketAddr, path: &str) -> Result<(u16, String), hyper::Error> {
-    sender.ready().await?;
-    let request = http::Request::get(format!("http://{addr}{path}")).body(Empty::new()).expect("request");
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Opens keep-alive connections until `n` of them belong to one worker;
@@ -97,23 +76,6 @@ async fn connections_on_one_worker(addr: SocketAddr, n: usize) -> (String, Vec<H
     panic!("64 connections and no worker with {n} of them");
 }
 
-/// Waits (up to 5 s) until `cond` holds on the server's snapshot.
-async fn eventually(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let snapshot = handle.snapshot();
-        if cond(&snapshot) {
-            return snapshot;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {snapshot:#?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn settled(s: &Snapshot) -> bool {
-    s.workers.iter().all(|w| w.in_flight == 0 && w.expected_us == 0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_workers_next_costly_request_runs_on_another_worker() {
     let handle = start();
@@ -126,7 +88,7 @@ async fn a_blocked_workers_next_costly_request_runs_on_another_worker() {
     // it runs where it is and holds the owner's thread for 300 ms; meanwhile
     // the next costly request arrives on another connection of the owner.
     let blocking = tokio::spawn(async move { get_h1(&mut blocker, addr, "/heavy?spin=300").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually(&handle, "the blocking request in flight", |s| in_flight(s) == 1).await;
     let moved = tokio::spawn(async move { get_h1(&mut next, addr, "/heavy?spin=300").await });
 
     let (status, ran_on) = blocking.await.expect("join").expect("the blocking request");
@@ -151,24 +113,8 @@ async fn a_blocked_workers_next_costly_request_runs_on_another_worker() {
 async fn one_http2_connections_concurrent_streams_run_on_more_than_one_worker() {
     let handle = start();
     let addr = handle.local_addr();
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, conn) =
-        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let get = |path: &'static str| {
-        let mut sender = sender.clone();
-        async move {
-            let request = http::Request::get(format!("http://{addr}{path}"))
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(request).await.expect("stream");
-            assert_eq!(response.status(), 200);
-            let body = response.into_body().collect().await.expect("body").to_bytes();
-            String::from_utf8_lossy(&body).into_owned()
-        }
-    };
+    let sender = h2(addr).await;
+    let get = |path: &'static str| get_h2(sender.clone(), addr, path);
     // Learn the class's cost once, then send costly streams together.
     get("/heavy?spin=20").await;
     let streams: Vec<_> = (0..6).map(|_| tokio::spawn(get("/heavy?spin=100"))).collect();
@@ -183,16 +129,22 @@ async fn one_http2_connections_concurrent_streams_run_on_more_than_one_worker() 
 }
 
 /// Blocks `owner` with a costly request on `blocker` and sends `path` on
-/// `victim` meanwhile, so that `path` is moved; returns the pending request.
+/// `victim` once that request is in flight, so that `path` is moved;
+/// returns the pending request.
 async fn moved_request(
-    addr: SocketAddr,
+    handle: &ServerHandle,
     blocker: &mut H1,
     mut victim: H1,
     path: &'static str,
 ) -> tokio::task::JoinHandle<Result<(u16, String), hyper::Error>> {
+    let addr = handle.local_addr();
     let blocking = get_h1(blocker, addr, "/heavy?spin=200");
+    let source = handle.snapshot_source();
     let queued = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait::eventually("the blocking request in flight", || {
+            source.snapshot().is_some_and(|s| in_flight(&s) == 1)
+        })
+        .await;
         get_h1(&mut victim, addr, path).await
     });
     assert_eq!(blocking.await.expect("blocking request").0, 200);
@@ -211,7 +163,7 @@ async fn in_flight_stays_exact_when_a_moved_request_is_cancelled_or_panics() {
     // Cancelled: the moved request waits 5 s on the other worker; the client
     // goes away after it is counted there.
     let cancelled =
-        moved_request(addr, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&sleep=5000").await;
+        moved_request(&handle, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&sleep=5000").await;
     eventually(&handle, "the moved request in flight on the other worker", |s| {
         s.workers[other].in_flight == 1 && s.workers[other].placed_in >= 1
     })
@@ -222,7 +174,8 @@ async fn in_flight_stays_exact_when_a_moved_request_is_cancelled_or_panics() {
 
     // Panics on the other worker: the client's connection fails, the counts
     // settle, and both workers go on serving.
-    let panicked = moved_request(addr, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&panic=1").await;
+    let panicked =
+        moved_request(&handle, &mut blocker, conns.pop().expect("4"), "/heavy?spin=1&panic=1").await;
     let result = panicked.await.expect("join");
     assert!(result.is_err(), "a panicking handler drops the connection: {result:?}");
     let snapshot = eventually(&handle, "counts settle after the panic", settled).await;
@@ -244,7 +197,7 @@ async fn with_placement_off_every_request_runs_on_its_connections_worker() {
     let addr = handle.local_addr();
     let (owner, mut conns) = connections_on_one_worker(addr, 2).await;
     let mut blocker = conns.pop().expect("2");
-    let queued = moved_request(addr, &mut blocker, conns.pop().expect("2"), "/heavy?spin=50").await;
+    let queued = moved_request(&handle, &mut blocker, conns.pop().expect("2"), "/heavy?spin=50").await;
     let (status, ran_on) = queued.await.expect("join").expect("request");
     assert_eq!((status, ran_on), (200, owner));
     let snapshot = eventually(&handle, "counts settle", settled).await;
@@ -269,9 +222,7 @@ async fn an_overloaded_worker_asks_a_keep_alive_connection_to_reconnect() {
     let mut asked = None;
     for i in 0..100 {
         conn.ready().await.expect("the connection stays open until asked to reconnect");
-        let request =
-            http::Request::get(format!("http://{addr}/heavy?spin=20")).body(Empty::new()).expect("request");
-        let response = conn.send_request(request).await.expect("response");
+        let response = conn.send_request(get_request(addr, "/heavy?spin=20")).await.expect("response");
         let close = response.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close");
         let body = response.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(String::from_utf8_lossy(&body), owner, "placement is off");
@@ -320,6 +271,8 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
                         let served = served.clone();
                         async move {
                             served.set(served.get() + 1);
+                            // Holds the `Rc` across an await, as a handler that is not
+                            // `Send` does (not a wait).
                             tokio::time::sleep(Duration::from_millis(1)).await;
                             let body = format!("{} {}", worker_id(), served.get());
                             Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
@@ -354,8 +307,7 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
 /// `GET /who` on a connection: whether the response asked it to close.
 async fn asks_to_close(conn: &mut H1, addr: SocketAddr) -> bool {
     conn.ready().await.expect("the connection is open");
-    let request = http::Request::get(format!("http://{addr}/who")).body(Empty::new()).expect("request");
-    let response = conn.send_request(request).await.expect("response");
+    let response = conn.send_request(get_request(addr, "/who")).await.expect("response");
     assert_eq!(response.status(), 200);
     let close = response.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close");
     response.into_body().collect().await.expect("body");
@@ -390,6 +342,7 @@ async fn keep_alive_connections_close_at_their_maximum_request_count_or_age() {
     // By age: the first response after 400 ms asks the client to reconnect.
     let mut conn = h1(addr).await;
     assert!(!asks_to_close(&mut conn, addr).await, "a young connection stays");
+    // The connection ages past its 400 ms maximum: the time under test.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(asks_to_close(&mut conn, addr).await, "an old connection is asked to reconnect");
 

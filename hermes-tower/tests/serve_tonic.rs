@@ -3,41 +3,52 @@
 //! layers take effect on every worker, the Hermes layer still counts the
 //! calls, and a shutdown future of the application's own stops it.
 
-use std::{future::IntoFuture, sync::Arc, time::Duration};
+use std::{
+    future::IntoFuture,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use hermes_runtime::Builder;
+use hermes_test_support::{
+    server::{shutdown, two_workers},
+    snapshot::{in_flight, requests},
+    wait::{TIMEOUT, eventually, eventually_snapshot, poll_async},
+};
 use tokio::sync::Notify;
 use tonic::{Code, service::Routes, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use tower::util::MapFutureLayer;
 
-fn two_workers() -> Builder {
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    builder
-}
-
 /// Connects once the server listens (a spawned `serve_tonic` starts its
 /// workers on its first poll).
 async fn client(addr: std::net::SocketAddr) -> HealthClient<Channel> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Channel::from_shared(format!("http://{addr}")).expect("URI").connect().await {
-            Ok(channel) => return HealthClient::new(channel),
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "the server never listened: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut last = None;
+    let channel = poll_async(TIMEOUT, Duration::from_millis(5), async || {
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("URI")
+            .connect()
+            .await
+            .map_err(|e| last = Some(e))
+            .ok()
+    })
+    .await;
+    HealthClient::new(channel.unwrap_or_else(|| panic!("the server never listened: {last:?}")))
 }
 
 #[tokio::test]
 async fn a_configured_tonic_server_times_out_slow_calls_and_a_shutdown_future_stops_it() {
     let gate = Arc::new(Notify::new());
-    let held = gate.clone();
+    let (held, entered) = (gate.clone(), Arc::new(AtomicUsize::new(0)));
+    let counted = entered.clone();
     // A layer of the application's own, holding each call until the gate
-    // opens: a slow call.
+    // opens: a slow call. It counts the calls it holds.
     let slow = MapFutureLayer::new(move |call| {
         let gate = held.clone();
+        // Relaxed: a lone counter read by the test.
+        counted.fetch_add(1, Ordering::Relaxed);
         async move {
             gate.notified().await;
             call.await
@@ -67,7 +78,7 @@ async fn a_configured_tonic_server_times_out_slow_calls_and_a_shutdown_future_st
 
     // Within the timeout, the call goes through the layer and is answered.
     let call = tokio::spawn(async move { health.check(HealthCheckRequest { service: String::new() }).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("the second call held by the layer", || entered.load(Ordering::Relaxed) == 2).await;
     gate.notify_one();
     call.await.expect("client task").expect("health check");
 
@@ -100,25 +111,14 @@ async fn serve_tonic_counts_calls_in_flight_behind_a_configured_server() {
             .expect("start");
     let mut health = client(handle.local_addr()).await;
     let call = tokio::spawn(async move { health.check(HealthCheckRequest { service: String::new() }).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // The application's layer wraps the Hermes layer's response future: the
     // held call is in flight on one worker until answered.
-    while handle.snapshot().workers.iter().map(|w| w.in_flight).sum::<u32>() != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the held call is not in flight: {:?}",
-            handle.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert_eq!(handle.snapshot().workers.iter().map(|w| w.requests).sum::<u64>(), 0);
+    eventually_snapshot(&handle, "the held call in flight", |s| in_flight(s) == 1).await;
+    assert_eq!(requests(&handle.snapshot()), 0);
     gate.notify_one();
     call.await.expect("client task").expect("health check");
-    while handle.snapshot().workers.iter().map(|w| w.requests).sum::<u64>() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the call was not counted: {:?}", handle.snapshot());
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+    eventually_snapshot(&handle, "the call counted", |s| requests(s) == 1).await;
+    shutdown(handle).await;
 }
 
 #[tokio::test]

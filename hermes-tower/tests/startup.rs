@@ -30,6 +30,7 @@ async fn awaiting_serve_does_not_block_the_callers_executor_thread() {
         let ticks = ticks.clone();
         async move {
             loop {
+                // The ticker's pace, not a wait.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 // Relaxed: a lone counter read by the test.
                 ticks.fetch_add(1, Ordering::Relaxed);
@@ -47,6 +48,8 @@ async fn awaiting_serve_does_not_block_the_callers_executor_thread() {
             })
             .into_future(),
     );
+    // 400 ms of the start-up, in which the ticks are counted: a measure,
+    // not a wait.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let during = ticks.load(Ordering::Relaxed);
     assert!(during >= 10, "the executor thread ran its other tasks {during} times in 400 ms of start-up");

@@ -13,10 +13,14 @@ use std::{
 
 use axum::{Router, extract::State, routing::get};
 use hermes_runtime::{Builder, ServerHandle, Snapshot};
+use hermes_test_support::{
+    client::{h1_over, h2_over},
+    server::{shutdown, two_workers},
+    wait::eventually_some as eventually,
+};
 use hermes_tower::serve::RustlsConfig;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName},
@@ -83,40 +87,14 @@ async fn get_over(tls: TlsStream<TcpStream>, path: &str) -> (hyper::Version, Str
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let request = hyper::Request::get(path).header("host", "127.0.0.1").body(Empty::<Bytes>::new()).unwrap();
     let response = if h2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("h2");
-        tokio::spawn(conn);
-        sender.send_request(request).await.expect("h2 request")
+        h2_over(tls).await.send_request(request).await.expect("h2 request")
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("h1");
-        tokio::spawn(conn);
-        sender.send_request(request).await.expect("h1 request")
+        h1_over(tls).await.send_request(request).await.expect("h1 request")
     };
     assert_eq!(response.status(), 200, "{response:?}");
     let version = response.version();
     let body = response.into_body().collect().await.expect("body").to_bytes();
     (version, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn two_workers() -> Builder {
-    let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
-    builder
-}
-
-async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn shutdown(handle: ServerHandle) {
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
 }
 
 fn app(gate: Arc<Notify>) -> Router {
@@ -131,6 +109,17 @@ fn app(gate: Arc<Notify>) -> Router {
             }),
         )
         .with_state(gate)
+}
+
+/// A one-worker HTTPS server of [`app`] on `tls`, its gate never opened.
+fn one_worker(tls: &RustlsConfig) -> ServerHandle {
+    let mut builder = Builder::new();
+    builder.workers(1).pin_workers(false);
+    hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
+        .with_builder(builder)
+        .with_tls(tls.clone())
+        .start()
+        .expect("start the server")
 }
 
 fn worker_with(s: &Snapshot, cond: impl Fn(&hermes_runtime::WorkerSnapshot) -> bool) -> Option<usize> {
@@ -184,9 +173,7 @@ async fn https_serves_h2_and_http1_by_alpn_and_reloads_the_certificate_without_r
 
     // An HTTP/2 connection opened before the reload.
     let before = tls_connect(addr, client_config(&der_a, &[b"h2"])).await.expect("TLS handshake");
-    let (mut before, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(before)).await.expect("h2");
-    tokio::spawn(conn);
+    let mut before = h2_over(before).await;
 
     // Reload: certificate B from the same files, without a restart.
     let (cert_b, key_b, der_b) = self_signed();
@@ -228,13 +215,7 @@ async fn stalled_and_broken_handshakes_are_closed_and_counted_while_serving_goes
     let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes())
         .expect("parse the PEM")
         .handshake_timeout(Duration::from_millis(300));
-    let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false);
-    let handle = hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
-        .with_builder(builder)
-        .with_tls(tls.clone())
-        .start()
-        .expect("start the server");
+    let handle = one_worker(&tls);
     let addr = handle.local_addr();
 
     // A client that connects and says nothing: closed at the timeout.
@@ -309,13 +290,7 @@ async fn at_max_handshakes_a_worker_takes_no_new_connection_until_one_finishes()
         .expect("parse the PEM")
         .handshake_timeout(Duration::from_millis(500))
         .max_handshakes(1);
-    let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false);
-    let handle = hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
-        .with_builder(builder)
-        .with_tls(tls.clone())
-        .start()
-        .expect("start the server");
+    let handle = one_worker(&tls);
     let addr = handle.local_addr();
 
     // A silent client takes the one handshake slot ...

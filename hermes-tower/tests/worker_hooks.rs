@@ -12,14 +12,22 @@ use std::{
 
 use axum::{Router, routing::get};
 use hermes_runtime::Builder;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use hermes_test_support::{
+    http::get_path,
+    server::shutdown,
+    wait::{TIMEOUT, poll_async},
 };
 
 /// A log sink the test reads back.
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Every line logged so far.
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 impl Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -53,14 +61,14 @@ async fn heavy() -> String {
     thread
 }
 
+/// The body of an HTTP/1.1 response.
+fn body(response: &str) -> String {
+    response.rsplit("\r\n\r\n").next().unwrap().to_owned()
+}
+
 /// `GET path` on a fresh connection; the body.
 async fn fetch(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut conn = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read");
-    response.rsplit("\r\n\r\n").next().unwrap().to_owned()
+    body(&get_path(addr, path).await)
 }
 
 #[tokio::test]
@@ -95,24 +103,17 @@ async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_th
     started.sort();
     assert_eq!(started, vec![(0, "hermes-worker-0".to_owned()), (1, "hermes-worker-1".to_owned())]);
 
-    let mut conn = TcpStream::connect(handle.local_addr()).await.expect("connect");
-    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read");
-    let body = response.rsplit("\r\n\r\n").next().unwrap().to_owned();
+    let response = get_path(handle.local_addr(), "/").await;
+    let body = body(&response);
     let (worker, blocking) = body.split_once(' ').expect("worker and thread");
     // spawn_blocking ran on the worker's own blocking pool, named by the hook.
     assert_eq!(blocking, format!("blocking-of-{worker}"), "{response}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let line = loop {
-        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-        if let Some(line) = text.lines().find(|l| l.contains("from-the-handler")) {
-            break line.to_owned();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no handler log line in:\n{text}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let line = poll_async(TIMEOUT, Duration::from_millis(5), async || {
+        logs.text().lines().find(|l| l.contains("from-the-handler")).map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no handler log line in:\n{}", logs.text()));
     assert!(line.contains(&format!("hermes_worker{{worker={worker}}}")), "{line}");
 
     // A route learned to hold its thread runs on the blocking pool of its
@@ -120,14 +121,14 @@ async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_th
     assert!(fetch(handle.local_addr(), "/heavy").await.starts_with("hermes-worker-"), "first: on the worker");
     let thread = fetch(handle.local_addr(), "/heavy").await;
     let owner = thread.strip_prefix("blocking-of-").expect("offloaded to a worker's own pool");
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("from-the-heavy-handler") && l.contains(&thread))
         .unwrap_or_else(|| panic!("no offloaded handler log line in:\n{text}"));
     assert!(line.contains(&format!("hermes_worker{{worker={owner}}}")), "{line}");
 
-    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
+    shutdown(handle).await;
 }
 
 #[test]

@@ -14,10 +14,10 @@
 //! plus 2 s, and the costs above their documented maximum are answered 400.
 
 use std::{
-    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -25,69 +25,43 @@ use std::{
 use hermes_test_support::{
     ebpf,
     http::{get, get_within},
+    wait::poll_every,
+    workload::Workload,
 };
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 
-/// A running `hermes-workload` in Hermes mode; killed when dropped.
-struct Workload {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Workload {
-    /// Starts the binary in Hermes mode with two workers and `extra` flags;
-    /// with `nofile`, its `RLIMIT_NOFILE` is lowered to that many descriptors.
-    fn start(test: &str, extra: &[&str], nofile: Option<u64>) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0"]).args(extra);
-        if ebpf::required() {
-            cmd.arg("--require-ebpf");
-        }
-        if let Some(n) = nofile {
-            // SAFETY: `setrlimit` is async-signal-safe; the closure touches
-            // nothing else between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start hermes-workload");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line).expect("first line");
-        let rest = line.trim_end().strip_prefix("listening on ").unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("unexpected first line {line:?}")
-        });
-        let mut words = rest.split(' ');
-        let addr = words.next().and_then(|a| a.parse().ok()).expect("an address");
-        let mode = words.next().and_then(|m| m.strip_prefix("mode=")).expect("mode=");
-        if mode != "hermes" {
-            ebpf::skipped(
-                &format!("{test} (Hermes dispatch part; mode={mode})"),
-                "the dispatch program did not load",
-            );
-        }
-        Self { child, addr }
+/// Starts the binary in Hermes mode with two workers and `extra` flags;
+/// with `nofile`, its `RLIMIT_NOFILE` is lowered to that many descriptors.
+/// Killed when dropped.
+fn start_workload(test: &str, extra: &[&str], nofile: Option<u64>) -> Workload {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0"]).args(extra);
+    if ebpf::required() {
+        cmd.arg("--require-ebpf");
     }
-
-    fn pid(&self) -> libc::pid_t {
-        libc::pid_t::try_from(self.child.id()).expect("a pid")
+    if let Some(n) = nofile {
+        // SAFETY: `setrlimit` is async-signal-safe; the closure touches
+        // nothing else between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    let workload = Workload::start(cmd.stderr(Stdio::null()));
+    if workload.mode != "hermes" {
+        ebpf::skipped(
+            &format!("{test} (Hermes dispatch part; mode={})", workload.mode),
+            "the dispatch program did not load",
+        );
     }
+    workload
 }
 
 /// The server's `/_hermes/stats`, read on a new connection.
@@ -111,18 +85,17 @@ fn assert_recovered(addr: SocketAddr, probe: &str) -> (Duration, Value) {
         assert_eq!((ok.status, ok.body.as_str()), (200, "ok"), "{probe}: request {i}");
     }
     let mut last = Value::Null;
-    while start.elapsed() < Duration::from_secs(5) {
-        if let Some(s) = stats(addr) {
-            let serving = s["workers"].as_array().expect("workers").iter().all(|w| w["state"] == "serving");
-            assert!(serving, "{probe}: a worker is not serving: {s}");
-            if sum(&s, "in_flight") == 0 && sum(&s, "open_connections") == 1 {
-                return (start.elapsed(), s);
-            }
-            last = s;
+    let settled = poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
+        let s = stats(addr)?;
+        let serving = s["workers"].as_array().expect("workers").iter().all(|w| w["state"] == "serving");
+        assert!(serving, "{probe}: a worker is not serving: {s}");
+        if sum(&s, "in_flight") == 0 && sum(&s, "open_connections") == 1 {
+            return Some((start.elapsed(), s));
         }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{probe}: the counters did not return to zero within 5 s: {last}");
+        last = s;
+        None
+    });
+    settled.unwrap_or_else(|| panic!("{probe}: the counters did not return to zero within 5 s: {last}"))
 }
 
 /// Sends `bytes` on a new connection and returns the status of the answer,
@@ -158,7 +131,7 @@ fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
 
 #[test]
 fn ebpf_workload_survives_malformed_and_oversized_requests() {
-    let w = Workload::start("ebpf_workload_survives_malformed_and_oversized_requests", &[], None);
+    let w = start_workload("ebpf_workload_survives_malformed_and_oversized_requests", &[], None);
     let malformed: [&[u8]; 8] = [
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
@@ -198,7 +171,7 @@ fn ebpf_workload_survives_malformed_and_oversized_requests() {
 
 #[test]
 fn ebpf_workload_closes_slow_heads_after_the_header_timeout() {
-    let w = Workload::start(
+    let w = start_workload(
         "ebpf_workload_closes_slow_heads_after_the_header_timeout",
         &["--header-timeout-ms", "500"],
         None,
@@ -218,7 +191,8 @@ fn ebpf_workload_closes_slow_heads_after_the_header_timeout() {
     let mut open = slow.len();
     let mut closed = vec![false; slow.len()];
     let mut buf = [0u8; 256];
-    while open > 0 && start.elapsed() < Duration::from_secs(5) {
+    let left = Duration::from_secs(5).saturating_sub(start.elapsed());
+    poll_every(left, Duration::from_millis(2), || {
         for (s, done) in slow.iter_mut().zip(closed.iter_mut()).filter(|(_, d)| !**d) {
             match s.read(&mut buf) {
                 Ok(0) => *done = true,
@@ -227,8 +201,8 @@ fn ebpf_workload_closes_slow_heads_after_the_header_timeout() {
             }
         }
         open = closed.iter().filter(|d| !**d).count();
-        thread::sleep(Duration::from_millis(2));
-    }
+        (open == 0).then_some(())
+    });
     let took = start.elapsed();
     assert_eq!(open, 0, "slow heads still open {took:?} after a 500 ms header timeout");
     drop(slow);
@@ -242,7 +216,7 @@ fn ebpf_workload_closes_slow_heads_after_the_header_timeout() {
 fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     // Without a per-worker limit: the server runs out of descriptors
     // (`EMFILE`), backs off, and recovers once the flood leaves.
-    let w = Workload::start(
+    let w = start_workload(
         "ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit",
         &["--max-connections", "0"],
         Some(128),
@@ -260,7 +234,7 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     // With a per-worker limit under the descriptor limit: the extra
     // connections are closed at once and counted. (Stats cannot be read
     // during the flood: their connection would be over the limit too.)
-    let w = Workload::start(
+    let w = start_workload(
         "ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit",
         &["--max-connections", "40"],
         Some(128),
@@ -273,14 +247,10 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     // Until the server has seen the flood's connections close, they count
     // against its limit and a new connection is refused (reset): that is
     // the limit working. Wait for it, then check the recovery.
-    let closed_at = Instant::now();
-    while stats(w.addr).is_none_or(|s| sum(&s, "open_connections") > 1) {
-        assert!(
-            closed_at.elapsed() < Duration::from_secs(5),
-            "the flood's connections still open 5 s after closing"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
+        stats(w.addr).is_some_and(|s| sum(&s, "open_connections") <= 1).then_some(())
+    })
+    .expect("the flood's connections still open 5 s after closing");
     let (settle, s) = assert_recovered(w.addr, "flood past the per-worker limit");
     let refused = sum(&s, "refused");
     // While the client held every flood connection open, no worker served
@@ -343,7 +313,7 @@ fn flood_answers(conns: Vec<TcpStream>, within: Duration) -> FloodAnswers {
 
 #[test]
 fn ebpf_workload_survives_clients_that_reset_mid_response() {
-    let w = Workload::start("ebpf_workload_survives_clients_that_reset_mid_response", &[], None);
+    let w = start_workload("ebpf_workload_survives_clients_that_reset_mid_response", &[], None);
     let mut reset = 0;
     for i in 0..40 {
         let mut s = TcpStream::connect(w.addr).expect("connect");
@@ -353,7 +323,9 @@ fn ebpf_workload_survives_clients_that_reset_mid_response() {
             let mut buf = [0u8; 512];
             let _ = s.read(&mut buf);
         } else {
-            // A request in progress on its worker when the reset comes.
+            // A request in progress on its worker when the reset comes. The
+            // pause paces the probe (no state to wait for: a stats request
+            // would need a connection of its own on the busy worker).
             let _ = s.write_all(b"GET /work?us=50000 HTTP/1.1\r\nHost: x\r\n\r\n");
             thread::sleep(Duration::from_millis(5));
         }
@@ -370,7 +342,7 @@ fn ebpf_workload_survives_clients_that_reset_mid_response() {
 
 #[test]
 fn ebpf_workload_survives_panicking_handlers() {
-    let w = Workload::start("ebpf_workload_survives_panicking_handlers", &[], None);
+    let w = start_workload("ebpf_workload_survives_panicking_handlers", &[], None);
     let mut closed = 0;
     for _ in 0..20 {
         match answer_to(w.addr, b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n") {
@@ -388,7 +360,7 @@ fn ebpf_workload_survives_panicking_handlers() {
 
 #[test]
 fn ebpf_workload_answers_costs_above_their_maximum_with_400() {
-    let w = Workload::start("ebpf_workload_answers_costs_above_their_maximum_with_400", &[], None);
+    let w = start_workload("ebpf_workload_answers_costs_above_their_maximum_with_400", &[], None);
     for (path, status) in [
         ("/work?us=99999999999", 400),
         ("/work?us=10000001", 400),
@@ -405,36 +377,21 @@ fn ebpf_workload_answers_costs_above_their_maximum_with_400() {
 
 #[test]
 fn ebpf_workload_exits_within_the_drain_timeout_after_sigterm_with_a_worker_blocked() {
-    let mut w = Workload::start(
+    let mut w = start_workload(
         "ebpf_workload_exits_within_the_drain_timeout_after_sigterm_with_a_worker_blocked",
         &["--drain-timeout-ms", "500"],
         None,
     );
     let addr = w.addr;
     let blocked = thread::spawn(move || get_within(addr, "/block?ms=60000", Duration::from_secs(30)));
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(5), "the blocking request never showed in flight");
-        if let Some(s) = stats(addr)
-            && sum(&s, "in_flight") == 1
-        {
-            break;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    // SAFETY: `kill` on our own child with a signal it handles.
-    assert_eq!(unsafe { libc::kill(w.pid(), libc::SIGTERM) }, 0);
+    poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
+        stats(addr).is_some_and(|s| sum(&s, "in_flight") == 1).then_some(())
+    })
+    .expect("the blocking request never showed in flight");
+    w.signal(libc::SIGTERM);
     let sent = Instant::now();
-    let status = loop {
-        if let Some(status) = w.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM with a worker blocked"
-        );
-        thread::sleep(Duration::from_millis(10));
-    };
+    let status =
+        w.wait_exit(Duration::from_secs(10)).expect("still running 10 s after SIGTERM with a worker blocked");
     let took = sent.elapsed();
     eprintln!(
         "PROBE drain: SIGTERM with a worker blocked for 60 s, --drain-timeout-ms 500: exited in {took:?} ({status})"

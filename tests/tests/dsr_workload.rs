@@ -9,16 +9,16 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hermes_dsr::{Backend, Balancer, BalancerSettings, Policy};
 use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
+use hermes_test_support::{netns::privileged_or_skip, wait::poll_every, workload::Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 const PORT: u16 = 8080;
@@ -27,37 +27,17 @@ const SCALES: [&str; 3] = ["1", "2", "4"];
 /// The workloads, the balancer and the namespaces, dropped in that order
 /// (also when the test fails): the processes die before their namespaces go.
 struct Tier {
-    workloads: Vec<Child>,
+    workloads: Vec<Workload>,
     balancer: Option<Balancer>,
     bed: Testbed,
 }
 
 impl Drop for Tier {
     fn drop(&mut self) {
-        for child in &mut self.workloads {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Each workload is killed (and reaped) as it is dropped.
+        self.workloads.clear();
         self.balancer = None;
     }
-}
-
-/// Whether the test can run: without root or `ip`, fails when
-/// `HERMES_REQUIRE_BPF=1` and otherwise skips loudly.
-fn privileged_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    let why = match (root, ip) {
-        (true, true) => return true,
-        (false, _) => "needs root (network namespaces, CAP_BPF, CAP_NET_ADMIN)",
-        (true, false) => "needs the `ip` command (iproute2)",
-    };
-    if std::env::var("HERMES_REQUIRE_BPF").as_deref() == Ok("1") {
-        panic!("{test}: HERMES_REQUIRE_BPF=1 but the testbed cannot run: {why}");
-    }
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-    false
 }
 
 fn mac_str(mac: [u8; 6]) -> String {
@@ -90,29 +70,23 @@ impl Tier {
         }
         let mut tier = Tier { workloads: Vec::new(), balancer: None, bed: Testbed::new(SCALES.len()) };
         let balancer = format!("{BALANCER}={}", mac_str(BALANCER_MAC));
-        let (tx, rx) = mpsc::channel();
-        for (i, scale) in SCALES.iter().enumerate() {
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &tier.bed.ns(&format!("s{i}")), BIN])
-                .args(["--addr", &format!("0.0.0.0:{PORT}"), "--workers", "2", "--require-ebpf"])
-                .args(["--cost-scale", scale, "--dsr-balancer", &balancer, "--dsr-vip", &VIP.to_string()])
-                .args(["--dsr-interval-ms", "2"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start hermes-workload in its namespace");
-            let stdout = child.stdout.take().expect("stdout");
-            tier.workloads.push(child);
-            let tx = tx.clone();
-            thread::spawn(move || {
-                let mut line = String::new();
-                let _ = BufReader::new(stdout).read_line(&mut line);
-                let _ = tx.send((i, line));
-            });
-        }
-        for _ in SCALES {
-            let (i, line) =
-                rx.recv_timeout(Duration::from_secs(20)).expect("every workload announces itself");
+        let mut commands: Vec<Command> = SCALES
+            .iter()
+            .enumerate()
+            .map(|(i, scale)| {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &tier.bed.ns(&format!("s{i}")), BIN])
+                    .args(["--addr", &format!("0.0.0.0:{PORT}"), "--workers", "2", "--require-ebpf"])
+                    .args(["--cost-scale", scale, "--dsr-balancer", &balancer, "--dsr-vip", &VIP.to_string()])
+                    .args(["--dsr-interval-ms", "2"])
+                    .stderr(Stdio::inherit());
+                cmd
+            })
+            .collect();
+        // Every workload announces itself (started side by side).
+        tier.workloads = Workload::start_all(&mut commands);
+        for (i, workload) in tier.workloads.iter().enumerate() {
+            let line = &workload.line;
             assert!(line.starts_with("listening on ") && line.contains("mode=hermes"), "s{i}: {line:?}");
         }
         let settings = BalancerSettings {
@@ -143,7 +117,7 @@ impl Tier {
         // `ip netns exec` execs the workload: the child's pid is the workload's.
         self.workloads
             .iter()
-            .position(|c| Some(c.id()) == pid)
+            .position(|w| Some(w.pid()) == pid)
             .unwrap_or_else(|| panic!("an answer from pid {pid:?}, not one of the workloads"))
     }
 
@@ -170,21 +144,22 @@ impl Tier {
     /// figures, sending a request straight to every server meanwhile (the
     /// replies carry the metrics out).
     fn until(&self, what: &str, cond: impl Fn(&[hermes_dsr::ServerStats]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let mut last = Vec::new();
+        poll_every(Duration::from_secs(10), Duration::from_millis(20), || {
             let stats = self.lb().server_stats();
             if cond(&stats) {
-                return;
+                return Some(());
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {stats:?}");
+            last = stats;
             let direct: Vec<SocketAddr> = (0..SCALES.len()).map(|i| (server_addr(i), PORT).into()).collect();
             in_ns(&self.bed.ns("c"), move || {
                 for addr in direct {
                     get(addr, "/");
                 }
             });
-            thread::sleep(Duration::from_millis(20));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("timed out waiting for {what}: {last:?}"));
     }
 }
 

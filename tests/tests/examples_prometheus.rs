@@ -9,6 +9,7 @@ use axum::{Router, routing::get};
 use hermes_test_support::{
     http::get_path,
     server::{shutdown, two_workers},
+    wait::{TIMEOUT, poll_async},
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 
@@ -22,9 +23,9 @@ async fn metrics_lists_every_worker_and_the_mode() {
     assert!(get_path(addr, "/").await.ends_with("hello"));
 
     // The workers export every 100 ms.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let body = get_path(addr, "/metrics").await;
+    let mut body = String::new();
+    let exported = poll_async(TIMEOUT, Duration::from_millis(20), async || {
+        body = get_path(addr, "/metrics").await;
         let wanted = [
             "hermes_in_flight{worker=\"0\"}",
             "hermes_in_flight{worker=\"1\"}",
@@ -32,11 +33,9 @@ async fn metrics_lists_every_worker_and_the_mode() {
             "hermes_requests_total{worker=",
             &format!("hermes_mode{{mode=\"{}\"", handle.mode()),
         ];
-        if wanted.iter().all(|w| body.contains(w)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "missing metrics in:\n{body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        wanted.iter().all(|w| body.contains(w)).then_some(())
+    })
+    .await;
+    assert!(exported.is_some(), "missing metrics in:\n{body}");
     shutdown(handle).await;
 }

@@ -6,11 +6,12 @@ use std::{
     io::{Read, Write},
     net::{Shutdown, TcpStream},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hermes_examples::resp::{self, Store};
 use hermes_runtime::{Builder, HermesListener, ServerHandle, Snapshot};
+use hermes_test_support::wait::eventually_snapshot_blocking;
 
 fn start(workers: usize) -> (ServerHandle, std::net::SocketAddr) {
     let server = Builder::new()
@@ -54,15 +55,7 @@ fn command(args: &[&str]) -> Vec<u8> {
 }
 
 fn wait_for(handle: &ServerHandle, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = handle.snapshot();
-        if cond(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually_snapshot_blocking(handle, Duration::from_secs(10), what, cond)
 }
 
 fn totals(s: &Snapshot) -> (u32, u64, u32) {

@@ -7,10 +7,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::State, routing::get};
 use hermes_test_support::{
+    client::h2,
     http::get_path,
     server::{shutdown, two_workers},
     snapshot::{in_flight, requests},
-    wait::eventually_snapshot as eventually,
+    wait::{TIMEOUT, eventually_snapshot as eventually, poll_async},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -149,23 +150,24 @@ async fn a_custom_shutdown_future_drains_the_server_and_resolves_serve() {
     let server = tokio::spawn(future);
 
     // A slow request in flight when the signal comes is answered first.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let mut conn = loop {
-        match TcpStream::connect(addr).await {
-            Ok(conn) => break conn,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "the server never listened: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let mut conn =
+        poll_async(TIMEOUT, Duration::from_millis(5), async || TcpStream::connect(addr).await.ok())
+            .await
+            .expect("the server never listened");
     conn.write_all(format!("GET /slow HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("send");
     // Wait until the request is being served before signalling.
     tokio::time::timeout(Duration::from_secs(5), entered.notified())
         .await
         .expect("the slow request reaches its handler");
     stop.send(()).expect("the server waits for the signal");
+    // Time for a server that resolves by mistake to do so: what is checked
+    // is that nothing happens, there is no state to wait for.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!server.is_finished(), "serve resolved while a request was in flight");
-    assert!(TcpStream::connect(addr).await.is_err(), "the listeners close on the signal");
+    let closed = poll_async(TIMEOUT, Duration::from_millis(5), async || {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    });
+    assert!(closed.await.is_some(), "the listeners close on the signal");
 
     gate.notify_one();
     let mut response = vec![0u8; 1024];
@@ -184,18 +186,13 @@ async fn a_custom_shutdown_future_drains_the_server_and_resolves_serve() {
 async fn serve_speaks_http2_with_prior_knowledge() {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let app = Router::new().route("/", get(|| async { "over h2" }));
     let handle = hermes_tower::serve("127.0.0.1:0", app)
         .with_builder(two_workers())
         .start()
         .expect("start the server");
-    let tcp = TcpStream::connect(handle.local_addr()).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2(handle.local_addr()).await;
     let request = hyper::Request::get("/").body(Empty::<Bytes>::new()).expect("request");
     let response = sender.send_request(request).await.expect("h2 request");
     assert_eq!(response.version(), hyper::Version::HTTP_2);
@@ -219,21 +216,17 @@ async fn dropping_the_serve_future_stops_the_server() {
         result = serving => panic!("the server stopped by itself: {result:?}"),
         response = async {
             // Up once it answers.
-            loop {
-                if let Ok(Ok(response)) =
-                    tokio::time::timeout(Duration::from_secs(1), tokio::spawn(get_path(addr, "/"))).await
-                {
-                    break response;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            poll_async(Duration::from_secs(10), Duration::from_millis(20), async || {
+                tokio::time::timeout(Duration::from_secs(1), tokio::spawn(get_path(addr, "/"))).await.ok()?.ok()
+            })
+            .await
+            .expect("the server never answered")
         } => response,
     };
     assert!(answered.ends_with("ok"), "served before the drop: {answered}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "{addr} still accepts after the future was dropped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = poll_async(TIMEOUT, Duration::from_millis(20), async || {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    });
+    assert!(refused.await.is_some(), "{addr} still accepts after the future was dropped");
 }

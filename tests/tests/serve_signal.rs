@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use axum::{Router, routing::get};
-use hermes_test_support::{http::get_path, server::two_workers};
+use hermes_test_support::{
+    http::get_path,
+    server::two_workers,
+    wait::{TIMEOUT, poll_async},
+};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -19,14 +23,10 @@ async fn the_one_line_serves_until_sigterm_then_resolves() {
 
     // Once the server answers, its signal handlers are installed (they are
     // installed in the same poll that starts the workers).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let response = loop {
-        if TcpStream::connect(addr).await.is_ok() {
-            break get_path(addr, "/").await;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the server never answered");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    poll_async(TIMEOUT, Duration::from_millis(5), async || TcpStream::connect(addr).await.ok())
+        .await
+        .expect("the server never answered");
+    let response = get_path(addr, "/").await;
     assert!(response.starts_with("HTTP/1.1 200") && response.ends_with("hello"), "{response}");
     assert!(!server.is_finished());
 

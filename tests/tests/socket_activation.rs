@@ -7,14 +7,14 @@
 //! with a message naming `ReusePort=yes`.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::{fd::AsRawFd, unix::process::CommandExt},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use hermes_test_support::{ebpf, http::get, wait::poll_until};
+use hermes_test_support::{ebpf, http::get, wait::poll_until, workload::Workload};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -29,10 +29,10 @@ fn listener(reuseport: bool) -> (Socket, SocketAddr) {
     (s, addr)
 }
 
-/// Starts `hermes-workload ARGS` with `socket` as descriptor 3, as systemd
-/// does: `LISTEN_FDS=1`, and `LISTEN_PID` the child's own pid (set by the
-/// shell that execs the binary, keeping its pid).
-fn activated(socket: &Socket, args: &[&str]) -> Child {
+/// The command that starts `hermes-workload ARGS` with `socket` as
+/// descriptor 3, as systemd does: `LISTEN_FDS=1`, and `LISTEN_PID` the
+/// child's own pid (set by the shell that execs the binary, keeping its pid).
+fn activated(socket: &Socket, args: &[&str]) -> Command {
     let fd = socket.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -56,7 +56,7 @@ fn activated(socket: &Socket, args: &[&str]) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().expect("start hermes-workload")
+    cmd
 }
 
 #[test]
@@ -70,11 +70,11 @@ fn serves_on_the_listener_systemd_passes_and_adds_its_own_to_the_group() {
     early.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(early, "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
 
-    let mut child = activated(&socket, &["--mode", "hermes", "--workers", "2", "--require-ebpf"]);
+    let workload =
+        Workload::start(&mut activated(&socket, &["--mode", "hermes", "--workers", "2", "--require-ebpf"]));
     drop(socket);
-    let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the first line");
+    let pid = workload.pid();
+    let line = &workload.line;
     assert!(line.starts_with(&format!("listening on {addr} mode=hermes")), "{line:?}");
 
     let mut answer = String::new();
@@ -97,17 +97,16 @@ fn serves_on_the_listener_systemd_passes_and_adds_its_own_to_the_group() {
         snap["workers"].as_array().unwrap().iter().map(|w| w["accepted"].as_u64().unwrap()).sum();
     assert!(accepted >= 41, "accepted {accepted}");
 
-    // SAFETY: SIGTERM to our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let status =
-        poll_until(Duration::from_secs(10), || child.try_wait().ok().flatten()).expect("exits on SIGTERM");
-    assert!(status.success(), "{status}");
+    // Exits on SIGTERM, with success.
+    workload.stop();
 }
 
 #[test]
 fn a_passed_listener_without_reuseport_is_refused_with_the_reason() {
     let (socket, _) = listener(false);
-    let child = activated(&socket, &["--mode", "reuseport", "--workers", "2"]);
+    let child = activated(&socket, &["--mode", "reuseport", "--workers", "2"])
+        .spawn()
+        .expect("start hermes-workload");
     drop(socket);
     let out = child.wait_with_output().expect("wait for hermes-workload");
     assert!(!out.status.success(), "started on a socket without SO_REUSEPORT");

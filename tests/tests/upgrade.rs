@@ -14,21 +14,25 @@
 //!   (not asserted: whether a queued connection is caught depends on timing).
 
 use std::{
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
     },
     thread,
     time::{Duration, Instant},
 };
 
-use hermes_test_support::{ebpf, http::get, wait::poll_until};
+use hermes_test_support::{
+    ebpf,
+    http::get,
+    wait::{poll_every, poll_until},
+    workload::{Workload, alive, parse_listening, signal},
+};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
@@ -92,14 +96,10 @@ impl Drop for Install {
     }
 }
 
-/// The first server process: its stdout lines (its successors print theirs
-/// on the same pipe) and its stderr.
+/// The first server process (its successors print their stdout lines on
+/// the same pipe), and every pid seen serving, to stop them all at the end.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    /// Every pid seen serving, to stop them all at the end.
+    workload: Workload,
     pids: Vec<u32>,
 }
 
@@ -111,33 +111,15 @@ impl Server {
         if mode == "hermes" {
             args.push("--require-ebpf");
         }
-        let mut child = Command::new(exe)
-            .args(&args)
-            .env("NOTIFY_SOCKET", notify)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hermes-workload");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[hermes-workload] {line}");
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let first = lines.recv_timeout(Duration::from_secs(20)).expect("the first line");
-        let addr = listening_addr(&first);
-        let pid = child.id();
-        Self { child, addr, lines, stderr, pids: vec![pid] }
+        let workload = Workload::start(
+            Command::new(exe).args(&args).env("NOTIFY_SOCKET", notify).stderr(Stdio::piped()),
+        );
+        let pid = workload.pid();
+        Self { workload, pids: vec![pid] }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.workload.addr
     }
 
     /// `/_hermes/stats`. A `503 not running on a Hermes worker` is asked
@@ -145,17 +127,16 @@ impl Server {
     /// worker's blocking pool, where no snapshot is at hand (not a failure of
     /// the upgrade; the clients' requests are all checked).
     fn snapshot(&self) -> Value {
-        for _ in 0..50 {
+        poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
             let resp =
-                get(self.addr, "/_hermes/stats").unwrap_or_else(|e| panic!("read /_hermes/stats: {e}"));
+                get(self.addr(), "/_hermes/stats").unwrap_or_else(|e| panic!("read /_hermes/stats: {e}"));
             if resp.status == 503 && resp.body.contains("not running on a Hermes worker") {
-                thread::sleep(Duration::from_millis(20));
-                continue;
+                return None;
             }
             assert_eq!(resp.status, 200, "{}", resp.body);
-            return serde_json::from_str(&resp.body).expect("stats JSON");
-        }
-        panic!("/_hermes/stats answered 503 fifty times")
+            Some(serde_json::from_str(&resp.body).expect("stats JSON"))
+        })
+        .expect("/_hermes/stats answered 503 for 5 s")
     }
 }
 
@@ -165,28 +146,11 @@ impl Drop for Server {
             // SAFETY: `kill` with a plain signal on a process this test started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = self.child.wait();
     }
 }
 
 fn listening_addr(line: &str) -> SocketAddr {
-    line.strip_prefix("listening on ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-}
-
-fn signal(pid: u32, sig: i32) {
-    // SAFETY: `kill` on a process this test started, with a signal it handles.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "signal {sig} to {pid}");
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+    parse_listening(line).map(|(addr, _, _)| addr).unwrap_or_else(|| panic!("unexpected line {line:?}"))
 }
 
 /// One response, as far as this test needs it.
@@ -285,6 +249,7 @@ impl Load {
                         Ok(r) => tally.fail(format!("fresh: status {}", r.status)),
                         Err((_, e)) => tally.fail(format!("fresh: {e}")),
                     }
+                    // The client's pace, not a wait.
                     thread::sleep(FRESH_EVERY.saturating_sub(start.elapsed()));
                 }
             }));
@@ -377,8 +342,9 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("the server notifies systemd");
     assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), "READY=1\n");
-    let old_pid = server.child.id();
-    let load = Load::start(server.addr);
+    let old_pid = server.workload.pid();
+    let load = Load::start(server.addr());
+    // The load runs 400 ms before the upgrade: the scenario, not a wait.
     thread::sleep(Duration::from_millis(400));
 
     if broken {
@@ -388,9 +354,11 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
             .expect("the broken release was started");
         // The old server sees the successor exit and logs why.
         poll_until(Duration::from_secs(5), || {
-            server.stderr.lock().unwrap().contains("upgrade failed").then_some(())
+            server.workload.stderr().contains("upgrade failed").then_some(())
         })
-        .unwrap_or_else(|| panic!("no `upgrade failed` on stderr: {}", server.stderr.lock().unwrap()));
+        .unwrap_or_else(|| panic!("no `upgrade failed` on stderr: {}", server.workload.stderr()));
+        // Time for an old server that exits by mistake to do so: what is
+        // checked is that nothing happens, there is no state to wait for.
         thread::sleep(Duration::from_millis(300));
         assert!(alive(old_pid), "the old server exited after a failed upgrade");
         assert_eq!(server.snapshot()["pid"], old_pid, "the old server still answers");
@@ -400,13 +368,13 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
     let runs_before = server.snapshot()["program_runs"].as_u64().expect("program_runs");
     let runs_read_at = Instant::now();
     signal(old_pid, libc::SIGUSR2);
-    let line = server.lines.recv_timeout(Duration::from_secs(30)).expect("the successor's listening line");
+    let line = server.workload.next_line(Duration::from_secs(30)).expect("the successor's listening line");
     let switched = Instant::now();
-    assert_eq!(listening_addr(&line), server.addr, "the successor serves the same address");
-    let exited = poll_until(DRAIN + Duration::from_secs(5), || server.child.try_wait().ok().flatten())
-        .expect("the old server exited");
+    assert_eq!(listening_addr(&line), server.addr(), "the successor serves the same address");
+    let exited = server.workload.wait_exit(DRAIN + Duration::from_secs(5)).expect("the old server exited");
     let old_exit_after_switch = switched.elapsed();
     assert!(exited.success(), "the old server exited with {exited}");
+    // The load runs 300 ms on the successor alone: the scenario, not a wait.
     thread::sleep(Duration::from_millis(300));
     let second = poll_until(Duration::from_secs(5), || {
         let s = server.snapshot();
@@ -427,11 +395,12 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
         // first server left, and the maps it inherited carry on again.
         let first_base = second["slot_base"].as_u64().expect("slot_base");
         signal(new_pid, libc::SIGUSR2);
-        let line = server.lines.recv_timeout(Duration::from_secs(30)).expect("the third listening line");
+        let line = server.workload.next_line(Duration::from_secs(30)).expect("the third listening line");
         switched = Instant::now();
-        assert_eq!(listening_addr(&line), server.addr);
+        assert_eq!(listening_addr(&line), server.addr());
         poll_until(DRAIN + Duration::from_secs(5), || (!alive(new_pid)).then_some(()))
             .expect("the second server exited");
+        // The load runs 300 ms on the third server alone: the scenario.
         thread::sleep(Duration::from_millis(300));
         let third = poll_until(Duration::from_secs(5), || {
             let s = server.snapshot();
@@ -442,6 +411,7 @@ fn upgrade_under_load(mode: &str, broken: bool, twice: bool) -> Outcome {
         new_pid = third["pid"].as_u64().expect("pid") as u32;
         server.pids.push(new_pid);
     }
+    // And 200 ms more: the scenario, not a wait.
     thread::sleep(Duration::from_millis(200));
     let tally = load.finish();
     let snap = server.snapshot();

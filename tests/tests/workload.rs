@@ -5,9 +5,8 @@
 //! SIGTERM drains and exits.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -15,67 +14,21 @@ use std::{
 use hermes_test_support::{
     ebpf,
     http::{get, get_within},
+    wait::poll_every,
+    workload::Workload,
 };
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 
-/// A running `hermes-workload`; killed when dropped, unless stopped.
-struct Workload {
-    child: Child,
-    addr: SocketAddr,
-    mode: String,
-}
-
-impl Workload {
-    /// Starts the binary with `args` and reads its first line,
-    /// `listening on ADDR mode=MODE workers=N`.
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start hermes-workload");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the first line");
-        let rest = line.trim_end().strip_prefix("listening on ").unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("unexpected first line {line:?}")
-        });
-        let mut words = rest.split(' ');
-        let addr = words.next().and_then(|a| a.parse().ok()).expect("an address on the first line");
-        let mode = words.next().and_then(|m| m.strip_prefix("mode=")).expect("mode=").to_owned();
-        let workers = words.next().and_then(|w| w.strip_prefix("workers=")).expect("workers=");
-        let wanted = args.windows(2).find(|w| w[0] == "--workers").map_or("", |w| w[1]);
-        assert_eq!(workers, wanted, "{line}");
-        Self { child, addr, mode }
-    }
-
-    /// Sends SIGTERM and waits (up to 10 s) for a clean exit.
-    fn stop(mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: `kill` on our own child with a signal it handles.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for hermes-workload") {
-                assert!(status.success(), "hermes-workload exited with {status} after SIGTERM");
-                return;
-            }
-            assert!(Instant::now() < deadline, "hermes-workload still runs 10 s after SIGTERM");
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the binary with `args` and reads its first line,
+/// `listening on ADDR mode=MODE workers=N`; killed when dropped, unless
+/// stopped.
+fn start_workload(args: &[&str]) -> Workload {
+    let workload = Workload::start(Command::new(BIN).args(args).stderr(Stdio::inherit()));
+    let wanted = args.windows(2).find(|w| w[0] == "--workers").map_or("", |w| w[1]);
+    assert_eq!(workload.workers.to_string(), wanted, "{}", workload.line);
+    workload
 }
 
 /// The `(in_flight, requests)` of each worker in `/_hermes/stats`, and the
@@ -101,7 +54,7 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
     if ebpf::required() {
         args.push("--require-ebpf");
     }
-    let workload = Workload::start(&args);
+    let workload = start_workload(&args);
     if workload.mode != "hermes" {
         // Without CAP_BPF the binary serves by the kernel's hash; the layer
         // counts all the same, so the rest of the test still runs.
@@ -116,18 +69,14 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
     assert!(before.iter().all(|&(in_flight, _)| in_flight == 0), "stats are not counted as load: {before:?}");
 
     let slow = thread::spawn(move || get(addr, "/block?ms=1500").expect("the slow request"));
-    let sent = Instant::now();
     // The blocked worker cannot answer; a stats request that lands on it
-    // times out and the next connection is tried.
-    let (during, answered_by) = loop {
-        assert!(sent.elapsed() < Duration::from_millis(1400), "the slow request never showed in flight");
-        if let Some((w, by)) = workers(addr, Duration::from_millis(200))
-            && w.iter().any(|&(in_flight, _)| in_flight == 1)
-        {
-            break (w, by);
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+    // times out and the next connection is tried. The state lasts as long
+    // as the 1.5 s request: the wait cannot be longer.
+    let (during, answered_by) = poll_every(Duration::from_millis(1400), Duration::from_millis(5), || {
+        workers(addr, Duration::from_millis(200))
+            .filter(|(w, _)| w.iter().any(|&(in_flight, _)| in_flight == 1))
+    })
+    .expect("the slow request never showed in flight");
     assert_eq!(during.iter().map(|&(in_flight, _)| in_flight).sum::<u64>(), 1, "{during:?}");
     let busy = during.iter().position(|&(in_flight, _)| in_flight == 1).expect("the busy worker");
     assert_ne!(answered_by, busy, "the blocked worker cannot have answered the stats request");
@@ -136,15 +85,16 @@ fn ebpf_workload_counts_a_slow_request_in_flight_on_its_worker() {
     assert_eq!((resp.status, resp.body.as_str()), (200, "unblocked"));
     assert_eq!(resp.worker, Some(busy), "the worker that answered is the one that had it in flight");
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let after = loop {
+    let mut last = Vec::new();
+    let after = poll_every(Duration::from_secs(5), Duration::from_millis(5), || {
         let (w, _) = workers(addr, Duration::from_secs(5)).expect("stats answer");
         if w.iter().all(|&(in_flight, _)| in_flight == 0) && w[busy].1 > before[busy].1 {
-            break w;
+            return Some(w);
         }
-        assert!(Instant::now() < deadline, "the slow request never finished in the table: {w:?}");
-        thread::sleep(Duration::from_millis(5));
-    };
+        last = w;
+        None
+    })
+    .unwrap_or_else(|| panic!("the slow request never finished in the table: {last:?}"));
     assert_eq!(after[busy].1, before[busy].1 + 1, "{before:?} -> {after:?}");
     workload.stop();
 }
@@ -158,7 +108,7 @@ fn every_mode_serves_the_same_endpoints() {
         ("shared", "shared-listener"),
         ("tokio", "tokio"),
     ] {
-        let workload = Workload::start(&["--mode", mode, "--workers", "2", "--addr", "127.0.0.1:0"]);
+        let workload = start_workload(&["--mode", mode, "--workers", "2", "--addr", "127.0.0.1:0"]);
         assert_eq!(workload.mode, mode);
         let ok = get(workload.addr, "/").expect("GET /");
         assert_eq!((ok.status, ok.body.as_str()), (200, "ok"), "{mode}");
@@ -234,7 +184,7 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
 #[test]
 fn cost_scale_multiplies_the_cost_of_work_and_block() {
     for mode in ["reuseport", "tokio"] {
-        let w = Workload::start(&[
+        let w = start_workload(&[
             "--mode",
             mode,
             "--workers",
@@ -267,7 +217,7 @@ fn cost_scale_multiplies_the_cost_of_work_and_block() {
         assert_eq!(over.status, 400, "{mode}: the maximum applies to the scaled cost: {over:?}");
         w.stop();
     }
-    let half = Workload::start(&[
+    let half = start_workload(&[
         "--mode",
         "reuseport",
         "--workers",

@@ -5,6 +5,8 @@
 //! - [`wait`]: waiting until a condition holds, on a snapshot or anything else.
 //! - [`snapshot`]: sums over a server's [`Snapshot`](hermes_runtime::Snapshot).
 //! - [`http`]: HTTP/1.1 requests over real loopback sockets, async and blocking.
+//! - [`client`]: hyper clients holding a keep-alive HTTP/1.1 or an HTTP/2
+//!   connection, over TCP or TLS.
 //! - [`server`]: Hermes servers for tests: two unpinned workers, an app like
 //!   the workload's, a shutdown that does not block the test's runtime.
 //! - [`worker`]: an in-memory Worker State Table and a server thread that runs
@@ -12,13 +14,19 @@
 //! - [`kernel`]: `SO_REUSEPORT` groups, connections and accepts for the
 //!   dispatch program's own tests.
 //! - [`child`]: re-running one test in a child process without CAP_BPF.
+//! - [`workload`]: the `hermes-workload` binary as a child process: started,
+//!   its announced address read, stopped.
+//! - [`netns`]: the gate of the tests that make network namespaces.
 #![deny(missing_docs)]
 
 pub mod child;
+pub mod client;
 pub mod ebpf;
 pub mod http;
 pub mod kernel;
+pub mod netns;
 pub mod server;
 pub mod snapshot;
 pub mod wait;
 pub mod worker;
+pub mod workload;

@@ -26,6 +26,12 @@ pub fn accepted(s: &Snapshot) -> u64 {
     s.workers.iter().map(|w| w.accepted).sum()
 }
 
+/// No request in flight, and no learned thread time of one outstanding, on
+/// any worker: the placement counts have settled.
+pub fn settled(s: &Snapshot) -> bool {
+    s.workers.iter().all(|w| w.in_flight == 0 && w.expected_us == 0)
+}
+
 /// Waits (up to 5 s, blocking) until every worker is serving and eligible.
 ///
 /// # Panics
