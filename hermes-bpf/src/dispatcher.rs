@@ -2,8 +2,8 @@
 //! object (or takes over the program and maps of the server it replaces),
 //! maps the program's arrays, fills the socket array with the workers'
 //! listeners and attaches the program to their `SO_REUSEPORT` group;
-//! [`DispatchMode`] says whether it is in use or the kernel hash places
-//! connections instead.
+//! [`DispatchMode`] is what loading gave: the program, or why the kernel's
+//! hash places connections instead.
 
 use std::{
     fmt,
@@ -24,22 +24,25 @@ use crate::{
     region::{LayoutMismatch, Region, TakeArrayError},
 };
 
-/// How new connections are being placed on workers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How new connections will be placed on workers: by the loaded program,
+/// or by the kernel's hash because the program could not be loaded (made
+/// by [`Dispatcher::load_or_fallback`]). There is no program without the
+/// dispatcher that holds it, nor a fallback without its reason.
+#[derive(Debug)]
 pub enum DispatchMode {
     /// The Hermes program chooses (falling back per connection, counted).
-    Ebpf,
-    /// The kernel's `SO_REUSEPORT` hash chooses, for the reason given.
+    Ebpf(Box<Dispatcher>),
+    /// The kernel's `SO_REUSEPORT` hash chooses, because loading failed so.
     KernelHash {
         /// Why the program is not in use.
-        reason: String,
+        reason: Error,
     },
 }
 
 impl fmt::Display for DispatchMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Ebpf => f.write_str("ebpf"),
+            Self::Ebpf(_) => f.write_str("ebpf"),
             Self::KernelHash { reason } => write!(f, "kernel-hash ({reason})"),
         }
     }
@@ -226,12 +229,12 @@ impl Dispatcher {
 
     /// Loads the program, or says why new connections will be placed by the
     /// kernel's hash instead. Logs the fallback once as a warning.
-    pub fn load_or_fallback() -> (Option<Self>, DispatchMode) {
+    pub fn load_or_fallback() -> DispatchMode {
         match Self::load() {
-            Ok(d) => (Some(d), DispatchMode::Ebpf),
+            Ok(d) => DispatchMode::Ebpf(Box::new(d)),
             Err(e) => {
                 tracing::warn!(error = %e, "Hermes dispatch unavailable; new connections use plain SO_REUSEPORT hashing");
-                (None, DispatchMode::KernelHash { reason: e.to_string() })
+                DispatchMode::KernelHash { reason: e }
             }
         }
     }

@@ -9,30 +9,12 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd,
-    process::Command,
     time::Duration,
 };
 
 pub use cluster::*;
 pub use hermes_dsr_tools::testbed::*;
-
-/// Whether the privileged tests can run; without, fails when
-/// `HERMES_REQUIRE_BPF=1` and otherwise skips loudly.
-pub fn privileged_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-    let why = match (root, ip) {
-        (true, true) => return true,
-        (false, _) => "needs root (CAP_SYS_ADMIN for network namespaces, CAP_BPF, CAP_NET_ADMIN)",
-        (true, false) => "needs the `ip` command (iproute2)",
-    };
-    if std::env::var("HERMES_REQUIRE_BPF").as_deref() == Ok("1") {
-        panic!("{test}: HERMES_REQUIRE_BPF=1 but the testbed cannot run: {why}");
-    }
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
-    false
-}
+pub use hermes_test_support::netns::privileged_or_skip;
 
 /// One HTTP/1.1 request on `conn`, returns the body (the server answers
 /// with Content-Length; the connection stays open).

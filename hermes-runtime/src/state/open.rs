@@ -5,7 +5,7 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, sync::Mutex, time::Duration};
 
-use hermes_bpf::{Counters, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase};
+use hermes_bpf::{Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase};
 
 use super::{
     dispatch::{Dispatch, Placer, bpf_error},
@@ -39,11 +39,10 @@ pub(crate) fn open(config: Config) -> io::Result<Opened> {
 fn open_fresh(config: Config) -> io::Result<Opened> {
     let program = match config.mode {
         Mode::Hermes if config.require_ebpf => Some(Dispatcher::load().map_err(bpf_error)?),
-        Mode::Hermes => match Dispatcher::load() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::warn!(error = %e, "Hermes dispatch unavailable; new connections use plain SO_REUSEPORT hashing");
-                return open_bound(config, |_| Ok(Placer::Hash { reason: Some(e.to_string()) }));
+        Mode::Hermes => match Dispatcher::load_or_fallback() {
+            DispatchMode::Ebpf(d) => Some(*d),
+            DispatchMode::KernelHash { reason } => {
+                return open_bound(config, |_| Ok(Placer::Hash { reason: Some(reason.to_string()) }));
             }
         },
         _ => None,
