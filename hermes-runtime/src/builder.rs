@@ -2,11 +2,11 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
+use hermes_bpf::layout::FinePolicy;
 
 use crate::{
-    config::{Config, Hook, Mode, RuntimeHook, StartHook},
-    scheduler::{LeastLoaded, Policy},
+    config::{Config, Hook, Mode, Settings},
+    scheduler::Policy,
     server::Server,
 };
 
@@ -61,34 +61,8 @@ use crate::{
 /// ```
 #[derive(Debug, Clone)]
 pub struct Builder {
-    workers: Option<usize>,
-    addr: SocketAddr,
-    pin_workers: bool,
-    backlog: u32,
-    tick: Duration,
-    hang_threshold: Option<Duration>,
-    min_candidates: u32,
-    max_stale: Option<Duration>,
-    fine_policy: FinePolicy,
-    mode: Mode,
-    require_ebpf: bool,
-    drain_timeout: Duration,
-    policy: Arc<dyn Policy>,
-    tcp_nodelay: bool,
-    on_runtime: Option<Hook<RuntimeHook>>,
-    on_start: Option<Hook<StartHook>>,
-    stack_size: Option<usize>,
-    place_requests: bool,
-    reconnect_every: Option<Duration>,
-    offload_heavy: Option<Duration>,
-    upgrade_from_env: bool,
-    socket_activation: bool,
-    max_connections: Option<u32>,
-    rescue_hung: bool,
+    settings: Settings,
 }
-
-/// The default of [`Builder::max_connections_per_worker`].
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 
 impl Default for Builder {
     fn default() -> Self {
@@ -96,39 +70,10 @@ impl Default for Builder {
     }
 }
 
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, msg)
-}
-
 impl Builder {
     /// A builder with every setting at its default.
     pub fn new() -> Self {
-        Self {
-            workers: None,
-            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            pin_workers: true,
-            backlog: 1024,
-            tick: Duration::from_millis(5),
-            hang_threshold: None,
-            min_candidates: 1,
-            max_stale: None,
-            fine_policy: FinePolicy::default(),
-            mode: Mode::Hermes,
-            require_ebpf: false,
-            drain_timeout: Duration::from_secs(30),
-            policy: Arc::new(LeastLoaded::default()),
-            tcp_nodelay: true,
-            on_runtime: None,
-            on_start: None,
-            stack_size: None,
-            place_requests: true,
-            reconnect_every: Some(Duration::from_millis(100)),
-            offload_heavy: Some(crate::state::placement::DEFAULT_OFFLOAD),
-            upgrade_from_env: false,
-            socket_activation: false,
-            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
-            rescue_hung: true,
-        }
+        Self { settings: Settings::default() }
     }
 
     /// Number of worker threads, 1 to 64. Default:
@@ -138,7 +83,7 @@ impl Builder {
     /// on a 64-core host runs 2 workers rather than 64 throttled ones. Set
     /// it explicitly when the quota is fractional or changes at run time.
     pub fn workers(&mut self, n: usize) -> &mut Self {
-        self.workers = Some(n);
+        self.settings.workers = Some(n);
         self
     }
 
@@ -148,7 +93,7 @@ impl Builder {
     /// Linux by default): `[::]` takes IPv4 clients too, as IPv4-mapped
     /// addresses. Default: `0.0.0.0:8080`.
     pub fn bind(&mut self, addr: SocketAddr) -> &mut Self {
-        self.addr = addr;
+        self.settings.addr = addr;
         self
     }
 
@@ -156,20 +101,20 @@ impl Builder {
     /// their number). A refused pin is logged at debug level and ignored.
     /// Default: on.
     pub fn pin_workers(&mut self, pin: bool) -> &mut Self {
-        self.pin_workers = pin;
+        self.settings.pin_workers = pin;
         self
     }
 
     /// The `listen` backlog of each listener, at least 1. Default: 1024.
     pub fn backlog(&mut self, backlog: u32) -> &mut Self {
-        self.backlog = backlog;
+        self.settings.backlog = backlog;
         self
     }
 
     /// How often each worker stores its heartbeat, samples its accept queue,
     /// runs a scheduler pass and exports metrics; 1 ms to 1 s. Default: 5 ms.
     pub fn tick(&mut self, tick: Duration) -> &mut Self {
-        self.tick = tick;
+        self.settings.tick = tick;
         self
     }
 
@@ -177,7 +122,7 @@ impl Builder {
     /// eligible; it must exceed the tick. Default: two ticks, so a blocked
     /// worker leaves the bitmap within three ticks.
     pub fn hang_threshold(&mut self, threshold: Duration) -> &mut Self {
-        self.hang_threshold = Some(threshold);
+        self.settings.hang_threshold = Some(threshold);
         self
     }
 
@@ -187,7 +132,7 @@ impl Builder {
     /// hold fewer: the kernel program is told to honour any non-empty
     /// bitmap, since hashing would reach the hung workers again. Default: 1.
     pub fn min_candidates(&mut self, n: u32) -> &mut Self {
-        self.min_candidates = n;
+        self.settings.min_candidates = n;
         self
     }
 
@@ -195,26 +140,26 @@ impl Builder {
     /// uses the kernel's hash (every worker hung or the schedulers stopped);
     /// it must exceed the hang threshold. Default: ten ticks.
     pub fn staleness_limit(&mut self, limit: Duration) -> &mut Self {
-        self.max_stale = Some(limit);
+        self.settings.max_stale = Some(limit);
         self
     }
 
     /// How the kernel program picks one worker among the candidates.
     /// Default: [`FinePolicy::TwoChoices`].
     pub fn fine_policy(&mut self, policy: FinePolicy) -> &mut Self {
-        self.fine_policy = policy;
+        self.settings.fine_policy = policy;
         self
     }
 
     /// The scheduling policy. Default: [`LeastLoaded::default()`].
     pub fn policy(&mut self, policy: impl Policy) -> &mut Self {
-        self.policy = Arc::new(policy);
+        self.settings.policy = Arc::new(policy);
         self
     }
 
     /// How new connections are placed. Default: [`Mode::Hermes`].
     pub fn mode(&mut self, mode: Mode) -> &mut Self {
-        self.mode = mode;
+        self.settings.mode = mode;
         self
     }
 
@@ -222,14 +167,14 @@ impl Builder {
     /// program cannot be loaded, instead of running with the kernel's hash.
     /// Default: false.
     pub fn require_ebpf(&mut self, require: bool) -> &mut Self {
-        self.require_ebpf = require;
+        self.settings.require_ebpf = require;
         self
     }
 
     /// How long a draining worker waits for its open connections to finish
     /// before it exits and closes them. Default: 30 s.
     pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.drain_timeout = timeout;
+        self.settings.drain_timeout = timeout;
         self
     }
 
@@ -247,7 +192,7 @@ impl Builder {
     /// more for packets than for latency. A refused option is logged at
     /// debug level and the connection is served anyway.
     pub fn tcp_nodelay(&mut self, nodelay: bool) -> &mut Self {
-        self.tcp_nodelay = nodelay;
+        self.settings.tcp_nodelay = nodelay;
         self
     }
 
@@ -267,7 +212,7 @@ impl Builder {
     where
         F: Fn(usize, &mut tokio::runtime::Builder) + Send + Sync + 'static,
     {
-        self.on_runtime = Some(Hook(Arc::new(f)));
+        self.settings.on_runtime = Some(Hook(Arc::new(f)));
         self
     }
 
@@ -279,7 +224,7 @@ impl Builder {
     where
         F: Fn(usize) + Send + Sync + 'static,
     {
-        self.on_start = Some(Hook(Arc::new(f)));
+        self.settings.on_start = Some(Hook(Arc::new(f)));
         self
     }
 
@@ -288,7 +233,7 @@ impl Builder {
     /// [`Builder::on_worker_runtime`]. Default: Rust's default for spawned
     /// threads (2 MiB, or `RUST_MIN_STACK`).
     pub fn worker_stack_size(&mut self, bytes: usize) -> &mut Self {
-        self.stack_size = Some(bytes);
+        self.settings.stack_size = Some(bytes);
         self
     }
 
@@ -298,7 +243,7 @@ impl Builder {
     /// on its connection's worker; costs are still learned and shown.
     /// Default: on.
     pub fn place_requests(&mut self, place: bool) -> &mut Self {
-        self.place_requests = place;
+        self.settings.place_requests = place;
         self
     }
 
@@ -310,7 +255,7 @@ impl Builder {
     /// their streams are placed one by one.
     /// Default: every 100 ms.
     pub fn reconnect_overloaded(&mut self, every: Option<Duration>) -> &mut Self {
-        self.reconnect_every = every;
+        self.settings.reconnect_every = every;
         self
     }
 
@@ -326,7 +271,7 @@ impl Builder {
     /// [`Builder::on_worker_runtime`]); see [`crate::placement`] for why.
     /// Default: 1 ms.
     pub fn offload_heavy(&mut self, threshold: Option<Duration>) -> &mut Self {
-        self.offload_heavy = threshold;
+        self.settings.offload_heavy = threshold;
         self
     }
 
@@ -348,7 +293,7 @@ impl Builder {
     /// inside the `io::Error`, the running server is told why and keeps
     /// serving. Default: off.
     pub fn upgrade_from_env(&mut self, on: bool) -> &mut Self {
-        self.upgrade_from_env = on;
+        self.settings.upgrade_from_env = on;
         self
     }
 
@@ -367,7 +312,7 @@ impl Builder {
     /// with `InvalidInput` saying so. Not in [`Mode::SharedListener`].
     /// Default: off.
     pub fn socket_activation(&mut self, on: bool) -> &mut Self {
-        self.socket_activation = on;
+        self.settings.socket_activation = on;
         self
     }
 
@@ -379,7 +324,7 @@ impl Builder {
     /// file-descriptor limit then refuses, with `EMFILE` and a back-off).
     /// Default: 65 536.
     pub fn max_connections_per_worker(&mut self, max: Option<u32>) -> &mut Self {
-        self.max_connections = max;
+        self.settings.max_connections = max;
         self
     }
 
@@ -392,87 +337,13 @@ impl Builder {
     /// most once a second per worker. Not in the shared-listener mode (every
     /// worker accepts from the one listener there). Default: on.
     pub fn rescue_hung_queues(&mut self, rescue: bool) -> &mut Self {
-        self.rescue_hung = rescue;
+        self.settings.rescue_hung = rescue;
         self
     }
 
+    /// The settings, validated.
     pub(crate) fn config(&self) -> io::Result<Config> {
-        let workers = match self.workers {
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS),
-        };
-        if !(1..=MAX_WORKERS).contains(&workers) {
-            return Err(invalid(format!("workers must be 1 to {MAX_WORKERS}, got {workers}")));
-        }
-        if self.backlog == 0 {
-            return Err(invalid("backlog must be at least 1".into()));
-        }
-        if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(1) {
-            return Err(invalid(format!("tick must be 1 ms to 1 s, got {:?}", self.tick)));
-        }
-        let hang_threshold = self.hang_threshold.unwrap_or(self.tick * 2);
-        if hang_threshold <= self.tick {
-            return Err(invalid(format!(
-                "hang_threshold ({hang_threshold:?}) must exceed the tick ({:?})",
-                self.tick
-            )));
-        }
-        if self.min_candidates == 0 || self.min_candidates as usize > workers {
-            return Err(invalid(format!(
-                "min_candidates must be 1 to the number of workers ({workers}), got {}",
-                self.min_candidates
-            )));
-        }
-        if self.reconnect_every.is_some_and(|d| d.is_zero()) {
-            return Err(invalid(
-                "reconnect_overloaded: the interval must not be zero (None turns it off)".into(),
-            ));
-        }
-        let max_stale = self.max_stale.unwrap_or(self.tick * 10);
-        if max_stale <= hang_threshold {
-            return Err(invalid(format!(
-                "staleness_limit ({max_stale:?}) must exceed the hang threshold ({hang_threshold:?})"
-            )));
-        }
-        if self.offload_heavy.is_some_and(|d| d < Duration::from_micros(100)) {
-            return Err(invalid(format!(
-                "offload_heavy: the threshold must be at least 100 µs (a hand-over to the blocking pool \
-                 costs tens of microseconds), got {:?}; None turns it off",
-                self.offload_heavy.unwrap_or_default()
-            )));
-        }
-        if self.stack_size == Some(0) {
-            return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
-        }
-        if self.max_connections == Some(0) {
-            return Err(invalid("max_connections_per_worker must be at least 1 (None: no limit)".into()));
-        }
-        Ok(Config {
-            workers,
-            addr: self.addr,
-            pin_workers: self.pin_workers,
-            backlog: self.backlog,
-            tick: self.tick,
-            hang_threshold,
-            min_candidates: self.min_candidates,
-            max_stale,
-            fine_policy: self.fine_policy,
-            mode: self.mode,
-            require_ebpf: self.require_ebpf,
-            drain_timeout: self.drain_timeout,
-            policy: self.policy.clone(),
-            tcp_nodelay: self.tcp_nodelay,
-            on_runtime: self.on_runtime.clone(),
-            on_start: self.on_start.clone(),
-            stack_size: self.stack_size,
-            place_requests: self.place_requests,
-            reconnect_every: self.reconnect_every,
-            offload_heavy: self.offload_heavy,
-            upgrade_from_env: self.upgrade_from_env,
-            socket_activation: self.socket_activation,
-            max_connections: self.max_connections,
-            rescue_hung: self.rescue_hung,
-        })
+        self.settings.validate()
     }
 
     /// Validates the settings, binds the listeners and, in [`Mode::Hermes`],

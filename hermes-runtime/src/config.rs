@@ -1,10 +1,10 @@
 //! [`Mode`] and `Config`, the validated settings every worker shares.
 
-use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{fmt, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use hermes_bpf::layout::FinePolicy;
+use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 
-use crate::scheduler::Policy;
+use crate::scheduler::{LeastLoaded, Policy};
 
 /// How new connections are placed on workers.
 ///
@@ -97,3 +97,158 @@ impl<F: ?Sized> fmt::Debug for Hook<F> {
 pub(crate) type RuntimeHook = dyn Fn(usize, &mut tokio::runtime::Builder) + Send + Sync;
 /// [`Builder::on_worker_start`](crate::Builder::on_worker_start)'s function.
 pub(crate) type StartHook = dyn Fn(usize) + Send + Sync;
+
+/// The default of [`Builder::max_connections_per_worker`](crate::Builder::max_connections_per_worker).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+
+/// The default offload threshold (`Builder::offload_heavy`): a request
+/// class that holds its worker's thread for a millisecond per request
+/// stalls the worker's other connections for that long, while the hand-over
+/// to the blocking pool costs tens of microseconds.
+pub(crate) const DEFAULT_OFFLOAD: Duration = Duration::from_millis(1);
+
+/// The settings as a [`Builder`](crate::Builder) holds them, before
+/// validation.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) workers: Option<usize>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pin_workers: bool,
+    pub(crate) backlog: u32,
+    pub(crate) tick: Duration,
+    pub(crate) hang_threshold: Option<Duration>,
+    pub(crate) min_candidates: u32,
+    pub(crate) max_stale: Option<Duration>,
+    pub(crate) fine_policy: FinePolicy,
+    pub(crate) mode: Mode,
+    pub(crate) require_ebpf: bool,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) tcp_nodelay: bool,
+    pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
+    pub(crate) on_start: Option<Hook<StartHook>>,
+    pub(crate) stack_size: Option<usize>,
+    pub(crate) place_requests: bool,
+    pub(crate) reconnect_every: Option<Duration>,
+    pub(crate) offload_heavy: Option<Duration>,
+    pub(crate) upgrade_from_env: bool,
+    pub(crate) socket_activation: bool,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) rescue_hung: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            pin_workers: true,
+            backlog: 1024,
+            tick: Duration::from_millis(5),
+            hang_threshold: None,
+            min_candidates: 1,
+            max_stale: None,
+            fine_policy: FinePolicy::default(),
+            mode: Mode::Hermes,
+            require_ebpf: false,
+            drain_timeout: Duration::from_secs(30),
+            policy: Arc::new(LeastLoaded::default()),
+            tcp_nodelay: true,
+            on_runtime: None,
+            on_start: None,
+            stack_size: None,
+            place_requests: true,
+            reconnect_every: Some(Duration::from_millis(100)),
+            offload_heavy: Some(DEFAULT_OFFLOAD),
+            upgrade_from_env: false,
+            socket_activation: false,
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+            rescue_hung: true,
+        }
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl Settings {
+    pub(crate) fn validate(&self) -> io::Result<Config> {
+        let workers = match self.workers {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS),
+        };
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(invalid(format!("workers must be 1 to {MAX_WORKERS}, got {workers}")));
+        }
+        if self.backlog == 0 {
+            return Err(invalid("backlog must be at least 1".into()));
+        }
+        if self.tick < Duration::from_millis(1) || self.tick > Duration::from_secs(1) {
+            return Err(invalid(format!("tick must be 1 ms to 1 s, got {:?}", self.tick)));
+        }
+        let hang_threshold = self.hang_threshold.unwrap_or(self.tick * 2);
+        if hang_threshold <= self.tick {
+            return Err(invalid(format!(
+                "hang_threshold ({hang_threshold:?}) must exceed the tick ({:?})",
+                self.tick
+            )));
+        }
+        if self.min_candidates == 0 || self.min_candidates as usize > workers {
+            return Err(invalid(format!(
+                "min_candidates must be 1 to the number of workers ({workers}), got {}",
+                self.min_candidates
+            )));
+        }
+        if self.reconnect_every.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "reconnect_overloaded: the interval must not be zero (None turns it off)".into(),
+            ));
+        }
+        let max_stale = self.max_stale.unwrap_or(self.tick * 10);
+        if max_stale <= hang_threshold {
+            return Err(invalid(format!(
+                "staleness_limit ({max_stale:?}) must exceed the hang threshold ({hang_threshold:?})"
+            )));
+        }
+        if self.offload_heavy.is_some_and(|d| d < Duration::from_micros(100)) {
+            return Err(invalid(format!(
+                "offload_heavy: the threshold must be at least 100 µs (a hand-over to the blocking pool \
+                 costs tens of microseconds), got {:?}; None turns it off",
+                self.offload_heavy.unwrap_or_default()
+            )));
+        }
+        if self.stack_size == Some(0) {
+            return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
+        }
+        if self.max_connections == Some(0) {
+            return Err(invalid("max_connections_per_worker must be at least 1 (None: no limit)".into()));
+        }
+        Ok(Config {
+            workers,
+            addr: self.addr,
+            pin_workers: self.pin_workers,
+            backlog: self.backlog,
+            tick: self.tick,
+            hang_threshold,
+            min_candidates: self.min_candidates,
+            max_stale,
+            fine_policy: self.fine_policy,
+            mode: self.mode,
+            require_ebpf: self.require_ebpf,
+            drain_timeout: self.drain_timeout,
+            policy: self.policy.clone(),
+            tcp_nodelay: self.tcp_nodelay,
+            on_runtime: self.on_runtime.clone(),
+            on_start: self.on_start.clone(),
+            stack_size: self.stack_size,
+            place_requests: self.place_requests,
+            reconnect_every: self.reconnect_every,
+            offload_heavy: self.offload_heavy,
+            upgrade_from_env: self.upgrade_from_env,
+            socket_activation: self.socket_activation,
+            max_connections: self.max_connections,
+            rescue_hung: self.rescue_hung,
+        })
+    }
+}

@@ -101,8 +101,8 @@ mod sys;
 pub mod upgrade;
 mod worker;
 
-pub use builder::{Builder, DEFAULT_MAX_CONNECTIONS};
-pub use config::Mode;
+pub use builder::Builder;
+pub use config::{DEFAULT_MAX_CONNECTIONS, Mode};
 pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};

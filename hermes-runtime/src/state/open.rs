@@ -5,7 +5,9 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, sync::Mutex, time::Duration};
 
-use hermes_bpf::{Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase};
+use hermes_bpf::{
+    Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase,
+};
 
 use super::{
     dispatch::{Dispatch, Placer, bpf_error},

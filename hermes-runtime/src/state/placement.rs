@@ -59,12 +59,6 @@ pub(crate) const LIGHT_US: u32 = 200;
 /// for differences that noise alone makes.
 pub(crate) const MOVE_MARGIN_US: u64 = 1_000;
 
-/// The default offload threshold (`Builder::offload_heavy`): a request
-/// class that holds its worker's thread for a millisecond per request
-/// stalls the worker's other connections for that long, while the hand-over
-/// to the blocking pool costs tens of microseconds.
-pub(crate) const DEFAULT_OFFLOAD: Duration = Duration::from_millis(1);
-
 /// A worker at or above this smoothed utilisation is overloaded (see
 /// [`Placement::should_reconnect`]).
 pub(crate) const OVERLOADED_PERMILLE: u32 = 850;
