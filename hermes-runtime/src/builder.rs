@@ -151,7 +151,7 @@ impl Builder {
         self
     }
 
-    /// The scheduling policy. Default: [`LeastLoaded::default()`].
+    /// The scheduling policy. Default: [`LeastLoaded::default()`](crate::scheduler::LeastLoaded).
     pub fn policy(&mut self, policy: impl Policy) -> &mut Self {
         self.settings.policy = Arc::new(policy);
         self

@@ -34,7 +34,7 @@ pub enum Mode {
 impl Mode {
     /// The mode's name in snapshots and metrics: `hermes`, `kernel-hash` or
     /// `shared-listener`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Hermes => "hermes",
             Mode::KernelHash => "kernel-hash",

@@ -3,7 +3,7 @@
 //!
 //! The kernel places each new *connection* on a worker; after that, every
 //! request of that connection arrives on the same worker. For each request,
-//! [`WorkerRef::decide`] says where its handler runs, from the Worker State
+//! [`decide`] says where its handler runs, from the Worker State
 //! Table and the learned cost of the request's class (its path): on its
 //! connection's worker ([`Decision::Local`], the common case, decided
 //! without allocating or locking), on another worker whose score is clearly
@@ -48,7 +48,7 @@ use std::{
 use tokio::runtime::Handle;
 
 use crate::{
-    context::{ExpectedWork, WorkerRef},
+    context::{self, ExpectedWork, WorkerRef},
     state::placement::{CostClass, LIGHT_US},
 };
 
@@ -133,16 +133,30 @@ impl Learner {
     }
 }
 
+/// Where the request with `key` (its route; for HTTP, the path) that
+/// arrived on a connection of the current thread's worker runs, and whether
+/// that connection is asked to reconnect; see the [module](self). `None`
+/// outside a Hermes worker (the request runs where it is, unmeasured). A
+/// worker without a server always runs it here and measures nothing.
+///
+/// The common case (a light request on a worker with nothing costly in
+/// flight) reads a few words of the table, clones nothing and allocates
+/// nothing.
+///
+/// ```
+/// use hermes_runtime::placement::{self, Reconnect};
+///
+/// // Outside a Hermes worker there is nothing to decide.
+/// assert!(placement::decide(b"/", Reconnect::May).is_none());
+/// ```
+#[inline]
+pub fn decide(key: &[u8], reconnect: Reconnect) -> Option<Decision> {
+    context::with_current(|worker| worker.map(|w| w.decide(key, reconnect)))
+}
+
 impl WorkerRef {
-    /// Where the request with `key` (its route; for HTTP, the path) that
-    /// arrived on this worker's connection runs, and whether that
-    /// connection is asked to reconnect; see the [module](self). Called on
-    /// this worker's thread. A worker without a server always runs it here
-    /// and measures nothing.
-    ///
-    /// The common case (a light request on a worker with nothing costly in
-    /// flight) reads a few words of the table and allocates nothing.
-    pub fn decide(&self, key: &[u8], reconnect: Reconnect) -> Decision {
+    /// [`decide`] for this worker's connection, on its thread.
+    fn decide(&self, key: &[u8], reconnect: Reconnect) -> Decision {
         let Some(server) = self.server() else {
             return Decision::Local { expected: None, learner: None, reconnect: reconnect == Reconnect::Due };
         };
@@ -198,7 +212,7 @@ impl WorkerRef {
         seen.is_multiple_of(MEASURE_ONE_IN)
     }
 
-    /// A request placed by [`WorkerRef::decide`] on another worker or the
+    /// A request placed by [`decide`] on another worker or the
     /// blocking pool was cancelled by its runtime's shutdown before it
     /// ended: counts it (`placement.lost` in the snapshot) and logs it. The
     /// caller answers the request with an error.

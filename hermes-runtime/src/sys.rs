@@ -7,7 +7,7 @@
 use std::{
     io,
     net::{SocketAddr, TcpListener},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd},
 };
 
 use nix::{
@@ -189,12 +189,6 @@ impl Waker {
     pub(crate) fn wake(&self) {
         // A full counter (2^64 - 2 wake-ups unread) still wakes the worker.
         let _ = self.0.write(1);
-    }
-}
-
-impl From<Waker> for OwnedFd {
-    fn from(waker: Waker) -> Self {
-        waker.0.into()
     }
 }
 

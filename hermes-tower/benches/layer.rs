@@ -164,8 +164,8 @@ fn bench_place(c: &mut Criterion) {
     let mut svc = Place::new(Hermes::new(bare_http()));
     group.bench_function("place_hermes", |b| b.iter(|| black_box(http_request(&mut svc, &mut cx))));
     group.finish();
-    assert_eq!(worker.state().in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
     drop(_entered);
+    assert_eq!(server.snapshot().workers[0].in_flight, 0);
     server.shutdown();
 }
 

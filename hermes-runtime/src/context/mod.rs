@@ -32,7 +32,7 @@ pub fn current() -> Option<WorkerRef> {
 ///
 /// `f` must not enter another worker ([`WorkerRef::enter`]) while it runs.
 #[inline]
-pub fn with_current<R>(f: impl FnOnce(Option<&WorkerRef>) -> R) -> R {
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&WorkerRef>) -> R) -> R {
     CONTEXT.with(|c| f(c.borrow().as_ref()))
 }
 

@@ -194,11 +194,6 @@ impl InFlight {
         slot.in_flight.fetch_add(1, Relaxed);
         Self { worker: Some(worker), started }
     }
-
-    /// The worker the request counts on.
-    pub fn worker_id(&self) -> Option<usize> {
-        self.worker.as_ref().map(WorkerRef::id)
-    }
 }
 
 impl Drop for InFlight {
@@ -321,7 +316,6 @@ mod tests {
         let worker = WorkerRef::new(1, table.clone());
         let a = worker.request();
         let b = InFlight::start(worker.clone(), SampleRate::OFF);
-        assert_eq!(a.worker_id(), Some(1));
         assert_eq!(slot(&table, 1), (2, 0, 0));
         assert_eq!(slot(&table, 0), (0, 0, 0), "only the worker's own slot moves");
         drop(a);

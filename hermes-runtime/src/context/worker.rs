@@ -58,7 +58,7 @@ impl WorkerRef {
     }
 
     /// This worker's slot of the Worker State Table.
-    pub fn state(&self) -> &WorkerState {
+    pub(crate) fn state(&self) -> &WorkerState {
         &self.0.table[self.0.id]
     }
 

@@ -182,13 +182,6 @@ impl HermesListener {
         self.local_addr
     }
 
-    /// Resolves when this worker starts draining (the same as
-    /// [`crate::shutdown_signal`] called on this worker's thread).
-    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let control = self.control.clone();
-        async move { control.draining().await }
-    }
-
     /// The next connection, or `None` once the worker drains.
     pub async fn accept_connection(&mut self) -> Option<(HermesStream, SocketAddr)> {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await

@@ -44,7 +44,7 @@ impl fmt::Debug for HermesStream {
 
 impl HermesStream {
     /// Counts `inner` as accepted and open on `worker`.
-    pub fn new(inner: TcpStream, worker: &WorkerRef) -> Self {
+    pub(crate) fn new(inner: TcpStream, worker: &WorkerRef) -> Self {
         let slot = worker.state();
         // Relaxed: both are counters read as independent values (by the
         // scheduler, the kernel's fine filter and snapshots); they guard no

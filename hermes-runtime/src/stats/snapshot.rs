@@ -133,7 +133,7 @@ pub struct WorkerSnapshot {
 /// use hermes_runtime::WorkerStatus;
 ///
 /// assert_eq!(serde_json::to_string(&WorkerStatus::Stopped).unwrap(), r#""stopped""#);
-/// assert_eq!(WorkerStatus::Serving.as_str(), "serving");
+/// assert_eq!(WorkerStatus::Serving.to_string(), "serving");
 /// ```
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -151,7 +151,7 @@ pub enum WorkerStatus {
 
 impl WorkerStatus {
     /// The name in snapshots: `starting`, `serving`, `draining` or `stopped`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WorkerStatus::Stopped => "stopped",
             WorkerStatus::Starting => "starting",

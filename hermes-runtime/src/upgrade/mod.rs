@@ -9,7 +9,7 @@
 //!    current binary again, with the same arguments), with its end of the
 //!    pair in [`UPGRADE_FD_ENV`].
 //! 2. The old server sends an offer: a short text header (protocol,
-//!    [`LAYOUT_VERSION`], its pid, mode, the slots its workers use) with the
+//!    [`LAYOUT_VERSION`](hermes_bpf::layout::LAYOUT_VERSION), its pid, mode, the slots its workers use) with the
 //!    descriptors of its listeners and, in Hermes mode, of the program and
 //!    its four maps (table, control, counters, socket array).
 //! 3. The successor ([`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env))
@@ -106,7 +106,7 @@ pub enum UpgradeError {
     LayoutVersion {
         /// The version in the running server's offer and maps.
         found: u64,
-        /// This server's [`LAYOUT_VERSION`].
+        /// This server's [`LAYOUT_VERSION`](hermes_bpf::layout::LAYOUT_VERSION).
         want: u64,
     },
     /// The successor's settings do not fit the running server's (mode,

@@ -3,7 +3,7 @@
 //!
 //! The kernel places connections; [`Place`] places requests. On each call,
 //! inside a Hermes worker, it asks the runtime where the request runs
-//! ([`WorkerRef::decide`](hermes_runtime::context::WorkerRef::decide)): the
+//! ([`hermes_runtime::placement::decide`]): the
 //! owner is busy with costly work in flight and another worker is clearly
 //! less loaded, the route holds its thread, or, the common case, the request
 //! runs where it is, with nothing allocated and nothing locked. `Place`
@@ -79,10 +79,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_runtime::{
-    context,
-    placement::{Decision, Reconnect},
-};
+use hermes_runtime::placement::{self, Decision, Reconnect};
 use tokio::sync::oneshot;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -220,9 +217,7 @@ where
         };
         // Decided without cloning the worker handle: the decision clones
         // only what outlives the call.
-        let decision = context::with_current(|worker| {
-            worker.map(|w| w.decide(request.uri().path().as_bytes(), reconnect))
-        });
+        let decision = placement::decide(request.uri().path().as_bytes(), reconnect);
         match decision {
             None => PlaceFuture::local(Timed::off(self.inner.call(request)), None, false),
             Some(Decision::Local { expected, learner, reconnect }) => {

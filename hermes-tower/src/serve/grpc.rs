@@ -30,9 +30,9 @@ use crate::{
 
 /// The service each worker's tonic server is given: `/_hermes/stats` when
 /// mounted, otherwise the routes behind [`Place`] (so a call moved to
-/// another worker is counted where it runs) and [`HermesLayer`] when it is
+/// another worker is counted where it runs) and [`HermesLayer`](crate::HermesLayer) when it is
 /// on. A [`Server`]'s layers (given with [`Serve::with_server`]) go around
-/// it. [`HermesLayer`](crate::HermesLayer) is on by default.
+/// it. [`HermesLayer`](crate::HermesLayer)(crate::HermesLayer) is on by default.
 #[derive(Clone)]
 pub struct TonicService {
     routes: Place<EitherService<Hermes<Routes>, Routes>>,
@@ -77,7 +77,7 @@ impl Service<http::Request<Body>> for TonicService {
 /// `routes` is called once on each worker thread (and again when a worker
 /// is restarted after a panic), so each worker may have its own service
 /// state; services that share state hold it in an `Arc`. Every worker serves
-/// the routes behind [`HermesLayer`] with `Server::builder()`, or with the
+/// the routes behind [`HermesLayer`](crate::HermesLayer) with `Server::builder()`, or with the
 /// configured server given to [`Serve::with_server`]. Every option of
 /// [`Serve`] applies: TLS, stats, several addresses, upgrades, the timeouts
 /// and connection age.
@@ -137,7 +137,7 @@ impl<A, F, L> Serve<A, Grpc<F, L>> {
     /// The tonic server each worker serves with, configured as you would
     /// before `.add_service(..)`: timeouts, concurrency limits, HTTP/2
     /// keepalive, window sizes, frame size, `accept_http1`, your own layers
-    /// (they go around [`HermesLayer`]). It is cloned on every worker.
+    /// (they go around [`HermesLayer`](crate::HermesLayer)). It is cloned on every worker.
     /// Message sizes are set on the generated services, in `routes`
     /// (`GreeterServer::new(..).max_decoding_message_size(..)`).
     ///
@@ -193,7 +193,8 @@ where
             None => self.server.clone(),
         };
         let worker = listener.worker_id();
-        let drain = listener.shutdown_signal();
+        // Called on the worker thread: the worker's own drain.
+        let drain = hermes_runtime::shutdown_signal();
         // The timeouts watch each connection until its first request head or
         // HTTP/2 preface is complete (see `Watch::FirstHead`): a client that
         // connects and sends nothing, or only part of a head, is closed;

@@ -102,7 +102,8 @@ where
             limits: settings.limits,
         };
         let worker = listener.worker_id();
-        let drain = listener.shutdown_signal();
+        // Called on the worker thread: the worker's own drain.
+        let drain = hermes_runtime::shutdown_signal();
         // axum's graceful shutdown closes idle keep-alive connections at
         // once, racing a client's next request on them (it then sees the
         // connection close under it). For `DRAIN_IDLE_GRACE` after the drain

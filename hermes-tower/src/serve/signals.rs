@@ -97,7 +97,7 @@ pub(crate) async fn shutdown_all_on(
 
 /// Shuts `handle`'s server down gracefully once `signal` resolves, and
 /// resolves once every worker has stopped; also resolves when every worker
-/// stopped by itself. [`Serve::with_graceful_shutdown`] awaits this.
+/// stopped by itself. [`Serve::with_graceful_shutdown`](super::Serve::with_graceful_shutdown) awaits this.
 ///
 /// Call it from a Tokio runtime (its blocking pool waits for the workers).
 ///
@@ -152,7 +152,7 @@ async fn join_all(handles: Vec<ServerHandle>) -> io::Result<()> {
 }
 
 /// Resolves on ctrl-c (`SIGINT`) or `SIGTERM`: the default shutdown signals,
-/// to combine with your own in [`Serve::with_graceful_shutdown`].
+/// to combine with your own in [`Serve::with_graceful_shutdown`](super::Serve::with_graceful_shutdown).
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router, token: tokio::sync::Notify) -> std::io::Result<()> {
@@ -184,7 +184,7 @@ pub async fn ctrl_c_or_sigterm() -> io::Result<()> {
 /// Call it from a Tokio runtime (its blocking pool runs the upgrade and
 /// waits for the workers). The new process must start its server with
 /// [`Builder::upgrade_from_env`](hermes_runtime::Builder::upgrade_from_env)
-/// (what [`Serve::with_upgrades`] sets).
+/// (what [`Serve::with_upgrades`](super::Serve::with_upgrades) sets).
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router) -> std::io::Result<()> {
