@@ -1,12 +1,13 @@
 //! The workload server the benchmarks drive.
 //!
 //! ```text
-//! cargo run --release -p hermes-tests --bin hermes-workload -- --mode hermes|reuseport|shared|tokio --workers N --addr 127.0.0.1:0
+//! cargo run --release -p hermes-tests --bin hermes-workload -- --mode hermes|hermes-userspace|reuseport|shared|tokio --workers N --addr 127.0.0.1:0
 //! ```
 //!
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
-//! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
+//! kernel's hash; the reason goes to stderr; `-unpinned` added with
+//! `--pin off`). Endpoints: `/` (light),
 //! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
@@ -25,7 +26,7 @@
 //! `ReusePort=yes`), the Hermes modes serve on the passed listeners (`--addr`
 //! is ignored).
 //!
-//! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
+//! The Hermes modes (`hermes`, `hermes-userspace`, `reuseport`, `shared`) are served as the
 //! README tells users to serve an axum app: through `hermes_tower::serve`,
 //! with [`HermesLayer`] at its default settings counting every request into
 //! the Worker State Table and `/_hermes/stats` mounted outside the layer,
@@ -84,6 +85,9 @@ struct Args {
     /// Fail instead of falling back to the kernel's hash when the dispatch program cannot be loaded.
     #[arg(long)]
     require_ebpf: bool,
+    /// Hermes modes: pin each worker to a CPU (`Builder::pin_workers`).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pin: Switch,
     /// Scheduler tick of the Hermes modes, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 5)]
     tick_ms: u64,
@@ -178,12 +182,23 @@ enum Peer {
     /// Hermes dispatch with every request kept on its connection's worker: no request
     /// placement, no offload to the blocking pool, no reconnect asks.
     HermesLocal,
+    /// Hermes without the kernel program, as a container without CAP_BPF runs it: the
+    /// kernel's hash places connections; request placement, offload, reconnect asks and
+    /// the rescue of a hung worker's queue stay on.
+    HermesUserspace,
     /// Hermes workers with plain SO_REUSEPORT hashing.
     Reuseport,
     /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
     Shared,
     /// The stock multi-thread Tokio runtime with one listener, as `axum::serve`.
     Tokio,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 /// The kernel program's fine filter.
@@ -313,12 +328,12 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
 fn run_hermes(args: &Args) -> std::io::Result<()> {
     let mode = match args.mode {
         Peer::Hermes | Peer::HermesLocal => Mode::Hermes,
-        Peer::Reuseport => Mode::KernelHash,
+        Peer::HermesUserspace | Peer::Reuseport => Mode::KernelHash,
         Peer::Shared => Mode::SharedListener,
         Peer::Tokio => unreachable!("served by run_tokio"),
     };
     let mut builder = Builder::new();
-    if args.mode != Peer::Hermes {
+    if !matches!(args.mode, Peer::Hermes | Peer::HermesUserspace) {
         // The peers stand for plain thread-per-core servers: the kernel (or
         // the shared listener) places connections, and nothing places requests.
         builder.place_requests(false).reconnect_overloaded(None);
@@ -332,6 +347,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     }
     builder
         .workers(args.workers)
+        .pin_workers(args.pin == Switch::On)
         .mode(mode)
         .require_ebpf(args.require_ebpf)
         .tick(Duration::from_millis(args.tick_ms))
@@ -365,9 +381,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     let shown = match handle.mode() {
         Mode::Hermes if args.mode == Peer::HermesLocal => "hermes-local",
         Mode::Hermes => "hermes",
+        Mode::KernelHash if args.mode == Peer::HermesUserspace => "hermes-userspace",
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
     };
+    let shown = if args.pin == Switch::On { shown.to_owned() } else { format!("{shown}-unpinned") };
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
     let _agent = match (args.dsr_balancer, args.dsr_vip) {
