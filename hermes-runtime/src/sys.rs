@@ -20,6 +20,7 @@ use nix::{
     unistd::Pid,
 };
 use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A nonblocking listening socket on `addr`, with `SO_REUSEPORT` set before
 /// `bind` when `reuseport` is true (so every worker's listener joins one group).
@@ -68,10 +69,21 @@ pub(crate) fn refuse_taken_port(addr: SocketAddr) -> io::Result<()> {
 /// close-on-exec); `Ok(None)` without them. Each must be a listening TCP
 /// socket with `SO_REUSEPORT` (systemd's `ReusePort=yes`), and all on one
 /// address; they are made nonblocking.
+///
+/// The first server of the process to look takes them; a later one binds
+/// its own (two servers owning one descriptor would close it twice). The
+/// variables stay in the environment: unsetting them races with every
+/// other thread that reads the environment.
 pub(crate) fn listen_fds() -> io::Result<Option<Vec<TcpListener>>> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     let fds = sd_notify::listen_fds().map_err(|e| invalid(format!("socket activation: {e}")))?;
     if fds.len() == 0 {
+        return Ok(None);
+    }
+    if !take_once(&LISTEN_FDS_TAKEN) {
+        tracing::info!(
+            "socket activation: the passed listeners were taken by another server of this process"
+        );
         return Ok(None);
     }
     let mut listeners = Vec::with_capacity(fds.len());
@@ -110,6 +122,15 @@ pub(crate) fn listen_fds() -> io::Result<Option<Vec<TcpListener>>> {
     Ok(Some(listeners))
 }
 
+/// Whether a server of this process took the `LISTEN_FDS` descriptors.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Takes what `taken` guards, once per process: `true` for the first
+/// caller only. AcqRel: a lone flag; the swap alone decides who takes.
+pub(crate) fn take_once(taken: &AtomicBool) -> bool {
+    !taken.swap(true, Ordering::AcqRel)
+}
+
 /// The accept-queue length of a listening socket: for a socket in LISTEN
 /// state the kernel reports it in `tcpi_unacked` (and the limit in
 /// `tcpi_sacked`). Neither socket2 nor nix reads `TCP_INFO`.
@@ -145,8 +166,15 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
 
 /// Pins the calling thread to `cpu`.
 pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
+    run_on(&[cpu])
+}
+
+/// Lets the calling thread run on `cpus` (and no other CPU).
+pub(crate) fn run_on(cpus: &[usize]) -> io::Result<()> {
     let mut set = CpuSet::new();
-    set.set(cpu).map_err(io::Error::from)?;
+    for &cpu in cpus {
+        set.set(cpu).map_err(io::Error::from)?;
+    }
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 

@@ -14,6 +14,16 @@ use crate::{
     sys,
 };
 
+/// The self-check's reading of this server's workers, `workers` (its
+/// slots of the table), whose placements the program counts from `base`.
+fn reading(now: u64, counters: &Counters, workers: &[WorkerState], base: usize) -> Reading {
+    // Relaxed: independent counters and gauges (see `WorkerState`).
+    let accepted = workers.iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
+    let queued: u64 = workers.iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
+    let placed: u64 = counters.recent[base..base + workers.len()].iter().sum();
+    Reading { at_ns: now, accepted, runs: counters.runs, pending: queued + placed }
+}
+
 /// One worker's share of the tick.
 #[derive(Debug, Default)]
 pub(crate) struct WorkerTick {
@@ -79,9 +89,10 @@ impl ServerState {
 
     /// One scheduler pass, published as worker `publisher` while this
     /// server owns the bitmap; 0 (and nothing published) until every worker
-    /// has started. Returns the bitmap in worker ids.
+    /// has started or the server stopped waiting for them. Returns the
+    /// bitmap in worker ids.
     pub(crate) fn schedule(&self, publisher: usize) -> u64 {
-        if !self.workers.all_started() {
+        if !self.workers.may_publish() {
             return 0;
         }
         let input = self.pass_input(monotonic_ns());
@@ -145,19 +156,11 @@ impl ServerState {
     fn check_dispatch(&self, now: u64) {
         let Some(counters) = self.dispatch.counters() else { return };
         let n = self.config.workers;
-        let finding = self.dispatch.selfcheck.observe(now, || {
-            let read = Counters::read(counters);
-            // Relaxed: independent counters and gauges (see `WorkerState`).
-            let accepted = self.table[..n].iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
-            let queued: u64 =
-                self.table[..n].iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
-            Reading {
-                at_ns: now,
-                accepted,
-                runs: read.runs,
-                pending: queued + read.recent[..n].iter().sum::<u64>(),
-            }
-        });
+        let base = self.dispatch.slot_base;
+        let finding = self
+            .dispatch
+            .selfcheck
+            .observe(now, || reading(now, &Counters::read(counters), &self.table[..n], base));
         let addr: SocketAddr = self.dispatch.addr;
         match finding {
             Finding::Nothing => {}
@@ -216,6 +219,8 @@ impl ServerState {
 mod tests {
     use std::{sync::Barrier, thread, time::Duration};
 
+    use hermes_bpf::{Counters, layout::WorkerState};
+
     use crate::{Builder, Mode};
 
     /// Four workers' housekeeping ticking at the same moment: one of them
@@ -247,5 +252,18 @@ mod tests {
         assert!(!server.sample_accept_queues(), "sampled again within the tick");
         thread::sleep(Duration::from_millis(20));
         assert!(server.sample_accept_queues(), "sampled again a tick later");
+    }
+
+    /// A successor's workers use the slots from its base: the placements
+    /// the self-check counts as pending are those of its slots, not of the
+    /// first ones (the older server's).
+    #[test]
+    fn the_self_check_reads_the_placements_of_its_own_slots() {
+        let mut counters = Counters::read(&hermes_bpf::Region::in_memory(hermes_bpf::layout::COUNTERS_LEN));
+        counters.recent[0] = 100; // the older server's worker 0
+        counters.recent[2] = 3; // this server's worker 0
+        counters.recent[3] = 4; // this server's worker 1
+        let workers = [WorkerState::default(), WorkerState::default()];
+        assert_eq!(super::reading(0, &counters, &workers, 2).pending, 7);
     }
 }

@@ -15,7 +15,7 @@ use crate::state::{SelfCheck, ServerState};
 /// counters `hermes_accepted_total`, `hermes_requests_total`,
 /// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
 /// `hermes_placed_out_total`, `hermes_placed_in_total`,
-/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_recycled_total`,
+/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_shed_total`, `hermes_recycled_total`,
 /// `hermes_refused_total`, `hermes_rescued_total`; server-wide gauge
 /// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
 /// other: in Hermes mode, `kernel-hash` with the self-check's reason while
@@ -37,6 +37,7 @@ pub(crate) struct WorkerMetrics {
     placed_in: metrics::Counter,
     reconnects: metrics::Counter,
     offloaded: metrics::Counter,
+    shed: metrics::Counter,
     recycled: metrics::Counter,
     refused: metrics::Counter,
     rescued: metrics::Counter,
@@ -67,6 +68,7 @@ impl WorkerMetrics {
             placed_in: metrics::counter!("hermes_placed_in_total", "worker" => w.clone()),
             reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w.clone()),
             offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w.clone()),
+            shed: metrics::counter!("hermes_shed_total", "worker" => w.clone()),
             recycled: metrics::counter!("hermes_recycled_total", "worker" => w.clone()),
             refused: metrics::counter!("hermes_refused_total", "worker" => w.clone()),
             rescued: metrics::counter!("hermes_rescued_total", "worker" => w),
@@ -106,6 +108,7 @@ impl WorkerMetrics {
         self.placed_in.absolute(into);
         self.reconnects.absolute(placement.reconnects(id));
         self.offloaded.absolute(placement.offloaded(id));
+        self.shed.absolute(placement.shed(id));
         self.recycled.absolute(placement.recycled(id));
         self.refused.absolute(control.refused());
         self.rescued.absolute(control.rescued());

@@ -118,6 +118,9 @@ pub struct WorkerSnapshot {
     /// Requests of this worker's connections run on its blocking pool
     /// (their class holds a thread for at least `Builder::offload_heavy`).
     pub offloaded: u64,
+    /// Requests of this worker's connections refused (`503`) because as
+    /// many ran on its blocking pool as `Builder::max_offloaded` allows.
+    pub shed: u64,
     /// Keep-alive connections of this worker closed for their age or request
     /// count (`Builder::max_connection_age`, `max_requests_per_connection`).
     pub recycled: u64,
@@ -215,6 +218,7 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
                 placed_in,
                 reconnects: placement.reconnects(id),
                 offloaded: placement.offloaded(id),
+                shed: placement.shed(id),
                 recycled: placement.recycled(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),

@@ -66,6 +66,9 @@ fn worker_thread<F, Fut>(
             Err(_) if control.is_draining() => break,
             Err(_) => {
                 tracing::error!(worker = id, "the worker's runtime panicked; restarting it");
+                // Its runtime is gone: no request may be moved to it until
+                // the new one is up.
+                server.placement.set_handle(id, None);
                 // Nobody accepts from the old listener until the restart: a
                 // replacement joins the group now (so the group and its
                 // program outlive the old one), then the old one leaves it.

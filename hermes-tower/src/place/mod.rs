@@ -69,7 +69,9 @@
 //! stops before it ends is answered `503 Service Unavailable`, logged and
 //! counted (`placement.lost` in the snapshot). A client that goes away
 //! cancels the moved or offloaded handler too (an offloaded one at its next
-//! wake-up: a handler holding its thread cannot be interrupted).
+//! wake-up: a handler holding its thread cannot be interrupted). A request
+//! of a heavy route past the worker's offload bound (`Builder::max_offloaded`)
+//! is answered `503 Service Unavailable` with `Retry-After: 1`, not run.
 
 use std::{
     mem,
@@ -236,14 +238,15 @@ where
                 });
                 PlaceFuture::remote(task, owner, reconnect)
             }
-            Some(Decision::Offload { runtime, learner, owner, reconnect }) => {
+            Some(Decision::Shed { reconnect }) => PlaceFuture::shed(reconnect),
+            Some(Decision::Offload { runtime, permit, learner, owner, reconnect }) => {
                 // Called here, on the connection's worker, so the layers
                 // inside count the request in flight on this worker (which
                 // waits to write its response); only the future moves.
                 // In the caller's span (the worker's `hermes_worker` span), so
                 // the handler's logs still carry the worker id.
                 let future =
-                    Timed::new(self.inner.call(request), learner).instrument(tracing::Span::current());
+                    Timed::new(self.inner.call(request), Some(learner)).instrument(tracing::Span::current());
                 let (cancel, cancelled) = oneshot::channel::<()>();
                 let driver = Arc::clone(&runtime);
                 // The pool thread acts for this worker: the handler sees it
@@ -256,6 +259,8 @@ where
                 // connections. Dropping the response future drops `cancel`,
                 // which ends the handler at its next wake-up.
                 let task = runtime.spawn_blocking(move || {
+                    // Held until the handler ends, here or by cancellation.
+                    let _permit = permit;
                     let _entered = acting_for.enter();
                     driver.block_on(async move {
                         tokio::select! {
