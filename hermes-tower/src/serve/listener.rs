@@ -15,7 +15,7 @@ use futures_util::Stream;
 use hermes_runtime::HermesListener;
 
 #[cfg(feature = "tls")]
-use super::tls::{RustlsConfig, TlsListener};
+use super::{handshake::TlsListener, tls::RustlsConfig};
 use super::{
     conn::Connection,
     timeouts::{Timeouts, Watch},

@@ -50,6 +50,8 @@
 mod addr;
 mod conn;
 mod grpc;
+#[cfg(feature = "tls")]
+mod handshake;
 mod http;
 mod listener;
 mod options;
