@@ -363,3 +363,53 @@ async fn at_max_handshakes_a_handshake_under_way_keeps_its_slot_until_it_ends() 
     shutdown(handle).await;
 }
 
+/// Over TLS with ALPN `h2`, the HTTP/2 timeouts apply as with prior
+/// knowledge (`h2_timeouts.rs`): pings alone do not keep a connection
+/// open past the idle timeout, and a header block left open is closed at
+/// the header read timeout.
+#[test]
+fn over_tls_h2_pings_alone_and_an_open_header_block_are_closed_at_their_timeouts() {
+    use hermes_test_support::rawh2::{END_STREAM, GET_ROOT, RawH2, frame, kind};
+
+    let (header, idle, slack) =
+        (Duration::from_millis(300), Duration::from_millis(900), Duration::from_millis(300));
+    let (cert, key, der) = self_signed();
+    let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).expect("parse the PEM");
+    let handle = hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
+        .with_builder(two_workers())
+        .with_tls(tls)
+        .header_read_timeout(Some(header))
+        .idle_timeout(Some(idle))
+        .start()
+        .expect("start the server");
+    let addr = handle.local_addr();
+    let connect = || {
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+        let name = ServerName::IpAddress(addr.ip().into());
+        let session = rustls::ClientConnection::new(client_config(&der, &[b"h2"]), name).expect("session");
+        let conn = RawH2::handshake(rustls::StreamOwned::new(session, tcp)).expect("HTTP/2 over TLS");
+        assert_eq!(conn_alpn(&conn), Some(&b"h2"[..]));
+        conn
+    };
+    fn conn_alpn(
+        conn: &RawH2<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+    ) -> Option<&[u8]> {
+        conn.get_ref().conn.alpn_protocol()
+    }
+
+    let since = std::time::Instant::now();
+    let mut pinging = connect();
+    let took =
+        pinging.ping_until_closed(idle * 3, since).expect("a TLS connection that only pings stays open");
+    eprintln!("h2 over TLS, pings alone: closed {took:?} after connecting (idle timeout {idle:?})");
+    assert!(took >= idle && took <= idle + slack, "closed after {took:?}");
+
+    let mut open_block = connect();
+    let since = std::time::Instant::now();
+    open_block.send(&frame(kind::HEADERS, END_STREAM, 1, &GET_ROOT)).expect("send HEADERS");
+    let took = open_block.closed_within(idle * 3, since).expect("an open header block stays open");
+    eprintln!("h2 over TLS, header block left open: closed {took:?} after it (header timeout {header:?})");
+    assert!(took >= header && took <= header + slack, "closed after {took:?}");
+    handle.shutdown();
+}
