@@ -80,19 +80,25 @@ pub fn is_closed(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub struct RawH2<S> {
     io: S,
+    /// Bytes read, short of a whole frame (kept across read timeouts).
+    partial: Vec<u8>,
     /// Frames read while waiting for a PING's ACK, for [`RawH2::read_frame`].
     held: VecDeque<Frame>,
 }
 
+/// How long the handshake and a PING's answer may take, over read timeouts
+/// (a loaded test machine is slow, not closed).
+const PATIENCE: Duration = Duration::from_secs(10);
+
 impl<S: Read + Write> RawH2<S> {
     /// A connection over `io` with nothing sent yet (not even the preface).
     pub fn new(io: S) -> Self {
-        Self { io, held: VecDeque::new() }
+        Self { io, partial: Vec::new(), held: VecDeque::new() }
     }
 
     /// Sends the preface and an empty SETTINGS frame, reads the server's
-    /// frames up to its SETTINGS and acknowledges them: an HTTP/2
-    /// connection with no stream open.
+    /// frames up to its SETTINGS (over read timeouts, up to 10 s) and
+    /// acknowledges them: an HTTP/2 connection with no stream open.
     ///
     /// # Errors
     /// The reads' and writes' (`UnexpectedEof` when the server closes).
@@ -101,7 +107,7 @@ impl<S: Read + Write> RawH2<S> {
         io.write_all(&frame(kind::SETTINGS, 0, 0, &[]))?;
         let mut conn = Self::new(io);
         loop {
-            let f = conn.read_frame()?;
+            let f = conn.read_patiently()?;
             if f.kind == kind::SETTINGS && f.flags & ACK == 0 {
                 conn.send(&frame(kind::SETTINGS, ACK, 0, &[]))?;
                 return Ok(conn);
@@ -128,9 +134,9 @@ impl<S: Read + Write> RawH2<S> {
         self.io.flush()
     }
 
-    /// Reads the next frame (those a [`RawH2::ping`] read past first). A
-    /// read timeout in the middle of a frame loses it: set one longer than
-    /// a frame takes to arrive.
+    /// Reads the next frame (those a [`RawH2::ping`] read past first),
+    /// within one read timeout of the stream; a frame cut by the timeout is
+    /// kept for the next read.
     ///
     /// # Errors
     /// The read's: `UnexpectedEof` when the server closed the connection,
@@ -143,25 +149,49 @@ impl<S: Read + Write> RawH2<S> {
     }
 
     fn read_wire(&mut self) -> io::Result<Frame> {
-        let mut head = [0u8; 9];
-        self.io.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        let mut payload = vec![0u8; len];
-        self.io.read_exact(&mut payload)?;
-        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        Ok(Frame { kind: head[3], flags: head[4], stream, payload })
+        loop {
+            if let Some(f) = self.take_frame() {
+                return Ok(f);
+            }
+            let mut buf = [0u8; 4096];
+            match self.io.read(&mut buf)? {
+                0 => return Err(ErrorKind::UnexpectedEof.into()),
+                n => self.partial.extend_from_slice(&buf[..n]),
+            }
+        }
     }
 
-    /// Sends a PING and reads frames up to its ACK; the others are kept
-    /// for [`RawH2::read_frame`].
+    /// Reads from the wire over read timeouts, up to [`PATIENCE`].
+    fn read_patiently(&mut self) -> io::Result<Frame> {
+        let start = Instant::now();
+        loop {
+            match self.read_wire() {
+                Err(e) if !is_closed(&e) && start.elapsed() < PATIENCE => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The first whole frame of the bytes read, if there is one.
+    fn take_frame(&mut self) -> Option<Frame> {
+        let head: [u8; 9] = self.partial.get(..9)?.try_into().ok()?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let payload = self.partial.get(9..9 + len)?.to_vec();
+        self.partial.drain(..9 + len);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        Some(Frame { kind: head[3], flags: head[4], stream, payload })
+    }
+
+    /// Sends a PING and reads frames up to its ACK (over read timeouts, up
+    /// to 10 s); the others are kept for [`RawH2::read_frame`].
     ///
     /// # Errors
-    /// As [`RawH2::read_frame`].
+    /// As [`RawH2::read_frame`], but for read timeouts within those 10 s.
     pub fn ping(&mut self) -> io::Result<()> {
         let data = *b"hermes!!";
         self.send(&frame(kind::PING, 0, 0, &data))?;
         loop {
-            let f = self.read_wire()?;
+            let f = self.read_patiently()?;
             if f.kind == kind::PING && f.flags & ACK != 0 && f.payload == data {
                 return Ok(());
             }
