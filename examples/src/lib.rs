@@ -1,6 +1,6 @@
 //! Code shared by the examples in this folder and their tests: the tonic
 //! greeter ([`greeter`]), the Redis-protocol server ([`resp`]) and the
-//! `tls` example's self-signed certificate ([`tls`]).
+//! `tls` example's application and self-signed certificate ([`tls`]).
 //!
 //! Modules:
 //!

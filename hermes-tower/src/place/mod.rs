@@ -109,7 +109,7 @@ impl ConnectionLimits {
     /// requests (this one included; 0 when not counted) is due to close.
     /// Without limits, one branch and no clock read.
     #[inline]
-    fn due(&self, served: u64, opened: Instant) -> bool {
+    pub(crate) fn due(&self, served: u64, opened: Instant) -> bool {
         if self.max_requests.is_none() && self.max_age.is_none() {
             return false;
         }
@@ -217,6 +217,26 @@ where
             let served = self.served.as_ref().map_or(0, |n| n.fetch_add(1, Relaxed) + 1);
             if self.limits.due(served, self.opened) { Reconnect::Due } else { Reconnect::May }
         };
+        self.call_with(request, reconnect)
+    }
+}
+
+impl<S> Place<S> {
+    /// Places `request`, whose connection's limits were checked by the
+    /// caller (`reconnect`): for a service shared by several connections,
+    /// which counts each connection's requests itself (`serve_tonic`'s).
+    pub(crate) fn call_with<B, RB>(
+        &mut self,
+        request: http::Request<B>,
+        reconnect: Reconnect,
+    ) -> PlaceFuture<S::Future, RB, S::Error>
+    where
+        S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        RB: Default + Send + 'static,
+    {
         // Decided without cloning the worker handle: the decision clones
         // only what outlives the call.
         let decision = placement::decide(request.uri().path().as_bytes(), reconnect);

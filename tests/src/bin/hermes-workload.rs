@@ -56,7 +56,7 @@ use axum::{
 };
 use clap::{Parser, ValueEnum};
 use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
-use hermes_tower::HermesLayer;
+use hermes_tower::{HermesLayer, serve::MinDataRate};
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -102,6 +102,15 @@ struct Args {
     /// traffic for this many milliseconds (0: never).
     #[arg(long, value_name = "N", default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Hermes modes: the least rate, in bytes per second, at which a client
+    /// must send a request body once its handler has waited
+    /// `--body-grace-ms` for it; slower, the handler's read fails (0: no
+    /// minimum).
+    #[arg(long, value_name = "N", default_value_t = 240)]
+    min_body_rate: u64,
+    /// Hermes modes: the grace period of `--min-body-rate`, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    body_grace_ms: u64,
     /// Hermes modes: how long a drain (on SIGTERM, or after handing over on
     /// SIGUSR2) waits for the requests in progress; SIGTERM exits within
     /// this plus 2 s, even with a worker blocked.
@@ -358,6 +367,10 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .without_layer()
         .header_read_timeout(millis(args.header_timeout_ms))
         .idle_timeout(millis(args.idle_timeout_ms))
+        .min_request_body_rate(
+            (args.min_body_rate > 0)
+                .then(|| MinDataRate::new(args.min_body_rate, Duration::from_millis(args.body_grace_ms))),
+        )
         .start()?;
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");

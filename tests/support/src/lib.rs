@@ -17,6 +17,8 @@
 //! - [`workload`]: the `hermes-workload` binary as a child process: started,
 //!   its announced address read, stopped.
 //! - [`netns`]: the gate of the tests that make network namespaces.
+//! - [`rawh2`]: a raw HTTP/2 client that sends frames one by one (pings
+//!   alone, a header block left open).
 #![deny(missing_docs)]
 
 pub mod child;
@@ -25,6 +27,7 @@ pub mod ebpf;
 pub mod http;
 pub mod kernel;
 pub mod netns;
+pub mod rawh2;
 pub mod server;
 pub mod snapshot;
 pub mod wait;
