@@ -231,8 +231,8 @@ mod sealed {
     use super::ActiveGuard;
 
     /// A response body type that can carry its request's [`ActiveGuard`]:
-    /// axum's and tonic's (each boxes the guarded body, one small
-    /// allocation per response whose body is still to come).
+    /// axum's and tonic's (each boxes the guarded body: one small
+    /// allocation per streamed response, whose length is not known).
     pub trait CarryGuard: Sized {
         fn carry(self, guard: ActiveGuard) -> Self;
     }
@@ -292,7 +292,10 @@ where
                 // The connection is the upgraded protocol's now.
                 guard.keep_for_ever();
                 response
-            } else if response.body().is_end_stream() {
+            } else if response.body().is_end_stream() || response.body().size_hint().exact().is_some() {
+                // A body of known length (most responses) is written at
+                // once: the request ends with its response future, and the
+                // body goes unwrapped (no allocation).
                 response
             } else {
                 response.map(|body| body.carry(guard))
