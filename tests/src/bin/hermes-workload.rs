@@ -12,8 +12,9 @@
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
 //! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
 //! and `/block` (their responses say the cost applied in `x-hermes-cost`).
-//! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP`
-//! sends the host's load to the balancer in band (`hermes_dsr::Agent`).
+//! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP
+//! --dsr-token HEX` sends the host's load to the balancer in band
+//! (`hermes_dsr::Agent`).
 //! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
@@ -128,8 +129,8 @@ struct Args {
     /// Hermes mode, on a host behind `hermes-lb`: the balancer as `ADDR=MAC`
     /// (its address and its interface's MAC). This host's load then travels
     /// to it in band (`hermes_dsr::Agent`: the feedback program at egress of
-    /// `--dsr-interface`); needs `--dsr-vip` and CAP_BPF + CAP_NET_ADMIN.
-    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires = "dsr_vip")]
+    /// `--dsr-interface`); needs `--dsr-vip`, `--dsr-token` and CAP_BPF + CAP_NET_ADMIN.
+    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires_all = ["dsr_vip", "dsr_token"])]
     dsr_balancer: Option<(Ipv4Addr, [u8; 6])>,
     /// The VIP this host serves (held on its loopback), with `--dsr-balancer`.
     #[arg(long, value_name = "ADDR", requires = "dsr_balancer")]
@@ -137,6 +138,10 @@ struct Args {
     /// The interface the host's replies leave by, with `--dsr-balancer`.
     #[arg(long, value_name = "IFACE", default_value = "eth0")]
     dsr_interface: String,
+    /// This host's secret token (1 to 16 hex digits, not 0), as given to the
+    /// balancer for it (`hermes-lb --server ADDR=MAC,TOKEN`), with `--dsr-balancer`.
+    #[arg(long, value_name = "HEX", value_parser = hermes_dsr::parse_token, requires = "dsr_balancer")]
+    dsr_token: Option<u64>,
     /// At most one metric per this many milliseconds, with `--dsr-balancer`.
     #[arg(long, value_name = "N", default_value_t = 10)]
     dsr_interval_ms: u64,
@@ -383,9 +388,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     };
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
-    let _agent = match (args.dsr_balancer, args.dsr_vip) {
-        (Some((balancer_addr, balancer_mac)), Some(vip)) => {
-            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip);
+    let _agent = match (args.dsr_balancer, args.dsr_vip, args.dsr_token) {
+        (Some((balancer_addr, balancer_mac)), Some(vip), Some(token)) => {
+            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip, token);
             settings.interval = Duration::from_millis(args.dsr_interval_ms.max(1));
             let source = handle.snapshot_source();
             let agent = hermes_dsr::Agent::start(&args.dsr_interface, settings, move || {

@@ -24,8 +24,10 @@ use std::{
 };
 
 use axum::{Router, extract::Query, routing::get};
-use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy};
-use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
+use hermes_dsr::{Agent, Balancer, BalancerSettings, Datapath, HostSettings, Policy};
+use hermes_dsr_tools::testbed::{
+    BALANCER, BALANCER_MAC, Testbed, VIP, backends, in_ns, server_addr, server_token,
+};
 use hermes_runtime::{Builder, ServerHandle};
 
 const SCALES: [u64; 3] = [1, 2, 4];
@@ -127,7 +129,7 @@ fn main() {
         port = handle.local_addr().port();
         let handle = Arc::new(handle);
         servers.push(handle.clone());
-        let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP);
+        let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP, server_token(i));
         settings.interval = Duration::from_millis(2);
         agents.push(
             in_ns(&ns, move || Agent::start("eth0", settings, move || handle.snapshot()))
@@ -141,8 +143,7 @@ fn main() {
         max_stale: Duration::from_millis(200),
         policy: Policy::Load,
     };
-    let backends: Vec<Backend> =
-        (0..SCALES.len()).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+    let backends = backends(SCALES.len());
     // XDP_TX on the balancer's veth reaches the bridge only if its port
     // runs an XDP program too.
     let _pass = (datapath == Datapath::Xdp)
