@@ -307,6 +307,59 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_many_workers_shows_its_rows_and_where_it_is() {
+        use std::time::Duration;
+
+        use hermes_runtime::{Snapshot, WorkerSnapshot};
+
+        use crate::{fetch::Sample, order::SortKey};
+
+        let now = Instant::now();
+        let workers: Vec<_> = (0..100)
+            .map(|id| WorkerSnapshot {
+                id,
+                state: WorkerStatus::Serving,
+                in_flight: (id % 7) as u32,
+                ..Default::default()
+            })
+            .collect();
+        let mut history = History::default();
+        let snapshot = Snapshot { pid: 9, bitmap: 0b1011, workers, ..Default::default() };
+        history.push(Sample { at: now - Duration::from_secs(1), result: Ok(snapshot.clone()) });
+        history.push(Sample { at: now, result: Ok(snapshot) });
+        let order = Order::new(SortKey::Id);
+        let rows = history.rows();
+        let area = Rect::new(0, 0, 120, 20);
+        let mut buf = Buffer::empty(area);
+        Screen {
+            url: "http://test/_hermes/stats",
+            history: &history,
+            rows: &rows,
+            order,
+            first: 10,
+            keys: true,
+            now,
+        }
+        .render(area, &mut buf);
+        let lines: Vec<String> = (0..area.height)
+            .map(|y| (0..area.width).map(|x| buf[(x, y)].symbol()).collect::<String>().trim_end().to_owned())
+            .collect();
+        let shown = page_rows(area.height, true);
+        assert_eq!(shown, 14);
+        assert!(
+            lines[0].contains("pid 9") && lines[0].contains("100 workers: 100 serving, 0 eligible"),
+            "{lines:#?}"
+        );
+        assert!(lines[1].starts_with("bitmap 0xb: 3 eligible"), "{lines:#?}");
+        assert!(lines[5].trim_start().starts_with("10 serving"), "the page starts at row 11: {lines:#?}");
+        assert!(lines[5 + shown - 1].trim_start().starts_with("23 serving"), "{lines:#?}");
+        assert!(
+            lines[19].contains("sort: id ↑") && lines[19].ends_with("workers 11-24 of 100"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
     fn figures_fit_their_columns() {
         assert_eq!(count(9_999), "9999");
         assert_eq!(count(12_345), "12.3k");

@@ -95,3 +95,42 @@ impl View {
         std::ops::ControlFlow::Continue(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ratatui::crossterm::event::KeyEvent;
+
+    use super::*;
+    use crate::order::SortKey;
+
+    fn press(view: &mut View, code: KeyCode, page: usize, rows: usize) -> bool {
+        view.key(KeyEvent::new(code, KeyModifiers::NONE), page, rows).is_break()
+    }
+
+    #[test]
+    fn keys_page_through_the_rows_sort_and_quit() {
+        let mut view = View {
+            url: String::new(),
+            history: History::default(),
+            order: Order::new(SortKey::Id),
+            first: 0,
+        };
+        let (page, rows) = (10, 25);
+        assert!(!press(&mut view, KeyCode::PageDown, page, rows));
+        assert_eq!(view.first, 10);
+        press(&mut view, KeyCode::PageDown, page, rows);
+        assert_eq!(view.first, 15, "the last page is full");
+        press(&mut view, KeyCode::Up, page, rows);
+        assert_eq!(view.first, 14);
+        press(&mut view, KeyCode::Home, page, rows);
+        assert_eq!(view.first, 0);
+        press(&mut view, KeyCode::End, page, rows);
+        assert_eq!(view.first, 15);
+        press(&mut view, KeyCode::Char('s'), page, rows);
+        assert_eq!(view.order, Order { key: SortKey::InFlight, descending: true });
+        press(&mut view, KeyCode::Char('r'), page, rows);
+        assert!(!view.order.descending);
+        assert!(press(&mut view, KeyCode::Char('q'), page, rows));
+        assert!(view.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), page, rows).is_break());
+    }
+}

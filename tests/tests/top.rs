@@ -1,7 +1,8 @@
 //! `hermes-top` against the real `hermes-workload` over loopback: `--once`
 //! prints a row per worker with its state; under tmux (Debian's `tmux`), the
 //! live view shows a worker's in-flight bar fill under load and empty again,
-//! and `q` exits 0. `hermes-top` is built by cargo for the test
+//! and `q` exits 0; `--http2` reads a `serve_tonic` server's stats.
+//! `hermes-top` is built by cargo for the test
 //! ([`hermes_test_support::cargo`]). Without tmux the tmux test is skipped
 //! with a message, and fails when `CI` is set.
 
@@ -17,7 +18,15 @@ use std::{
     time::Duration,
 };
 
-use hermes_test_support::{cargo, ebpf, http::get_within, wait::poll_every, workload::Workload};
+use hermes_examples::greeter::{GreeterServer, WorkerGreeter};
+use hermes_test_support::{
+    cargo, ebpf,
+    http::get_within,
+    server::{shutdown, two_workers},
+    wait::poll_every,
+    workload::Workload,
+};
+use tonic::service::Routes;
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_hermes-workload");
 
@@ -113,6 +122,23 @@ fn top_refuses_what_is_not_a_hermes_servers_stats_saying_why() {
 
     let out = Command::new(top()).args(["--once", "https://127.0.0.1:1/"]).output().expect("run hermes-top");
     assert!(String::from_utf8_lossy(&out.stderr).contains("https is not supported"), "{out:?}");
+}
+
+#[tokio::test]
+async fn top_reads_a_tonic_servers_stats_over_http2() {
+    let handle = hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(GreeterServer::new(WorkerGreeter)))
+        .with_builder(two_workers())
+        .with_stats()
+        .start()
+        .expect("start the server");
+    let url = stats_url(handle.local_addr());
+    let out =
+        Command::new(top()).args(["--once", "--http2", "--interval", "0.2", &url]).output().expect("run");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (_, rows) = table(&screen).unwrap_or_else(|| panic!("no table in\n{screen}"));
+    assert_eq!(rows.iter().map(|r| id_state_elig(r).0).collect::<Vec<_>>(), [0, 1], "{screen}");
+    shutdown(handle).await;
 }
 
 /// A tmux server of the test's own (its own socket), killed when dropped.
