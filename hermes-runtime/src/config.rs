@@ -16,7 +16,7 @@ use crate::scheduler::{LeastLoaded, Policy};
 /// // Snapshots (`/_hermes/stats`) carry the same name.
 /// assert_eq!(serde_json::to_string(&Mode::SharedListener).unwrap(), r#""shared-listener""#);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Each worker has its own `SO_REUSEPORT` listener and the Hermes eBPF

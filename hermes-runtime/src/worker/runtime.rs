@@ -99,17 +99,15 @@ pub(super) fn run<F, Fut>(
         }
         worker_loop(server.clone(), worker.clone(), serve.clone(), listener).await;
     });
+    // Read before the `LocalSet` drops its tasks, which closes the
+    // connections and ends the requests they hold.
+    let cut = Cut::read(worker);
     drop(local);
+    cut.log(worker.id(), rt.0.as_ref().map_or(0, |rt| rt.metrics().num_alive_tasks()));
     // Dropping the runtime would wait for every `spawn_blocking` task without
-    // bound; the drain timeout has passed already, so give them a moment.
-    let left = rt.0.as_ref().map_or(0, |rt| rt.metrics().num_alive_tasks());
-    if left > 0 {
-        tracing::warn!(
-            worker = worker.id(),
-            tasks = left,
-            "abandoning the tasks left on the worker's runtime (blocking tasks get {RUNTIME_GRACE:?} more)"
-        );
-    }
+    // bound; the drain is over already, so `Bounded` gives them a moment
+    // as it drops here.
+    drop(rt);
 }
 
 /// The worker's runtime, shut down with a bound when it drops, also while
@@ -122,6 +120,48 @@ impl Drop for Bounded {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
             rt.shutdown_timeout(RUNTIME_GRACE);
+        }
+    }
+}
+
+/// What stopping a worker's runtime cuts: the requests still in flight on it
+/// and the connections still open. Both are zero after a drain that
+/// finished (an idle stop); they are not after a drain timeout, or with a
+/// request moved here from a worker that still serves. The tasks left on the
+/// runtime say nothing by themselves: on an idle stop they are helpers
+/// waiting on the drain (axum's shutdown watcher) or the application's own.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    requests: u32,
+    connections: u32,
+}
+
+impl Cut {
+    fn read(worker: &WorkerRef) -> Self {
+        let slot = worker.state();
+        // Relaxed: lone gauges (see `WorkerState`), read once the worker's
+        // loop has returned.
+        Self {
+            requests: slot.in_flight.load(Ordering::Relaxed),
+            connections: slot.open_conns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Logs the stop: at WARN when it cuts work in flight, saying how much,
+    /// otherwise at INFO.
+    fn log(self, worker: usize, tasks: usize) {
+        let Self { requests, connections } = self;
+        if requests > 0 || connections > 0 {
+            tracing::warn!(
+                worker,
+                requests,
+                connections,
+                tasks,
+                "the worker stops with work in flight; cutting it (blocking tasks get {RUNTIME_GRACE:?} more)"
+            );
+        } else {
+            tracing::debug!(worker, tasks, "dropping the tasks left on the stopped worker's runtime");
+            tracing::info!(worker, "worker stopped");
         }
     }
 }
