@@ -2,7 +2,7 @@
 //! `SO_REUSEPORT` (socket2), the listeners systemd passes (sd-notify), CPU
 //! affinity, `shutdown` of a listener and the per-worker epoll set of the
 //! shared-listener mode (nix), and the one call none of them wraps:
-//! `TCP_INFO` on a listening socket.
+//! `TCP_INFO` on a listening socket, and the process's CPU time.
 
 use std::{
     io,
@@ -200,4 +200,15 @@ pub(crate) fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<(std::n
     conn.set_nonblocking(true)?;
     let addr = addr.as_socket().ok_or_else(|| io::Error::other("accepted a non-IP connection"))?;
     Ok((conn.into(), addr))
+}
+
+/// The CPU time of the whole process (every thread: the workers, their
+/// blocking pools), in nanoseconds: `clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`.
+pub(crate) fn process_cpu_ns() -> io::Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0))
 }

@@ -11,6 +11,8 @@
 //!     placement;
 //! - `open`: opening a server (afresh, from systemd's sockets, or as a
 //!   successor);
+//! - `load`: the host's load as balancers read it ([`HostLoad`]),
+//!   refreshed by the tick;
 //! - `tick`: what a worker does for the server each tick (heartbeat,
 //!   accept-queue sample, scheduler pass, placement target) and the rescue
 //!   of a hung worker's queue;
@@ -21,6 +23,7 @@
 mod dispatch;
 mod drain;
 pub(crate) mod handover;
+mod load;
 pub(crate) mod open;
 pub(crate) mod placement;
 mod selfcheck;
@@ -30,6 +33,7 @@ mod workers;
 
 pub(crate) use drain::DrainWait;
 pub use drain::SHUTDOWN_GRACE;
+pub use load::{HostLoad, LOAD_WINDOW, LoadSource};
 pub(crate) use selfcheck::SelfCheck;
 pub(crate) use server::ServerState;
 pub(crate) use tick::WorkerTick;
