@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     hermes::Hermes,
+    orca::{Reports, future::TrailerFuture},
     place::{Place, future::PlaceFuture},
     stats,
 };
@@ -37,6 +38,7 @@ use crate::{
 pub struct TonicService {
     routes: Place<EitherService<Hermes<Routes>, Routes>>,
     stats: bool,
+    reports: Option<std::sync::Arc<Reports>>,
 }
 
 impl fmt::Debug for TonicService {
@@ -54,7 +56,8 @@ type RoutesFuture = PlaceFuture<
 impl Service<http::Request<Body>> for TonicService {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Either<RoutesFuture, std::future::Ready<Result<http::Response<Body>, Infallible>>>;
+    type Future =
+        Either<TrailerFuture<RoutesFuture>, std::future::Ready<Result<http::Response<Body>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<http::Request<Body>>::poll_ready(&mut self.routes, cx)
@@ -66,7 +69,7 @@ impl Service<http::Request<Body>> for TonicService {
                 stats::response(request.method()).map(|bytes| Body::new(http_body_util::Full::new(bytes)));
             return Either::Right(std::future::ready(Ok(response)));
         }
-        Either::Left(self.routes.call(request))
+        Either::Left(TrailerFuture::new(self.routes.call(request), self.reports.clone()))
     }
 }
 
@@ -179,11 +182,16 @@ where
         listener: HermesListener,
         settings: &WorkerSettings,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
+        let mut routes = (self.routes)();
+        if let Some(orca) = settings.reports.service_for_worker() {
+            routes = routes.add_service(orca);
+        }
         let service = TonicService {
             // Only HTTP/1 connections are recycled by count or age in `Place`;
             // a gRPC connection's age is tonic's to enforce (below).
-            routes: Place::new(option_layer(settings.layer).layer((self.routes)().prepare())),
+            routes: Place::new(option_layer(settings.layer).layer(routes.prepare())),
             stats: settings.stats,
+            reports: settings.reports.for_worker(),
         };
         // `max_connection_age`: tonic sends the GOAWAY and lets the calls in
         // progress finish; the client's new connection is placed by the

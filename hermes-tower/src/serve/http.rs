@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     hermes::{Hermes, HermesLayer},
+    orca::{Reports, future::HeaderFuture},
     place::{ConnectionLimits, Place, future::PlaceFuture},
     stats,
 };
@@ -100,6 +101,7 @@ where
             layer: settings.layer,
             stats: settings.stats,
             limits: settings.limits,
+            reports: settings.reports.for_worker(),
         };
         let worker = listener.worker_id();
         // Called on the worker thread: the worker's own drain.
@@ -131,6 +133,7 @@ struct WorkerMakeService<M> {
     layer: Option<HermesLayer>,
     stats: bool,
     limits: ConnectionLimits,
+    reports: Option<Arc<Reports>>,
 }
 
 impl<'a, M, S> Service<IncomingStream<'a>> for WorkerMakeService<M>
@@ -152,6 +155,7 @@ where
             layer: self.layer,
             stats: self.stats,
             limits: self.limits,
+            reports: self.reports.clone(),
             activity,
         }
     }
@@ -165,6 +169,7 @@ pin_project! {
         layer: Option<HermesLayer>,
         stats: bool,
         limits: ConnectionLimits,
+        reports: Option<Arc<Reports>>,
         activity: Option<Arc<Activity>>,
     }
 }
@@ -187,16 +192,23 @@ where
             },
             *this.limits,
         );
-        Poll::Ready(Ok(WorkerService { app, stats: *this.stats, activity: this.activity.take() }))
+        Poll::Ready(Ok(WorkerService {
+            app,
+            stats: *this.stats,
+            reports: this.reports.take(),
+            activity: this.activity.take(),
+        }))
     }
 }
 
 /// One connection's service: `/_hermes/stats` when mounted, otherwise the
-/// application behind [`Place`] and [`HermesLayer`] (when on).
+/// application behind [`Place`] and [`HermesLayer`] (when on), its
+/// responses with the ORCA header (when on).
 #[derive(Clone)]
 struct WorkerService<S> {
     app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: bool,
+    reports: Option<Arc<Reports>>,
     /// The connection's [`Activity`], when it has timeouts: a request in
     /// progress is never cut by the idle timeout.
     activity: Option<Arc<Activity>>,
@@ -236,7 +248,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Tracked<Either<AppFuture<S>, std::future::Ready<Result<Response, Infallible>>>>;
+    type Future =
+        Tracked<Either<HeaderFuture<AppFuture<S>>, std::future::Ready<Result<Response, Infallible>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)
@@ -247,7 +260,7 @@ where
         let inner = if self.stats && req.uri().path() == stats::STATS_PATH {
             Either::Right(std::future::ready(Ok(stats::response(req.method()).map(axum::body::Body::from))))
         } else {
-            Either::Left(self.app.call(req))
+            Either::Left(HeaderFuture::new(self.app.call(req), self.reports.clone()))
         };
         Tracked { inner, guard }
     }

@@ -12,7 +12,7 @@ use super::{
     listener::WorkerListener,
     timeouts::{Timeouts, Watch},
 };
-use crate::{hermes::HermesLayer, place::ConnectionLimits};
+use crate::{hermes::HermesLayer, orca::LoadReports, place::ConnectionLimits};
 
 /// How long a draining worker keeps answering on idle HTTP/1 keep-alive
 /// connections (each answer with `Connection: close`) before it closes
@@ -28,6 +28,8 @@ pub struct WorkerSettings {
     pub(crate) tls: Option<RustlsConfig>,
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: ConnectionLimits,
+    /// Load reports for the balancers in front (see [`crate::orca`]).
+    pub(crate) reports: LoadReports,
 }
 
 impl Default for WorkerSettings {
@@ -39,6 +41,7 @@ impl Default for WorkerSettings {
             tls: None,
             timeouts: Timeouts::default(),
             limits: ConnectionLimits::default(),
+            reports: LoadReports::default(),
         }
     }
 }
