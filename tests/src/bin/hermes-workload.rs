@@ -7,13 +7,16 @@
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
-//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
+//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/cpu?us=N`
+//! (the same, N µs of the thread's CPU time: see `cpu`), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
 //! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
 //! and `/block` (their responses say the cost applied in `x-hermes-cost`).
 //! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP`
 //! sends the host's load to the balancer in band (`hermes_dsr::Agent`).
+//! `--grpc` serves `hermes.bench.Workload/Work` (see `grpc`); `--orca` and
+//! `--agent-port` give a balancer of the user's the host's load (`fleet`).
 //! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
@@ -58,13 +61,21 @@ use clap::{Parser, ValueEnum};
 use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
 use hermes_tower::HermesLayer;
 
+#[path = "hermes-workload/cpu.rs"]
+mod cpu;
+#[path = "hermes-workload/fleet.rs"]
+mod fleet;
+#[path = "hermes-workload/grpc.rs"]
+mod grpc;
+
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
 ///
 /// Prints `listening on ADDR mode=MODE workers=N` once every worker accepts;
 /// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 /// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
-/// (spins the worker's CPU for N µs, at most 10000000), `/block?ms=N` (blocks
+/// (spins the worker's CPU for N µs, at most 10000000), `/cpu?us=N` (N µs of
+/// CPU time), `/block?ms=N` (blocks
 /// the worker thread for N ms, at most 60000), `/panic` (the handler panics),
 /// `/_hermes/stats`. A cost above its maximum is answered 400. Ctrl-C or
 /// SIGTERM drains and exits; SIGUSR2 hands the server over to a new process
@@ -131,6 +142,8 @@ struct Args {
     /// At most one metric per this many milliseconds, with `--dsr-balancer`.
     #[arg(long, value_name = "N", default_value_t = 10)]
     dsr_interval_ms: u64,
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
 }
 
 /// `ADDR=MAC` of `--dsr-balancer`.
@@ -239,6 +252,17 @@ fn endpoints(scale: f64) -> Router {
             }),
         )
         .route(
+            "/cpu",
+            get(move |Query(cost): Query<Cost>| async move {
+                let us = scaled(cost.us, scale);
+                if us > MAX_WORK_US {
+                    return Err(too_large("us", MAX_WORK_US));
+                }
+                cpu::spin_cpu(us);
+                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
+            }),
+        )
+        .route(
             "/block",
             get(move |Query(cost): Query<Cost>| async move {
                 let ms = scaled(cost.ms, scale);
@@ -286,10 +310,14 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
         .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
         .build()?;
     let workers = args.workers;
+    args.fleet.check_tokio()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
         println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
         std::io::stdout().flush()?;
+        if args.fleet.grpc {
+            return grpc::serve_tokio(listener, args.cost_scale, signal()).await;
+        }
         let stats = Router::new().route(
             "/_hermes/stats",
             get(|| async {
@@ -298,16 +326,16 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
             }),
         );
         let app = app(stats, args.cost_scale);
-        let signal = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        axum::serve(listener, app).with_graceful_shutdown(signal).await
+        axum::serve(listener, app).with_graceful_shutdown(signal()).await
     })
+}
+
+/// Ctrl-C or SIGTERM, for mode `tokio`.
+async fn signal() {
+    if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
+        eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
+        std::future::pending::<()>().await;
+    }
 }
 
 fn run_hermes(args: &Args) -> std::io::Result<()> {
@@ -353,12 +381,13 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, app(hermes_tower::stats_router(), args.cost_scale))
-        .with_builder(builder)
-        .without_layer()
-        .header_read_timeout(millis(args.header_timeout_ms))
-        .idle_timeout(millis(args.idle_timeout_ms))
-        .start()?;
+    // gRPC: the default layer, and the stats on the gRPC port (HTTP/2).
+    let (handle, agent) = if args.fleet.grpc {
+        fleet::start(args.fleet.grpc(args.addr, args.cost_scale).with_stats(), args, builder)?
+    } else {
+        let app = app(hermes_tower::stats_router(), args.cost_scale);
+        fleet::start(hermes_tower::serve(args.addr, app).without_layer(), args, builder)?
+    };
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
     }
@@ -384,6 +413,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         _ => None,
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
+    if let Some(agent) = agent {
+        println!("agent on {agent}");
+    }
     std::io::stdout().flush()?;
     rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
