@@ -64,12 +64,18 @@ pub struct HostLoad {
     /// over the serving workers and over [`LOAD_WINDOW`]: 1.0 when every
     /// event loop is always busy.
     pub worker_utilization: f64,
-    /// The process's CPU time over wall time, divided by the server's
-    /// workers (one per core it was given) and averaged over
+    /// The process's CPU time over wall time, divided by
+    /// [`cpu_capacity`](HostLoad::cpu_capacity), averaged over
     /// [`LOAD_WINDOW`]: it counts what the workers' busy time misses, the
     /// handlers offloaded to the blocking pool. May exceed 1.0 when those
     /// threads use more cores than the server has workers.
     pub cpu_utilization: f64,
+    /// The cores [`cpu_utilization`](HostLoad::cpu_utilization) is a share
+    /// of: the server's workers (one per core), or the CPU quota of the
+    /// process's cgroup when it is smaller (a container limited to 0.5 CPU
+    /// is saturated at half a core). The quota is read again every
+    /// [`LOAD_WINDOW`], so a quota changed while serving is followed.
+    pub cpu_capacity: f64,
     /// Requests completed per second, averaged over [`LOAD_WINDOW`].
     pub rps: f64,
     /// Errors per second (as the server on top counts them with
@@ -119,6 +125,9 @@ struct LoadMeter {
     requests: u64,
     errors: u64,
     cpu_ns: u64,
+    /// The cgroup's CPU quota in cores, and when it was read.
+    quota: Option<f64>,
+    quota_read_ns: u64,
     /// Since when no worker has been eligible.
     ineligible_since: Option<u64>,
     last: HostLoad,
@@ -161,6 +170,13 @@ impl ServerState {
         // Relaxed: a counter read for a rate.
         let errors = self.load.errors.load(Ordering::Relaxed);
         let cpu = sys::process_cpu_ns().unwrap_or(meter.cpu_ns);
+        let window = LOAD_WINDOW.as_nanos() as u64;
+        if meter.quota_read_ns == 0 || now_ns.saturating_sub(meter.quota_read_ns) >= window {
+            meter.quota = sys::cpu_quota_cores();
+            meter.quota_read_ns = now_ns;
+        }
+        let workers_cores = self.config.workers.max(1) as f64;
+        next.cpu_capacity = meter.quota.map_or(workers_cores, |q| q.min(workers_cores));
         next.workers = workers;
         next.eligible = bitmap.count_ones();
         let ineligible_since = match (bitmap, meter.ineligible_since) {
@@ -178,13 +194,14 @@ impl ServerState {
             let smooth = |old: f64, sample: f64| old + alpha * (sample - old);
             let per_s = |delta: u64| delta as f64 * 1e9 / dt;
             let capacity = dt * self.config.workers.max(1) as f64;
+            let cpu_capacity = dt * next.cpu_capacity;
             // A worker restarted in its slot starts its counters afresh: a
             // total that went down counts as no progress.
             let delta = |now: u64, then: u64| now.checked_sub(then).unwrap_or(0);
             next.worker_utilization =
                 smooth(meter.last.worker_utilization, delta(busy, meter.busy_ns) as f64 / capacity);
             next.cpu_utilization =
-                smooth(meter.last.cpu_utilization, delta(cpu, meter.cpu_ns) as f64 / capacity);
+                smooth(meter.last.cpu_utilization, delta(cpu, meter.cpu_ns) as f64 / cpu_capacity);
             next.rps = smooth(meter.last.rps, per_s(delta(requests, meter.requests)));
             next.eps = smooth(meter.last.eps, per_s(delta(errors, meter.errors)));
         }
@@ -194,6 +211,8 @@ impl ServerState {
             requests,
             errors,
             cpu_ns: cpu,
+            quota: meter.quota,
+            quota_read_ns: meter.quota_read_ns,
             ineligible_since,
             last: next,
         };
