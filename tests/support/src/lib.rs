@@ -17,11 +17,14 @@
 //! - [`workload`]: the `hermes-workload` binary as a child process: started,
 //!   its announced address read, stopped.
 //! - [`netns`]: the gate of the tests that make network namespaces.
+//! - [`fleet`]: hosts behind a balancer users already run: the consumers'
+//!   tools, and the fleet benchmarks' load generator.
 #![deny(missing_docs)]
 
 pub mod child;
 pub mod client;
 pub mod ebpf;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod netns;
