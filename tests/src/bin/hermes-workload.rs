@@ -47,7 +47,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -237,31 +237,8 @@ fn worker_id() -> usize {
 fn endpoints(scale: f64) -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
-        .route(
-            "/work",
-            get(move |Query(cost): Query<Cost>| async move {
-                let us = scaled(cost.us, scale);
-                if us > MAX_WORK_US {
-                    return Err(too_large("us", MAX_WORK_US));
-                }
-                let end = Instant::now() + Duration::from_micros(us);
-                while Instant::now() < end {
-                    std::hint::spin_loop();
-                }
-                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
-            }),
-        )
-        .route(
-            "/cpu",
-            get(move |Query(cost): Query<Cost>| async move {
-                let us = scaled(cost.us, scale);
-                if us > MAX_WORK_US {
-                    return Err(too_large("us", MAX_WORK_US));
-                }
-                cpu::spin_cpu(us);
-                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
-            }),
-        )
+        .route("/work", cpu::spin_route(scale, cpu::spin_wall))
+        .route("/cpu", cpu::spin_route(scale, cpu::spin_cpu))
         .route(
             "/block",
             get(move |Query(cost): Query<Cost>| async move {

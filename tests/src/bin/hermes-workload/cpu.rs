@@ -1,9 +1,35 @@
-//! CPU work that costs the same CPU however busy the machine is: a spin on
-//! the thread's own CPU clock. (`/work`'s spin is on the wall clock: a
-//! thread preempted while it spins uses less CPU than asked, which hides
-//! what a host can serve when its cores are shared.)
+//! The CPU-spin endpoints: `/work?us=N` spins N µs of wall-clock time,
+//! `/cpu?us=N` N µs of the thread's own CPU time, which costs the same CPU
+//! however busy the machine is (a thread preempted during a wall-clock spin
+//! uses less CPU than asked, which hides what a host can serve when its
+//! cores are shared).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use axum::{extract::Query, routing::MethodRouter};
+
+use super::{Cost, MAX_WORK_US, scaled, too_large};
+
+/// The route of a spin endpoint: `spin` for `?us=N` scaled by `scale` (400
+/// above [`MAX_WORK_US`]); the response says the cost applied.
+pub(crate) fn spin_route(scale: f64, spin: fn(u64)) -> MethodRouter {
+    axum::routing::get(move |Query(cost): Query<Cost>| async move {
+        let us = scaled(cost.us, scale);
+        if us > MAX_WORK_US {
+            return Err(too_large("us", MAX_WORK_US));
+        }
+        spin(us);
+        Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
+    })
+}
+
+/// Spins until `us` microseconds of wall-clock time have passed.
+pub(crate) fn spin_wall(us: u64) {
+    let end = Instant::now() + Duration::from_micros(us);
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
 
 /// The CPU time the calling thread has used.
 fn thread_cpu() -> Duration {
