@@ -197,7 +197,7 @@ impl ServerState {
             let cpu_capacity = dt * next.cpu_capacity;
             // A worker restarted in its slot starts its counters afresh: a
             // total that went down counts as no progress.
-            let delta = |now: u64, then: u64| now.checked_sub(then).unwrap_or(0);
+            let delta = |now: u64, then: u64| now.saturating_sub(then);
             next.worker_utilization =
                 smooth(meter.last.worker_utilization, delta(busy, meter.busy_ns) as f64 / capacity);
             next.cpu_utilization =
