@@ -1,7 +1,8 @@
 //! The host's load as the balancers in front of it read it: [`HostLoad`],
 //! refreshed once per tick from the Worker State Table and the process's
 //! CPU time (`LoadMeter`), published in a `LoadCell` that a request reads
-//! without allocating or locking, through a [`LoadSource`].
+//! without allocating or locking, through a
+//! [`LoadSource`](super::LoadSource).
 //!
 //! Protocol-neutral: `hermes_tower` turns it into ORCA load reports (gRPC
 //! and Envoy) and HAProxy agent answers; any server on the runtime can read
@@ -10,17 +11,16 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use hermes_bpf::monotonic_ns;
+use hermes_bpf::layout::WorkerState;
 use serde::Serialize;
 
-use super::server::ServerState;
 use crate::sys;
 
 /// How long the rates and utilisations of a [`HostLoad`] are averaged over
@@ -31,7 +31,7 @@ pub const LOAD_WINDOW: Duration = Duration::from_secs(1);
 
 /// The host's load at one refresh: what a balancer in front of a fleet of
 /// Hermes hosts weighs them by. Refreshed once per tick by one of the
-/// server's workers; read with [`LoadSource::load`].
+/// server's workers; read with [`LoadSource::load`](super::LoadSource::load).
 ///
 /// ```
 /// let idle = hermes_runtime::HostLoad::default();
@@ -79,7 +79,7 @@ pub struct HostLoad {
     /// Requests completed per second, averaged over [`LOAD_WINDOW`].
     pub rps: f64,
     /// Errors per second (as the server on top counts them with
-    /// [`LoadSource::count_error`]), averaged over [`LOAD_WINDOW`].
+    /// [`LoadSource::count_error`](super::LoadSource::count_error)), averaged over [`LOAD_WINDOW`].
     pub eps: f64,
 }
 
@@ -135,25 +135,31 @@ struct LoadMeter {
 
 impl LoadCell {
     /// The report last published.
-    fn load(&self) -> HostLoad {
+    pub(crate) fn load(&self) -> HostLoad {
         **self.published.load()
+    }
+
+    /// Counts one error.
+    pub(crate) fn count_error(&self) {
+        // Relaxed: a lone counter, read for a rate.
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-impl ServerState {
-    /// Refreshes the server's [`HostLoad`] from the table, unless it was
-    /// refreshed within the last half tick (every worker's tick calls this;
-    /// one of them does the work, the others find the meter taken or
-    /// fresh). `bitmap` is the scheduler pass of the caller's tick. Not a
-    /// per-request path: one `clock_gettime` system call and one allocation
-    /// (the published `Arc`) per refresh.
-    pub(crate) fn refresh_load(&self, now_ns: u64, bitmap: u64) {
-        let Ok(mut meter) = self.load.meter.try_lock() else { return };
-        let half_tick = self.config.tick.as_nanos() as u64 / 2;
+impl LoadCell {
+    /// Refreshes the [`HostLoad`] of a server of `workers` workers from its
+    /// `slots` of the table, unless it was refreshed within the last half
+    /// `tick` (every worker's tick calls this; one of them does the work,
+    /// the others find the meter taken or fresh). `bitmap` is the scheduler
+    /// pass of the caller's tick. Not a per-request path: one
+    /// `clock_gettime` system call and one allocation (the published `Arc`)
+    /// per refresh.
+    pub(crate) fn refresh(&self, slots: &[WorkerState], tick: Duration, now_ns: u64, bitmap: u64) {
+        let Ok(mut meter) = self.meter.try_lock() else { return };
+        let half_tick = tick.as_nanos() as u64 / 2;
         if meter.at_ns != 0 && now_ns.saturating_sub(meter.at_ns) < half_tick {
             return;
         }
-        let slots = &self.table[..self.config.workers];
         let mut next = HostLoad { at_ns: now_ns, generation: meter.last.generation + 1, ..meter.last };
         let (mut busy, mut requests) = (0u64, 0u64);
         let (mut workers, mut in_flight, mut queue, mut open) = (0u32, 0u32, 0u32, 0u32);
@@ -168,14 +174,14 @@ impl ServerState {
             workers += u32::from(slot.phase() == hermes_bpf::layout::WorkerPhase::Serving);
         }
         // Relaxed: a counter read for a rate.
-        let errors = self.load.errors.load(Ordering::Relaxed);
+        let errors = self.errors.load(Ordering::Relaxed);
         let cpu = sys::process_cpu_ns().unwrap_or(meter.cpu_ns);
         let window = LOAD_WINDOW.as_nanos() as u64;
         if meter.quota_read_ns == 0 || now_ns.saturating_sub(meter.quota_read_ns) >= window {
             meter.quota = sys::cpu_quota_cores();
             meter.quota_read_ns = now_ns;
         }
-        let workers_cores = self.config.workers.max(1) as f64;
+        let workers_cores = slots.len().max(1) as f64;
         next.cpu_capacity = meter.quota.map_or(workers_cores, |q| q.min(workers_cores));
         next.workers = workers;
         next.eligible = bitmap.count_ones();
@@ -193,7 +199,7 @@ impl ServerState {
             let alpha = 1.0 - (-dt / LOAD_WINDOW.as_nanos() as f64).exp();
             let smooth = |old: f64, sample: f64| old + alpha * (sample - old);
             let per_s = |delta: u64| delta as f64 * 1e9 / dt;
-            let capacity = dt * self.config.workers.max(1) as f64;
+            let capacity = dt * workers_cores;
             let cpu_capacity = dt * next.cpu_capacity;
             // A worker restarted in its slot starts its counters afresh: a
             // total that went down counts as no progress.
@@ -216,82 +222,6 @@ impl ServerState {
             ineligible_since,
             last: next,
         };
-        self.load.published.store(Arc::new(next));
-    }
-}
-
-/// Reads a server's [`HostLoad`] from anywhere, and counts the errors the
-/// server on top answers; made by
-/// [`ServerHandle::load_source`](crate::ServerHandle::load_source) or, on a
-/// worker, [`WorkerRef::load_source`](crate::context::WorkerRef::load_source).
-/// Cloning it is cheap; it does not keep the server alive.
-///
-/// ```no_run
-/// # fn f(handle: &hermes_runtime::ServerHandle) {
-/// let source = handle.load_source();
-/// let load = source.load(); // per request: no allocation, no lock
-/// println!("{:.0}% busy, {:.0} req/s", load.utilization() * 100.0, load.rps);
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct LoadSource {
-    cell: Arc<LoadCell>,
-    server: Weak<ServerState>,
-}
-
-impl fmt::Debug for LoadSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadSource").field("load", &self.load()).finish()
-    }
-}
-
-impl LoadSource {
-    pub(crate) fn of(server: &Arc<ServerState>) -> Self {
-        Self { cell: server.load.clone(), server: Arc::downgrade(server) }
-    }
-
-    /// The load last published: a copy of one refresh's values. Allocates
-    /// nothing and takes no lock (`arc-swap`'s load), so a server may read
-    /// it for every response.
-    #[inline]
-    pub fn load(&self) -> HostLoad {
-        self.cell.load()
-    }
-
-    /// Counts one error (a response the server on top counts as failed) in
-    /// the host's [`HostLoad::eps`]. One atomic add on a counter the
-    /// server's workers share: meant for errors, not for every request.
-    #[inline]
-    pub fn count_error(&self) {
-        // Relaxed: a lone counter, read for a rate.
-        self.cell.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The load now, for readers that are not on the request path (a
-    /// balancer's agent, a report stream): `None` once the server is gone.
-    /// When no worker has refreshed the load within the hang threshold
-    /// (every worker hangs in a handler, or none runs), the eligible
-    /// workers are counted afresh by a scheduler pass, so a host whose
-    /// workers all hang reads 0 eligible.
-    pub fn current(&self) -> Option<HostLoad> {
-        let server = self.server.upgrade()?;
-        let mut load = self.cell.load();
-        let now = monotonic_ns();
-        let stale = now.saturating_sub(load.at_ns);
-        if stale > server.config.hang_threshold.as_nanos() as u64 {
-            load.eligible = server.eligible_now().count_ones();
-            // Ineligible since the last refresh at the latest.
-            load.ineligible_ns = match load.eligible {
-                0 => stale + load.ineligible_ns,
-                _ => 0,
-            };
-        }
-        Some(load)
-    }
-
-    /// Whether the server still runs (its state is still held by a worker
-    /// or a handle).
-    pub fn is_alive(&self) -> bool {
-        self.server.strong_count() > 0
+        self.published.store(Arc::new(next));
     }
 }

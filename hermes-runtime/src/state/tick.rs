@@ -34,7 +34,7 @@ impl WorkerTick {
         server.sample_accept_queues();
         let bitmap = server.schedule(id);
         server.placement.refresh_target(now);
-        server.refresh_load(now, bitmap);
+        server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, bitmap);
         bitmap
     }
 }
