@@ -15,7 +15,7 @@ use std::{
 use crate::{
     config::{Config, Mode},
     net::HermesListener,
-    state::{ServerState, handover, open},
+    state::{LoadSource, ServerState, handover, open},
     stats::{self, Snapshot},
     upgrade::{Upgrade, UpgradeError, Upgraded},
     worker,
@@ -179,6 +179,13 @@ impl ServerHandle {
     /// keep the server alive: once the server is gone it reads `None`.
     pub fn snapshot_source(&self) -> SnapshotSource {
         SnapshotSource { server: Arc::downgrade(&self.server) }
+    }
+
+    /// A cheap, cloneable reader of the host's load as balancers read it
+    /// ([`HostLoad`](crate::HostLoad): utilisation, rates, eligible
+    /// workers; refreshed every tick), which does not keep the server alive.
+    pub fn load_source(&self) -> LoadSource {
+        LoadSource::of(&self.server)
     }
 
     /// Drains worker `id`: it leaves the bitmap, its listener closes (its

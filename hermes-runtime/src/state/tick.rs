@@ -1,8 +1,8 @@
 //! The work every worker does for the server on each tick: its heartbeat and
 //! utilisation ([`WorkerTick`]), the accept-queue sample of every listener,
 //! the scheduler pass that publishes the bitmap, the placement target, the
-//! dispatch self-check; and, between ticks, taking the connections queued
-//! on a hung worker's listener.
+//! dispatch self-check, the host's load (see `load`); and, between ticks,
+//! taking the connections queued on a hung worker's listener.
 
 use std::{net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering};
 
@@ -44,6 +44,7 @@ impl WorkerTick {
         server.sample_accept_queues();
         let bitmap = server.schedule(id);
         server.placement.refresh_target(now);
+        server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, bitmap);
         bitmap
     }
 }

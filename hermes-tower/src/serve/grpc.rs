@@ -46,6 +46,7 @@ use super::{
 };
 use crate::{
     hermes::Hermes,
+    orca::{Reports, future::TrailerFuture},
     place::{ConnectionLimits, Place, future::PlaceFuture},
     stats,
 };
@@ -62,6 +63,7 @@ pub struct TonicService {
     routes: Place<EitherService<Hermes<Routes>, Routes>>,
     stats: bool,
     limits: ConnectionLimits,
+    reports: Option<std::sync::Arc<Reports>>,
 }
 
 impl fmt::Debug for TonicService {
@@ -79,8 +81,9 @@ type RoutesFuture = PlaceFuture<
 impl Service<http::Request<Body>> for TonicService {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future =
-        InProgress<Either<RoutesFuture, std::future::Ready<Result<http::Response<Body>, Infallible>>>>;
+    type Future = InProgress<
+        Either<TrailerFuture<RoutesFuture>, std::future::Ready<Result<http::Response<Body>, Infallible>>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<http::Request<Body>>::poll_ready(&mut self.routes, cx)
@@ -105,7 +108,8 @@ impl Service<http::Request<Body>> for TonicService {
             (Some(conn), Some(guard)) if self.limits.due(guard.nth(), conn.opened) => Reconnect::Due,
             _ => Reconnect::May,
         };
-        InProgress::new(Either::Left(self.routes.call_with(request, reconnect)), guard)
+        let call = TrailerFuture::new(self.routes.call_with(request, reconnect), self.reports.clone());
+        InProgress::new(Either::Left(call), guard)
     }
 }
 
@@ -306,12 +310,17 @@ where
         listener: HermesListener,
         settings: &WorkerSettings,
     ) -> Pin<Box<dyn Future<Output = ()>>> {
+        let mut routes = (self.routes)();
+        if let Some(orca) = settings.reports.service_for_worker() {
+            routes = routes.add_service(orca);
+        }
         let service = TonicService {
             // Each connection's limits are checked here with its own counts
             // (see `TonicService::call`), not by the shared `Place`.
-            routes: Place::new(option_layer(settings.layer).layer((self.routes)().prepare())),
+            routes: Place::new(option_layer(settings.layer).layer(routes.prepare())),
             stats: settings.stats,
             limits: settings.limits,
+            reports: settings.reports.for_worker(),
         };
         // `max_connection_age`: tonic also sends the GOAWAY and lets the
         // calls in progress finish; the client's new connection is placed by

@@ -33,6 +33,7 @@ use super::{
 };
 use crate::{
     hermes::{Hermes, HermesLayer},
+    orca::{Reports, future::HeaderFuture},
     place::{ConnectionLimits, Place, future::PlaceFuture},
     stats,
 };
@@ -102,6 +103,7 @@ where
             stats: settings.stats,
             limits: settings.limits,
             body_rate: settings.body_rate,
+            reports: settings.reports.for_worker(),
         };
         let worker = listener.worker_id();
         // Called on the worker thread: the worker's own drain.
@@ -134,6 +136,7 @@ struct WorkerMakeService<M> {
     stats: bool,
     limits: ConnectionLimits,
     body_rate: Option<MinDataRate>,
+    reports: Option<Arc<Reports>>,
 }
 
 impl<'a, M, S> Service<IncomingStream<'a>> for WorkerMakeService<M>
@@ -156,6 +159,7 @@ where
             stats: self.stats,
             limits: self.limits,
             body_rate: self.body_rate,
+            reports: self.reports.clone(),
             activity,
         }
     }
@@ -170,6 +174,7 @@ pin_project! {
         stats: bool,
         limits: ConnectionLimits,
         body_rate: Option<MinDataRate>,
+        reports: Option<Arc<Reports>>,
         activity: Option<Arc<Activity>>,
     }
 }
@@ -196,19 +201,22 @@ where
             app,
             stats: *this.stats,
             body_rate: *this.body_rate,
+            reports: this.reports.take(),
             activity: this.activity.take(),
         }))
     }
 }
 
 /// One connection's service: `/_hermes/stats` when mounted, otherwise the
-/// application behind [`Place`] and [`HermesLayer`] (when on).
+/// application behind [`Place`] and [`HermesLayer`] (when on), its
+/// responses with the ORCA header (when on).
 #[derive(Clone)]
 struct WorkerService<S> {
     app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: bool,
     /// The minimum rate of request bodies, when on.
     body_rate: Option<MinDataRate>,
+    reports: Option<Arc<Reports>>,
     /// The connection's [`Activity`], when it has timeouts: a request in
     /// progress (its response's body included) is never cut by the idle
     /// timeout.
@@ -228,7 +236,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = InProgress<Either<AppFuture<S>, std::future::Ready<Result<Response, Infallible>>>>;
+    type Future =
+        InProgress<Either<HeaderFuture<AppFuture<S>>, std::future::Ready<Result<Response, Infallible>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)
@@ -246,7 +255,7 @@ where
                 }
                 _ => req,
             };
-            Either::Left(self.app.call(req))
+            Either::Left(HeaderFuture::new(self.app.call(req), self.reports.clone()))
         };
         InProgress::new(inner, guard)
     }

@@ -51,7 +51,7 @@ pub struct Serve<A, P> {
     also: Vec<io::Result<SocketAddr>>,
     pub(super) protocol: P,
     builder: Builder,
-    settings: WorkerSettings,
+    pub(crate) settings: WorkerSettings,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     upgrades: bool,
 }
@@ -318,8 +318,9 @@ impl<A: IntoBindAddr, P: Protocol> Serve<A, P> {
     /// # Errors
     /// As [`Serve::start`], for any address; the servers already started
     /// are then stopped.
-    pub fn start_all(self) -> io::Result<Vec<ServerHandle>> {
+    pub fn start_all(mut self) -> io::Result<Vec<ServerHandle>> {
         self.settings.validate()?;
+        let agent = self.settings.reports.agent.take();
         let mut addrs = vec![self.addr.into_bind_addr()?];
         for addr in self.also {
             addrs.push(addr?);
@@ -344,6 +345,9 @@ impl<A: IntoBindAddr, P: Protocol> Serve<A, P> {
                 server.serve(move |listener: HermesListener| protocol.serve_worker(listener, &settings))?;
             log_start(&handle);
             handles.push(handle);
+        }
+        if let Some(agent) = agent {
+            agent.start(handles.iter().map(ServerHandle::load_source).collect())?;
         }
         Ok(handles)
     }

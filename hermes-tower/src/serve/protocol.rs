@@ -9,7 +9,7 @@ use hermes_runtime::HermesListener;
 #[cfg(feature = "tls")]
 use super::tls::RustlsConfig;
 use super::{body::MinDataRate, listener::WorkerListener, timeouts::Timeouts};
-use crate::{hermes::HermesLayer, place::ConnectionLimits};
+use crate::{hermes::HermesLayer, orca::LoadReports, place::ConnectionLimits};
 
 /// How long a draining worker keeps answering on idle HTTP/1 keep-alive
 /// connections (each answer with `Connection: close`) before it closes
@@ -26,6 +26,8 @@ pub struct WorkerSettings {
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: ConnectionLimits,
     pub(crate) body_rate: Option<MinDataRate>,
+    /// Load reports for the balancers in front (see [`crate::orca`]).
+    pub(crate) reports: LoadReports,
 }
 
 impl Default for WorkerSettings {
@@ -38,6 +40,7 @@ impl Default for WorkerSettings {
             timeouts: Timeouts::default(),
             limits: ConnectionLimits::default(),
             body_rate: Some(MinDataRate::DEFAULT),
+            reports: LoadReports::default(),
         }
     }
 }
@@ -73,7 +76,7 @@ impl WorkerSettings {
                 ));
             }
         }
-        Ok(())
+        self.reports.validate()
     }
 }
 

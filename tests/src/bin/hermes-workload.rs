@@ -7,14 +7,17 @@
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
-//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
+//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/cpu?us=N`
+//! (the same, N µs of the thread's CPU time: see `cpu`), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
 //! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
 //! and `/block` (their responses say the cost applied in `x-hermes-cost`).
 //! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP
 //! --dsr-token HEX` sends the host's load to the balancer in band
-//! (`hermes_dsr::Agent`).
+//! (`hermes_dsr::Agent`). `--grpc` serves `hermes.bench.Workload/Work`
+//! (see `grpc`); `--orca` and `--agent-port` give a balancer of the
+//! user's the host's load (`fleet`).
 //! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
@@ -45,7 +48,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -57,7 +60,14 @@ use axum::{
 };
 use clap::{Parser, ValueEnum};
 use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
-use hermes_tower::{HermesLayer, serve::MinDataRate};
+use hermes_tower::HermesLayer;
+
+#[path = "hermes-workload/cpu.rs"]
+mod cpu;
+#[path = "hermes-workload/fleet.rs"]
+mod fleet;
+#[path = "hermes-workload/grpc.rs"]
+mod grpc;
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -65,7 +75,8 @@ use hermes_tower::{HermesLayer, serve::MinDataRate};
 /// Prints `listening on ADDR mode=MODE workers=N` once every worker accepts;
 /// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 /// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
-/// (spins the worker's CPU for N µs, at most 10000000), `/block?ms=N` (blocks
+/// (spins the worker's CPU for N µs, at most 10000000), `/cpu?us=N` (N µs of
+/// CPU time), `/block?ms=N` (blocks
 /// the worker thread for N ms, at most 60000), `/panic` (the handler panics),
 /// `/_hermes/stats`. A cost above its maximum is answered 400. Ctrl-C or
 /// SIGTERM drains and exits; SIGUSR2 hands the server over to a new process
@@ -145,6 +156,8 @@ struct Args {
     /// At most one metric per this many milliseconds, with `--dsr-balancer`.
     #[arg(long, value_name = "N", default_value_t = 10)]
     dsr_interval_ms: u64,
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
 }
 
 /// `ADDR=MAC` of `--dsr-balancer`.
@@ -238,20 +251,8 @@ fn worker_id() -> usize {
 fn endpoints(scale: f64) -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
-        .route(
-            "/work",
-            get(move |Query(cost): Query<Cost>| async move {
-                let us = scaled(cost.us, scale);
-                if us > MAX_WORK_US {
-                    return Err(too_large("us", MAX_WORK_US));
-                }
-                let end = Instant::now() + Duration::from_micros(us);
-                while Instant::now() < end {
-                    std::hint::spin_loop();
-                }
-                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
-            }),
-        )
+        .route("/work", cpu::spin_route(scale, cpu::spin_wall))
+        .route("/cpu", cpu::spin_route(scale, cpu::spin_cpu))
         .route(
             "/block",
             get(move |Query(cost): Query<Cost>| async move {
@@ -300,10 +301,14 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
         .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
         .build()?;
     let workers = args.workers;
+    args.fleet.check_tokio()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
         println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
         std::io::stdout().flush()?;
+        if args.fleet.grpc {
+            return grpc::serve_tokio(listener, args.cost_scale, signal()).await;
+        }
         let stats = Router::new().route(
             "/_hermes/stats",
             get(|| async {
@@ -312,16 +317,16 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
             }),
         );
         let app = app(stats, args.cost_scale);
-        let signal = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        axum::serve(listener, app).with_graceful_shutdown(signal).await
+        axum::serve(listener, app).with_graceful_shutdown(signal()).await
     })
+}
+
+/// Ctrl-C or SIGTERM, for mode `tokio`.
+async fn signal() {
+    if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
+        eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
+        std::future::pending::<()>().await;
+    }
 }
 
 fn run_hermes(args: &Args) -> std::io::Result<()> {
@@ -367,16 +372,13 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, app(hermes_tower::stats_router(), args.cost_scale))
-        .with_builder(builder)
-        .without_layer()
-        .header_read_timeout(millis(args.header_timeout_ms))
-        .idle_timeout(millis(args.idle_timeout_ms))
-        .min_request_body_rate(
-            (args.min_body_rate > 0)
-                .then(|| MinDataRate::new(args.min_body_rate, Duration::from_millis(args.body_grace_ms))),
-        )
-        .start()?;
+    // gRPC: the default layer, and the stats on the gRPC port (HTTP/2).
+    let (handle, agent) = if args.fleet.grpc {
+        fleet::start(args.fleet.grpc(args.addr, args.cost_scale).with_stats(), args, builder)?
+    } else {
+        let app = app(hermes_tower::stats_router(), args.cost_scale);
+        fleet::start(hermes_tower::serve(args.addr, app).without_layer(), args, builder)?
+    };
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
     }
@@ -402,6 +404,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         _ => None,
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
+    if let Some(agent) = agent {
+        println!("agent on {agent}");
+    }
     std::io::stdout().flush()?;
     rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {

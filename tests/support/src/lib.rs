@@ -22,12 +22,15 @@
 //! - [`netns`]: the gate of the tests that make network namespaces.
 //! - [`rawh2`]: a raw HTTP/2 client that sends frames one by one (pings
 //!   alone, a header block left open).
+//! - [`fleet`]: hosts behind a balancer users already run: the consumers'
+//!   tools, and the fleet benchmarks' load generator.
 #![deny(missing_docs)]
 
 pub mod cargo;
 pub mod child;
 pub mod client;
 pub mod ebpf;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod netns;
