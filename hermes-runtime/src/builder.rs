@@ -232,6 +232,20 @@ impl Builder {
         self
     }
 
+    /// The time slice each worker thread asks the kernel's fair scheduler
+    /// for (EEVDF, Linux 6.12 and later; `sched_setattr` with
+    /// `sched_runtime`, no privilege needed), 100 µs to 100 ms; `None`
+    /// leaves the kernel's default. A per-core worker that another process
+    /// keeps off its core stalls every connection it owns; a shorter slice
+    /// gives it earlier deadlines, so that on waking for a request it
+    /// preempts threads running on longer slices sooner. Its share of the
+    /// CPU does not change. An older kernel ignores it (logged at debug
+    /// level). Default: `None`.
+    pub fn worker_slice(&mut self, slice: Option<Duration>) -> &mut Self {
+        self.settings.worker_slice = slice;
+        self
+    }
+
     /// The stack size of each worker thread, in bytes (more than 0). The
     /// blocking pool's threads are sized with `thread_stack_size` in
     /// [`Builder::on_worker_runtime`]. Default: Rust's default for spawned
@@ -348,10 +362,12 @@ impl Builder {
         self
     }
 
-    /// Whether a worker takes the connections queued on a hung worker's
-    /// listener. Connections the kernel queued on a worker's listener before
-    /// the scheduler noticed the worker hang (its heartbeat older than the
-    /// hang threshold) would wait there until it comes back: with this on,
+    /// Whether a worker takes the connections queued on a hung or starved
+    /// worker's listener. Connections the kernel queued on a worker's
+    /// listener before the scheduler noticed the worker hang (its heartbeat
+    /// older than the hang threshold) or starve (it waited for a CPU half of
+    /// its recent ticks or more: another process holds its core) would wait
+    /// there until it comes back: with this on,
     /// the other workers accept them at their next tick and serve them,
     /// counted as `rescued` (snapshot, `hermes_rescued_total`) and logged at
     /// most once a second per worker. Not in the shared-listener mode (every

@@ -69,6 +69,7 @@ pub(crate) struct Config {
     pub(crate) reconnect_every: Option<Duration>,
     pub(crate) offload_heavy: Option<Duration>,
     pub(crate) max_offloaded: Option<u32>,
+    pub(crate) worker_slice: Option<Duration>,
     pub(crate) tcp_nodelay: bool,
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,
@@ -136,6 +137,7 @@ pub(crate) struct Settings {
     pub(crate) reconnect_every: Option<Duration>,
     pub(crate) offload_heavy: Option<Duration>,
     pub(crate) max_offloaded: Option<u32>,
+    pub(crate) worker_slice: Option<Duration>,
     pub(crate) upgrade_from_env: bool,
     pub(crate) socket_activation: bool,
     pub(crate) max_connections: Option<u32>,
@@ -166,6 +168,7 @@ impl Default for Settings {
             reconnect_every: Some(Duration::from_millis(100)),
             offload_heavy: Some(DEFAULT_OFFLOAD),
             max_offloaded: Some(DEFAULT_MAX_OFFLOADED),
+            worker_slice: None,
             upgrade_from_env: false,
             socket_activation: false,
             max_connections: Some(DEFAULT_MAX_CONNECTIONS),
@@ -224,6 +227,13 @@ impl Settings {
                 self.offload_heavy.unwrap_or_default()
             )));
         }
+        if self.worker_slice.is_some_and(|s| s < Duration::from_micros(100) || s > Duration::from_millis(100))
+        {
+            return Err(invalid(format!(
+                "worker_slice must be 100 µs to 100 ms (the kernel's range), got {:?}; None leaves the kernel's",
+                self.worker_slice.unwrap_or_default()
+            )));
+        }
         if self.max_offloaded == Some(0) {
             return Err(invalid(
                 "max_offloaded must be at least 1 (None: Tokio's blocking pool bounds it)".into(),
@@ -257,6 +267,7 @@ impl Settings {
             reconnect_every: self.reconnect_every,
             offload_heavy: self.offload_heavy,
             max_offloaded: self.max_offloaded,
+            worker_slice: self.worker_slice,
             upgrade_from_env: self.upgrade_from_env,
             socket_activation: self.socket_activation,
             max_connections: self.max_connections,

@@ -179,6 +179,71 @@ pub(crate) fn run_on(cpus: &[usize]) -> io::Result<()> {
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
 }
 
+/// The kernel's scheduler statistics of one thread
+/// (`/proc/thread-self/schedstat`, kept open: one `pread` a reading).
+#[derive(Debug)]
+pub(crate) struct SchedStat(std::fs::File);
+
+impl SchedStat {
+    /// The calling thread's statistics.
+    pub(crate) fn of_this_thread() -> io::Result<Self> {
+        std::fs::File::open("/proc/thread-self/schedstat").map(Self)
+    }
+
+    /// Total nanoseconds the thread was runnable but waiting for a CPU (the
+    /// second of the file's three numbers: time on the CPU, time waiting on
+    /// a run queue, time slices run).
+    pub(crate) fn run_delay_ns(&self) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0)?;
+        let text = std::str::from_utf8(&buf[..n]).map_err(io::Error::other)?;
+        text.split_ascii_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("unexpected schedstat {text:?}")))
+    }
+}
+
+/// Asks the kernel's fair scheduler (EEVDF, Linux 6.12 and later) for time
+/// slices of `slice` for the calling thread (`sched_setattr` with
+/// `sched_runtime`, clamped by the kernel to 0.1 to 100 ms; no privilege
+/// needed): a thread with a shorter slice has earlier virtual deadlines, so
+/// on waking it preempts threads that asked for longer ones sooner, at the
+/// price of more preemptions. Its share of the CPU does not change. An
+/// older kernel ignores the request or refuses it.
+pub(crate) fn request_slice(slice: std::time::Duration) -> io::Result<()> {
+    /// `struct sched_attr` of `sched_setattr(2)`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct SchedAttr {
+        size: u32,
+        policy: u32,
+        flags: u64,
+        nice: i32,
+        priority: u32,
+        runtime: u64,
+        deadline: u64,
+        period: u64,
+        util_min: u32,
+        util_max: u32,
+    }
+    let mut attr = SchedAttr { size: size_of::<SchedAttr>() as u32, ..SchedAttr::default() };
+    // SAFETY: `attr` is a valid `sched_attr` of the size it states; 0 is the
+    // calling thread.
+    let got = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &raw mut attr, attr.size, 0) };
+    if got != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    attr.runtime = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+    // SAFETY: as above; the policy and nice value are the thread's own.
+    let set = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &raw const attr, 0) };
+    if set != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// One worker's epoll set in the shared-listener mode: the shared listener
 /// registered with `EPOLLEXCLUSIVE` (so one new connection wakes one worker,
 /// as nginx does), and an eventfd that wakes this worker when it drains.

@@ -19,8 +19,12 @@
 //!   each tick. A worker whose heartbeat is older than two ticks is busy now
 //!   (blocked in a handler), whatever it last stored.
 //!
-//! A worker's *score* is its expected work plus its utilisation as
-//! microseconds of the last tick. At each tick every worker looks for the
+//! - **Stall** ([`WorkerState::stall_permille`]): the share of the last ticks
+//!   the worker's thread waited for a CPU while it had work, which a
+//!   per-core worker whose core another process holds spends doing nothing.
+//!
+//! A worker's *score* is its expected work plus its utilisation and stall
+//! as microseconds of the last tick. At each tick every worker looks for the
 //! serving worker with the lowest score and stores it as the target of the
 //! moment; a request moves to that target when the owner's score exceeds the
 //! target's by more than [`MOVE_MARGIN_US`], and, for a request of a light
@@ -416,10 +420,13 @@ impl Placement {
     }
 }
 
-/// Expected work plus utilisation, in microseconds.
+/// Expected work plus utilisation plus stall (the share of the tick the
+/// worker waited for a CPU), in microseconds.
 #[inline]
 fn own_score(slot: &WorkerState, tick_us: u64) -> u64 {
-    u64::from(slot.expected_us.load(Relaxed)) + u64::from(slot.util_permille.load(Relaxed)) * tick_us / 1_000
+    let busy_permille =
+        u64::from(slot.util_permille.load(Relaxed)) + u64::from(slot.stall_permille.load(Relaxed));
+    u64::from(slot.expected_us.load(Relaxed)) + busy_permille * tick_us / 1_000
 }
 
 #[cfg(test)]

@@ -146,6 +146,12 @@ pub struct WorkerSnapshot {
     pub expected_us: u32,
     /// Smoothed share of the recent ticks the worker was busy, per mille.
     pub util_permille: u32,
+    /// Smoothed share of the recent ticks the worker's thread waited for a
+    /// CPU while it had work (another thread held its core), per mille.
+    pub stall_permille: u32,
+    /// Nanoseconds the worker's thread waited for a CPU while it had work,
+    /// in total (the kernel's run-queue delay).
+    pub run_delay_ns: u64,
 }
 
 /// Where a worker is in its life, as a [`WorkerSnapshot`] shows it.
@@ -245,6 +251,8 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
                 recycled: placement.recycled(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),
+                stall_permille: w.stall_permille.load(Ordering::Relaxed),
+                run_delay_ns: w.run_delay_ns.load(Ordering::Relaxed),
             }
         })
         .collect();

@@ -51,6 +51,11 @@ fn worker_thread<F, Fut>(
     {
         tracing::debug!(worker = id, cpu, error = %e, "could not pin the worker");
     }
+    if let Some(slice) = server.config.worker_slice
+        && let Err(e) = sys::request_slice(slice)
+    {
+        tracing::debug!(worker = id, ?slice, error = %e, "the kernel did not take the worker's time slice");
+    }
     // Everything the worker runs, handlers included, is inside this span.
     let _span = tracing::info_span!("hermes_worker", worker = id).entered();
     let worker = WorkerRef::of(&server, id);

@@ -132,6 +132,10 @@ struct Args {
     /// once and counted as `refused` (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     max_connections: u32,
+    /// Hermes modes: the time slice each worker thread asks the kernel for,
+    /// in microseconds (`Builder::worker_slice`; 0: the kernel's default).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    worker_slice_us: u64,
     /// Multiplies the cost of `/work?us=N` and `/block?ms=N` (every mode), so
     /// hosts of one test bed can be made slower or faster than each other;
     /// the maxima apply to the scaled cost.
@@ -360,6 +364,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         // Started by systemd (or anything speaking LISTEN_FDS): serve there.
         .socket_activation(true)
         .max_connections_per_worker((args.max_connections > 0).then_some(args.max_connections))
+        .worker_slice((args.worker_slice_us > 0).then(|| Duration::from_micros(args.worker_slice_us)))
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
