@@ -72,6 +72,8 @@ async fn the_grpc_workload_serves_work_in_every_mode_with_its_cost_scale() {
         let status = work(&channel, 6_000_000).await.expect_err("above the maximum");
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{mode}: {status:?}");
         drop(channel);
-        workload.stop();
+        // Stopped off the test's runtime: the channel's connection task runs
+        // on it and answers the server's drain (GOAWAY and its PING).
+        tokio::task::spawn_blocking(move || workload.stop()).await.expect("stop");
     }
 }
