@@ -103,6 +103,15 @@ fn serving(w: &WorkerState) -> bool {
     w.phase() == WorkerPhase::Serving
 }
 
+/// A worker's load as the default policy weighs it: [`WorkerState::load`],
+/// plus its stall counted as connections (`stall_permille / 32`: up to 31
+/// for a worker kept off its core all the time). A worker that waits for
+/// a CPU half the time serves at half speed, whatever its own load says.
+fn weighted_load(w: &WorkerState) -> u64 {
+    // Relaxed: a lone gauge (see `WorkerState`).
+    w.load() + u64::from(w.stall_permille.load(std::sync::atomic::Ordering::Relaxed) >> 5)
+}
+
 impl Policy for LeastLoaded {
     fn eligible(&self, input: &PassInput<'_>) -> u64 {
         let n = input.workers.len().min(64);
@@ -112,7 +121,7 @@ impl Policy for LeastLoaded {
         for (i, w) in input.workers[..n].iter().enumerate() {
             if serving(w) && input.is_fresh(i) {
                 fresh |= 1 << i;
-                loads[i] = w.load();
+                loads[i] = weighted_load(w);
                 least = least.min(loads[i]);
             }
         }

@@ -18,6 +18,7 @@ mod load;
 mod measure;
 mod modes;
 mod peer;
+mod progress;
 mod report;
 mod scenario;
 mod stats;

@@ -11,6 +11,8 @@
 //!     placement;
 //! - `open`: opening a server (afresh, from systemd's sockets, or as a
 //!   successor);
+//! - `load`: the host's load as balancers read it ([`HostLoad`]),
+//!   refreshed by the tick; `load_source`, its reader ([`LoadSource`]);
 //! - `tick`: what a worker does for the server each tick (heartbeat,
 //!   accept-queue sample, scheduler pass, placement target) and the rescue
 //!   of a hung worker's queue;
@@ -21,6 +23,8 @@
 mod dispatch;
 mod drain;
 pub(crate) mod handover;
+mod load;
+mod load_source;
 pub(crate) mod open;
 pub(crate) mod placement;
 mod selfcheck;
@@ -30,6 +34,8 @@ mod workers;
 
 pub(crate) use drain::DrainWait;
 pub use drain::SHUTDOWN_GRACE;
+pub use load::{HostLoad, LOAD_WINDOW};
+pub use load_source::LoadSource;
 pub(crate) use selfcheck::SelfCheck;
 pub(crate) use server::ServerState;
 pub(crate) use tick::WorkerTick;

@@ -6,7 +6,7 @@ use std::sync::{Mutex, atomic::AtomicBool};
 
 use hermes_bpf::WorkerTable;
 
-use super::{dispatch::Dispatch, placement::Placement, workers::Workers};
+use super::{dispatch::Dispatch, load::LoadCell, placement::Placement, workers::Workers};
 use crate::{config::Config, upgrade::protocol::Inherited};
 
 /// One running server (see the module).
@@ -23,6 +23,8 @@ pub(crate) struct ServerState {
     /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample (see
     /// `tick`).
     pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+    /// The host's load, refreshed by the tick (see `load`).
+    pub(crate) load: std::sync::Arc<LoadCell>,
 }
 
 /// Where the server is in an upgrade.
@@ -54,6 +56,7 @@ impl ServerState {
             placement,
             handover: Handover { inherited: Mutex::new(inherited), upgrading: AtomicBool::new(false) },
             sampled_ns: std::sync::atomic::AtomicU64::new(0),
+            load: Default::default(),
         }
     }
 
