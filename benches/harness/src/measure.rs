@@ -116,6 +116,10 @@ impl Bench {
         // Over the same span as the requests: from before the load's first connection to its
         // last answer.
         r.cpu_us_per_req = server0.zip(server1).map(|(a, b)| (b - a) * 1e6 / outcome.ok as f64);
+        r.stall = snapshots
+            .delta(|w| w.run_delay_ns)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.iter().sum::<f64>() / d.len() as f64 / (wall * 1e9));
         Ok(())
     }
 

@@ -22,6 +22,8 @@ pub struct WorkerCounters {
     pub busy_ns: Option<u64>,
     /// Connections taken from a hung worker's listener (Hermes' `rescued`).
     pub rescued: Option<u64>,
+    /// The time the worker's thread was runnable but waited for a CPU (Hermes' `run_delay_ns`).
+    pub run_delay_ns: Option<u64>,
 }
 
 /// A parsed snapshot.
@@ -68,7 +70,12 @@ pub fn parse(body: &str) -> Option<Snapshot> {
         let num = |k: &str| w.get(k).and_then(Value::as_u64);
         workers.insert(
             id,
-            WorkerCounters { accepted: num("accepted"), busy_ns: num("busy_ns"), rescued: num("rescued") },
+            WorkerCounters {
+                accepted: num("accepted"),
+                busy_ns: num("busy_ns"),
+                rescued: num("rescued"),
+                run_delay_ns: num("run_delay_ns"),
+            },
         );
     }
     Some(Snapshot { mode, mode_reason, workers })

@@ -95,6 +95,17 @@ fn check_reports(out: &std::path::Path, doc: &Value, reports: &[&str], peers: &[
             assert!(figure("rps") > 0.0, "{name}: {peer} completed nothing:\n{p}");
             assert!(figure("cpu_us_per_req") > 0.0, "{name}: {peer} took no CPU:\n{p}");
             assert_eq!(p["p99_ms_runs"].as_array().map(Vec::len), Some(1), "{name}: {peer}: one run\n{p}");
+            // The workers' stall: servers on the Hermes runtime (hermes*, and `reuseport` and
+            // `shared`, its modes without the kernel program) report their run-queue delay, a
+            // share of the run; Tokio's, actix-web's and ntex's do not.
+            let stall = p["stall"].as_f64();
+            if peer.starts_with("hermes") {
+                assert!(stall.is_some(), "{name}: {peer}: no stall\n{p}");
+            }
+            if ["tokio", "actix", "ntex"].iter().any(|other| peer.starts_with(other)) {
+                assert!(p["stall"].is_null(), "{name}: {peer}\n{p}");
+            }
+            assert!(stall.is_none_or(|s| (0.0..=1.0).contains(&s)), "{name}: {peer}: stall {stall:?}");
             // The share delivered is an open loop's figure: none at saturation.
             assert_eq!(p["delivered"].is_number(), !CLOSED.contains(&name), "{name}: {peer}\n{p}");
         }

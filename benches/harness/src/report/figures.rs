@@ -57,6 +57,10 @@ pub struct PeerResult {
     /// The server process's CPU time (user and system) over the run per successful request, in
     /// microseconds.
     pub cpu_us_per_req: Option<f64>,
+    /// The workers' stall: the share of the run their threads were runnable but waited for a
+    /// CPU (Hermes' run-queue delay, averaged over the workers); `None` for peers that do not
+    /// report it.
+    pub stall: Option<f64>,
     /// The share of the offered rate completed in the window; `None` for a closed loop, which
     /// offers what the server takes.
     pub delivered: Option<f64>,
@@ -214,5 +218,8 @@ pub mod fig {
     }
     pub fn delivered(r: &PeerResult) -> Option<f64> {
         r.delivered
+    }
+    pub fn stall(r: &PeerResult) -> Option<f64> {
+        r.stall
     }
 }

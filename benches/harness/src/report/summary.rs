@@ -102,6 +102,10 @@ struct PeerSummary {
     delivered: Option<f64>,
     cpu_us_per_req_runs: Runs,
     delivered_runs: Runs,
+    /// The workers' stall: the share of the run they waited for a CPU (`null` when the server
+    /// does not report it).
+    stall: Option<f64>,
+    stall_runs: Runs,
     /// The modes the runs reported, e.g. `hermes`, or `hermes/kernel-hash` when they differ.
     mode: String,
     runs: usize,
@@ -142,6 +146,8 @@ impl PeerSummary {
             delivered: median(fig::delivered),
             cpu_us_per_req_runs: runs(fig::cpu_us_per_req),
             delivered_runs: runs(fig::delivered),
+            stall: median(fig::stall),
+            stall_runs: runs(fig::stall),
             mode: r.mode(),
             runs: r.runs.len(),
             runs_failed: r.runs.iter().filter(|x| !x.served()).count(),
