@@ -11,7 +11,7 @@ use hermes_bpf::{
 
 use super::{
     dispatch::{Dispatch, Placer, bpf_error},
-    handover,
+    handover::{self, Holders},
     server::ServerState,
 };
 use crate::{
@@ -82,7 +82,7 @@ fn open_bound(
     // without the hung workers beats the hash, which would include them.
     dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
     dispatch.claim();
-    Ok((Arc::new(ServerState::new(config, table, dispatch, None)), listeners))
+    Ok((Arc::new(ServerState::new(config, table, dispatch, None, Holders::default())), listeners))
 }
 
 /// One listener per worker on the configured address (or systemd's), or
@@ -158,8 +158,17 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             (m, _) => m,
         };
         handover::check_offer(&offer, mode)?;
-        let base =
-            if kernel.is_some() { handover::successor_base(offer.slot_base, offer.workers, n)? } else { 0 };
+        // The slots of the running server and of the older ones that still
+        // drain are watched now, while the running server certainly runs.
+        let holders = match kernel {
+            Some(_) => Holders::watch(&offer)
+                .map_err(|e| UpgradeError::io("watching the servers holding slots", e))?,
+            None => Holders::default(),
+        };
+        let base = match kernel {
+            Some(_) => handover::successor_base(MAX_WORKERS, n, &holders.live(), offer.pid)?,
+            None => 0,
+        };
         let mut dispatcher = match kernel {
             Some(k) => Some(Dispatcher::inherit(k, base).map_err(|e| match e {
                 hermes_bpf::Error::LayoutVersion { found, want } => {
@@ -189,9 +198,9 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             }
             listeners.push(Some(l));
         }
-        Ok((base, dispatcher, addr, listeners))
+        Ok((base, dispatcher, addr, listeners, holders))
     })();
-    let (base, dispatcher, addr, listeners) = match opened {
+    let (base, dispatcher, addr, listeners, holders) = match opened {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, old = offer.pid, "upgrade: refusing the hand-over");
@@ -219,11 +228,12 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
         old = offer.pid,
         %addr,
         slot_base = base,
+        draining = ?offer.held.iter().map(|h| h.pid).collect::<Vec<_>>(),
         listeners = inherited.listeners.len(),
         kernel_state = dispatch.dispatcher().is_some(),
         "upgrade: took the running server's listeners and kernel state; starting the workers"
     );
-    Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited))), listeners))
+    Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited), holders)), listeners))
 }
 
 /// Empties the first `n` slots of `table` and marks them starting.

@@ -6,7 +6,7 @@ use std::sync::{Mutex, atomic::AtomicBool};
 
 use hermes_bpf::WorkerTable;
 
-use super::{dispatch::Dispatch, placement::Placement, workers::Workers};
+use super::{dispatch::Dispatch, handover::Holders, placement::Placement, workers::Workers};
 use crate::{config::Config, upgrade::protocol::Inherited};
 
 /// One running server (see the module).
@@ -33,16 +33,21 @@ pub(crate) struct Handover {
     /// Set while this server hands over to a successor, and for good once
     /// one took over.
     pub(crate) upgrading: AtomicBool,
+    /// The older servers that still hold slots of the kernel maps (a
+    /// successor's; empty for a server that created the maps).
+    pub(crate) holders: Holders,
 }
 
 impl ServerState {
     /// The state of a server whose listeners are bound: `dispatch` places
-    /// its connections on `config.workers` workers in `table`.
+    /// its connections on `config.workers` workers in `table`; a successor
+    /// has what it `inherited` and the `holders` of other slots.
     pub(crate) fn new(
         config: Config,
         table: WorkerTable,
         dispatch: Dispatch,
         inherited: Option<Inherited>,
+        holders: Holders,
     ) -> Self {
         let workers = Workers::new(config.workers, config.pin_workers);
         let placement = Placement::new(table.clone(), &config);
@@ -52,7 +57,11 @@ impl ServerState {
             dispatch,
             workers,
             placement,
-            handover: Handover { inherited: Mutex::new(inherited), upgrading: AtomicBool::new(false) },
+            handover: Handover {
+                inherited: Mutex::new(inherited),
+                upgrading: AtomicBool::new(false),
+                holders,
+            },
             sampled_ns: std::sync::atomic::AtomicU64::new(0),
         }
     }

@@ -1,8 +1,8 @@
 //! The hand-over protocol between a running server and its successor: a
 //! `SOCK_SEQPACKET` socket pair, a short text header (the [`Offer`]) sent
 //! with the descriptors (`SCM_RIGHTS`), and the successor's one-line answer
-//! (`ready` or `refused <reason>`). What the two servers do with it is the
-//! hand-over logic, in `server::handover`.
+//! (`ready` or `refused <reason>`). The header itself is `offer`'s; what the
+//! two servers do with it is the hand-over logic, in `state::handover`.
 
 use std::{
     ffi::OsString,
@@ -24,11 +24,8 @@ use nix::{
     },
 };
 
+pub(crate) use super::offer::Offer;
 use super::{UPGRADE_FD_ENV, Upgrade, UpgradeError, Upgraded};
-use crate::config::Mode;
-
-/// The hand-over protocol's version (the first line of the offer).
-const PROTOCOL: &str = "hermes-upgrade 1";
 
 /// Most descriptors one offer carries: a listener per worker and five
 /// kernel objects.
@@ -44,66 +41,6 @@ fn current_exe() -> std::io::Result<PathBuf> {
         Some(path) => PathBuf::from(path),
         None => exe,
     })
-}
-
-/// The header of an offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Offer {
-    pub(crate) pid: u32,
-    pub(crate) mode: Mode,
-    pub(crate) layout: u64,
-    pub(crate) slot_base: usize,
-    pub(crate) workers: usize,
-    pub(crate) listeners: usize,
-    pub(crate) kernel: bool,
-}
-
-impl Offer {
-    fn encode(&self) -> String {
-        format!(
-            "{PROTOCOL}\npid={}\nmode={}\nlayout={}\nslot_base={}\nworkers={}\nlisteners={}\nkernel={}\n",
-            self.pid,
-            self.mode.as_str(),
-            self.layout,
-            self.slot_base,
-            self.workers,
-            self.listeners,
-            u8::from(self.kernel)
-        )
-    }
-
-    fn decode(text: &str) -> Result<Self, UpgradeError> {
-        let mut lines = text.lines();
-        let first = lines.next().unwrap_or_default();
-        if first != PROTOCOL {
-            return Err(UpgradeError::Protocol(format!("expected `{PROTOCOL}`, got `{first}`")));
-        }
-        let mut get = std::collections::HashMap::new();
-        for line in lines {
-            if let Some((k, v)) = line.split_once('=') {
-                get.insert(k, v);
-            }
-        }
-        let field = |k: &str| -> Result<u64, UpgradeError> {
-            get.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| UpgradeError::Protocol(format!("the offer has no valid `{k}`")))
-        };
-        let mode = match get.get("mode").copied() {
-            Some("hermes") => Mode::Hermes,
-            Some("kernel-hash") => Mode::KernelHash,
-            other => return Err(UpgradeError::Protocol(format!("the offer's mode {other:?} is unknown"))),
-        };
-        Ok(Self {
-            pid: field("pid")? as u32,
-            mode,
-            layout: field("layout")?,
-            slot_base: field("slot_base")? as usize,
-            workers: field("workers")? as usize,
-            listeners: field("listeners")? as usize,
-            kernel: field("kernel")? == 1,
-        })
-    }
 }
 
 /// Sends one message with descriptors.
@@ -371,28 +308,7 @@ pub(crate) fn ready(channel: &OwnedFd) -> Result<(), UpgradeError> {
 
 #[cfg(test)]
 mod tests {
-    use hermes_bpf::layout::LAYOUT_VERSION;
-
     use super::*;
-
-    #[test]
-    fn offer_round_trips_and_bad_headers_are_refused() {
-        let o = Offer {
-            pid: 42,
-            mode: Mode::Hermes,
-            layout: LAYOUT_VERSION,
-            slot_base: 4,
-            workers: 4,
-            listeners: 4,
-            kernel: true,
-        };
-        assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
-        assert!(matches!(Offer::decode("hermes-upgrade 9\n"), Err(UpgradeError::Protocol(_))));
-        assert!(matches!(
-            Offer::decode("hermes-upgrade 1\npid=1\nmode=hermes\n"),
-            Err(UpgradeError::Protocol(m)) if m.contains("layout")
-        ));
-    }
 
     #[test]
     fn only_a_hand_over_socket_is_taken_from_the_environment() {
