@@ -333,9 +333,9 @@ mod tests {
         assert_eq!(child, "refused with LayoutVersion");
         let _ = std::fs::remove_file(&marker);
         // Still the owner, still publishing, still serving.
-        assert!(handle.server.dispatch.owns_bitmap());
+        assert!(handle.server.dispatch.owns_list());
         thread::sleep(Duration::from_millis(50));
-        assert_ne!(handle.snapshot().bitmap, 0, "the old server keeps publishing its bitmap");
+        assert_ne!(handle.snapshot().eligible_count, 0, "the old server keeps publishing its list");
         let mut conn = std::net::TcpStream::connect(handle.local_addr()).expect("connect");
         let mut answer = String::new();
         conn.read_to_string(&mut answer).expect("read");

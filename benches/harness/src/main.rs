@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// Comma-separated peers; hermes-local is Hermes with every request kept on its connection's
-    /// worker, for comparison with placement.
+    /// worker, for comparison with placement; hermes-locality is Hermes with locality on (the
+    /// worker on the CPU that received the connection first), for comparison with hermes.
     #[arg(long, value_delimiter = ',', default_value = "hermes,reuseport,shared,tokio,ntex")]
     peers: Vec<Peer>,
     /// Workers per server (default: the available cores).

@@ -16,10 +16,15 @@ use clap::ValueEnum;
 /// `hermes-local` is Hermes with every request kept on its connection's worker (no request
 /// placement, no offload, no reconnect asks): the server as it was before request placement, to
 /// measure what placement costs or gains in the same run. It is not in the default peer list.
+///
+/// `hermes-locality` is Hermes with locality on (`hermes-workload --locality on`): the eligible
+/// worker on the CPU that received a connection is the kernel program's first candidate. It is not
+/// in the default peer list either; it measures what locality costs or gains beside `hermes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
     Hermes,
     HermesLocal,
+    HermesLocality,
     Reuseport,
     Shared,
     Tokio,
@@ -133,16 +138,21 @@ pub fn parse_first_line(line: &str) -> Option<(SocketAddr, String, usize)> {
 }
 
 impl Server {
-    /// Starts `bin --mode PEER --workers N --addr 127.0.0.1:0` and waits for its first line.
-    /// The server's stderr goes to `log`.
+    /// Starts `bin --mode PEER --workers N --addr 127.0.0.1:0` (`hermes-locality`: `--mode hermes
+    /// --locality on`) and waits for its first line. The server's stderr goes to `log`.
     pub fn start(bin: &Path, peer: Peer, workers: usize, log: &Path) -> io::Result<Server> {
         let log_file = std::fs::File::create(log)?;
         let mode = peer.to_string();
         let mut cmd = Command::new(bin);
-        cmd.args(["--mode", &mode, "--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
+        if peer == Peer::HermesLocality {
+            cmd.args(["--mode", "hermes", "--locality", "on"]);
+        } else {
+            cmd.args(["--mode", &mode]);
+        }
+        cmd.args(["--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
         // Where eBPF is required (CI), a `hermes` peer that fell back to
         // kernel hashing must fail to start rather than be measured as hermes.
-        let hermes = matches!(peer, Peer::Hermes | Peer::HermesLocal);
+        let hermes = matches!(peer, Peer::Hermes | Peer::HermesLocal | Peer::HermesLocality);
         if hermes && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
             cmd.arg("--require-ebpf");
         }
@@ -206,7 +216,10 @@ mod tests {
     #[test]
     fn peers_keep_their_command_line_spellings() {
         let names: Vec<String> = Peer::value_variants().iter().map(Peer::to_string).collect();
-        assert_eq!(names, ["hermes", "hermes-local", "reuseport", "shared", "tokio", "ntex"]);
+        assert_eq!(
+            names,
+            ["hermes", "hermes-local", "hermes-locality", "reuseport", "shared", "tokio", "ntex"]
+        );
         assert_eq!(Peer::Ntex.binary(), Binary::Ntex);
         assert_eq!(Peer::HermesLocal.binary(), Binary::Workload);
     }

@@ -1,8 +1,8 @@
 //! [`Dispatch`]: how new connections reach this server's workers. Either the
 //! Hermes program on the port's `SO_REUSEPORT` group (with its maps: the
-//! socket array, the bitmap and the counters), the kernel's hash, or one
-//! shared listener in every worker's epoll set; and the bitmap's ownership,
-//! which a successor takes over.
+//! socket array, the list of eligible workers and the counters), the
+//! kernel's hash, or one shared listener in every worker's epoll set; and
+//! the list's ownership, which a successor takes over.
 
 use std::{
     io,
@@ -10,7 +10,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use hermes_bpf::{ControlRegion, CounterRegion, Counters, Dispatcher, Region, monotonic_ns};
+use hermes_bpf::{
+    ControlRegion, CounterRegion, Counters, Dispatcher, Region, layout::ListWriter, monotonic_ns,
+};
 
 use super::{selfcheck::SelfCheck, workers::Workers};
 use crate::config::Mode;
@@ -32,15 +34,15 @@ pub(crate) struct Dispatch {
     /// The address every worker listens on (port resolved).
     pub(crate) addr: SocketAddr,
     placer: Placer,
-    /// The bitmap and the program's settings: the kernel's control map in
-    /// Hermes mode, process memory otherwise.
+    /// The list of eligible workers and the program's settings: the
+    /// kernel's control map in Hermes mode, process memory otherwise.
     control: ControlRegion,
     /// The first slot of this server's workers in the kernel's socket array,
-    /// table, counters and bitmap (0, unless it took over from a running
-    /// server whose workers use the first slots).
+    /// table and counters (0, unless it took over from a running server
+    /// whose workers use the first slots).
     pub(crate) slot_base: usize,
     /// This server's token in the control map's owner field: only the owner
-    /// publishes bitmaps.
+    /// publishes lists.
     owner: u64,
     /// Whether the program still sees the connections (Hermes mode).
     pub(crate) selfcheck: SelfCheck,
@@ -119,7 +121,7 @@ impl Dispatch {
         }
     }
 
-    /// The control map: the bitmap, its time and the program's settings.
+    /// The control map: the list, its time and the program's settings.
     pub(crate) fn control(&self) -> &hermes_bpf::layout::Control {
         &self.control[0]
     }
@@ -147,9 +149,9 @@ impl Dispatch {
         }
     }
 
-    /// Whether this server publishes the bitmap (a server whose maps a
+    /// Whether this server publishes the list (a server whose maps a
     /// successor took over does not).
-    pub(crate) fn owns_bitmap(&self) -> bool {
+    pub(crate) fn owns_list(&self) -> bool {
         self.control().owner() == self.owner
     }
 
@@ -159,30 +161,30 @@ impl Dispatch {
         self.control().claim(self.owner);
     }
 
-    /// Makes this server the maps' owner and publishes `bitmap` (in worker
-    /// ids) at once.
-    pub(crate) fn take_over(&self, bitmap: u64) {
-        self.control().take_over(self.owner, bitmap << self.slot_base, monotonic_ns(), self.slot_base);
+    /// Makes this server the maps' owner and publishes the list `fill`
+    /// writes (in slots) at once.
+    pub(crate) fn take_over(&self, fill: impl FnOnce(&mut ListWriter<'_>)) {
+        self.control().take_over(self.owner, monotonic_ns(), self.slot_base, fill);
     }
 
-    /// Publishes `bitmap` (in worker ids), stamped `now_ns`, as worker
-    /// `publisher`, while this server owns the maps and no newer bitmap is
-    /// in place.
-    pub(crate) fn publish(&self, bitmap: u64, now_ns: u64, publisher: usize) {
-        self.control().publish_as(
-            Some(self.owner),
-            bitmap << self.slot_base,
-            now_ns,
-            self.slot_base + publisher,
-        );
+    /// Publishes the list `fill` writes (in slots), stamped `now_ns`, as
+    /// worker `publisher`, while this server owns the maps and no newer
+    /// list is in place.
+    pub(crate) fn publish(&self, now_ns: u64, publisher: usize, fill: impl FnOnce(&mut ListWriter<'_>)) {
+        self.control().publish_as(Some(self.owner), now_ns, self.slot_base + publisher, fill);
     }
 
-    /// The bitmap last published, in worker ids (0 once a successor owns it).
-    pub(crate) fn bitmap(&self) -> u64 {
-        // Relaxed: read after the caller's Acquire load of the publish time,
-        // or as a lone value for reporting.
-        let bitmap = self.control().bitmap.load(std::sync::atomic::Ordering::Relaxed);
-        if self.owns_bitmap() { bitmap >> self.slot_base } else { 0 }
+    /// The workers (ids) of the list in force, in list order; none once a
+    /// successor owns the list.
+    pub(crate) fn eligible(&self) -> impl Iterator<Item = usize> + '_ {
+        let base = self.slot_base;
+        let owned = self.owns_list();
+        self.control().eligible().filter(move |_| owned).filter_map(move |slot| slot.checked_sub(base))
+    }
+
+    /// Whether worker `id` is in the list in force (O(list)).
+    pub(crate) fn is_eligible(&self, id: usize) -> bool {
+        self.owns_list() && self.control().eligible().any(|slot| slot == self.slot_base + id)
     }
 }
 

@@ -1,23 +1,18 @@
 //! The hand-over logic of an upgrade (see [`crate::upgrade`]): what the
 //! running server offers and does once a successor takes over or fails
 //! ([`offer`]), the successor's checks of an offer and the slots it takes
-//! ([`check_offer`], [`successor_base`]), the older servers that still hold
-//! slots ([`Holders`]), and the takeover once the successor's workers serve
-//! ([`complete`]). The messages themselves are
+//! beside the servers that hold some ([`check_offer`], [`successor_base`];
+//! the holders are `holders`'), and the takeover once the successor's
+//! workers serve ([`complete`]). The messages themselves are
 //! [`crate::upgrade::protocol`]'s.
 
-use std::{
-    io,
-    os::fd::{AsFd, OwnedFd},
-    sync::{Mutex, atomic::Ordering},
-};
+use std::{io, os::fd::OwnedFd, sync::atomic::Ordering};
 
 use hermes_bpf::layout::LAYOUT_VERSION;
 
 use super::server::ServerState;
 use crate::{
     config::Mode,
-    sys,
     upgrade::{
         Upgrade, UpgradeError, Upgraded,
         offer::Held,
@@ -25,51 +20,9 @@ use crate::{
     },
 };
 
-/// The servers that held slots of the kernel maps when this one took them
-/// over (the server it replaced, and the older ones that server still saw
-/// draining), each with a pidfd: a slot is never taken while its holder
-/// runs, since a draining server's workers write their slots until they
-/// exit (their last requests end, they mark their slots empty).
-///
-/// A pidfd refers to one process whatever reuses its pid later, and reads
-/// as exited once it has. The successor opens them on receiving the offer:
-/// the offering server is certainly alive then (it waits for the answer).
-/// An older server it lists may have exited in between and its pid been
-/// reused; the new process is then taken for the holder, which only keeps
-/// slots free longer than needed, never hands out a held one.
-#[derive(Debug, Default)]
-pub(crate) struct Holders(Mutex<Vec<(Held, OwnedFd)>>);
-
-impl Holders {
-    /// Watches the servers that hold slots according to `offer`: the
-    /// offering server and the older ones it lists. One that has exited
-    /// already is left out.
-    ///
-    /// # Errors
-    /// When a pidfd cannot be opened (the slots' holder could not be
-    /// watched; the hand-over is refused rather than risk reusing them).
-    pub(crate) fn watch(offer: &Offer) -> io::Result<Self> {
-        let mut watched = Vec::new();
-        for held in std::iter::once(offer.own()).chain(offer.held.iter().copied()) {
-            if let Some(fd) = sys::pidfd_open(held.pid)? {
-                watched.push((held, fd));
-            }
-        }
-        Ok(Self(Mutex::new(watched)))
-    }
-
-    /// The slots held by those still running; the ones that exited are
-    /// forgotten.
-    pub(crate) fn live(&self) -> Vec<Held> {
-        let mut watched = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        watched.retain(|(_, fd)| !sys::has_exited(fd.as_fd()));
-        watched.iter().map(|(held, _)| *held).collect()
-    }
-}
-
 /// Hands `server` over to a successor started as `upgrade` says, and waits
 /// until it serves: then every worker of `server` begins its drain. On
-/// failure `server` keeps serving (taking the bitmap back if the successor
+/// failure `server` keeps serving (taking the list back if the successor
 /// had taken it) and the error is logged and returned.
 pub(crate) fn offer(server: &ServerState, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
     let mode = server.dispatch.mode();
@@ -83,7 +36,7 @@ pub(crate) fn offer(server: &ServerState, upgrade: Upgrade) -> Result<Upgraded, 
     let result = send_offer(server, upgrade);
     match &result {
         Ok(done) => {
-            // At once: from now on only a stale bitmap (the kernel's hash
+            // At once: from now on only a stale list (the kernel's hash
             // then) could still send a connection to these listeners.
             tracing::info!(successor = done.pid, "upgrade: the successor serves; draining this server");
             for id in 0..server.worker_count() {
@@ -91,8 +44,8 @@ pub(crate) fn offer(server: &ServerState, upgrade: Upgrade) -> Result<Upgraded, 
             }
         }
         Err(e) => {
-            if server.dispatch.dispatcher().is_some() && !server.dispatch.owns_bitmap() {
-                server.dispatch.take_over(server.eligible_now());
+            if server.dispatch.dispatcher().is_some() && !server.dispatch.owns_list() {
+                server.take_over();
             }
             tracing::error!(error = %e, "upgrade failed; this server keeps serving");
             server.handover.upgrading.store(false, Ordering::Release);
@@ -129,7 +82,7 @@ fn send_offer(server: &ServerState, upgrade: Upgrade) -> Result<Upgraded, Upgrad
     protocol::offer(upgrade, &offer, &listeners, kernel.as_ref())
 }
 
-/// A successor whose workers serve takes over: the bitmap moves to its
+/// A successor whose workers serve takes over: the list moves to its
 /// workers in one step, the running server is told, and the inherited
 /// listeners are let go (the running server stops them as it drains).
 /// Under systemd (`NOTIFY_SOCKET` set), a server tells it `READY=1` once
@@ -146,7 +99,7 @@ pub(crate) fn complete(server: &ServerState) {
         return;
     };
     if server.dispatch.dispatcher().is_some() {
-        server.dispatch.take_over(server.eligible_now());
+        server.take_over();
     }
     // Under systemd (`NotifyAccess=all`), the service's main process is
     // this one from now on: the old one is about to exit.
@@ -246,6 +199,7 @@ pub(crate) fn check_offer(offer: &Offer, mode: Mode) -> Result<(), UpgradeError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::holders::Holders;
 
     fn held(pid: u32, base: usize, count: usize) -> Held {
         Held { pid, base, count }

@@ -5,13 +5,12 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, sync::Mutex, time::Duration};
 
-use hermes_bpf::{
-    Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase,
-};
+use hermes_bpf::{Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::WorkerPhase};
 
 use super::{
     dispatch::{Dispatch, Placer, bpf_error},
-    handover::{self, Holders},
+    handover,
+    holders::Holders,
     server::ServerState,
 };
 use crate::{
@@ -40,8 +39,8 @@ pub(crate) fn open(config: Config) -> io::Result<Opened> {
 /// in the kernel's socket array.
 fn open_fresh(config: Config) -> io::Result<Opened> {
     let program = match config.mode {
-        Mode::Hermes if config.require_ebpf => Some(Dispatcher::load().map_err(bpf_error)?),
-        Mode::Hermes => match Dispatcher::load_or_fallback() {
+        Mode::Hermes if config.require_ebpf => Some(Dispatcher::load_for(config.workers).map_err(bpf_error)?),
+        Mode::Hermes => match Dispatcher::load_or_fallback(config.workers) {
             DispatchMode::Ebpf(d) => Some(*d),
             DispatchMode::KernelHash { reason } => {
                 return open_bound(config, |_| Ok(Placer::Hash { reason: Some(reason.to_string()) }));
@@ -74,13 +73,14 @@ fn open_bound(
         None => placer(&listeners)?,
     };
     let dispatch = Dispatch::new(addr, placer, 0);
-    let table =
-        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+    let table = dispatch
+        .dispatcher()
+        .map_or_else(|| Arc::new(Region::in_memory(config.workers)), |d| d.table().clone());
     reset_slots(&table, config.workers);
-    // The kernel honours any non-empty bitmap: the scheduler itself keeps
-    // `min_candidates` when enough healthy workers exist, and a bitmap
+    // The kernel honours any non-empty list: the scheduler itself keeps
+    // `min_candidates` when enough healthy workers exist, and a list
     // without the hung workers beats the hash, which would include them.
-    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    configure(&dispatch, &config);
     dispatch.claim();
     Ok((Arc::new(ServerState::new(config, table, dispatch, None, Holders::default())), listeners))
 }
@@ -165,8 +165,12 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
                 .map_err(|e| UpgradeError::io("watching the servers holding slots", e))?,
             None => Holders::default(),
         };
-        let base = match kernel {
-            Some(_) => handover::successor_base(MAX_WORKERS, n, &holders.live(), offer.pid)?,
+        let base = match &kernel {
+            Some(k) => {
+                let slots =
+                    Dispatcher::inherited_slots(k).map_err(|e| UpgradeError::Mismatch(e.to_string()))?;
+                handover::successor_base(slots, n, &holders.live(), offer.pid)?
+            }
             None => 0,
         };
         let mut dispatcher = match kernel {
@@ -220,10 +224,10 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
     };
     let dispatch = Dispatch::new(addr, placer, base);
     let table: WorkerTable =
-        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(n)), |d| d.table().clone());
     reset_slots(&table, n);
-    // The kernel honours any non-empty bitmap (see `open_bound`).
-    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    // The kernel honours any non-empty list (see `open_bound`).
+    configure(&dispatch, &config);
     tracing::info!(
         old = offer.pid,
         %addr,
@@ -234,6 +238,13 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
         "upgrade: took the running server's listeners and kernel state; starting the workers"
     );
     Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited), holders)), listeners))
+}
+
+/// Stores the program's settings: any non-empty list is honoured, the
+/// staleness limit, the fine filter and locality.
+fn configure(dispatch: &Dispatch, config: &Config) {
+    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    dispatch.control().set_locality(config.locality);
 }
 
 /// Empties the first `n` slots of `table` and marks them starting.

@@ -6,7 +6,9 @@ use std::sync::{Mutex, atomic::AtomicBool};
 
 use hermes_bpf::WorkerTable;
 
-use super::{dispatch::Dispatch, handover::Holders, placement::Placement, workers::Workers};
+use super::{
+    dispatch::Dispatch, holders::Holders, pass_state::PassState, placement::Placement, workers::Workers,
+};
 use crate::{config::Config, upgrade::protocol::Inherited};
 
 /// One running server (see the module).
@@ -23,6 +25,11 @@ pub(crate) struct ServerState {
     /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample (see
     /// `tick`).
     pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+    /// The first worker of the next accept-queue sample, past
+    /// `SAMPLE_AT_MOST` workers (see `tick`).
+    pub(crate) sample_cursor: std::sync::atomic::AtomicUsize,
+    /// The scheduler pass's scratch and its set of hung workers (see `pass`).
+    pub(crate) pass: PassState,
 }
 
 /// Where the server is in an upgrade.
@@ -49,6 +56,7 @@ impl ServerState {
         inherited: Option<Inherited>,
         holders: Holders,
     ) -> Self {
+        let config_workers = config.workers;
         let workers = Workers::new(config.workers, config.pin_workers);
         let placement = Placement::new(table.clone(), &config);
         Self {
@@ -63,6 +71,8 @@ impl ServerState {
                 holders,
             },
             sampled_ns: std::sync::atomic::AtomicU64::new(0),
+            sample_cursor: std::sync::atomic::AtomicUsize::new(0),
+            pass: PassState::new(config_workers),
         }
     }
 

@@ -1,18 +1,22 @@
 //! The work every worker does for the server on each tick: its heartbeat and
-//! utilisation ([`WorkerTick`]), the accept-queue sample of every listener,
-//! the scheduler pass that publishes the bitmap, the placement target, the
-//! dispatch self-check; and, between ticks, taking the connections queued
-//! on a hung worker's listener.
+//! utilisation ([`WorkerTick`]); and, by the first worker to tick in each
+//! half tick, for the whole server: the accept-queue sample of the
+//! listeners, the scheduler pass that publishes the list (`pass`), the
+//! placement target and the dispatch self-check. And, between ticks, taking
+//! the connections queued on a hung worker's listener. The server's work per
+//! tick is O(workers), whatever their number.
 
 use std::{net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering};
 
-use hermes_bpf::{Counters, layout::WorkerState, monotonic_ns};
+use hermes_bpf::{Counters, layout::WorkerState, layout::counter, monotonic_ns};
 
 use super::{selfcheck::Finding, selfcheck::Reading, server::ServerState};
-use crate::{
-    scheduler::{self, PassInput},
-    sys,
-};
+use crate::sys;
+
+/// Most listeners one sample reads (one `getsockopt` each): beyond, the
+/// samples take the listeners in turn, so a sample stays short at any
+/// number of workers (at 1024, each queue is read every fourth sample).
+const SAMPLE_AT_MOST: usize = 256;
 
 /// One worker's share of the tick.
 #[derive(Debug, Default)]
@@ -21,20 +25,19 @@ pub(crate) struct WorkerTick {
 }
 
 impl WorkerTick {
-    /// Worker `id`'s tick: its heartbeat and utilisation, then the server's
-    /// accept-queue sample (if no other worker took it within half a
-    /// tick), a scheduler pass published as `id`, and the placement target.
-    /// Returns the bitmap of the pass.
-    pub(crate) fn run(&mut self, server: &ServerState, id: usize) -> u64 {
+    /// Worker `id`'s tick: its heartbeat and utilisation; then, unless
+    /// another worker did within half a tick, the server's accept-queue
+    /// sample, a scheduler pass published as `id`, and the placement target.
+    pub(crate) fn run(&mut self, server: &ServerState, id: usize) {
         let now = monotonic_ns();
         let slot = &server.table[id];
         // Relaxed: a lone timestamp (see `WorkerState`).
         slot.heartbeat_ns.store(now, Ordering::Relaxed);
         self.util.sample(slot, now);
-        server.sample_accept_queues();
-        let bitmap = server.schedule(id);
-        server.placement.refresh_target(now);
-        bitmap
+        if server.sample_accept_queues() {
+            server.schedule(id);
+            server.placement.refresh_target(now);
+        }
     }
 }
 
@@ -62,37 +65,23 @@ impl UtilMeter {
 }
 
 impl ServerState {
-    /// The scheduler's input now: this server's slots.
-    fn pass_input(&self, now_ns: u64) -> PassInput<'_> {
-        PassInput {
-            workers: &self.table[..self.config.workers],
-            now_ns,
-            hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
-            min_candidates: self.config.min_candidates,
-        }
+    /// How long until worker `id`'s next tick. A worker's ticks fall on a
+    /// grid of the tick's period (`CLOCK_MONOTONIC`), offset per worker to
+    /// spread the workers' wake-ups over the period, so that the timers a
+    /// worker runs once a tick (its housekeeping, its listener's look at
+    /// hung workers) fall due together and cost one wake-up, not one each.
+    pub(crate) fn until_next_tick(&self, id: usize) -> std::time::Duration {
+        let tick = u64::try_from(self.config.tick.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let offset = (id as u64 % self.config.workers as u64) * tick / self.config.workers as u64;
+        let since = (monotonic_ns() % tick + tick - offset) % tick;
+        std::time::Duration::from_nanos(tick - since)
     }
 
-    /// The workers eligible now, by the policy, among those serving.
-    pub(crate) fn eligible_now(&self) -> u64 {
-        scheduler::eligible_serving(&*self.config.policy, &self.pass_input(monotonic_ns()))
-    }
-
-    /// One scheduler pass, published as worker `publisher` while this
-    /// server owns the bitmap; 0 (and nothing published) until every worker
-    /// has started. Returns the bitmap in worker ids.
-    pub(crate) fn schedule(&self, publisher: usize) -> u64 {
-        if !self.workers.all_started() {
-            return 0;
-        }
-        let input = self.pass_input(monotonic_ns());
-        let bitmap = scheduler::eligible_serving(&*self.config.policy, &input);
-        self.dispatch.publish(bitmap, input.now_ns, publisher);
-        bitmap
-    }
-
-    /// Samples the accept queue of every worker's listener (one
-    /// `getsockopt(TCP_INFO)` each) into the workers' slots, unless another
-    /// worker did within the last half tick. Returns whether it sampled.
+    /// Samples the accept queue of the workers' listeners (one
+    /// `getsockopt(TCP_INFO)` each, at most [`SAMPLE_AT_MOST`] of them, in
+    /// turn) into the workers' slots, unless another worker did within the
+    /// last half tick. Returns whether it sampled: the sampler then runs the
+    /// server's pass too.
     ///
     /// Any worker samples every listener, rather than only its own: a worker
     /// that is descheduled or stuck is exactly the one whose queue grows, and
@@ -119,7 +108,15 @@ impl ServerState {
             self.dispatch.shared_listener().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
         let counters = self.dispatch.counters();
         let base = self.dispatch.slot_base;
-        for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
+        let n = self.config.workers;
+        let (first, count) = match n <= SAMPLE_AT_MOST {
+            true => (0, n),
+            // Relaxed: the cursor only spreads the samples; the sampler is
+            // elected above.
+            false => (self.sample_cursor.fetch_add(SAMPLE_AT_MOST, Ordering::Relaxed) % n, SAMPLE_AT_MOST),
+        };
+        for id in (first..first + count).map(|i| i % n) {
+            let (slot, control) = (&self.table[id], self.workers.control(id));
             // The placements counted so far are in the queue about to be read
             // (or already accepted); those made after this read are not.
             let seen = counters.map(|c| Counters::recent(c, base + id));
@@ -145,17 +142,18 @@ impl ServerState {
     fn check_dispatch(&self, now: u64) {
         let Some(counters) = self.dispatch.counters() else { return };
         let n = self.config.workers;
+        let base = self.dispatch.slot_base;
         let finding = self.dispatch.selfcheck.observe(now, || {
-            let read = Counters::read(counters);
             // Relaxed: independent counters and gauges (see `WorkerState`).
             let accepted = self.table[..n].iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
             let queued: u64 =
                 self.table[..n].iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
+            let recent: u64 = (base..base + n).map(|slot| Counters::recent(counters, slot)).sum();
             Reading {
                 at_ns: now,
                 accepted,
-                runs: read.runs,
-                pending: queued + read.recent[..n].iter().sum::<u64>(),
+                runs: Counters::get(counters, counter::RUNS),
+                pending: queued + recent,
             }
         });
         let addr: SocketAddr = self.dispatch.addr;
@@ -181,18 +179,27 @@ impl ServerState {
 
     /// One connection from the listener of a worker other than `me` that
     /// hangs (heartbeat older than the hang threshold), or `None` when no
-    /// hung worker's listener holds one. Takes the stop lock of a worker
-    /// only once that worker hangs: never on a healthy server. Returns the
-    /// connection, its peer and the hung worker.
+    /// hung worker's listener holds one. Looks only at the workers the last
+    /// pass found hung (one load when none is) and checks each again, and
+    /// accepts only from a listener whose last sample showed a queue (or on
+    /// which the program placed connections since): an `accept` on an empty
+    /// listener still costs a socket allocation, and every worker looks
+    /// every tick. Takes the stop lock of a worker only once that worker
+    /// hangs: never on a healthy server. Returns the connection, its peer
+    /// and the hung worker.
     pub(crate) fn take_from_hung(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
         let threshold = u64::try_from(self.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
-        for (id, control) in self.workers.iter().enumerate() {
-            let state = &self.table[id];
-            // Relaxed: a lone timestamp and a lone state (see `WorkerState`);
+        let counters = self.dispatch.counters();
+        for id in self.pass.hung() {
+            let (state, control) = (&self.table[id], self.workers.control(id));
+            // Relaxed: lone timestamps, states and gauges (see `WorkerState`);
             // a stale reading costs one look too many or too few.
             let heartbeat = state.heartbeat_ns.load(Ordering::Relaxed);
+            let queued = state.accept_queue.load(Ordering::Relaxed) > 0
+                || counters.is_some_and(|c| Counters::recent(c, self.dispatch.slot_base + id) > 0);
             if id == me
+                || !queued
                 || state.phase() != hermes_bpf::layout::WorkerPhase::Serving
                 || heartbeat == 0
                 || now.saturating_sub(heartbeat) < threshold

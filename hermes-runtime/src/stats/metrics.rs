@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use hermes_bpf::monotonic_ns;
+use hermes_bpf::{Counters, layout::counter, monotonic_ns};
 
 use crate::state::{SelfCheck, ServerState};
 
@@ -86,7 +86,7 @@ impl WorkerMetrics {
     }
 
     /// Sets every metric from the worker's slot and the kernel's counters.
-    pub(crate) fn export(&self, server: &ServerState, bitmap: u64) {
+    pub(crate) fn export(&self, server: &ServerState) {
         let id = self.id;
         let w = &server.table[id];
         let control = server.workers.control(id);
@@ -95,7 +95,7 @@ impl WorkerMetrics {
         self.open.set(w.open_conns.load(Ordering::Relaxed) as f64);
         self.in_flight.set(w.in_flight.load(Ordering::Relaxed) as f64);
         self.queue.set(w.accept_queue.load(Ordering::Relaxed) as f64);
-        self.eligible.set(if bitmap & (1 << id) != 0 { 1.0 } else { 0.0 });
+        self.eligible.set(if server.dispatch.is_eligible(id) { 1.0 } else { 0.0 });
         let hb = w.heartbeat_ns.load(Ordering::Relaxed);
         self.heartbeat_age.set(monotonic_ns().saturating_sub(hb) as f64 / 1e9);
         self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
@@ -115,14 +115,15 @@ impl WorkerMetrics {
             g.set(if lost { 1.0 } else { 0.0 });
         }
         self.dispatch_lost.absolute(server.dispatch.selfcheck.losses());
-        if let Some(c) = server.dispatch.read_counters() {
-            self.dispatched.absolute(c.dispatched[server.dispatch.slot_base + id]);
-            for (m, v) in
-                self.fallbacks.iter().zip([c.fallback_too_few, c.fallback_stale, c.fallback_no_socket])
-            {
-                m.absolute(v);
+        // The few counters this worker exports, read one by one: a full
+        // read of every slot's would cost O(workers) per worker.
+        if let Some(c) = server.dispatch.counters() {
+            self.dispatched.absolute(Counters::get(c, counter::dispatched(server.dispatch.slot_base + id)));
+            let reasons = [counter::FALLBACK_TOO_FEW, counter::FALLBACK_STALE, counter::FALLBACK_NO_SOCKET];
+            for (m, index) in self.fallbacks.iter().zip(reasons) {
+                m.absolute(Counters::get(c, index));
             }
-            self.migrated.absolute(c.migrated);
+            self.migrated.absolute(Counters::get(c, counter::MIGRATED));
         }
     }
 }

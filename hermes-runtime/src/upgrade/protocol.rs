@@ -27,9 +27,22 @@ use nix::{
 pub(crate) use super::offer::Offer;
 use super::{UPGRADE_FD_ENV, Upgrade, UpgradeError, Upgraded};
 
-/// Most descriptors one offer carries: a listener per worker and five
-/// kernel objects.
-const MAX_FDS: usize = hermes_bpf::layout::MAX_WORKERS + 5;
+/// Most descriptors one message carries (the kernel's `SCM_MAX_FD`). An
+/// offer of more listeners sends the rest in messages of their own, each
+/// [`CONTINUED`] with up to this many.
+const MAX_FDS: usize = 253;
+
+/// The text of a message carrying more of the offer's listeners.
+const CONTINUED: &str = "listeners";
+
+/// The kernel objects an offer carries (program and four maps).
+const KERNEL_FDS: usize = 5;
+
+/// How many listeners the offer's first message carries (beside the
+/// kernel's descriptors); the others follow in [`CONTINUED`] messages.
+fn first_listeners(listeners: usize, kernel: bool) -> usize {
+    listeners.min(MAX_FDS - if kernel { KERNEL_FDS } else { 0 })
+}
 
 /// The current binary's path: `/proc/self/exe`'s target, without the
 /// ` (deleted)` the kernel appends once the file was replaced (an upgrade
@@ -84,6 +97,28 @@ fn recv(sock: &OwnedFd, timeout: Duration) -> Result<Option<(String, Vec<OwnedFd
     Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fds)))
 }
 
+/// Sends the offer: the header, the first listeners and the kernel's
+/// descriptors in one message, then the other listeners, a message at most
+/// [`MAX_FDS`] at a time (more than 248 workers).
+fn send_offer(
+    sock: &OwnedFd,
+    offer: &Offer,
+    listeners: &[OwnedFd],
+    kernel: Option<&KernelFds>,
+) -> Result<(), UpgradeError> {
+    let first = first_listeners(listeners.len(), kernel.is_some());
+    let mut fds: Vec<RawFd> = listeners[..first].iter().map(AsRawFd::as_raw_fd).collect();
+    if let Some(k) = kernel {
+        fds.extend(k.iter().map(AsRawFd::as_raw_fd));
+    }
+    send(sock, offer.encode().as_bytes(), &fds)?;
+    for chunk in listeners[first..].chunks(MAX_FDS) {
+        let fds: Vec<RawFd> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
+        send(sock, CONTINUED.as_bytes(), &fds)?;
+    }
+    Ok(())
+}
+
 /// The old server's side: starts the successor, offers it `listeners` and
 /// `kernel`, and waits for its answer. Returns the successor's pid once it
 /// answered `ready`.
@@ -125,11 +160,7 @@ pub(crate) fn offer(
     let pid = child.id();
     tracing::info!(successor = pid, command = %shown, "upgrade: successor started; offering the listeners and the kernel state");
     let result = (|| {
-        let mut fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-        if let Some(k) = kernel {
-            fds.extend(k.iter().map(AsRawFd::as_raw_fd));
-        }
-        send(&ours, offer.encode().as_bytes(), &fds)?;
+        send_offer(&ours, offer, listeners, kernel)?;
         let deadline = Instant::now() + upgrade.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -271,24 +302,39 @@ pub(crate) fn receive(
         Ok(o) => o,
         Err(e) => return Err((channel, e)),
     };
-    let want = offer.listeners + if offer.kernel { 5 } else { 0 };
+    let first = first_listeners(offer.listeners, offer.kernel);
+    let want = first + if offer.kernel { KERNEL_FDS } else { 0 };
     if fds.len() != want || offer.listeners == 0 {
         return Err((
             channel,
             UpgradeError::Protocol(format!(
-                "the offer announced {want} descriptors ({} listeners), {} arrived",
+                "the offer announced {want} descriptors in its first message ({} listeners in all), {} arrived",
                 offer.listeners,
                 fds.len()
             )),
         ));
     }
     let kernel = if offer.kernel {
-        let k: Vec<OwnedFd> = fds.drain(offer.listeners..).collect();
-        let k: [OwnedFd; 5] = k.try_into().expect("five checked above");
+        let k: Vec<OwnedFd> = fds.drain(first..).collect();
+        let k: [OwnedFd; KERNEL_FDS] = k.try_into().expect("five checked above");
         Some(KernelFds::from_fds(k))
     } else {
         None
     };
+    while fds.len() < offer.listeners {
+        match recv(&channel, timeout) {
+            Ok(Some((text, more)))
+                if text == CONTINUED && !more.is_empty() && fds.len() + more.len() <= offer.listeners =>
+            {
+                fds.extend(more);
+            }
+            Ok(_) => {
+                let e = format!("the offer announced {} listeners, {} arrived", offer.listeners, fds.len());
+                return Err((channel, UpgradeError::Protocol(e)));
+            }
+            Err(e) => return Err((channel, e)),
+        }
+    }
     let listeners = fds.into_iter().map(TcpListener::from).collect();
     Ok((Inherited { channel, offer, listeners }, kernel))
 }
@@ -309,6 +355,39 @@ pub(crate) fn ready(channel: &OwnedFd) -> Result<(), UpgradeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An offer of 600 listeners and the kernel's five descriptors: more
+    /// than one message carries (`SCM_MAX_FD`), so they arrive in three,
+    /// every one in order.
+    #[test]
+    fn an_offer_of_more_listeners_than_one_message_carries_arrives_whole() {
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let listeners: Vec<TcpListener> =
+            (0..600).map(|_| TcpListener::bind("127.0.0.1:0").expect("a listener")).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let owned: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let kernel = KernelFds::from_fds([null(), null(), null(), null(), null()]);
+        let offer = Offer {
+            pid: 1,
+            mode: crate::config::Mode::Hermes,
+            layout: hermes_bpf::layout::LAYOUT_VERSION,
+            slot_base: 0,
+            workers: 600,
+            listeners: 600,
+            kernel: true,
+            held: Vec::new(),
+        };
+        // The socket's buffer holds the three messages; the reader comes after.
+        send_offer(&ours, &offer, &owned, Some(&kernel)).expect("sent");
+        drop(owned);
+        let (inherited, kernel) =
+            receive(theirs, Duration::from_secs(5)).map_err(|(_, e)| e).expect("received");
+        assert!(kernel.is_some());
+        let got: Vec<u16> = inherited.listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(got, ports, "every listener, in order");
+    }
 
     #[test]
     fn only_a_hand_over_socket_is_taken_from_the_environment() {

@@ -1,0 +1,65 @@
+//! [`PassState`]: what the scheduler pass (`pass`) keeps between runs: its
+//! output buffer and the set of hung workers it found.
+
+use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use crate::scheduler::WorkerSet;
+
+/// What the pass keeps between runs.
+pub(crate) struct PassState {
+    /// The pass's output, reused so that a pass allocates nothing; held
+    /// while a pass runs (passes never overlap).
+    scratch: Mutex<WorkerSet>,
+    /// The workers the last pass found hung (serving, heartbeat older than
+    /// the hang threshold), one bit each.
+    hung: Box<[AtomicU64]>,
+    /// Whether any bit of `hung` is set: the common case, none, is one load.
+    any_hung: AtomicBool,
+}
+
+impl PassState {
+    /// The state of a server of `workers` workers.
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            scratch: Mutex::new(WorkerSet::with_capacity(workers)),
+            hung: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            any_hung: AtomicBool::new(false),
+        }
+    }
+
+    /// The pass's output buffer, held for the pass (passes never overlap).
+    pub(crate) fn scratch(&self) -> MutexGuard<'_, WorkerSet> {
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The words of the hung set, for the pass to store.
+    pub(crate) fn hung_words(&self) -> &[AtomicU64] {
+        &self.hung
+    }
+
+    /// Records whether any worker was found hung.
+    pub(crate) fn set_any_hung(&self, any: bool) {
+        // Relaxed: a hint, see `PassState::hung`.
+        self.any_hung.store(any, Ordering::Relaxed);
+    }
+
+    /// The workers the last pass found hung, in id order.
+    pub(crate) fn hung(&self) -> impl Iterator<Item = usize> + '_ {
+        // Relaxed: a hint refreshed every tick; the caller checks the worker
+        // again before acting on it.
+        let any = self.any_hung.load(Ordering::Relaxed);
+        self.hung.iter().enumerate().take_while(move |_| any).flat_map(|(i, word)| {
+            let mut rest = word.load(Ordering::Relaxed);
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros() as usize;
+                    rest &= rest - 1;
+                    i * 64 + bit
+                })
+            })
+        })
+    }
+}
