@@ -15,9 +15,9 @@ use std::{
 
 use hermes_test_support::{
     ebpf,
-    http::{get, get_within},
+    http::{get, get_within, stats},
     wait::{poll_every, poll_until},
-    workload::{Workload, alive, parse_listening, signal},
+    workload::{Pids, Workload, alive, parse_listening, signal},
 };
 use serde_json::Value;
 
@@ -25,34 +25,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
 /// The request the first server still holds while the second upgrade runs.
 const HELD_MS: u64 = 5_000;
 
-/// `/_hermes/stats` of whichever server answers; `None` while it cannot
-/// (a request placed on a worker's blocking pool answers 503).
-fn snapshot(addr: SocketAddr) -> Option<Value> {
-    let resp = get(addr, "/_hermes/stats").ok()?;
-    (resp.status == 200).then(|| serde_json::from_str(&resp.body).expect("stats JSON"))
-}
-
 /// A snapshot of the server whose pid is not one of `old`.
 fn snapshot_of_new(addr: SocketAddr, old: &[u64]) -> Value {
     poll_every(Duration::from_secs(10), Duration::from_millis(20), || {
-        snapshot(addr).filter(|s| s["pid"].as_u64().is_some_and(|p| !old.contains(&p)))
+        stats(addr).filter(|s| s["pid"].as_u64().is_some_and(|p| !old.contains(&p)))
     })
     .unwrap_or_else(|| panic!("no snapshot from a server other than {old:?}"))
-}
-
-/// The servers the test started, directly or by upgrades: killed at the
-/// end, whatever happened (the successors are not the test's children).
-struct Pids(Vec<u64>);
-
-impl Drop for Pids {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            if alive(pid as u32) {
-                // SAFETY: `kill` with a plain signal on a process this test started.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            }
-        }
-    }
 }
 
 /// Sends `SIGUSR2` to `pid` and returns its successor's pid, once it serves
@@ -82,7 +60,8 @@ fn ebpf_two_upgrades_in_a_row_while_the_first_server_drains() {
     ]));
     let addr = workload.addr;
     let first = u64::from(workload.pid());
-    let mut pids = Pids(vec![first]);
+    let mut pids = Pids(vec![first as u32]);
+    let mut seen = vec![first];
 
     // The request the first server holds through both upgrades.
     let held = thread::spawn(move || {
@@ -91,16 +70,18 @@ fn ebpf_two_upgrades_in_a_row_while_the_first_server_drains() {
     });
     let held_since = Instant::now();
     poll_every(Duration::from_secs(5), Duration::from_millis(10), || {
-        let s = snapshot(addr)?;
+        let s = stats(addr)?;
         let in_flight: u64 = s["workers"].as_array()?.iter().filter_map(|w| w["in_flight"].as_u64()).sum();
         (in_flight >= 1).then_some(())
     })
     .expect("the first server holds the request");
 
-    let second = upgrade(&workload, first, &pids.0);
-    pids.0.push(second);
-    let third = upgrade(&workload, second, &pids.0);
-    pids.0.push(third);
+    let second = upgrade(&workload, first, &seen);
+    pids.0.push(second as u32);
+    seen.push(second);
+    let third = upgrade(&workload, second, &seen);
+    pids.0.push(third as u32);
+    seen.push(third);
     assert!(
         alive(first as u32) && held_since.elapsed() < Duration::from_millis(HELD_MS),
         "the first server still drains when the third one serves (else this test shows nothing)"
@@ -113,7 +94,7 @@ fn ebpf_two_upgrades_in_a_row_while_the_first_server_drains() {
     assert_eq!((held_status, held_pid), (200, Some(first)), "the first server answers what it held");
 
     // The first server is gone: what it left behind shows now.
-    let s = snapshot_of_new(addr, &pids.0[..2]);
+    let s = snapshot_of_new(addr, &seen[..2]);
     assert_eq!(s["pid"].as_u64(), Some(third));
     for w in s["workers"].as_array().expect("workers") {
         assert_eq!(w["state"], "serving", "every worker of the third server serves: {w}");
@@ -123,7 +104,7 @@ fn ebpf_two_upgrades_in_a_row_while_the_first_server_drains() {
         }
     }
     let eligible = poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
-        let s = snapshot(addr)?;
+        let s = stats(addr)?;
         s["workers"].as_array()?.iter().any(|w| w["eligible"] == true).then_some(s)
     });
     assert!(eligible.is_some(), "the third server publishes eligible workers");
@@ -156,15 +137,16 @@ fn ebpf_an_upgrade_with_no_free_slots_names_the_server_that_still_drains() {
     );
     let addr = workload.addr;
     let first = u64::from(workload.pid());
-    let mut pids = Pids(vec![first]);
+    let mut pids = Pids(vec![first as u32]);
+    let seen = vec![first];
     let held = thread::spawn(move || get_within(addr, "/block?ms=4000", Duration::from_secs(30)));
     poll_every(Duration::from_secs(5), Duration::from_millis(10), || {
-        let s = snapshot(addr)?;
+        let s = stats(addr)?;
         s["workers"].as_array()?.iter().any(|w| w["in_flight"].as_u64() >= Some(1)).then_some(())
     })
     .expect("the first server holds the request");
-    let second = upgrade(&workload, first, &pids.0);
-    pids.0.push(second);
+    let second = upgrade(&workload, first, &seen);
+    pids.0.push(second as u32);
 
     signal(second as u32, libc::SIGUSR2);
     let want = format!("wait until pid {first} has exited");

@@ -75,9 +75,10 @@ struct Args {
     /// How new connections reach the workers.
     #[arg(long, value_enum, default_value_t = Peer::Hermes)]
     mode: Peer,
-    /// Worker threads (default: one per CPU).
-    #[arg(long, value_name = "N", default_value_t = default_workers())]
-    workers: usize,
+    /// Worker threads (default: one per CPU; the Hermes modes take at most
+    /// 1024 and say so when the CPUs are more).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Address to listen on (port 0: the kernel picks one, printed on the first line).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     addr: SocketAddr,
@@ -90,6 +91,10 @@ struct Args {
     /// How the kernel program picks one worker among the eligible ones.
     #[arg(long, value_enum, default_value_t = Fine::TwoChoices)]
     fine: Fine,
+    /// Hermes modes: the eligible worker on the CPU that received a
+    /// connection is the kernel program's first candidate (`Builder::locality`).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = Switch::Off)]
+    locality: Switch,
     /// The scheduler's absolute margin: a worker is eligible within this many
     /// units of load of the least loaded (default: the policy's own).
     #[arg(long, value_name = "N")]
@@ -186,6 +191,15 @@ enum Peer {
     Tokio,
 }
 
+/// A setting turned on or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// The kernel program's fine filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Fine {
@@ -280,12 +294,12 @@ fn app(stats: Router, scale: f64) -> Router {
 fn run_tokio(args: &Args) -> std::io::Result<()> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
+        .worker_threads(args.workers.unwrap_or_else(default_workers))
         .enable_all()
         // Relaxed: the counter only hands out distinct indices.
         .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
         .build()?;
-    let workers = args.workers;
+    let workers = args.workers.unwrap_or_else(default_workers);
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
         println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
@@ -330,8 +344,10 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     if let Some(absolute) = args.margin {
         builder.policy(LeastLoaded { absolute, ..LeastLoaded::default() });
     }
+    if let Some(n) = args.workers {
+        builder.workers(n);
+    }
     builder
-        .workers(args.workers)
         .mode(mode)
         .require_ebpf(args.require_ebpf)
         .tick(Duration::from_millis(args.tick_ms))
@@ -344,7 +360,8 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
-        });
+        })
+        .locality(args.locality == Switch::On);
     // The main thread's runtime (signals, the upgrade) exists before the
     // server announces itself: once clients may flood it past its
     // descriptor limit, creating one (epoll, eventfd) could fail with
@@ -364,6 +381,8 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     }
     let shown = match handle.mode() {
         Mode::Hermes if args.mode == Peer::HermesLocal => "hermes-local",
+        // The harness's `hermes-locality` peer.
+        Mode::Hermes if args.locality == Switch::On => "hermes-locality",
         Mode::Hermes => "hermes",
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
@@ -383,7 +402,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         }
         _ => None,
     };
-    println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
+    println!("listening on {} mode={shown} workers={}", handle.local_addr(), handle.snapshot().workers.len());
     std::io::stdout().flush()?;
     rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {

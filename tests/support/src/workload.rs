@@ -186,3 +186,20 @@ pub fn alive(pid: u32) -> bool {
         .and_then(|s| s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Processes a test started, directly or through upgrades (a successor is
+/// not the test's child): each still running is killed when this drops,
+/// whatever the test's outcome.
+#[derive(Debug, Default)]
+pub struct Pids(pub Vec<u32>);
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if alive(pid) {
+                // SAFETY: `kill` with a plain signal on a process the test started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
