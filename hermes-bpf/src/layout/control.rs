@@ -11,7 +11,10 @@
 
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
-use super::{FinePolicy, MAX_CPUS, MAX_WORKERS};
+use super::{
+    FinePolicy, MAX_CPUS, MAX_WORKERS,
+    publish_lock::{PublishLock, StolenLock, TAKE_OVER_PATIENCE},
+};
 
 /// One buffer of the list of eligible workers (`struct hermes_list`).
 #[repr(C)]
@@ -49,9 +52,12 @@ pub struct Control {
     locality: AtomicU32,
     _pad: u32,
     _line: [u64; 2],
-    /// Held (1) while a [`Control::publish_as`] checks and publishes;
-    /// userspace only (the program never reads the second cache line).
-    publish_lock: AtomicU64,
+    /// The pid of the process whose [`Control::publish_as`] (or
+    /// [`Control::take_over`]) checks and publishes at this moment, 0 when
+    /// none; userspace only (the program never reads the second cache
+    /// line). A pid, so that a successor can tell a holder that died
+    /// holding it.
+    publish_lock: PublishLock,
     /// [`LAYOUT_VERSION`](super::LAYOUT_VERSION) of the server that created
     /// the maps (userspace only).
     layout_version: AtomicU64,
@@ -247,40 +253,36 @@ impl Control {
         publisher: usize,
         fill: impl FnOnce(&mut ListWriter<'_>),
     ) -> bool {
-        // Acquire on taking the lock pairs with the Release that frees it:
-        // the holder sees every store of the previous holder's publish (and
-        // the owner a takeover stored under the lock).
-        if self.publish_lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            return false;
-        }
+        let Some(_held) = self.publish_lock.try_lock() else { return false };
         let owned = owner.is_none_or(|o| self.owner.load(Ordering::Relaxed) == o);
         let newer = owned && self.published_ns.load(Ordering::Relaxed) <= now_ns;
         if newer {
             self.write(now_ns, publisher, fill);
         }
-        self.publish_lock.store(0, Ordering::Release);
         newer
     }
 
     /// Makes `owner` the maps' owner and publishes the list `fill` writes in
-    /// its name, under the publish lock (waiting for a publish in progress).
-    /// From then on only `owner`'s [`Control::publish_as`] publishes: this is
-    /// how a successor's workers take the list from the server they
-    /// replace, in one step.
+    /// its name, under the publish lock (waiting for a publish in progress,
+    /// at most [`TAKE_OVER_PATIENCE`]). From then on only `owner`'s
+    /// [`Control::publish_as`] publishes: this is how a successor's workers
+    /// take the list from the server they replace, in one step.
+    ///
+    /// Returns the holder the lock was taken from, when it was held past
+    /// the patience or by a process that exited holding it (a server killed
+    /// in the middle of a publish): the caller says so in its logs and
+    /// metrics.
     pub fn take_over(
         &self,
         owner: u64,
         now_ns: u64,
         publisher: usize,
         fill: impl FnOnce(&mut ListWriter<'_>),
-    ) {
-        // Acquire/Release: as in `publish_as`.
-        while self.publish_lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            std::thread::yield_now();
-        }
+    ) -> Option<StolenLock> {
+        let (_held, stolen) = self.publish_lock.lock(TAKE_OVER_PATIENCE);
         self.owner.store(owner, Ordering::Relaxed);
         self.write(now_ns.max(self.published_ns.load(Ordering::Relaxed)), publisher, fill);
-        self.publish_lock.store(0, Ordering::Release);
+        stolen
     }
 
     /// The slots of the list in force, in list order.
@@ -366,82 +368,5 @@ const _: () = assert!(std::mem::offset_of!(Control, publish_lock) == 64);
 const _: () = assert!(std::mem::offset_of!(Control, lists) == 128);
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_publish_puts_a_whole_list_in_force_and_keeps_the_other_buffer() {
-        let c = Control::default();
-        assert_eq!(c.eligible_count(), 0);
-        c.publish([3, 1, 4], 10, 0);
-        assert_eq!(c.eligible().collect::<Vec<_>>(), [3, 1, 4]);
-        assert_eq!(c.published_ns.load(Ordering::Relaxed), 10);
-        c.publish(0..1000, 11, 2);
-        assert_eq!(c.eligible_count(), 1000);
-        assert!(c.eligible().eq(0..1000));
-        // The previous list stays intact in the other buffer until the next
-        // publish: a reader of the old word reads a whole list.
-        assert_eq!(
-            c.lists[1].slots[..3].iter().map(|s| s.load(Ordering::Relaxed)).collect::<Vec<_>>(),
-            [3, 1, 4]
-        );
-        assert!(!c.publish_if_newer([7], 5, 0), "an older decision never replaces a newer one");
-        assert_eq!(c.eligible_count(), 1000);
-    }
-
-    #[test]
-    fn the_list_holds_at_most_max_workers_and_slots_fit_u16() {
-        let c = Control::default();
-        c.write(1, 0, |w| {
-            for s in 0..MAX_WORKERS {
-                assert!(w.push(s));
-            }
-            assert!(!w.push(1), "full");
-            assert_eq!(w.len(), MAX_WORKERS);
-        });
-        c.write(2, 0, |w| assert!(!w.push(usize::from(u16::MAX) + 1), "beyond any map"));
-        assert_eq!(c.eligible_count(), 0);
-    }
-
-    #[test]
-    fn the_locality_table_covers_the_cpus_set_and_no_stale_entry() {
-        let c = Control::default();
-        c.write(1, 0, |w| {
-            w.push(5);
-            w.push(9);
-            w.set_local(3, 5);
-            w.set_local(1, 9);
-            assert_eq!(w.local(1), Some(9));
-            w.set_local(1, 5);
-            assert_eq!(w.local(1), Some(5), "the last one set for a CPU wins");
-        });
-        c.write(2, 0, |w| {
-            w.push(6);
-            w.set_local(0, 6);
-        });
-        // The buffer of the first list again: its CPU 3 entry must not leak.
-        c.write(3, 0, |w| {
-            w.push(7);
-            w.set_local(2, 7);
-        });
-        assert_eq!((0..5).map(|cpu| c.local(cpu)).collect::<Vec<_>>(), [None, None, Some(7), None, None]);
-        assert_eq!(c.local(MAX_CPUS + 1), None);
-    }
-
-    #[test]
-    fn only_the_owner_publishes_and_a_take_over_moves_the_list() {
-        let c = Control::default();
-        c.claim(1);
-        assert!(c.publish_as(Some(1), 5, 0, |w| {
-            w.push(0);
-        }));
-        assert!(!c.publish_as(Some(2), 6, 0, |_| panic!("not the owner: fill must not run")));
-        c.take_over(2, 4, 64, |w| {
-            w.push(64);
-        });
-        assert_eq!(c.owner(), 2);
-        assert_eq!(c.eligible().collect::<Vec<_>>(), [64]);
-        assert_eq!(c.published_ns.load(Ordering::Relaxed), 5, "a take-over never moves the time back");
-        assert!(!c.publish_as(Some(1), 7, 0, |_| {}), "the old owner publishes no more");
-    }
-}
+#[path = "control_tests.rs"]
+mod tests;

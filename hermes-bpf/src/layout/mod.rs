@@ -15,10 +15,12 @@
 //! one list of up to [`MAX_WORKERS`] eligible workers, whatever the size.
 
 mod control;
+mod publish_lock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub use control::{Control, ListWriter};
+pub use publish_lock::{StolenLock, TAKE_OVER_PATIENCE};
 
 /// Most workers one server can have: the capacity of the list of eligible
 /// workers the program draws from.

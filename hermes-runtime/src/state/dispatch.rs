@@ -162,9 +162,22 @@ impl Dispatch {
     }
 
     /// Makes this server the maps' owner and publishes the list `fill`
-    /// writes (in slots) at once.
+    /// writes (in slots) at once. A publish lock that its holder kept past
+    /// the patience, or left behind when it died, is taken from it: logged
+    /// and counted (`hermes_publish_lock_taken_total`).
     pub(crate) fn take_over(&self, fill: impl FnOnce(&mut ListWriter<'_>)) {
-        self.control().take_over(self.owner, monotonic_ns(), self.slot_base, fill);
+        let stolen = self.control().take_over(self.owner, monotonic_ns(), self.slot_base, fill);
+        if let Some(s) = stolen {
+            tracing::warn!(
+                holder = s.holder,
+                holder_exited = s.exited,
+                waited = ?s.waited,
+                "taking over the list of eligible workers: the publish lock was held by pid {} ({}); taken from it",
+                s.holder,
+                if s.exited { "exited while holding it" } else { "held past the patience" }
+            );
+            metrics::counter!("hermes_publish_lock_taken_total").increment(1);
+        }
     }
 
     /// Publishes the list `fill` writes (in slots), stamped `now_ns`, as

@@ -20,8 +20,10 @@ use crate::state::{SelfCheck, ServerState};
 /// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
 /// other: in Hermes mode, `kernel-hash` with the self-check's reason while
 /// the program is found not running) and counters
-/// `hermes_fallbacks_total{reason}`, `hermes_migrated_total` and
-/// `hermes_dispatch_lost_total`.
+/// `hermes_fallbacks_total{reason}`, `hermes_migrated_total`,
+/// `hermes_dispatch_lost_total` and `hermes_publish_lock_taken_total` (a
+/// take-over found the publish lock held by a dead or stalled holder, see
+/// [`Control::take_over`](hermes_bpf::layout::Control::take_over)).
 pub(crate) struct WorkerMetrics {
     id: usize,
     open: metrics::Gauge,
