@@ -367,6 +367,12 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // descriptor limit, creating one (epoll, eventfd) could fail with
     // `EMFILE`, and the process would exit while its workers serve.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The SIGUSR2 handler too: whoever reads the announcement below may
+    // signal at once, and an unhandled SIGUSR2 would end the process.
+    let usr2 = {
+        let _entered = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    };
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
@@ -404,7 +410,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), handle.snapshot().workers.len());
     std::io::stdout().flush()?;
-    rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
+    rt.block_on(hermes_tower::serve::upgrade_on(handle, usr2, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
             eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
             std::future::pending::<()>().await;
