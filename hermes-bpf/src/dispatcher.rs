@@ -72,7 +72,8 @@ pub struct Dispatcher {
 /// an inherited one is kept as its descriptor and attached with
 /// `setsockopt` directly).
 enum Program {
-    Loaded(Ebpf),
+    /// Loaded from the embedded object: the object and the program's name.
+    Loaded(Ebpf, &'static str),
     Inherited,
 }
 
@@ -108,6 +109,18 @@ impl Dispatcher {
     /// [`Error::WorkerOutOfRange`] for more than
     /// [`MAX_WORKERS`](layout::MAX_WORKERS) workers.
     pub fn load_for(workers: usize) -> Result<Self, Error> {
+        Self::load_program_for(layout::PROGRAM_NAME, workers)
+    }
+
+    /// [`Dispatcher::load_for`] with program `name` of the embedded object
+    /// (of the same maps) instead of [`layout::PROGRAM_NAME`]: for the
+    /// kernel cost bench's floor ([`layout::FLOOR_PROGRAM_NAME`]) and for
+    /// tests of a server whose program differs from another's.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::load_for`]; [`Error::KernelRefused`] when the
+    /// object has no such program.
+    pub fn load_program_for(name: &'static str, workers: usize) -> Result<Self, Error> {
         if workers > layout::MAX_WORKERS {
             return Err(Error::WorkerOutOfRange { worker: workers, max: layout::MAX_WORKERS });
         }
@@ -119,10 +132,10 @@ impl Dispatcher {
             .load(OBJECT)
             .map_err(|e| error::classify("creating the maps", &e))?;
         let program: &mut SkReuseport = ebpf
-            .program_mut(layout::PROGRAM_NAME)
+            .program_mut(name)
             .ok_or(Error::KernelRefused {
                 what: "reading the embedded object",
-                detail: format!("program `{}` is missing", layout::PROGRAM_NAME),
+                detail: format!("program `{name}` is missing"),
             })?
             .try_into()
             .map_err(|e| error::classify("reading the program", &e))?;
@@ -158,7 +171,7 @@ impl Dispatcher {
             program: program_fd,
         };
         Ok(Self {
-            program: Program::Loaded(ebpf),
+            program: Program::Loaded(ebpf, name),
             sockets,
             fds,
             control,
@@ -298,14 +311,14 @@ impl Dispatcher {
     /// [`Error::KernelRefused`] for a program inherited in an upgrade (aya
     /// 0.14 reads the statistics of programs it loaded only).
     pub fn program_stats(&self) -> Result<ProgramStats, Error> {
-        let Program::Loaded(ebpf) = &self.program else {
+        let Program::Loaded(ebpf, name) = &self.program else {
             return Err(Error::KernelRefused {
                 what: "reading the program's info",
                 detail: "the program was inherited from the server this one replaced".into(),
             });
         };
         let info = ebpf
-            .program(layout::PROGRAM_NAME)
+            .program(name)
             .map(|p| p.info())
             .expect("the program exists once loaded")
             .map_err(|e| error::classify("reading the program's info", &e))?;
@@ -360,37 +373,39 @@ impl Dispatcher {
     }
 
     /// Attaches the program to the `SO_REUSEPORT` group of `listener` (the
-    /// whole group: any member will do).
+    /// whole group: any member will do), replacing the group's program if
+    /// it has one. By its descriptor, loaded or inherited alike (aya 0.14
+    /// cannot make an `SkReuseport` of an inherited one).
     pub fn attach(&self, listener: &impl AsFd) -> Result<(), Error> {
-        let ebpf = match &self.program {
-            Program::Loaded(ebpf) => ebpf,
-            Program::Inherited => {
-                let prog = self.fds.program.as_raw_fd();
-                // SAFETY: plain setsockopt with an int-sized value; both
-                // descriptors are open for the call.
-                let ret = unsafe {
-                    libc::setsockopt(
-                        listener.as_fd().as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_ATTACH_REUSEPORT_EBPF,
-                        (&raw const prog).cast(),
-                        size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if ret != 0 {
-                    return Err(Error::Attach {
-                        what: "attaching",
-                        detail: std::io::Error::last_os_error().to_string(),
-                    });
-                }
-                return Ok(());
-            }
+        let prog = self.fds.program.as_raw_fd();
+        // SAFETY: plain setsockopt with an int-sized value; both
+        // descriptors are open for the call.
+        let ret = unsafe {
+            libc::setsockopt(
+                listener.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_EBPF,
+                (&raw const prog).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
         };
-        let program: &SkReuseport = ebpf
-            .program(layout::PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .expect("the program was loaded as SkReuseport in Dispatcher::load");
-        program.attach(listener).map_err(|e| Error::Attach { what: "attaching", detail: error_chain(&e) })
+        if ret != 0 {
+            return Err(Error::Attach {
+                what: "attaching",
+                detail: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel's tag of the program (a hash of its instructions, the
+    /// same for the same program whatever maps it uses): a successor
+    /// compares its own program's with the one it was offered.
+    ///
+    /// # Errors
+    /// As [`KernelFds::program_tag`].
+    pub fn program_tag(&self) -> Result<u64, Error> {
+        self.fds.program_tag()
     }
 
     /// Detaches whatever program the group of `listener` has; the kernel hash

@@ -257,3 +257,21 @@ fn ebpf_queue_sample_consumes_only_the_placements_it_saw() {
     assert_eq!(d.counters().recent[1], 0, "never below zero");
     assert_eq!(counts(&accept_all(&refs(&listeners), 15)), [0, 15]);
 }
+
+/// The program's kernel tag: the same for the same program loaded twice
+/// (other maps), another for another program of the same maps, and what a
+/// successor reads from the descriptors it was handed.
+#[test]
+fn ebpf_program_tags_tell_programs_apart() {
+    let Some(a) = dispatcher_or_skip("ebpf_program_tags_tell_programs_apart") else {
+        return;
+    };
+    let b = Dispatcher::load_for(300).expect("a second load, with larger maps");
+    let floor = Dispatcher::load_program_for(hermes_bpf::layout::FLOOR_PROGRAM_NAME, 2).expect("the floor");
+    let tag = a.program_tag().expect("a tag");
+    assert_ne!(tag, 0);
+    assert_eq!(b.program_tag().expect("a tag"), tag, "the same program, other maps");
+    assert_ne!(floor.program_tag().expect("a tag"), tag, "another program");
+    let handed = a.export_fds().expect("the descriptors");
+    assert_eq!(handed.program_tag().expect("a tag"), tag);
+}

@@ -272,6 +272,10 @@ impl Drop for ServerHandle {
 }
 
 #[cfg(test)]
+#[path = "server_program_tests.rs"]
+mod program_tests;
+
+#[cfg(test)]
 mod tests {
     use std::{io::Read, process::Command};
 

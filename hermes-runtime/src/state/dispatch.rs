@@ -46,6 +46,12 @@ pub(crate) struct Dispatch {
     owner: u64,
     /// Whether the program still sees the connections (Hermes mode).
     pub(crate) selfcheck: SelfCheck,
+    /// The control map of the server this successor replaces, when this
+    /// one runs a program of its own (with maps of its own): the takeover
+    /// attaches this server's program and takes the list's ownership there
+    /// too, so that the replaced server knows it no longer places
+    /// connections.
+    previous: Option<ControlRegion>,
 }
 
 impl Dispatch {
@@ -61,7 +67,20 @@ impl Dispatch {
             // Process memory: nobody else publishes there.
             control[0].claim(owner);
         }
-        Self { addr, placer, control, slot_base, owner, selfcheck: SelfCheck::default() }
+        Self { addr, placer, control, slot_base, owner, selfcheck: SelfCheck::default(), previous: None }
+    }
+
+    /// This successor runs its own program: `previous` is the control map
+    /// of the server it replaces (see the field).
+    pub(crate) fn replacing_program_of(mut self, previous: ControlRegion) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    /// Whether this successor runs its own program rather than the one of
+    /// the server it replaces.
+    pub(crate) fn runs_own_program(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// The mode this server was started in.
@@ -150,7 +169,7 @@ impl Dispatch {
     }
 
     /// Whether this server publishes the list (a server whose maps a
-    /// successor took over does not).
+    /// successor took over does not, nor does it attach its program again).
     pub(crate) fn owns_list(&self) -> bool {
         self.control().owner() == self.owner
     }
@@ -166,8 +185,12 @@ impl Dispatch {
     /// the patience, or left behind when it died, is taken from it: logged
     /// and counted (`hermes_publish_lock_taken_total`).
     pub(crate) fn take_over(&self, fill: impl FnOnce(&mut ListWriter<'_>)) {
-        let stolen = self.control().take_over(self.owner, monotonic_ns(), self.slot_base, fill);
-        if let Some(s) = stolen {
+        let now = monotonic_ns();
+        // The replaced server's list: ours from now on, and empty (its
+        // program no longer runs once ours is attached).
+        let previous = self.previous.as_ref().and_then(|p| p[0].take_over(self.owner, now, 0, |_| {}));
+        let stolen = self.control().take_over(self.owner, now, self.slot_base, fill);
+        for s in [previous, stolen].into_iter().flatten() {
             tracing::warn!(
                 holder = s.holder,
                 holder_exited = s.exited,

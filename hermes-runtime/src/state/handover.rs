@@ -45,7 +45,10 @@ pub(crate) fn offer(server: &ServerState, upgrade: Upgrade) -> Result<Upgraded, 
         }
         Err(e) => {
             if server.dispatch.dispatcher().is_some() && !server.dispatch.owns_list() {
+                // The successor took the list (and may have attached a
+                // program of its own): both come back.
                 server.take_over();
+                server.dispatch.reattach(&server.workers);
             }
             tracing::error!(error = %e, "upgrade failed; this server keeps serving");
             server.handover.upgrading.store(false, Ordering::Release);
@@ -98,6 +101,11 @@ pub(crate) fn complete(server: &ServerState) {
         }
         return;
     };
+    if server.dispatch.runs_own_program() {
+        // The group runs the replaced server's program until this one's
+        // is attached, through any of this server's listeners.
+        server.dispatch.reattach(&server.workers);
+    }
     if server.dispatch.dispatcher().is_some() {
         server.take_over();
     }

@@ -158,29 +158,37 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             (m, _) => m,
         };
         handover::check_offer(&offer, mode)?;
+        let bpf_mismatch = |e: hermes_bpf::Error| match e {
+            hermes_bpf::Error::LayoutVersion { found, want } => UpgradeError::LayoutVersion { found, want },
+            other => UpgradeError::Mismatch(other.to_string()),
+        };
+        // A binary that carries another program than the running server's
+        // (a fixed release of the same layout) runs its own, in maps of its
+        // own: nobody else holds slots there.
+        let own = kernel.as_ref().and_then(|k| own_program(n, k));
+        let previous = match (&own, &kernel) {
+            (Some(_), Some(k)) => Some(k.map_control().map_err(bpf_mismatch)?),
+            _ => None,
+        };
         // The slots of the running server and of the older ones that still
         // drain are watched now, while the running server certainly runs.
-        let holders = match kernel {
-            Some(_) => Holders::watch(&offer)
+        let holders = match (&kernel, &own) {
+            (Some(_), None) => Holders::watch(&offer)
                 .map_err(|e| UpgradeError::io("watching the servers holding slots", e))?,
-            None => Holders::default(),
+            _ => Holders::default(),
         };
-        let base = match &kernel {
-            Some(k) => {
+        let base = match (&kernel, &own) {
+            (Some(k), None) => {
                 let slots =
                     Dispatcher::inherited_slots(k).map_err(|e| UpgradeError::Mismatch(e.to_string()))?;
                 handover::successor_base(slots, n, &holders.live(), offer.pid)?
             }
-            None => 0,
+            _ => 0,
         };
-        let mut dispatcher = match kernel {
-            Some(k) => Some(Dispatcher::inherit(k, base).map_err(|e| match e {
-                hermes_bpf::Error::LayoutVersion { found, want } => {
-                    UpgradeError::LayoutVersion { found, want }
-                }
-                other => UpgradeError::Mismatch(other.to_string()),
-            })?),
-            None => None,
+        let mut dispatcher = match (own, kernel) {
+            (Some(own), _) => Some(own),
+            (None, Some(k)) => Some(Dispatcher::inherit(k, base).map_err(bpf_mismatch)?),
+            (None, None) => None,
         };
         let addr = inherited.listeners[0]
             .local_addr()
@@ -202,9 +210,9 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             }
             listeners.push(Some(l));
         }
-        Ok((base, dispatcher, addr, listeners, holders))
+        Ok((base, dispatcher, previous, addr, listeners, holders))
     })();
-    let (base, dispatcher, addr, listeners, holders) = match opened {
+    let (base, dispatcher, previous, addr, listeners, holders) = match opened {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, old = offer.pid, "upgrade: refusing the hand-over");
@@ -222,7 +230,10 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
         }
         None => Placer::Hash { reason: None },
     };
-    let dispatch = Dispatch::new(addr, placer, base);
+    let dispatch = match previous {
+        Some(p) => Dispatch::new(addr, placer, base).replacing_program_of(p),
+        None => Dispatch::new(addr, placer, base),
+    };
     let table: WorkerTable =
         dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(n)), |d| d.table().clone());
     reset_slots(&table, n);
@@ -235,6 +246,7 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
         draining = ?offer.held.iter().map(|h| h.pid).collect::<Vec<_>>(),
         listeners = inherited.listeners.len(),
         kernel_state = dispatch.dispatcher().is_some(),
+        own_program = dispatch.runs_own_program(),
         "upgrade: took the running server's listeners and kernel state; starting the workers"
     );
     Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited), holders)), listeners))
@@ -253,4 +265,46 @@ fn reset_slots(table: &WorkerTable, n: usize) {
         slot.reset();
         slot.set_phase(WorkerPhase::Starting);
     }
+}
+
+/// This binary's program, loaded with maps of its own for `workers`
+/// workers, when it differs from the running server's (`kernel`'s, by the
+/// kernel's tags): a successor that carries a fixed program runs it rather
+/// than inherit the old one. `None` when both are the same (the running
+/// server's maps carry on, counters and all), or when it cannot tell
+/// (logged; the running server's program carries on, as before).
+fn own_program(workers: usize, kernel: &hermes_bpf::KernelFds) -> Option<Dispatcher> {
+    let own = match Dispatcher::load_program_for(own_program_name(), workers) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrade: this binary's dispatch program could not be loaded to compare it with the running server's; keeping the running server's");
+            return None;
+        }
+    };
+    match (own.program_tag(), kernel.program_tag()) {
+        (Ok(mine), Ok(running)) if mine == running => None,
+        (Ok(mine), Ok(running)) => {
+            tracing::info!(
+                own = format_args!("{mine:016x}"),
+                running = format_args!("{running:016x}"),
+                "upgrade: this binary carries another dispatch program than the running server's; running it, with maps of its own"
+            );
+            Some(own)
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "upgrade: could not compare the dispatch programs; keeping the running server's");
+            None
+        }
+    }
+}
+
+/// The program this binary runs: the dispatch program; in this crate's
+/// tests, the floor program when `HERMES_TEST_OWN_PROGRAM=floor` (a
+/// successor of the same maps' layout that carries another program).
+fn own_program_name() -> &'static str {
+    #[cfg(test)]
+    if std::env::var("HERMES_TEST_OWN_PROGRAM").as_deref() == Ok("floor") {
+        return hermes_bpf::layout::FLOOR_PROGRAM_NAME;
+    }
+    hermes_bpf::layout::PROGRAM_NAME
 }

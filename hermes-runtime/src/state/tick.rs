@@ -172,7 +172,11 @@ impl ServerState {
                          (mode kernel-hash until it places connections)"
                     );
                 }
-                self.dispatch.reattach(&self.workers);
+                // Not once a successor took the list over: the program
+                // found then is the successor's.
+                if self.dispatch.owns_list() {
+                    self.dispatch.reattach(&self.workers);
+                }
             }
         }
     }
