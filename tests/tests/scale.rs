@@ -118,6 +118,8 @@ fn ebpf_256_workers_serve_spread_and_upgrade_to_256_more() {
     if !ebpf::require_bpf("ebpf_256_workers_serve_spread_and_upgrade_to_256_more") {
         return;
     }
+    // One upgrade test at a time (see `upgrade_lock`).
+    let _serial = hermes_test_support::workload::upgrade_lock();
     let n = WORKERS.to_string();
     let workload = Workload::start(Command::new(BIN).args([
         "--mode",

@@ -48,6 +48,8 @@ fn ebpf_two_upgrades_in_a_row_while_the_first_server_drains() {
     if !ebpf::require_bpf("ebpf_two_upgrades_in_a_row_while_the_first_server_drains") {
         return;
     }
+    // One upgrade test at a time (see `upgrade_lock`).
+    let _serial = hermes_test_support::workload::upgrade_lock();
     let mut workload = Workload::start(Command::new(BIN).args([
         "--mode",
         "hermes",
@@ -130,6 +132,8 @@ fn ebpf_an_upgrade_with_no_free_slots_names_the_server_that_still_drains() {
     if !ebpf::require_bpf("ebpf_an_upgrade_with_no_free_slots_names_the_server_that_still_drains") {
         return;
     }
+    // One upgrade test at a time (see `upgrade_lock`).
+    let _serial = hermes_test_support::workload::upgrade_lock();
     let workload = Workload::start(
         Command::new(BIN)
             .args(["--mode", "hermes", "--require-ebpf", "--workers", "30", "--drain-timeout-ms", "15000"])
