@@ -13,7 +13,7 @@ pub struct Counters {
     pub dispatched: Vec<u64>,
     /// Connections left to the kernel hash because too few candidates were set.
     pub fallback_too_few: u64,
-    /// Connections left to the kernel hash because the bitmap was stale or never published.
+    /// Connections left to the kernel hash because the list was stale or never published.
     pub fallback_stale: u64,
     /// Connections left to the kernel hash because the chosen slots had no listener.
     pub fallback_no_socket: u64,

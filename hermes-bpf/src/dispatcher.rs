@@ -278,7 +278,7 @@ impl Dispatcher {
         }
     }
 
-    /// The settings and bitmap, shared with the program.
+    /// The settings and list, shared with the program.
     pub fn control(&self) -> &ControlRegion {
         &self.control
     }

@@ -14,7 +14,7 @@ use crate::{
 /// sends them: what a successor needs to take the kernel state over.
 #[derive(Debug)]
 pub struct KernelFds {
-    /// The settings and bitmap map ([`layout::CONTROL_MAP`](crate::layout::CONTROL_MAP)).
+    /// The settings and list map ([`layout::CONTROL_MAP`](crate::layout::CONTROL_MAP)).
     pub control: OwnedFd,
     /// The Worker State Table map ([`layout::TABLE_MAP`](crate::layout::TABLE_MAP)).
     pub table: OwnedFd,

@@ -43,7 +43,7 @@ use crate::{
 /// closure runs on the worker's blocking pool (sized with
 /// `max_blocking_threads` through [`Builder::on_worker_runtime`]) while the
 /// worker goes on serving. Blocking the worker thread itself stops its
-/// heartbeat, and the scheduler takes it out of the bitmap until it returns.
+/// heartbeat, and the scheduler takes it out of the list until it returns.
 ///
 /// ```no_run
 /// use hermes_runtime::Builder;
@@ -301,11 +301,11 @@ impl Builder {
     /// process it starts); without it, start as usual.
     ///
     /// A successor takes the running server's listeners and kernel state
-    /// (program, Worker State Table, bitmap, counters) instead of loading its
+    /// (program, Worker State Table, list, counters) instead of loading its
     /// own: [`Builder::build`] receives them, binds this server's listeners
     /// into the same `SO_REUSEPORT` group on the running server's address
     /// (a port set here must be that one; port 0 takes it), and
-    /// [`Server::serve`](crate::Server::serve) takes the bitmap over once
+    /// [`Server::serve`](crate::Server::serve) takes the list over once
     /// every worker serves, after which the running server drains. When the
     /// hand-over is refused (another [layout
     /// version](hermes_bpf::layout::LAYOUT_VERSION), another mode, no free

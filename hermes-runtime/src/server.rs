@@ -102,7 +102,7 @@ impl Server {
             }
             thread::sleep(Duration::from_millis(1));
         }
-        // A successor takes the bitmap over from the server it replaces now
+        // A successor takes the list over from the server it replaces now
         // that its workers serve.
         handover::complete(&self.server);
         Ok(ServerHandle { server: self.server, threads })
@@ -164,7 +164,7 @@ pub struct ServerHandle {
 common_accessors!(ServerHandle);
 
 impl ServerHandle {
-    /// The table, the bitmap and the kernel's counters, now.
+    /// The table, the list and the kernel's counters, now.
     pub fn snapshot(&self) -> Snapshot {
         stats::snapshot(&self.server)
     }
@@ -176,7 +176,7 @@ impl ServerHandle {
         SnapshotSource { server: Arc::downgrade(&self.server) }
     }
 
-    /// Drains worker `id`: it leaves the bitmap, its listener closes (its
+    /// Drains worker `id`: it leaves the list, its listener closes (its
     /// queued connections migrate to the other workers in Hermes mode), its
     /// [`shutdown_signal`](crate::shutdown_signal) resolves, and it exits
     /// once its connections have finished or the drain timeout passed.
@@ -224,7 +224,7 @@ impl ServerHandle {
     /// default the current binary with the same arguments; it must be built
     /// with [`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env)),
     /// passes it the listeners and the kernel state, and waits until its
-    /// workers serve and it has taken the bitmap over. Then this server
+    /// workers serve and it has taken the list over. Then this server
     /// stops taking new connections: every worker begins its drain (in
     /// Hermes mode the listeners' queued connections migrate to the
     /// successor's), and the caller should [`ServerHandle::shutdown`] (which
@@ -246,7 +246,7 @@ impl ServerHandle {
     /// An [`UpgradeError`] saying why, when the successor cannot start,
     /// exits, refuses (another layout version, another mode) or does not
     /// take over within the timeout; the server then keeps serving (taking
-    /// the bitmap back if the successor had taken it) and logs the error.
+    /// the list back if the successor had taken it) and logs the error.
     pub fn upgrade(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
         handover::offer(&self.server, upgrade)
     }
@@ -290,7 +290,7 @@ mod tests {
     /// A server whose maps carry another layout version (another release's)
     /// offers them to a successor: the successor's `build` fails with
     /// `UpgradeError::LayoutVersion`, the old server hears why
-    /// (`UpgradeError::Refused`), keeps the bitmap and keeps serving.
+    /// (`UpgradeError::Refused`), keeps the list and keeps serving.
     #[test]
     fn a_successor_of_another_layout_is_refused_and_the_old_server_keeps_serving() {
         if !hermes_test_support::ebpf::require_bpf("a_successor_of_another_layout_is_refused") {

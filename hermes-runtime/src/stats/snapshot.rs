@@ -78,7 +78,7 @@ pub struct PlacementSnapshot {
 pub struct Fallbacks {
     /// Fewer candidates than the kernel's minimum.
     pub too_few: u64,
-    /// The bitmap was never published or older than the staleness limit.
+    /// The list was never published or older than the staleness limit.
     pub stale: u64,
     /// The chosen workers had no listener.
     pub no_socket: u64,
@@ -154,7 +154,7 @@ pub enum WorkerStatus {
     Starting,
     /// Accepting and serving connections.
     Serving,
-    /// Out of the bitmap, its listener closed, finishing its connections.
+    /// Out of the list, its listener closed, finishing its connections.
     Draining,
 }
 

@@ -26,11 +26,11 @@
 //!    drains ([`UpgradeError::NoFreeSlots`]).
 //! 4. Once every worker of the successor serves, it takes the maps over
 //!    ([`Control::take_over`](hermes_bpf::layout::Control::take_over)): in
-//!    one step under the publish lock, the bitmap moves to its workers and
+//!    one step under the publish lock, the list moves to its workers and
 //!    the old server's schedulers stop publishing. It answers `ready`.
 //! 5. The old server then drains: its listeners leave the group and their
 //!    queued connections migrate to the successor's listeners (the program
-//!    is attached as `sk_reuseport/migrate`, and the bitmap names only the
+//!    is attached as `sk_reuseport/migrate`, and the list names only the
 //!    successor's workers), its requests in flight finish, and it exits
 //!    within its drain timeout.
 //!
