@@ -5,7 +5,10 @@
 //! that died holding it and never waits for it without bound.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -47,7 +50,7 @@ impl Drop for LockGuard<'_> {
 impl PublishLock {
     /// Takes the lock if it is free.
     pub(super) fn try_lock(&self) -> Option<LockGuard<'_>> {
-        let me = u64::from(std::process::id());
+        let me = this_pid();
         // Acquire on taking the lock pairs with the Release that frees it:
         // the holder sees every store of the previous holder's publish (and
         // the owner a takeover stored under the lock).
@@ -62,7 +65,7 @@ impl PublishLock {
     /// connection or two placed by a decision a tick old, never a lock held
     /// for good.
     pub(super) fn lock(&self, patience: Duration) -> (LockGuard<'_>, Option<StolenLock>) {
-        let me = u64::from(std::process::id());
+        let me = this_pid();
         let start = Instant::now();
         loop {
             if let Some(guard) = self.try_lock() {
@@ -82,6 +85,13 @@ impl PublishLock {
             std::thread::yield_now();
         }
     }
+}
+
+/// This process's pid, read once: `getpid` is a syscall, and a publish
+/// makes none.
+fn this_pid() -> u64 {
+    static PID: OnceLock<u64> = OnceLock::new();
+    *PID.get_or_init(|| u64::from(std::process::id()))
 }
 
 /// Whether process `pid` runs (signal 0: existence and permission only).
