@@ -1,9 +1,11 @@
 //! An axum hello service on Hermes dispatch: the README's main command.
 //!
 //! ```text
-//! cargo run --release --example hello
+//! cargo run --release --example hello               # on 127.0.0.1:3000
 //! curl http://127.0.0.1:3000/
 //! curl http://127.0.0.1:3000/_hermes/stats
+//! cargo run --release -p hermes-top -- http://127.0.0.1:3000/_hermes/stats
+//! cargo run --release --example hello -- 0.0.0.0:8080   # another address
 //! ```
 //!
 //! Loading the dispatch program needs root or CAP_BPF; without it the
@@ -24,14 +26,16 @@ async fn main() -> std::io::Result<()> {
     hermes_examples::init_logging();
     let app = Router::new().route("/", get(hello));
 
-    // The one-line form is `hermes_tower::serve("127.0.0.1:3000", app).await`;
+    let addr = hermes_examples::addr_arg("127.0.0.1:3000")?;
+    // The one-line form is `hermes_tower::serve(addr, app).await`;
     // `start()` returns the handle first, to print the mode.
-    let handle = hermes_tower::serve("127.0.0.1:3000", app).with_stats().start()?;
+    let handle = hermes_tower::serve(addr, app).with_stats().start()?;
     match handle.mode_reason() {
         Some(reason) => println!("dispatch mode: {} (fallback: {reason})", handle.mode()),
         None => println!("dispatch mode: {}", handle.mode()),
     }
     println!("listening on http://{}/", handle.local_addr());
     println!("per-worker stats: http://{}/_hermes/stats", handle.local_addr());
+    println!("watch them: cargo run --release -p hermes-top -- http://{}/_hermes/stats", handle.local_addr());
     hermes_tower::serve::shutdown_on_signal(handle).await
 }

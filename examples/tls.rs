@@ -13,13 +13,7 @@
 
 use std::net::SocketAddr;
 
-use axum::{Router, extract::ConnectInfo, http::Request, routing::get};
 use hermes_tower::serve::RustlsConfig;
-
-async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request<axum::body::Body>) -> String {
-    let worker = hermes_runtime::context::current().map_or("-".to_owned(), |w| w.id().to_string());
-    format!("Hello {peer} from Hermes worker {worker} over {:?}\n", request.version())
-}
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -31,7 +25,7 @@ async fn main() -> std::io::Result<()> {
     println!("certificate: {} (key {})", files.cert.display(), files.key.display());
     println!("try: curl --cacert {} https://127.0.0.1:3443/", files.cert.display());
 
-    let app = Router::new().route("/", get(hello));
+    let app = hermes_examples::tls::app();
     hermes_tower::serve("127.0.0.1:3443", app.into_make_service_with_connect_info::<SocketAddr>())
         .with_tls(tls)
         .await

@@ -1,10 +1,27 @@
-//! A self-signed certificate for the `tls` example and its test, made with
-//! `rcgen` and written as PEM files, as a real deployment would have them.
+//! The `tls` example's application ([`app`]) and its self-signed
+//! certificate ([`self_signed_pem_files`]), made with `rcgen` and written as
+//! PEM files as a real deployment would have them; shared with the
+//! example's tests.
 
 use std::{
     io,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
+
+use axum::{Router, extract::ConnectInfo, http::Request, routing::get};
+
+/// The example's application: `GET /` greets the client by its address,
+/// names the worker that served it and the HTTP version ALPN chose. Serve
+/// it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn app() -> Router {
+    Router::new().route("/", get(hello))
+}
+
+async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request<axum::body::Body>) -> String {
+    let worker = hermes_runtime::context::current().map_or("-".to_owned(), |w| w.id().to_string());
+    format!("Hello {peer} from Hermes worker {worker} over {:?}\n", request.version())
+}
 
 /// The PEM files of a certificate and its key.
 #[derive(Clone, Debug)]

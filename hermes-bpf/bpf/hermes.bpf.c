@@ -74,7 +74,8 @@ struct hermes_ctl {
 	struct hermes_list lists[2];
 };
 
-// One cache line per worker, written only by that worker.
+// Two cache lines per worker, written only by that worker (the first one is
+// what the program reads).
 struct hermes_worker_state {
 	__u64 heartbeat_ns;  // CLOCK_MONOTONIC of the worker's last loop turn
 	__u64 busy_ns;       // total time the worker's runtime was not parked
@@ -87,6 +88,10 @@ struct hermes_worker_state {
 	__u64 service_ns;    // total time spent serving completed requests
 	__u32 expected_us;   // learned thread time of the requests in flight, microseconds
 	__u32 util_permille; // share of the last ticks the worker's thread was busy, per mille
+	__u64 run_delay_ns;  // total time the worker's thread was runnable, waiting for a CPU
+	__u32 stall_permille;// share of the last ticks the worker's thread waited for a CPU, per mille
+	__u32 _pad;
+	__u64 _reserved[6];  // the rest of the second cache line
 };
 
 struct {

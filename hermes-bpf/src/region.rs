@@ -17,9 +17,13 @@ use std::{
 use aya::{Ebpf, maps::MapData};
 use memmap2::{MmapOptions, MmapRaw};
 
-enum Backing<T> {
+enum Backing {
     Map(#[allow(dead_code)] MmapRaw),
-    Heap(#[allow(dead_code)] Box<[T]>),
+    /// `ptr` and `len` are a `Box<[T]>` turned into a raw pointer, freed by
+    /// [`Region`]'s `drop`. Kept raw, not as the box: moving a box asserts
+    /// that it is the only way to its values, which a pointer derived from
+    /// it before the move would then break (Stacked Borrows).
+    Heap,
 }
 
 /// A fixed-length array of `T` shared with the kernel program (or, without
@@ -39,7 +43,7 @@ enum Backing<T> {
 pub struct Region<T> {
     ptr: NonNull<T>,
     len: usize,
-    backing: Backing<T>,
+    backing: Backing,
 }
 
 // SAFETY: the region hands out `&[T]` to every thread that holds it (hence
@@ -50,12 +54,26 @@ unsafe impl<T: Send + Sync> Send for Region<T> {}
 // `Arc<Region<T>>` shared by reference may be dropped by any holder.
 unsafe impl<T: Send + Sync> Sync for Region<T> {}
 
+impl<T> Drop for Region<T> {
+    fn drop(&mut self) {
+        if let Backing::Heap = self.backing {
+            let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+            // SAFETY: `ptr` and `len` came from `Box::into_raw` of a
+            // `Box<[T]>` of `len` values in `in_memory`, and nothing else
+            // frees them.
+            drop(unsafe { Box::from_raw(slice) });
+        }
+    }
+}
+
 impl<T: Default> Region<T> {
     /// `len` default values in process memory.
     pub fn in_memory(len: usize) -> Self {
-        let mut boxed: Box<[T]> = (0..len).map(|_| T::default()).collect();
-        let ptr = NonNull::new(boxed.as_mut_ptr()).unwrap_or(NonNull::dangling());
-        Self { ptr, len, backing: Backing::Heap(boxed) }
+        let boxed: Box<[T]> = (0..len).map(|_| T::default()).collect();
+        // `Box::into_raw` never returns null (a box of no values holds a
+        // dangling, non-null pointer).
+        let ptr = NonNull::new(Box::into_raw(boxed).cast::<T>()).unwrap_or(NonNull::dangling());
+        Self { ptr, len, backing: Backing::Heap }
     }
 }
 

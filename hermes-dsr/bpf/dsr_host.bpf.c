@@ -3,13 +3,16 @@
 // hermes-dsr host feedback: tc egress on each server host's interface. At
 // most once per interval, an outgoing IPv4 TCP packet (one the host sends
 // anyway, typically a reply going straight to a client) is copied to the
-// balancer with the host's load in an IPv4 option (type 0x9E, RFC 4727
-// experimental): the option is inserted, the destination MAC set to the
+// balancer with the host's load and its token in an IPv4 option (type 0x9E,
+// RFC 4727 experimental): the option is inserted, the destination MAC set to the
 // balancer's, the packet cloned out of the same interface, and the original
 // restored byte for byte before it continues to the client. Replies bypass
 // the balancer, so the copy is how the metric reaches it; clients never
 // receive the option. The load comes from the map dsr_host_load, which the
-// agent in the Hermes server stores from its Worker State Table.
+// agent in the Hermes server stores from its Worker State Table. A packet
+// with no room for the option (one that fills the MTU) is passed over and
+// the interval stays open for the next one: the interval is spent, and the
+// time of the last metric written, only when a copy left.
 //
 // A host that sends nothing (idle) has no packet to carry its metric: its
 // agent then sends a one-byte UDP keepalive to the balancer, and the option
@@ -55,7 +58,7 @@ static __always_inline void count(__u32 idx, __u64 n)
 		__sync_fetch_and_add(c, n);
 }
 
-// IPv4 header with the load option: 20 + 8 bytes.
+// IPv4 header with the load option: 20 + 16 bytes.
 struct ip_with_opt {
 	struct iphdr ip;
 	__u8 opt[DSR_OPT_LEN];
@@ -74,11 +77,11 @@ static __always_inline __u16 ip_checksum(const void *hdr)
 
 // The header of a metric: `ip` with the load option, checksummed.
 static __always_inline void metric_header(struct ip_with_opt *fb, const struct iphdr *ip,
-					  struct dsr_host_load *hl)
+					  struct dsr_host_config *cfg, struct dsr_host_load *hl)
 {
 	__builtin_memset(fb, 0, sizeof(*fb));
 	fb->ip = *ip;
-	fb->ip.ihl = 7;
+	fb->ip.ihl = 5 + DSR_OPT_LEN / 4;
 	fb->ip.tot_len = bpf_htons(bpf_ntohs(ip->tot_len) + DSR_OPT_LEN);
 	fb->ip.check = 0;
 	__u32 load = READ_ONCE(hl->load);
@@ -92,6 +95,8 @@ static __always_inline void metric_header(struct ip_with_opt *fb, const struct i
 	fb->opt[5] = load >> 16;
 	fb->opt[6] = load >> 8;
 	fb->opt[7] = load;
+	__u64 token = READ_ONCE(cfg->token);
+	__builtin_memcpy(&fb->opt[8], &token, sizeof(token));
 	fb->ip.check = ip_checksum(fb);
 }
 
@@ -102,8 +107,8 @@ static __always_inline int fresh_load(struct dsr_host_config *cfg, struct dsr_ho
 	return updated != 0 && !(max_age && now > updated && now - updated > max_age);
 }
 
-// The agent's keepalive (UDP to the keepalive port): the metric goes in the
-// datagram itself. Other UDP passes untouched.
+// The agent's keepalive (UDP to the keepalive port, never a fragment): the
+// metric goes in the datagram itself. Other UDP passes untouched.
 static __always_inline int keepalive(struct __sk_buff *skb, struct dsr_host_config *cfg,
 				     struct dsr_host_load *hl, __u64 *last)
 {
@@ -111,7 +116,8 @@ static __always_inline int keepalive(struct __sk_buff *skb, struct dsr_host_conf
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || (ip->ihl & 0xF) != 5)
+	if ((void *)(ip + 1) > data_end || (ip->ihl & 0xF) != 5 ||
+	    (bpf_ntohs(ip->frag_off) & (DSR_IP_MF | DSR_IP_OFFSET)))
 		return TC_ACT_OK;
 	struct udphdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > data_end)
@@ -127,7 +133,7 @@ static __always_inline int keepalive(struct __sk_buff *skb, struct dsr_host_conf
 	struct iphdr ip_orig = *ip;
 	__u64 lb_mac = READ_ONCE(cfg->lb_mac);
 	struct ip_with_opt fb;
-	metric_header(&fb, &ip_orig, hl);
+	metric_header(&fb, &ip_orig, cfg, hl);
 	__u32 len = skb->len;
 	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) != 0 ||
 	    bpf_skb_store_bytes(skb, 0, &lb_mac, ETH_ALEN, 0) != 0 ||
@@ -186,7 +192,15 @@ int dsr_feedback(struct __sk_buff *skb)
 		count(DSR_HCNT_SKIPPED, 1);
 		return TC_ACT_OK;
 	}
-	// One sender per interval: whoever swaps the time first.
+	// A packet that fills the MTU has no room for the option: the next
+	// packet (or the agent's keepalive) carries the metric.
+	__u32 mtu_len = 0;
+	if (bpf_check_mtu(skb, 0, &mtu_len, DSR_OPT_LEN, 0) != BPF_MTU_CHK_RET_SUCCESS) {
+		count(DSR_HCNT_TOO_BIG, 1);
+		return TC_ACT_OK;
+	}
+	// One sender per interval: whoever swaps the time first. A sender that
+	// fails gives the interval back (the time it swapped in is swapped out).
 	if (__sync_val_compare_and_swap(last, prev, now) != prev)
 		return TC_ACT_OK;
 
@@ -199,18 +213,20 @@ int dsr_feedback(struct __sk_buff *skb)
 	__u64 lb_mac = READ_ONCE(cfg->lb_mac);
 	__builtin_memcpy(eth_fb.h_dest, &lb_mac, ETH_ALEN);
 	struct ip_with_opt fb;
-	metric_header(&fb, &ip_orig, hl);
+	metric_header(&fb, &ip_orig, cfg, hl);
 
 	__u32 len = skb->len;
 	if (bpf_skb_adjust_room(skb, DSR_OPT_LEN, BPF_ADJ_ROOM_NET, 0) != 0) {
+		__sync_val_compare_and_swap(last, now, prev);
 		count(DSR_HCNT_ERRORS, 1);
 		return TC_ACT_OK;
 	}
 	if (bpf_skb_store_bytes(skb, 0, &eth_fb, sizeof(eth_fb), 0) != 0 ||
 	    bpf_skb_store_bytes(skb, sizeof(eth_fb), &fb, sizeof(fb), 0) != 0 ||
-	    bpf_clone_redirect(skb, skb->ifindex, 0) != 0)
+	    bpf_clone_redirect(skb, skb->ifindex, 0) != 0) {
+		__sync_val_compare_and_swap(last, now, prev);
 		count(DSR_HCNT_ERRORS, 1);
-	else {
+	} else {
 		count(DSR_HCNT_SENT, 1);
 		count(DSR_HCNT_BYTES, len + DSR_OPT_LEN);
 	}

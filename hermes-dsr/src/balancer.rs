@@ -26,12 +26,23 @@ pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/dsr_lb.bpf.o")
 
 /// One server behind the VIP. It holds the VIP on its loopback interface
 /// (with `arp_ignore=1`, `arp_announce=2`) and sits on the balancer's L2 segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
     /// The MAC of its interface on the balancer's segment.
     pub mac: [u8; 6],
     /// Its own address (bookkeeping and logs).
     pub addr: Ipv4Addr,
+    /// The secret its metrics carry, the same as its host's
+    /// [`HostSettings::token`](crate::HostSettings::token); not 0. A metric
+    /// with another token is not learned (`feedback_rejected`).
+    pub token: u64,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: it stays out of logs.
+        f.debug_struct("Backend").field("mac", &self.mac).field("addr", &self.addr).finish_non_exhaustive()
+    }
 }
 
 /// The balancer's settings.
@@ -60,7 +71,8 @@ pub struct LbCounters {
     pub fallback_stale: u64,
     /// New flows placed while some server was drained for a stale metric.
     pub drained: u64,
-    /// Non-SYN packets of flows the map did not know (hashed).
+    /// Non-SYN packets of flows no map knew: sent to their Maglev server,
+    /// whatever the load, and not recorded.
     pub no_flow: u64,
     /// Load metrics received.
     pub feedback: u64,
@@ -72,6 +84,20 @@ pub struct LbCounters {
     pub passed: u64,
     /// New flows placed by Maglev under [`Policy::Hash`].
     pub hashed: u64,
+    /// Load metrics refused: not addressed to the balancer's MAC, not over
+    /// TCP or UDP, malformed, or without their server's token.
+    pub feedback_rejected: u64,
+    /// New flows placed on their Maglev server: a packet of theirs that
+    /// finds no flow entry (evicted, or a balancer that never saw them)
+    /// still reaches their server.
+    pub recoverable: u64,
+    /// Flows confirmed by the client's first packet after its SYN.
+    pub promoted: u64,
+    /// Non-first IPv4 fragments forwarded to their first fragment's server.
+    pub fragments: u64,
+    /// Non-first IPv4 fragments whose first fragment was not forwarded
+    /// (left to the stack, or dropped when every port is balanced).
+    pub fragments_unmatched: u64,
 }
 
 /// One server's figures.
@@ -107,8 +133,8 @@ pub struct ServerStats {
 ///     policy: Policy::Load,
 /// };
 /// let servers = [
-///     Backend { mac: [0x02, 0, 0, 0, 0, 11], addr: "192.0.2.11".parse().unwrap() },
-///     Backend { mac: [0x02, 0, 0, 0, 0, 12], addr: "192.0.2.12".parse().unwrap() },
+///     Backend { mac: [0x02, 0, 0, 0, 0, 11], addr: "192.0.2.11".parse().unwrap(), token: 0x5eed_0011 },
+///     Backend { mac: [0x02, 0, 0, 0, 0, 12], addr: "192.0.2.12".parse().unwrap(), token: 0x5eed_0012 },
 /// ];
 /// let mut balancer = Balancer::load(&settings, &servers)?;
 /// balancer.attach("eth0")?;
@@ -187,9 +213,13 @@ const PROGRAM: &str = "balancer";
 
 impl Balancer {
     /// Loads the balancer program with `servers` (at most [`MAX_SERVERS`]).
+    /// The Maglev table depends on the set of servers, not on their order:
+    /// two balancers with the same servers send a flow neither knows to
+    /// the same server.
     ///
     /// # Errors
-    /// [`Error::Invalid`] for no or too many servers or a zero VIP;
+    /// [`Error::Invalid`] for no or too many servers, a server's token 0,
+    /// or a zero VIP;
     /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`].
     pub fn load(settings: &BalancerSettings, servers: &[Backend]) -> Result<Self, Error> {
         if servers.is_empty() || servers.len() > MAX_SERVERS {
@@ -201,6 +231,12 @@ impl Balancer {
         if settings.vip.is_unspecified() {
             return Err(Error::Invalid("the VIP must not be 0.0.0.0".to_owned()));
         }
+        if let Some(b) = servers.iter().find(|b| b.token == 0) {
+            return Err(Error::Invalid(format!(
+                "server {}: its token is 0; give each server a secret token, the same as its host's",
+                b.addr
+            )));
+        }
         let mut loaded = Loaded::load(LB_OBJECT, PROGRAM, layout::LB_PROGRAM)?;
         let config = loaded.region::<LbConfig>(layout::LB_CONFIG_MAP, 1)?;
         let slots = loaded.region::<ServerSlot>(layout::SERVERS_MAP, MAX_SERVERS)?;
@@ -209,10 +245,14 @@ impl Balancer {
         for (slot, b) in slots.iter().zip(servers) {
             slot.mac.store(layout::mac_to_u64(b.mac), Ordering::Relaxed);
             slot.addr.store(layout::ipv4_to_u32(b.addr), Ordering::Relaxed);
+            slot.token.store(layout::token_to_u64(b.token), Ordering::Relaxed);
         }
-        let names: Vec<u64> = servers.iter().map(|b| layout::mac_to_u64(b.mac)).collect();
+        // Built over the servers sorted by MAC, then mapped back to slots.
+        let mut by_mac: Vec<usize> = (0..servers.len()).collect();
+        by_mac.sort_by_key(|&i| servers[i].mac);
+        let names: Vec<u64> = by_mac.iter().map(|&i| layout::mac_to_u64(servers[i].mac)).collect();
         for (entry, server) in table.iter().zip(maglev::table(&names, MAGLEV_SIZE)) {
-            entry.store(u64::from(server), Ordering::Relaxed);
+            entry.store(by_mac[server as usize] as u64, Ordering::Relaxed);
         }
         let c = &config[0];
         c.own_mac.store(layout::mac_to_u64(settings.own_mac), Ordering::Relaxed);
@@ -301,6 +341,11 @@ impl Balancer {
             reply_seen: get(lb_counter::REPLY_SEEN),
             passed: get(lb_counter::PASSED),
             hashed: get(lb_counter::HASHED),
+            feedback_rejected: get(lb_counter::FEEDBACK_REJECTED),
+            recoverable: get(lb_counter::RECOVERABLE),
+            promoted: get(lb_counter::PROMOTED),
+            fragments: get(lb_counter::FRAGMENTS),
+            fragments_unmatched: get(lb_counter::FRAGMENTS_UNMATCHED),
         }
     }
 
@@ -329,7 +374,9 @@ impl Balancer {
     /// `metrics` recorder: counters `hermes_dsr_forwarded_total`,
     /// `hermes_dsr_new_flows_total`, `hermes_dsr_fallback_stale_total`,
     /// `hermes_dsr_drained_total`, `hermes_dsr_no_flow_total`,
-    /// `hermes_dsr_feedback_total`, `hermes_dsr_reply_seen_total`; per
+    /// `hermes_dsr_feedback_total`, `hermes_dsr_feedback_rejected_total`,
+    /// `hermes_dsr_recoverable_total`, `hermes_dsr_fragments_total`,
+    /// `hermes_dsr_fragments_unmatched_total`, `hermes_dsr_reply_seen_total`; per
     /// server (label `server`): gauges `hermes_dsr_server_load` and
     /// `hermes_dsr_server_metric_age_seconds`, counter
     /// `hermes_dsr_server_new_flows_total`. Call it when scraping (it reads
@@ -343,6 +390,10 @@ impl Balancer {
             ("hermes_dsr_drained_total", c.drained),
             ("hermes_dsr_no_flow_total", c.no_flow),
             ("hermes_dsr_feedback_total", c.feedback),
+            ("hermes_dsr_feedback_rejected_total", c.feedback_rejected),
+            ("hermes_dsr_recoverable_total", c.recoverable),
+            ("hermes_dsr_fragments_total", c.fragments),
+            ("hermes_dsr_fragments_unmatched_total", c.fragments_unmatched),
             ("hermes_dsr_reply_seen_total", c.reply_seen),
         ] {
             metrics::counter!(name).absolute(value);

@@ -26,7 +26,7 @@ use crate::{
 pub static HOST_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/dsr_host.bpf.o");
 
 /// A server host's feedback settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HostSettings {
     /// The MAC of the balancer's interface: where metrics are sent.
     pub balancer_mac: [u8; 6],
@@ -44,12 +44,32 @@ pub struct HostSettings {
     /// A load sample older than this is not sent: a host whose agent stops
     /// goes silent and the balancer drains it.
     pub max_age: Duration,
+    /// The secret every metric of this host carries, the same as the
+    /// balancer's [`Backend::token`](crate::Backend::token) for this host;
+    /// not 0. The balancer learns no metric without it.
+    pub token: u64,
+}
+
+impl fmt::Debug for HostSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: it stays out of logs.
+        f.debug_struct("HostSettings")
+            .field("balancer_mac", &self.balancer_mac)
+            .field("balancer_addr", &self.balancer_addr)
+            .field("keepalive_port", &self.keepalive_port)
+            .field("keepalive_after", &self.keepalive_after)
+            .field("vip", &self.vip)
+            .field("interval", &self.interval)
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HostSettings {
     /// 10 ms interval, 100 ms maximum sample age, keepalives to port 9
-    /// (discard) after 50 ms without a metric.
-    pub fn new(balancer_mac: [u8; 6], balancer_addr: Ipv4Addr, vip: Ipv4Addr) -> Self {
+    /// (discard) after 50 ms without a metric; `token` is this host's
+    /// secret, as given to the balancer for it.
+    pub fn new(balancer_mac: [u8; 6], balancer_addr: Ipv4Addr, vip: Ipv4Addr, token: u64) -> Self {
         Self {
             balancer_mac,
             balancer_addr,
@@ -58,6 +78,7 @@ impl HostSettings {
             vip,
             interval: Duration::from_millis(10),
             max_age: Duration::from_millis(100),
+            token,
         }
     }
 }
@@ -102,6 +123,9 @@ pub struct HostCounters {
     pub errors: u64,
     /// Due packets skipped (GSO or with options).
     pub skipped: u64,
+    /// Due packets with no room for the option (they fill the MTU); the
+    /// next packet, or the agent's keepalive, carries the metric.
+    pub too_big: u64,
     /// Due packets with no fresh load to send.
     pub stale: u64,
     /// Bytes of the frames sent as metrics (the feedback's whole cost on the wire).
@@ -132,8 +156,14 @@ impl FeedbackHost {
     /// Loads the host program with `settings`, enabled.
     ///
     /// # Errors
-    /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`].
+    /// [`Error::Invalid`] for a token 0; [`Error::MissingCapability`]
+    /// without CAP_BPF; [`Error::KernelRefused`].
     pub fn load(settings: &HostSettings) -> Result<Self, Error> {
+        if settings.token == 0 {
+            return Err(Error::Invalid(
+                "the host's token is 0; give it the secret token the balancer has for it".to_owned(),
+            ));
+        }
         let mut loaded = Loaded::load(HOST_OBJECT, PROGRAM, layout::HOST_PROGRAM)?;
         let config = loaded.region::<HostConfig>(layout::HOST_CONFIG_MAP, 1)?;
         let load = loaded.region::<HostLoad>(layout::HOST_LOAD_MAP, 1)?;
@@ -144,6 +174,7 @@ impl FeedbackHost {
         c.interval_ns.store(settings.interval.as_nanos() as u64, Ordering::Relaxed);
         c.max_age_ns.store(settings.max_age.as_nanos() as u64, Ordering::Relaxed);
         c.keepalive_port.store(u32::from(settings.keepalive_port), Ordering::Relaxed);
+        c.token.store(layout::token_to_u64(settings.token), Ordering::Relaxed);
         c.enabled.store(1, Ordering::Relaxed);
         Ok(Self { loaded, config, load, counters })
     }
@@ -184,6 +215,7 @@ impl FeedbackHost {
             sent: get(host_counter::SENT),
             errors: get(host_counter::ERRORS),
             skipped: get(host_counter::SKIPPED),
+            too_big: get(host_counter::TOO_BIG),
             stale: get(host_counter::STALE),
             bytes: get(host_counter::BYTES),
             keepalives: get(host_counter::KEEPALIVES),
@@ -219,7 +251,8 @@ fn store(region: &Region<HostLoad>, sample: LoadSample) {
 ///
 /// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
 /// let server = hermes_tower::serve("0.0.0.0:80", app).start()?;
-/// let settings = HostSettings::new([0x02, 0, 0, 0, 0, 2], "192.0.2.2".parse()?, "198.51.100.10".parse()?);
+/// let settings =
+///     HostSettings::new([0x02, 0, 0, 0, 0, 2], "192.0.2.2".parse()?, "198.51.100.10".parse()?, 0x5eed_0011);
 /// // Reads the table without keeping the server alive.
 /// let source = server.snapshot_source();
 /// let agent = Agent::start("eth0", settings, move || source.snapshot().unwrap_or_default())?;

@@ -17,8 +17,9 @@ pub const MAX_SERVERS: usize = 16;
 pub const MAGLEV_SIZE: usize = 2039;
 /// The load option's type: copy 1, class 0, number 30 (RFC 4727 experimental).
 pub const OPTION_TYPE: u8 = 0x9E;
-/// The load option's length in bytes (type, length, eligible, workers, load as u32 BE).
-pub const OPTION_LEN: usize = 8;
+/// The load option's length in bytes (type, length, eligible, workers, load
+/// as u32 BE, the server's token as u64 BE).
+pub const OPTION_LEN: usize = 16;
 
 /// Balancer program (C function name).
 pub const LB_PROGRAM: &str = "dsr_balance";
@@ -41,6 +42,15 @@ pub const LB_COUNTERS_MAP: &str = "dsr_lb_counters";
 pub const FLOWS_MAP: &str = "dsr_flows";
 /// Entries of the flow map.
 pub const FLOWS_LEN: usize = 65536;
+/// LRU map of SYNs placed, until the client's next packet confirms the
+/// connection: [`FlowKey`] → server index.
+pub const SYNS_MAP: &str = "dsr_syns";
+/// Entries of the SYN map.
+pub const SYNS_LEN: usize = 65536;
+/// LRU map of first fragments forwarded: [`FragKey`] → server index.
+pub const FRAGS_MAP: &str = "dsr_frags";
+/// Entries of the fragment map.
+pub const FRAGS_LEN: usize = 8192;
 
 /// Host feedback program (C function name).
 pub const HOST_PROGRAM: &str = "dsr_feedback";
@@ -55,8 +65,10 @@ pub const HOST_COUNTERS_MAP: &str = "dsr_host_counters";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[repr(u32)]
 pub enum Policy {
-    /// The less loaded of two fresh servers drawn at random; servers with a
-    /// stale metric take no new flows; Maglev when every metric is stale.
+    /// The less loaded of the flow's Maglev server and another fresh server
+    /// drawn at random (ties go to the Maglev server, so that a flow whose
+    /// entry is lost is still found there); servers with a stale metric take
+    /// no new flows; Maglev when every metric is stale.
     #[default]
     Load = 0,
     /// Maglev consistent hashing always (the baseline without feedback).
@@ -105,6 +117,8 @@ pub struct ServerSlot {
     pub new_flows: AtomicU64,
     /// Packets forwarded to this server.
     pub packets: AtomicU64,
+    /// The token its metrics must carry ([`token_to_u64`]).
+    pub token: AtomicU64,
 }
 
 /// Indexes into the balancer counters map.
@@ -117,7 +131,8 @@ pub mod lb_counter {
     pub const FALLBACK_STALE: usize = 2;
     /// New flows placed while at least one server was drained for a stale metric.
     pub const DRAINED: usize = 3;
-    /// Non-SYN packets of flows the map did not know (hashed).
+    /// Non-SYN packets of flows no map knew: sent to their Maglev server,
+    /// whatever the load, and not recorded.
     pub const NO_FLOW: usize = 4;
     /// Load options received.
     pub const FEEDBACK: usize = 5;
@@ -129,6 +144,17 @@ pub mod lb_counter {
     pub const PASSED: usize = 8;
     /// New flows placed by Maglev under [`Policy::Hash`](super::Policy::Hash).
     pub const HASHED: usize = 9;
+    /// Load options refused: not addressed to the balancer's MAC, not over
+    /// TCP or UDP, malformed, or without the server's token.
+    pub const FEEDBACK_REJECTED: usize = 10;
+    /// New flows placed on their Maglev server: found again without state.
+    pub const RECOVERABLE: usize = 11;
+    /// Non-first IPv4 fragments forwarded to their first fragment's server.
+    pub const FRAGMENTS: usize = 12;
+    /// Non-first IPv4 fragments whose first fragment the balancer did not forward.
+    pub const FRAGMENTS_UNMATCHED: usize = 13;
+    /// Flows confirmed by the client's first packet after its SYN.
+    pub const PROMOTED: usize = 14;
 }
 /// Entries of the balancer counters map.
 pub const LB_COUNTERS_LEN: usize = 16;
@@ -149,6 +175,20 @@ pub struct FlowKey {
     pub proto: u32,
 }
 
+/// Key of the fragment map: the fields that identify one IPv4 datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    /// Source address, network byte order.
+    pub saddr: u32,
+    /// Destination address (the VIP), network byte order.
+    pub daddr: u32,
+    /// IP identification, network byte order.
+    pub id: u16,
+    /// IP protocol (6).
+    pub proto: u16,
+}
+
 /// Host settings (map [`HOST_CONFIG_MAP`]).
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -166,7 +206,9 @@ pub struct HostConfig {
     /// UDP port of the agent's keepalives to the balancer (host order); 0 = none.
     pub keepalive_port: AtomicU32,
     _pad: u32,
-    _reserved: [u64; 3],
+    /// This host's token, carried in every metric ([`token_to_u64`]).
+    pub token: AtomicU64,
+    _reserved: [u64; 2],
 }
 
 /// The host's load as the agent stored it (map [`HOST_LOAD_MAP`]).
@@ -193,7 +235,7 @@ pub mod host_counter {
     pub const REPLIES: usize = 1;
     /// Metrics sent to the balancer.
     pub const SENT: usize = 2;
-    /// Metrics that failed (no room, clone refused).
+    /// Metrics that failed (no room, clone refused); the interval stays open.
     pub const ERRORS: usize = 3;
     /// Due packets skipped (GSO, or already carrying options).
     pub const SKIPPED: usize = 4;
@@ -205,6 +247,9 @@ pub mod host_counter {
     pub const BYTES: usize = 7;
     /// Of the metrics, those carried by the agent's keepalives (idle host).
     pub const KEEPALIVES: usize = 8;
+    /// Due packets with no room for the option (they fill the MTU): the
+    /// next packet, or the agent's keepalive, carries the metric.
+    pub const TOO_BIG: usize = 9;
 }
 /// Entries of the host counters map.
 pub const HOST_COUNTERS_LEN: usize = 16;
@@ -236,6 +281,28 @@ pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
 pub fn u64_to_mac(v: u64) -> [u8; 6] {
     let b = v.to_ne_bytes();
     [b[0], b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// A server's token as the programs store it: its big-endian bytes (the
+/// option's) in memory order in a `u64`.
+pub fn token_to_u64(token: u64) -> u64 {
+    u64::from_ne_bytes(token.to_be_bytes())
+}
+
+/// A token written as 1 to 16 hex digits, optionally after `0x`
+/// (`5eed0011`); 0 is refused (it would be no secret).
+///
+/// # Errors
+/// A message naming the text when it is not one.
+pub fn parse_token(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not a token (1 to 16 hex digits)"));
+    }
+    match u64::from_str_radix(digits, 16) {
+        Ok(0) | Err(_) => Err(format!("{s:?}: a token must not be 0")),
+        Ok(token) => Ok(token),
+    }
 }
 
 /// An IPv4 address as the programs compare it (network byte order in memory).

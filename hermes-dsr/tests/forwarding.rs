@@ -8,7 +8,7 @@ mod support;
 
 use std::{net::TcpStream, thread, time::Duration};
 
-use hermes_dsr::Datapath;
+use hermes_dsr::{Datapath, layout::OPTION_LEN};
 use support::*;
 
 #[test]
@@ -180,8 +180,8 @@ fn packets_arrive_byte_for_byte_as_sent_and_the_option_only_in_copies_to_the_bal
         client_got.len()
     );
     assert!(client_got.iter().all(|ip| ip[0] == 0x45), "no reply reaches the client with an IP option");
-    // The option path: copies to the balancer's MAC, IHL 7 with option 0x9E
-    // first; a copy of a reply, with its 8 option bytes taken out (and the
+    // The option path: copies to the balancer's MAC, IHL 9 with option 0x9E
+    // first; a copy of a reply, with its 16 option bytes taken out (and the
     // length and header checksum, which the insertion changed, left aside),
     // is that reply.
     let copies: Vec<Vec<u8>> =
@@ -197,15 +197,19 @@ fn packets_arrive_byte_for_byte_as_sent_and_the_option_only_in_copies_to_the_bal
         servers_sent.iter().map(|ip| blank(ip)).collect();
     let mut of_replies = 0;
     for copy in &copies {
+        // IHL 9: 20 bytes and the 16-byte option (its token, s0's to s2's).
+        let end = 20 + OPTION_LEN;
         assert_eq!(
-            (copy[0], copy[20]),
-            (0x47, 0x9E),
+            (copy[0], copy[20], copy[21]),
+            (0x49, 0x9E, OPTION_LEN as u8),
             "a copy carries the option: {:02x?}",
-            &copy[..28.min(copy.len())]
+            &copy[..end.min(copy.len())]
         );
+        let token = u64::from_be_bytes(copy[28..end].try_into().expect("8 bytes"));
+        assert!((0..SERVERS).any(|i| server_token(i) == token), "a copy without its host's token");
         let mut plain = copy[..20].to_vec();
         plain[0] = 0x45;
-        plain.extend_from_slice(&copy[28..]);
+        plain.extend_from_slice(&copy[end..]);
         if src(copy) == vip && dst(copy) == client_ip {
             assert!(
                 replies_blank.contains(&blank(&plain)),

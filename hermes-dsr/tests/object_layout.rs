@@ -4,7 +4,7 @@
 use aya_obj::{Object, ProgramSection};
 use hermes_dsr::{
     HOST_OBJECT, LB_OBJECT,
-    layout::{self, FlowKey, HostConfig, HostLoad, LbConfig, ServerSlot},
+    layout::{self, FlowKey, FragKey, HostConfig, HostLoad, LbConfig, ServerSlot},
 };
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -50,6 +50,22 @@ fn balancer_object_matches_layout_mirrors() {
                 size_of::<FlowKey>(),
                 size_of::<u32>(),
                 layout::FLOWS_LEN,
+                false,
+            ),
+            (
+                layout::SYNS_MAP,
+                BPF_MAP_TYPE_LRU_HASH,
+                size_of::<FlowKey>(),
+                size_of::<u32>(),
+                layout::SYNS_LEN,
+                false,
+            ),
+            (
+                layout::FRAGS_MAP,
+                BPF_MAP_TYPE_LRU_HASH,
+                size_of::<FragKey>(),
+                size_of::<u32>(),
+                layout::FRAGS_LEN,
                 false,
             ),
         ],
@@ -100,5 +116,13 @@ fn mac_and_address_encodings_round_trip() {
     assert_eq!(layout::parse_mac("02:00:5e:10:20:30"), Ok(mac));
     for bad in ["02:00:5e:10:20", "02:00:5e:10:20:30:40", "02:00:5e:10:20:zz", ""] {
         assert!(layout::parse_mac(bad).is_err(), "{bad:?} parsed");
+    }
+    // The option carries the token big endian; the programs copy its bytes.
+    let token = 0x0102_0304_0506_0708;
+    assert_eq!(layout::token_to_u64(token).to_ne_bytes(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(layout::parse_token("5eed0011"), Ok(0x5eed_0011));
+    assert_eq!(layout::parse_token("0xFFFFFFFFFFFFFFFF"), Ok(u64::MAX));
+    for bad in ["", "0", "0x0", "0x", "12345678901234567", "5eed-0011", "+1"] {
+        assert!(layout::parse_token(bad).is_err(), "{bad:?} parsed");
     }
 }

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{net::TcpStream, sync::atomic::Ordering, thread, time::Duration};
+use std::{sync::atomic::Ordering, thread, time::Duration};
 
 use hermes_dsr::Policy;
 use support::*;
@@ -17,16 +17,7 @@ fn new_flows_avoid_the_loaded_server() {
         return;
     };
     // 32 requests held in flight on s0 (straight to its own address).
-    let direct = cluster.direct(0);
-    let held: Vec<TcpStream> = in_ns(&cluster.bed.ns("c"), move || {
-        (0..32)
-            .map(|_| {
-                let mut c = connect(direct);
-                std::io::Write::write_all(&mut c, b"GET /hold HTTP/1.1\r\nHost: hermes\r\n\r\n").unwrap();
-                c
-            })
-            .collect()
-    });
+    let held = cluster.hold(&[0], 32);
     cluster.touch_until(&[0, 1, 2], "the balancer to learn s0's load", |lb| {
         let s = lb.server_stats();
         s[0].load >= 32 && s.iter().all(|s| s.metric_age_ms < 500.0)

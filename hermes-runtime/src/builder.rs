@@ -103,7 +103,8 @@ impl Builder {
 
     /// Pin worker `i` to the `i`-th CPU this process may run on (modulo
     /// their number). A refused pin is logged at debug level and ignored.
-    /// Default: on.
+    /// The workers' blocking pools are not pinned: their threads may run on
+    /// every CPU the process may. Default: on.
     pub fn pin_workers(&mut self, pin: bool) -> &mut Self {
         self.settings.pin_workers = pin;
         self
@@ -227,6 +228,9 @@ impl Builder {
     ///
     /// `on_thread_park` and `on_thread_unpark` are the worker's heartbeat
     /// and busy time: set here, they are replaced by the worker's own.
+    /// With pinned workers, the worker's own `on_thread_start` gives the
+    /// blocking pool's threads every CPU of the process (they would inherit
+    /// the worker's one CPU); an `on_thread_start` set here replaces it.
     /// Default: none.
     pub fn on_worker_runtime<F>(&mut self, f: F) -> &mut Self
     where
@@ -245,6 +249,20 @@ impl Builder {
         F: Fn(usize) + Send + Sync + 'static,
     {
         self.settings.on_start = Some(Hook(Arc::new(f)));
+        self
+    }
+
+    /// The time slice each worker thread asks the kernel's fair scheduler
+    /// for (EEVDF, Linux 6.12 and later; `sched_setattr` with
+    /// `sched_runtime`, no privilege needed), 100 µs to 100 ms; `None`
+    /// leaves the kernel's default. A per-core worker that another process
+    /// keeps off its core stalls every connection it owns; a shorter slice
+    /// gives it earlier deadlines, so that on waking for a request it
+    /// preempts threads running on longer slices sooner. Its share of the
+    /// CPU does not change. An older kernel ignores it (logged at debug
+    /// level). Default: `None`.
+    pub fn worker_slice(&mut self, slice: Option<Duration>) -> &mut Self {
+        self.settings.worker_slice = slice;
         self
     }
 
@@ -292,6 +310,22 @@ impl Builder {
     /// Default: 1 ms.
     pub fn offload_heavy(&mut self, threshold: Option<Duration>) -> &mut Self {
         self.settings.offload_heavy = threshold;
+        self
+    }
+
+    /// The most requests one worker runs on its blocking pool at once (see
+    /// [`Builder::offload_heavy`]). Past it, a request of a route learned to
+    /// hold its thread is not run at all: the server on top answers it
+    /// `503 Service Unavailable` with `Retry-After: 1` (`hermes_tower`
+    /// does), and it is counted as `shed` in the snapshot and
+    /// `hermes_shed_total`, and logged at most once a second per worker.
+    /// The pool's threads are not pinned (they may run on any CPU the
+    /// process may use), so this bounds how many of the process's cores
+    /// heavy handlers take from the workers. `None` leaves the bound to
+    /// Tokio's blocking pool (`max_blocking_threads`, 512 by default), past
+    /// which requests wait for a thread. Default: 64.
+    pub fn max_offloaded(&mut self, max: Option<u32>) -> &mut Self {
+        self.settings.max_offloaded = max;
         self
     }
 
@@ -348,10 +382,12 @@ impl Builder {
         self
     }
 
-    /// Whether a worker takes the connections queued on a hung worker's
-    /// listener. Connections the kernel queued on a worker's listener before
-    /// the scheduler noticed the worker hang (its heartbeat older than the
-    /// hang threshold) would wait there until it comes back: with this on,
+    /// Whether a worker takes the connections queued on a hung or starved
+    /// worker's listener. Connections the kernel queued on a worker's
+    /// listener before the scheduler noticed the worker hang (its heartbeat
+    /// older than the hang threshold) or starve (it waited for a CPU half of
+    /// its recent ticks or more: another process holds its core) would wait
+    /// there until it comes back: with this on,
     /// the other workers accept them at their next tick and serve them,
     /// counted as `rescued` (snapshot, `hermes_rescued_total`) and logged at
     /// most once a second per worker. Not in the shared-listener mode (every

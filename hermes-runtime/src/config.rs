@@ -16,7 +16,7 @@ use crate::scheduler::{LeastLoaded, Policy};
 /// // Snapshots (`/_hermes/stats`) carry the same name.
 /// assert_eq!(serde_json::to_string(&Mode::SharedListener).unwrap(), r#""shared-listener""#);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Each worker has its own `SO_REUSEPORT` listener and the Hermes eBPF
@@ -69,6 +69,8 @@ pub(crate) struct Config {
     pub(crate) place_requests: bool,
     pub(crate) reconnect_every: Option<Duration>,
     pub(crate) offload_heavy: Option<Duration>,
+    pub(crate) max_offloaded: Option<u32>,
+    pub(crate) worker_slice: Option<Duration>,
     pub(crate) tcp_nodelay: bool,
     pub(crate) on_runtime: Option<Hook<RuntimeHook>>,
     pub(crate) on_start: Option<Hook<StartHook>>,
@@ -108,6 +110,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 /// to the blocking pool costs tens of microseconds.
 pub(crate) const DEFAULT_OFFLOAD: Duration = Duration::from_millis(1);
 
+/// The default of [`Builder::max_offloaded`](crate::Builder::max_offloaded).
+pub(crate) const DEFAULT_MAX_OFFLOADED: u32 = 64;
+
 /// The settings as a [`Builder`](crate::Builder) holds them, before
 /// validation.
 #[derive(Debug, Clone)]
@@ -133,6 +138,8 @@ pub(crate) struct Settings {
     pub(crate) place_requests: bool,
     pub(crate) reconnect_every: Option<Duration>,
     pub(crate) offload_heavy: Option<Duration>,
+    pub(crate) max_offloaded: Option<u32>,
+    pub(crate) worker_slice: Option<Duration>,
     pub(crate) upgrade_from_env: bool,
     pub(crate) socket_activation: bool,
     pub(crate) max_connections: Option<u32>,
@@ -163,6 +170,8 @@ impl Default for Settings {
             place_requests: true,
             reconnect_every: Some(Duration::from_millis(100)),
             offload_heavy: Some(DEFAULT_OFFLOAD),
+            max_offloaded: Some(DEFAULT_MAX_OFFLOADED),
+            worker_slice: None,
             upgrade_from_env: false,
             socket_activation: false,
             max_connections: Some(DEFAULT_MAX_CONNECTIONS),
@@ -236,6 +245,18 @@ impl Settings {
                 self.offload_heavy.unwrap_or_default()
             )));
         }
+        if self.worker_slice.is_some_and(|s| s < Duration::from_micros(100) || s > Duration::from_millis(100))
+        {
+            return Err(invalid(format!(
+                "worker_slice must be 100 µs to 100 ms (the kernel's range), got {:?}; None leaves the kernel's",
+                self.worker_slice.unwrap_or_default()
+            )));
+        }
+        if self.max_offloaded == Some(0) {
+            return Err(invalid(
+                "max_offloaded must be at least 1 (None: Tokio's blocking pool bounds it)".into(),
+            ));
+        }
         if self.stack_size == Some(0) {
             return Err(invalid("worker_stack_size must be more than 0 bytes".into()));
         }
@@ -264,6 +285,8 @@ impl Settings {
             place_requests: self.place_requests,
             reconnect_every: self.reconnect_every,
             offload_heavy: self.offload_heavy,
+            max_offloaded: self.max_offloaded,
+            worker_slice: self.worker_slice,
             upgrade_from_env: self.upgrade_from_env,
             socket_activation: self.socket_activation,
             max_connections: self.max_connections,

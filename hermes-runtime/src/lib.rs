@@ -59,7 +59,7 @@
 //!   `upgrade::protocol`, its messages (text header, `SCM_RIGHTS`);
 //! - `state`: the running server's state, split by what it does (dispatch,
 //!   workers, placement state, opening, the tick, the self-check, drain,
-//!   the hand-over logic);
+//!   the hand-over logic, the host's load for balancers: [`HostLoad`]);
 //! - [`context`]: the one thread-local saying which worker a thread is
 //!   ([`context::WorkerRef`]), and the per-request guards;
 //! - [`placement`]: the per-request placement decision;
@@ -107,7 +107,7 @@ pub use error::PortInUse;
 pub use hermes_bpf::layout::FinePolicy;
 pub use net::{HermesListener, HermesStream};
 pub use server::{Server, ServerHandle, SnapshotSource};
-pub use state::SHUTDOWN_GRACE;
+pub use state::{HostLoad, LOAD_WINDOW, LoadSource, SHUTDOWN_GRACE};
 pub use stats::{Fallbacks, PlacementSnapshot, Snapshot, WorkerSnapshot, WorkerStatus, current_snapshot};
 pub use upgrade::{Upgrade, UpgradeError, Upgraded};
 pub use worker::shutdown_signal;

@@ -106,13 +106,43 @@ pub enum Decision {
     Offload {
         /// The connection's worker runtime.
         runtime: Arc<Handle>,
-        /// Measures the request's cost, when it is to be measured.
-        learner: Option<Learner>,
+        /// The request's place on the pool, and its learned cost counted on
+        /// the connection's worker while it runs (the pool's threads share
+        /// the workers' cores: the worker must not look idle meanwhile).
+        permit: OffloadPermit,
+        /// Measures the request's cost; its thread time is also counted as
+        /// the worker's busy time.
+        learner: Learner,
         /// The connection's worker: the pool thread acts for it.
         owner: WorkerRef,
         /// Ask the connection to reconnect after this response.
         reconnect: bool,
     },
+    /// Do not run the handler: the request's route holds its thread, and as
+    /// many requests of this worker run on its blocking pool as
+    /// `Builder::max_offloaded` allows. Answer `503 Service Unavailable`
+    /// (with `Retry-After`). Counted as `shed`.
+    Shed {
+        /// Ask the connection to reconnect after this response.
+        reconnect: bool,
+    },
+}
+
+/// An offloaded request's place on its worker's blocking pool, and its
+/// learned cost counted on the worker, until it drops (wherever the request
+/// ends).
+#[derive(Debug)]
+pub struct OffloadPermit {
+    _expected: ExpectedWork,
+    owner: WorkerRef,
+}
+
+impl Drop for OffloadPermit {
+    fn drop(&mut self) {
+        if let Some(server) = self.owner.server() {
+            server.placement.end_offload(self.owner.id());
+        }
+    }
 }
 
 /// Learns the cost of a request's class from the thread time its handler
@@ -121,6 +151,9 @@ pub enum Decision {
 pub struct Learner {
     worker: WorkerRef,
     class: CostClass,
+    /// Count the thread time as the worker's busy time too (an offloaded
+    /// request, whose pool thread works for the worker).
+    busy: bool,
 }
 
 impl Learner {
@@ -129,6 +162,12 @@ impl Learner {
         if let Some(server) = self.worker.server() {
             let us = u32::try_from(thread_time.as_micros()).unwrap_or(u32::MAX);
             server.placement.learn(self.class, us);
+        }
+        if self.busy {
+            let ns = u64::try_from(thread_time.as_nanos()).unwrap_or(u64::MAX);
+            // A read-modify-write: the worker's own park hook adds to the
+            // same counter from its thread. Relaxed: a lone counter.
+            self.worker.state().busy_ns.fetch_add(ns, Relaxed);
         }
     }
 }
@@ -179,13 +218,18 @@ impl WorkerRef {
                     || placement.should_reconnect(id)
             }
         };
-        let learner = self.measures(cost).then(|| Learner { worker: self.clone(), class });
         if placement.offloads(cost)
             && let Some(runtime) = placement.handle(id)
         {
-            placement.count_offload(id);
-            return Decision::Offload { runtime, learner, owner: self.clone(), reconnect };
+            if !placement.admit_offload(id) {
+                return Decision::Shed { reconnect };
+            }
+            let permit =
+                OffloadPermit { _expected: ExpectedWork::start(self.clone(), id, cost), owner: self.clone() };
+            let learner = Learner { worker: self.clone(), class, busy: true };
+            return Decision::Offload { runtime, permit, learner, owner: self.clone(), reconnect };
         }
+        let learner = self.measures(cost).then(|| Learner { worker: self.clone(), class, busy: false });
         if let Some(target) = placement.choose(id, cost)
             && let Some(runtime) = placement.handle(target)
         {

@@ -15,7 +15,7 @@ use std::{
 use crate::{
     config::{Config, Mode},
     net::HermesListener,
-    state::{ServerState, handover, open},
+    state::{LoadSource, ServerState, handover, open},
     stats::{self, Snapshot},
     upgrade::{Upgrade, UpgradeError, Upgraded},
     worker,
@@ -97,11 +97,16 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.server.workers.all_started() {
             if Instant::now() >= deadline {
-                tracing::warn!("not every worker started within 10 s; serving with those that did");
+                tracing::warn!(
+                    started = self.server.workers.started(),
+                    workers = self.server.config.workers,
+                    "not every worker started within 10 s; serving with those that did"
+                );
                 break;
             }
             thread::sleep(Duration::from_millis(1));
         }
+        self.server.workers.stop_waiting();
         // A successor takes the list over from the server it replaces now
         // that its workers serve.
         handover::complete(&self.server);
@@ -174,6 +179,13 @@ impl ServerHandle {
     /// keep the server alive: once the server is gone it reads `None`.
     pub fn snapshot_source(&self) -> SnapshotSource {
         SnapshotSource { server: Arc::downgrade(&self.server) }
+    }
+
+    /// A cheap, cloneable reader of the host's load as balancers read it
+    /// ([`HostLoad`](crate::HostLoad): utilisation, rates, eligible
+    /// workers; refreshed every tick), which does not keep the server alive.
+    pub fn load_source(&self) -> LoadSource {
+        LoadSource::of(&self.server)
     }
 
     /// Drains worker `id`: it leaves the list, its listener closes (its
@@ -277,15 +289,14 @@ mod program_tests;
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Read, process::Command};
+    use std::io::Read;
 
     use hermes_bpf::layout::LAYOUT_VERSION;
 
     use super::*;
     use crate::Builder;
 
-    const CHILD_ENV: &str = "HERMES_TEST_CHILD";
-    const MARKER_ENV: &str = "HERMES_TEST_MARKER";
+    use super::program_tests::{CHILD_ENV, MARKER_ENV, old_server, successor_command};
 
     /// A server whose maps carry another layout version (another release's)
     /// offers them to a successor: the successor's `build` fails with
@@ -296,35 +307,13 @@ mod tests {
         if !hermes_test_support::ebpf::require_bpf("a_successor_of_another_layout_is_refused") {
             return;
         }
-        let server = Builder::new()
-            .workers(2)
-            .bind("127.0.0.1:0".parse().unwrap())
-            .require_ebpf(true)
-            .build()
-            .expect("build the old server");
-        let handle = server
-            .serve(|mut listener: HermesListener| async move {
-                while let Some((mut stream, _)) = listener.accept_connection().await {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = stream.write_all(b"old").await;
-                }
-            })
-            .expect("serve");
+        let handle = old_server(b"old");
         // The maps as another release would have made them.
         handle.server.dispatch.control().set_layout_version(LAYOUT_VERSION + 1);
         let marker = std::env::temp_dir().join(format!("hermes-layout-child-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
-        let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
-        successor
-            .args([
-                "--ignored",
-                "--exact",
-                "server::tests::layout_successor",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "layout_successor")
-            .env(MARKER_ENV, &marker);
+        let mut successor = successor_command("server::tests::layout_successor", "layout_successor");
+        successor.env(MARKER_ENV, &marker);
         let err = handle
             .upgrade(Upgrade::new().command(successor).timeout(Duration::from_secs(30)))
             .expect_err("the hand-over is refused");
@@ -367,5 +356,54 @@ mod tests {
         assert!(ok, "refused with {err:?}");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         std::fs::write(marker, "refused with LayoutVersion").expect("write the marker");
+    }
+
+    /// Worker 1's housekeeping panics once armed (a user policy that fails).
+    #[derive(Debug)]
+    struct PanicsOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl crate::scheduler::Policy for PanicsOnce {
+        fn eligible(&self, input: &crate::scheduler::PassInput<'_>, out: &mut crate::scheduler::WorkerSet) {
+            if thread::current().name() == Some("hermes-worker-1")
+                && self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                panic!("policy panic requested by the test");
+            }
+            crate::scheduler::Policy::eligible(&crate::scheduler::LeastLoaded::default(), input, out)
+        }
+    }
+
+    /// While a worker whose runtime panicked restarts, its runtime is not
+    /// offered to moved requests (they would be cancelled with it and
+    /// answered 503).
+    #[test]
+    fn a_panicked_workers_runtime_is_withdrawn_until_it_restarts() {
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = Builder::new()
+            .workers(2)
+            .pin_workers(false)
+            .bind("127.0.0.1:0".parse().unwrap())
+            .mode(Mode::KernelHash)
+            .policy(PanicsOnce(armed.clone()))
+            .build()
+            .expect("build");
+        let handle = server
+            .serve(|mut listener: HermesListener| async move {
+                while listener.accept_connection().await.is_some() {}
+            })
+            .expect("serve");
+        let placement = &handle.server.placement;
+        let until = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cond() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                thread::sleep(Duration::from_millis(1));
+            }
+        };
+        until("worker 1's runtime", &|| placement.handle(1).is_some());
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        until("worker 1's runtime withdrawn after its panic", &|| placement.handle(1).is_none());
+        until("worker 1's new runtime", &|| placement.handle(1).is_some());
+        handle.shutdown();
     }
 }

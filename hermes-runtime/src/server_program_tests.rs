@@ -10,9 +10,29 @@ use hermes_test_support::wait::poll_until;
 
 use crate::{Builder, HermesListener, Upgrade};
 
-const CHILD_ENV: &str = "HERMES_TEST_CHILD";
-const MARKER_ENV: &str = "HERMES_TEST_MARKER";
+pub(super) const CHILD_ENV: &str = "HERMES_TEST_CHILD";
+pub(super) const MARKER_ENV: &str = "HERMES_TEST_MARKER";
 const STOP_ENV: &str = "HERMES_TEST_STOP";
+
+/// A Hermes server of two workers (the program required) that answers
+/// `answer` on every connection: the server an upgrade test hands over.
+pub(super) fn old_server(answer: &'static [u8]) -> crate::ServerHandle {
+    let server = Builder::new()
+        .workers(2)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .require_ebpf(true)
+        .build()
+        .expect("build the old server");
+    server.serve(answering(answer)).expect("serve")
+}
+
+/// This test binary, running only the ignored test `exact` (a successor
+/// process), told so by [`CHILD_ENV`]` = child`.
+pub(super) fn successor_command(exact: &str, child: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args(["--ignored", "--exact", exact, "--nocapture", "--test-threads=1"]).env(CHILD_ENV, child);
+    cmd
+}
 
 /// Serves `answer` on every connection, then closes it.
 fn answering(
@@ -33,29 +53,13 @@ fn ebpf_a_successor_with_another_program_runs_its_own() {
     if !hermes_test_support::ebpf::require_bpf("ebpf_a_successor_with_another_program_runs_its_own") {
         return;
     }
-    let server = Builder::new()
-        .workers(2)
-        .bind("127.0.0.1:0".parse().unwrap())
-        .require_ebpf(true)
-        .build()
-        .expect("build the old server");
-    let handle = server.serve(answering(b"old")).expect("serve");
+    let handle = old_server(b"old");
     let dir = std::env::temp_dir().join(format!("hermes-own-program-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     let (marker, stop) = (dir.join("marker"), dir.join("stop"));
-    let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
-    successor
-        .args([
-            "--ignored",
-            "--exact",
-            "server::program_tests::own_program_successor",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "own_program_successor")
-        .env("HERMES_TEST_OWN_PROGRAM", "floor")
-        .env(MARKER_ENV, &marker)
-        .env(STOP_ENV, &stop);
+    let mut successor =
+        successor_command("server::program_tests::own_program_successor", "own_program_successor");
+    successor.env("HERMES_TEST_OWN_PROGRAM", "floor").env(MARKER_ENV, &marker).env(STOP_ENV, &stop);
     handle
         .upgrade(Upgrade::new().command(successor).timeout(Duration::from_secs(30)))
         .expect("the successor takes over");

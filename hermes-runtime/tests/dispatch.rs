@@ -50,13 +50,29 @@ fn ebpf_four_workers_counts_agree() {
     let dispatched: u64 = s.workers.iter().map(|w| w.dispatched).sum();
     eprintln!("responses {responses:?}, snapshot {s:?}");
     assert_eq!(dispatched + fallbacks, 400, "every new connection went through the program");
+    // A connection the program placed on one worker can be taken from that
+    // worker's queue by another (queue rescue, counted in `rescued` of the
+    // taker) when the first is slow to accept; each such move shifts one
+    // count from the dispatcher's worker to the taker's, so a worker's
+    // dispatched and accepted counts differ by at most the moves.
+    let rescued: u64 = s.workers.iter().map(|w| w.rescued).sum();
     for w in &s.workers {
         assert_eq!(w.accepted, responses[w.id], "worker {} accepted", w.id);
         if fallbacks == 0 {
-            assert_eq!(w.dispatched, responses[w.id], "worker {} dispatched", w.id);
+            assert!(
+                w.dispatched.abs_diff(responses[w.id]) <= rescued,
+                "worker {} dispatched {} but served {} with {rescued} rescued",
+                w.id,
+                w.dispatched,
+                responses[w.id]
+            );
         } else {
-            assert!(w.dispatched <= responses[w.id], "worker {} dispatched", w.id);
+            assert!(w.dispatched <= responses[w.id] + rescued, "worker {} dispatched", w.id);
         }
+    }
+    if fallbacks == 0 {
+        let accepted: u64 = s.workers.iter().map(|w| w.accepted).sum();
+        assert_eq!(dispatched, accepted, "every dispatched connection was accepted once");
     }
     assert!(responses.iter().filter(|&&n| n > 0).count() >= 3, "spread over the workers: {responses:?}");
     h.shutdown();

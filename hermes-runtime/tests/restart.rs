@@ -143,3 +143,51 @@ fn housekeeping_panic_restarts_the_worker_and_leaves_no_dead_listener() {
     assert_eq!(s.workers[1].state, WorkerStatus::Serving, "{s:?}");
     h.shutdown();
 }
+
+/// Two workers on the kernel's hash; worker 1 has a blocking task that
+/// holds a thread of its pool for a minute (an offloaded handler that
+/// holds its thread) when its housekeeping panics. Its runtime shuts down
+/// with a bound instead of waiting for that task, so the worker restarts in
+/// the usual time and serves again.
+#[test]
+fn a_worker_restarts_after_a_panic_while_its_blocking_pool_is_held() {
+    let policy = Arc::new(Trigger::default());
+    let holding = Arc::new(AtomicBool::new(false));
+    let mut builder = Builder::new();
+    builder
+        .workers(2)
+        .bind("127.0.0.1:0".parse().unwrap())
+        .mode(Mode::KernelHash)
+        .policy(PanicsOnce(policy.clone()));
+    let server = builder.build().expect("build");
+    let started = holding.clone();
+    let h = server
+        .serve(move |listener: HermesListener| {
+            let id = listener.worker_id();
+            if id == 1 && !started.swap(true, Ordering::SeqCst) {
+                // Held for a minute: the runtime must not wait for it.
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(60)));
+            }
+            let app = app(id);
+            async move {
+                let serve = axum::serve(hermes_test_support::server::AxumListener(listener), app)
+                    .with_graceful_shutdown(hermes_runtime::shutdown_signal());
+                let _ = serve.await;
+            }
+        })
+        .expect("serve");
+    wait_all_eligible(&h);
+    assert!(holding.load(Ordering::SeqCst), "worker 1's pool holds a thread");
+    policy.armed.store(true, Ordering::SeqCst);
+    poll_until(Duration::from_secs(5), || policy.panicked.load(Ordering::SeqCst).then_some(()))
+        .expect("the policy panicked");
+    let panicked = Instant::now();
+    // The runtime gives its blocking tasks 1 s, then the worker restarts
+    // 100 ms later: a heartbeat younger than the panic comes within seconds.
+    eventually_snapshot_blocking(&h, Duration::from_secs(10), "a heartbeat of the restarted worker 1", |s| {
+        s.workers[1].heartbeat_age_ms + 50.0 < panicked.elapsed().as_secs_f64() * 1e3
+    });
+    wait_all_eligible(&h);
+    assert_eq!(h.snapshot().workers[1].state, WorkerStatus::Serving);
+    h.shutdown();
+}

@@ -7,6 +7,8 @@
 //! - [`place`]: request placement, [`Place`] and [`PlaceLayer`], which carry
 //!   out the runtime's placement decisions;
 //! - [`stats`](mod@stats): `/_hermes/stats`;
+//! - [`orca`]: the host's load for the balancers in front of a fleet (ORCA
+//!   for gRPC and Envoy, HAProxy's `agent-check`);
 //! - [`serve`](mod@serve): the one-line entry points [`serve()`] and
 //!   [`serve_tonic`], their options, and the HTTP side of a worker
 //!   (listener, connections, timeouts, TLS).
@@ -94,6 +96,7 @@
 #![deny(missing_docs)]
 
 pub mod hermes;
+pub mod orca;
 pub mod place;
 pub mod serve;
 pub mod stats;

@@ -1,9 +1,10 @@
-//! The connection limits of `hermes_tower::serve`, over real loopback
-//! sockets: a request head that does not complete within the header read
-//! timeout, and a keep-alive connection idle for the idle timeout, are
-//! closed; a request whose handler outlasts both is answered; connections
-//! beyond the per-worker limit are closed at once and counted, while the
-//! others are served.
+//! The connection limits of `hermes_tower::serve` and `serve_tonic`, over
+//! real loopback sockets (HTTP/1 here; HTTP/2 in `h2_timeouts.rs`): a
+//! request head that does not complete within the header read timeout, and
+//! a keep-alive connection idle for the idle timeout, are closed; a request
+//! whose handler outlasts both is answered; connections beyond the
+//! per-worker limit are closed at once and counted, while the others are
+//! served.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -126,6 +127,23 @@ fn an_idle_keep_alive_connection_is_closed_and_a_long_request_is_not() {
 }
 
 #[test]
+fn a_connection_left_idle_after_a_slow_request_is_closed_at_the_idle_timeout() {
+    let handle = start(builder(2), T300, T300);
+    let mut conn = TcpStream::connect(handle.local_addr()).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    send(&mut conn, "/sleep/600", true).expect("send");
+    assert_eq!(read_response(&mut conn).expect("the slow request is answered").status, 200);
+    // Nothing more is sent: the server reads nothing until it closes.
+    let took = closed_within(&mut conn, Duration::from_secs(3))
+        .expect("the connection left idle after its slow request is still open after 3 s");
+    assert!(
+        took >= Duration::from_millis(250) && took <= Duration::from_millis(800),
+        "closed after {took:?}"
+    );
+    handle.shutdown();
+}
+
+#[test]
 fn connections_beyond_the_per_worker_limit_are_closed_and_counted() {
     let mut b = builder(1);
     b.max_connections_per_worker(Some(3));
@@ -165,12 +183,12 @@ fn connections_beyond_the_per_worker_limit_are_closed_and_counted() {
     handle.shutdown();
 }
 
-/// `serve_tonic` watches each connection until its first request head or
-/// HTTP/2 preface is complete: a client that connects and sends nothing, or
-/// only part of a head, is closed; a gRPC channel that then idles for longer
-/// than both timeouts keeps its connection, as with tonic's own server.
+/// `serve_tonic` applies the timeouts to its connections as `serve` does: a
+/// client that connects and sends nothing, part of a preface or part of a
+/// head is closed; a gRPC channel with no call for the idle timeout is
+/// closed too, and its next call goes over a new connection.
 #[test]
-fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
+fn serve_tonic_closes_unfinished_and_idle_connections_and_a_channel_reconnects() {
     use tonic::{service::Routes, transport::Channel};
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -185,7 +203,13 @@ fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
             .start()
             .expect("start");
     let addr = handle.local_addr();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+    // A runtime that runs all along, as a client's does: its connection task
+    // sees the server close the idle channel's connection.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("client runtime");
     let mut health = runtime.block_on(async {
         let channel =
             Channel::from_shared(format!("http://{addr}")).expect("URI").connect().await.expect("connect");
@@ -207,23 +231,18 @@ fn serve_tonic_closes_unfinished_first_heads_and_keeps_an_idle_channel() {
             .unwrap_or_else(|| panic!("the {what} connection is still open after 3 s"));
         assert!(took < Duration::from_secs(2), "{what}: {took:?}");
     }
+    // The channel's connection, idle since its call, is closed too.
     assert!(
-        poll_until(Duration::from_secs(5), || (open_total(&handle.snapshot()) == 1).then_some(())).is_some(),
-        "only the channel's connection stays open: {:?}",
+        poll_until(Duration::from_secs(5), || (open_total(&handle.snapshot()) == 0).then_some(())).is_some(),
+        "the idle channel's connection stays open: {:?}",
         handle.snapshot()
     );
-
-    // The channel has now idled for well over both timeouts; its next call
-    // goes over the same connection (a closed one would have been replaced,
-    // and counted as a fifth connection accepted).
+    // The channel connects again for its next call: a fifth connection.
     runtime.block_on(async {
-        // The channel idles past both 300 ms timeouts: the time under test.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        health.check(HealthCheckRequest::default()).await.expect("call after idling");
+        health.check(HealthCheckRequest::default()).await.expect("call after the idle close");
     });
     let accepted: u64 = handle.snapshot().workers.iter().map(|w| w.accepted).sum();
-    assert_eq!(accepted, 4, "{:?}", handle.snapshot());
-    assert_eq!(open_total(&handle.snapshot()), 1);
+    assert_eq!(accepted, 5, "{:?}", handle.snapshot());
     drop(health);
     drop(runtime);
     handle.shutdown();

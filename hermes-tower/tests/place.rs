@@ -243,18 +243,66 @@ async fn an_overloaded_worker_asks_a_keep_alive_connection_to_reconnect() {
     shutdown(handle).await;
 }
 
-/// A handler that is not `Send` (it holds an `Rc`) cannot take `Place`; with
-/// the counting layer alone it is served on its connection's worker, through
-/// the plain builder and hyper, and counted there.
+/// A service whose handler holds an `Rc` across an await: not `Send`.
+#[derive(Clone)]
+struct NotSend {
+    served: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+type NotSendFuture = std::pin::Pin<
+    Box<dyn Future<Output = Result<http::Response<http_body_util::Full<Bytes>>, std::convert::Infallible>>>,
+>;
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for NotSend {
+    type Response = http::Response<http_body_util::Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = NotSendFuture;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let served = self.served.clone();
+        Box::pin(async move {
+            served.set(served.get() + 1);
+            // Holds the `Rc` across an await, as a handler that is not
+            // `Send` does; long enough for the test to see it in flight.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let body = format!("{} {}", worker_id(), served.get());
+            Ok(http::Response::new(http_body_util::Full::new(Bytes::from(body))))
+        })
+    }
+}
+
+/// Compiles only while `T` is no `Service` of any request type (two
+/// implementations of `check` would make the call ambiguous otherwise): the
+/// check `static_assertions::assert_not_impl_any!` makes.
+trait AmbiguousIfService<A> {
+    fn check() {}
+}
+impl<T: ?Sized> AmbiguousIfService<()> for T {}
+struct IsService;
+impl<T: ?Sized + tower::Service<R>, R> AmbiguousIfService<(IsService, R)> for T {}
+
+/// A handler that is not `Send` cannot go through `Place`, and this test
+/// cannot make it: `Place` may run a handler on another worker or on the
+/// blocking pool, so its `Service` implementation requires a `Send` service
+/// and future, and the compiler refuses `Place` around this one (checked
+/// first, at compile time). What the test checks instead is the
+/// composition the `Place` docs tell such an application to use: the plain
+/// builder, hyper and `HermesLayer` alone. Its requests run on their
+/// connection's worker, share that worker's `!Send` state, and count in
+/// flight there while they run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
-    use std::{cell::Cell, convert::Infallible, rc::Rc};
-
     use hermes_runtime::HermesListener;
-    use hermes_tower::HermesLayer;
-    use http_body_util::Full;
+    use hermes_tower::{HermesLayer, Place};
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceBuilder;
+
+    // `Place` does not take it (this line does not compile if it does).
+    let () = <Place<NotSend> as AmbiguousIfService<_>>::check();
 
     let server = {
         let mut builder = Builder::new();
@@ -263,22 +311,11 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
     };
     let handle = server
         .serve(|mut listener: HermesListener| async move {
-            let served = Rc::new(Cell::new(0u64));
+            let served = std::rc::Rc::new(std::cell::Cell::new(0u64));
             while let Some((stream, _)) = listener.accept_connection().await {
-                let served = served.clone();
-                let service = ServiceBuilder::new().layer(HermesLayer::new()).service_fn(
-                    move |_: http::Request<hyper::body::Incoming>| {
-                        let served = served.clone();
-                        async move {
-                            served.set(served.get() + 1);
-                            // Holds the `Rc` across an await, as a handler that is not
-                            // `Send` does (not a wait).
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                            let body = format!("{} {}", worker_id(), served.get());
-                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body))))
-                        }
-                    },
-                );
+                let service = ServiceBuilder::new()
+                    .layer(HermesLayer::new())
+                    .service(NotSend { served: served.clone() });
                 tokio::task::spawn_local(async move {
                     let io = TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -291,12 +328,25 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
     let addr = handle.local_addr();
     let mut conn = h1(addr).await;
     let (_, first) = get_h1(&mut conn, addr, "/").await.expect("first");
-    let (_, second) = get_h1(&mut conn, addr, "/").await.expect("second");
-    let owner = first.split(' ').next().expect("worker id").to_owned();
-    assert_eq!(second.split(' ').next(), Some(owner.as_str()), "both ran on the connection's worker");
+    let owner: usize = first.split(' ').next().expect("worker id").parse().expect("a worker id");
+    // The second request is counted in flight on the connection's worker
+    // while its handler runs.
+    let second = tokio::spawn(async move {
+        let answer = get_h1(&mut conn, addr, "/").await.expect("second");
+        (conn, answer)
+    });
+    let during = eventually(&handle, "the second request in flight", |s| in_flight(s) == 1).await;
+    assert_eq!(during.workers[owner].in_flight, 1, "{during:#?}");
+    let (conn, (_, second)) = second.await.expect("client task");
+    assert_eq!(
+        second.split(' ').next(),
+        Some(owner.to_string().as_str()),
+        "both ran on the connection's worker"
+    );
     assert_ne!(first, second, "the worker's !Send state counted both");
     let snapshot =
         eventually(&handle, "both counted", |s| s.workers.iter().map(|w| w.requests).sum::<u64>() == 2).await;
+    assert_eq!(snapshot.workers[owner].requests, 2, "{snapshot:#?}");
     assert!(settled(&snapshot));
     // This hand-written server does no graceful close: close the client's
     // side so that the drain does not wait for it.

@@ -162,3 +162,48 @@ async fn max_connection_age_makes_grpc_channels_reconnect() {
     drop(health);
     tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown");
 }
+
+/// A gRPC call over HTTP/1 (the server accepts it) on `conn`: whether the
+/// response asks the client to close the connection.
+async fn asks_to_close(conn: &mut hermes_test_support::client::H1, addr: std::net::SocketAddr) -> bool {
+    conn.ready().await.expect("the connection is open");
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let response = conn.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200, "{response:?}");
+    response.headers().get(http::header::CONNECTION).is_some_and(|v| v == "close")
+}
+
+#[tokio::test]
+async fn each_connection_counts_its_own_requests_toward_the_limit() {
+    use hermes_test_support::client::h1;
+
+    let mut builder = hermes_runtime::Builder::new();
+    // One worker: every connection is that worker's.
+    builder.workers(1).pin_workers(false);
+    let handle =
+        hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
+            .with_builder(builder)
+            .with_server(tonic::transport::Server::builder().accept_http1(true))
+            .max_requests_per_connection(Some(3))
+            .start()
+            .expect("start");
+    let addr = handle.local_addr();
+    let mut first = h1(addr).await;
+    let mut second = h1(addr).await;
+    assert!(!asks_to_close(&mut second, addr).await, "a connection's first request");
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        asked.push(asks_to_close(&mut first, addr).await);
+    }
+    assert_eq!(asked, [false, false, true], "the first connection is recycled at its third request");
+    // The other connection of the same worker has served one request: it
+    // is not recycled because the first one reached the limit.
+    assert!(!asks_to_close(&mut second, addr).await, "the second connection's second request");
+    let mut fresh = h1(addr).await;
+    assert!(!asks_to_close(&mut fresh, addr).await, "a fresh connection's first request");
+    drop((first, second, fresh));
+    shutdown(handle).await;
+}

@@ -122,6 +122,16 @@ fn one_worker(tls: &RustlsConfig) -> ServerHandle {
         .expect("start the server")
 }
 
+/// Waits (up to `within`) for the server to close `conn` without a byte of
+/// answer.
+async fn closed_unanswered(conn: &mut TcpStream, within: Duration, what: &str) {
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(within, conn.read(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("{what} is still open after {within:?}"));
+    assert_eq!(read.unwrap_or(0), 0, "{what} is answered before it is closed");
+}
+
 fn worker_with(s: &Snapshot, cond: impl Fn(&hermes_runtime::WorkerSnapshot) -> bool) -> Option<usize> {
     s.workers.iter().find(|w| cond(w)).map(|w| w.id)
 }
@@ -224,12 +234,7 @@ async fn stalled_and_broken_handshakes_are_closed_and_counted_while_serving_goes
     let conn =
         tls_connect(addr, client_config(&der, &[b"h2"])).await.expect("TLS handshake beside a stalled one");
     assert_eq!(get_over(conn, "/").await.1, "hello over tls");
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
-        .await
-        .expect("the stalled handshake is closed by the timeout")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the server closes a stalled handshake without answering");
+    closed_unanswered(&mut silent, Duration::from_secs(5), "the stalled handshake").await;
     assert_eq!(tls.stats().timed_out, 1);
 
     // Plain HTTP on the TLS port: a failed handshake, counted.
@@ -284,7 +289,57 @@ async fn sighup_rereads_the_pem_files() {
 }
 
 #[tokio::test]
-async fn at_max_handshakes_a_worker_takes_no_new_connection_until_one_finishes() {
+async fn at_max_handshakes_a_new_connection_takes_the_slot_of_the_oldest_silent_one() {
+    let (cert, key, der) = self_signed();
+    // The default timeouts: the silent clients would hold their slots for
+    // seconds.
+    let tls =
+        RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).expect("parse the PEM").max_handshakes(2);
+    let handle = one_worker(&tls);
+    let addr = handle.local_addr();
+
+    // Two silent clients take both handshake slots ...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    eventually("the silent connections accepted", || {
+        (handle.snapshot().workers[0].open_connections == 2).then_some(())
+    })
+    .await;
+    // ... and a real client is served at once: it takes the oldest's slot.
+    let started = std::time::Instant::now();
+    let conn = tokio::time::timeout(Duration::from_secs(1), tls_connect(addr, client_config(&der, &[b"h2"])))
+        .await
+        .expect("a real client waits behind silent handshakes")
+        .expect("TLS handshake");
+    assert_eq!(get_over(conn, "/").await.1, "hello over tls");
+    eprintln!("served {:?} after connecting, beside two silent handshakes in two slots", started.elapsed());
+    closed_unanswered(&mut silent[0], Duration::from_secs(1), "the oldest silent connection").await;
+    assert_eq!(tls.stats().evicted, 1, "{:?}", tls.stats());
+    assert_eq!(tls.stats().timed_out, 0, "{:?}", tls.stats());
+    shutdown(handle).await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_byte_is_closed_at_the_first_byte_timeout() {
+    let (cert, key, _) = self_signed();
+    let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes())
+        .expect("parse the PEM")
+        .first_byte_timeout(Duration::from_millis(200));
+    let handle = one_worker(&tls);
+    let mut silent = TcpStream::connect(handle.local_addr()).await.expect("connect");
+    let started = std::time::Instant::now();
+    // Well before the 10 s handshake timeout.
+    closed_unanswered(&mut silent, Duration::from_secs(2), "the silent connection").await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(150), "closed after {took:?}");
+    assert_eq!(tls.stats().timed_out, 1, "{:?}", tls.stats());
+    shutdown(handle).await;
+}
+
+#[tokio::test]
+async fn at_max_handshakes_a_handshake_under_way_keeps_its_slot_until_it_ends() {
     let (cert, key, der) = self_signed();
     let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes())
         .expect("parse the PEM")
@@ -293,9 +348,11 @@ async fn at_max_handshakes_a_worker_takes_no_new_connection_until_one_finishes()
     let handle = one_worker(&tls);
     let addr = handle.local_addr();
 
-    // A silent client takes the one handshake slot ...
-    let _silent = TcpStream::connect(addr).await.expect("connect");
-    eventually("the silent connection accepted", || {
+    // A client that sent the first byte of a ClientHello takes the one
+    // handshake slot ...
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(&[0x16]).await.expect("the first byte of a TLS record");
+    eventually("the slow connection accepted", || {
         (handle.snapshot().workers[0].open_connections == 1).then_some(())
     })
     .await;
@@ -304,4 +361,55 @@ async fn at_max_handshakes_a_worker_takes_no_new_connection_until_one_finishes()
     assert_eq!(tls.stats().timed_out, 1, "the second handshake ran before the first ended");
     assert_eq!(get_over(conn, "/").await.1, "hello over tls");
     shutdown(handle).await;
+}
+
+/// Over TLS with ALPN `h2`, the HTTP/2 timeouts apply as with prior
+/// knowledge (`h2_timeouts.rs`): pings alone do not keep a connection
+/// open past the idle timeout, and a header block left open is closed at
+/// the header read timeout.
+#[test]
+fn over_tls_h2_pings_alone_and_an_open_header_block_are_closed_at_their_timeouts() {
+    use hermes_test_support::rawh2::{END_STREAM, GET_ROOT, RawH2, frame, kind};
+
+    let (header, idle, slack) =
+        (Duration::from_millis(300), Duration::from_millis(900), Duration::from_millis(300));
+    let (cert, key, der) = self_signed();
+    let tls = RustlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).expect("parse the PEM");
+    let handle = hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
+        .with_builder(two_workers())
+        .with_tls(tls)
+        .header_read_timeout(Some(header))
+        .idle_timeout(Some(idle))
+        .start()
+        .expect("start the server");
+    let addr = handle.local_addr();
+    let connect = || {
+        let tcp = std::net::TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+        let name = ServerName::IpAddress(addr.ip().into());
+        let session = rustls::ClientConnection::new(client_config(&der, &[b"h2"]), name).expect("session");
+        let conn = RawH2::handshake(rustls::StreamOwned::new(session, tcp)).expect("HTTP/2 over TLS");
+        assert_eq!(conn_alpn(&conn), Some(&b"h2"[..]));
+        conn
+    };
+    fn conn_alpn(
+        conn: &RawH2<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>>,
+    ) -> Option<&[u8]> {
+        conn.get_ref().conn.alpn_protocol()
+    }
+
+    let since = std::time::Instant::now();
+    let mut pinging = connect();
+    let took =
+        pinging.ping_until_closed(idle * 3, since).expect("a TLS connection that only pings stays open");
+    eprintln!("h2 over TLS, pings alone: closed {took:?} after connecting (idle timeout {idle:?})");
+    assert!(took >= idle && took <= idle + slack, "closed after {took:?}");
+
+    let mut open_block = connect();
+    let since = std::time::Instant::now();
+    open_block.send(&frame(kind::HEADERS, END_STREAM, 1, &GET_ROOT)).expect("send HEADERS");
+    let took = open_block.closed_within(idle * 3, since).expect("an open header block stays open");
+    eprintln!("h2 over TLS, header block left open: closed {took:?} after it (header timeout {header:?})");
+    assert!(took >= header && took <= header + slack, "closed after {took:?}");
+    handle.shutdown();
 }

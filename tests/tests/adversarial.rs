@@ -100,11 +100,22 @@ fn assert_recovered(addr: SocketAddr, probe: &str) -> (Duration, Value) {
 
 /// Sends `bytes` on a new connection and returns the status of the answer,
 /// or `None` when the server closed (or reset) the connection without one.
+/// The answer is read while the bytes are written: a server that answers an
+/// oversized head before reading all of it, then closes, resets the
+/// connection, and an answer left unread by then would be lost.
+///
+/// # Panics
+/// When there is neither an answer nor a close within 3 s.
 fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    w.set_write_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let owned = bytes.to_vec();
     // The server may close before reading everything (an oversized head).
-    let _ = s.write_all(bytes);
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&owned);
+    });
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -125,8 +136,14 @@ fn answer_to(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
             Err(_) => break,
         }
     }
+    writer.join().expect("writer");
     let text = String::from_utf8_lossy(&head);
     text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok())
+}
+
+/// Whether every answer is there and a client error (4xx).
+fn all_client_errors(answers: &[Option<u16>]) -> bool {
+    answers.iter().all(|a| matches!(a, Some(400..=499)))
 }
 
 #[test]
@@ -146,12 +163,10 @@ fn ebpf_workload_survives_malformed_and_oversized_requests() {
     for bytes in malformed {
         statuses.push(answer_to(w.addr, bytes));
     }
-    assert!(statuses.iter().all(|s| s.is_none_or(|c| (400..500).contains(&c))), "{statuses:?}");
+    // hyper answers a head it cannot parse (400) before it closes.
+    assert!(all_client_errors(&statuses), "each malformed head is answered 4xx: {statuses:?}");
     let (settle, _) = assert_recovered(w.addr, "malformed heads");
-    eprintln!(
-        "PROBE malformed heads: {} sent, answers {statuses:?} (None: closed), settled in {settle:?}",
-        malformed.len()
-    );
+    eprintln!("PROBE malformed heads: {} sent, answers {statuses:?}, settled in {settle:?}", malformed.len());
 
     let big = "a".repeat(1 << 20);
     let header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
@@ -162,10 +177,11 @@ fn ebpf_workload_survives_malformed_and_oversized_requests() {
         answer_to(w.addr, many.as_bytes()),
         answer_to(w.addr, uri.as_bytes()),
     ];
-    assert!(sizes.iter().all(|s| s.is_none_or(|c| (400..500).contains(&c))), "{sizes:?}");
+    // 431 (headers too large) or 414 (URI too long), read before the reset.
+    assert!(all_client_errors(&sizes), "each oversized head is answered 4xx: {sizes:?}");
     let (settle, _) = assert_recovered(w.addr, "oversized headers and URI");
     eprintln!(
-        "PROBE oversized: 1 MiB header value, 5000 headers, 1 MiB URI: answers {sizes:?} (None: closed), settled in {settle:?}"
+        "PROBE oversized: 1 MiB header value, 5000 headers, 1 MiB URI: answers {sizes:?}, settled in {settle:?}"
     );
 }
 
@@ -222,7 +238,13 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
         Some(128),
     );
     let conns = flood(w.addr, 400);
-    let served = flood_answers(conns, Duration::from_secs(2)).answered;
+    let got = flood_answers(conns, Duration::from_secs(2));
+    let served = got.answered;
+    // The server serves as many as its descriptors allow (about 100 of 128
+    // here; its own files take the rest), the others wait in the queue: it
+    // closes none.
+    assert!(served >= 50, "under its descriptor limit, the server answered only {got:?}");
+    assert_eq!(got.closed, 0, "{got:?}");
     let (settle, s) = assert_recovered(w.addr, "flood past RLIMIT_NOFILE=128");
     eprintln!(
         "PROBE fd flood (RLIMIT_NOFILE 128, no per-worker limit): 400 connections each sending a request, {served} answered, \
@@ -259,6 +281,7 @@ fn ebpf_workload_survives_a_connection_flood_past_its_descriptor_limit() {
     // connections still queued when the client let go are accepted under
     // the limit and closed.)
     assert!(got.answered <= 80, "400 connections against 2 x 40 allowed, {got:?}: {s}");
+    assert!(got.answered >= 40, "a worker did not serve its 40 connections: {got:?}: {s}");
     assert_eq!(got.waiting, 0, "flood connections neither served nor closed within 5 s ({got:?}): {s}");
     assert!(got.closed >= flooded - 80 && refused as usize >= got.closed, "{got:?}, {refused} refused: {s}");
     eprintln!(
@@ -343,17 +366,16 @@ fn ebpf_workload_survives_clients_that_reset_mid_response() {
 #[test]
 fn ebpf_workload_survives_panicking_handlers() {
     let w = start_workload("ebpf_workload_survives_panicking_handlers", &[], None);
-    let mut closed = 0;
-    for _ in 0..20 {
-        match answer_to(w.addr, b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n") {
-            None => closed += 1,
-            Some(c) => assert!(c >= 500, "a panicking handler answered {c}"),
-        }
+    // A handler that panics takes its connection down (as with axum alone;
+    // the workload documents it), at once: `answer_to` fails on a connection
+    // left open.
+    for i in 0..20 {
+        let answer = answer_to(w.addr, b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(answer, None, "panic {i}: the connection is closed without an answer");
     }
     let (settle, s) = assert_recovered(w.addr, "panicking handlers");
     eprintln!(
-        "PROBE panics: 20 handler panics, {closed} connections closed without an answer, {} answered 5xx, workers all serving, settled in {settle:?}; accepted {}",
-        20 - closed,
+        "PROBE panics: 20 handler panics, 20 connections closed without an answer, workers all serving, settled in {settle:?}; accepted {}",
         sum(&s, "accepted")
     );
 }

@@ -1,6 +1,6 @@
 //! `hermes-workload` as the servers of the cross-host tier: three workload
 //! processes, each in its own network namespace behind the DSR balancer,
-//! started with `--dsr-balancer` and `--dsr-vip` and nothing else. Their
+//! started with `--dsr-balancer`, `--dsr-vip` and `--dsr-token` and nothing else. Their
 //! load reaches the balancer in band, and new flows through the VIP avoid
 //! the host that holds requests in flight. Real kernel programs (the
 //! balancer's, each host's feedback program, the dispatch program), real
@@ -16,8 +16,10 @@ use std::{
     time::Duration,
 };
 
-use hermes_dsr::{Backend, Balancer, BalancerSettings, Policy};
-use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
+use hermes_dsr::{Balancer, BalancerSettings, Policy};
+use hermes_dsr_tools::testbed::{
+    BALANCER, BALANCER_MAC, Testbed, VIP, backends, in_ns, server_addr, server_token,
+};
 use hermes_test_support::{netns::privileged_or_skip, wait::poll_every, workload::Workload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
@@ -78,7 +80,7 @@ impl Tier {
                 cmd.args(["netns", "exec", &tier.bed.ns(&format!("s{i}")), BIN])
                     .args(["--addr", &format!("0.0.0.0:{PORT}"), "--workers", "2", "--require-ebpf"])
                     .args(["--cost-scale", scale, "--dsr-balancer", &balancer, "--dsr-vip", &VIP.to_string()])
-                    .args(["--dsr-interval-ms", "2"])
+                    .args(["--dsr-interval-ms", "2", "--dsr-token", &format!("{:x}", server_token(i))])
                     .stderr(Stdio::inherit());
                 cmd
             })
@@ -96,8 +98,7 @@ impl Tier {
             max_stale: Duration::from_secs(2),
             policy: Policy::Load,
         };
-        let backends: Vec<Backend> =
-            (0..SCALES.len()).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+        let backends = backends(SCALES.len());
         let balancer = in_ns(&tier.bed.ns("lb"), move || {
             let mut b = Balancer::load(&settings, &backends)?;
             b.attach("eth0")?;

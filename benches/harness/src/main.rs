@@ -13,6 +13,7 @@ mod bench;
 mod load;
 mod measure;
 mod peer;
+mod progress;
 mod report;
 mod scenario;
 mod stats;

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::bench::Bench;
 use crate::load::{self, Outcome};
 use crate::peer::{Peer, Server};
+use crate::progress::RunProgress;
 use crate::report::{PeerResult, Placement};
 use crate::scenario::Scenario;
 use crate::stats::{self, Snapshot};
@@ -72,14 +73,17 @@ impl Bench {
         }
         let addr = server.addr;
         let pid = server.pid().to_string();
+        let label = format!("{}/{peer} (run {}/{})", sc.name, run.run + 1, self.repeat);
+        let progress = RunProgress::new(label, sc.plan.duration);
         let (before, outcome, after, cpu) = self.rt.block_on(async {
             let before = stats::fetch(addr).await;
             let cpu_before = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
-            let outcome = load::run(addr, &sc.plan, run.seed()).await;
+            let outcome = progress.during(load::run(addr, &sc.plan, run.seed())).await;
             let cpu_after = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
             let after = stats::fetch(addr).await;
             (before, outcome, after, (cpu_before, cpu_after))
         });
+        drop(progress);
         drop(server);
         let ((server0, gen0, t0), (server1, gen1, t1)) = cpu;
         let wall = t1.duration_since(t0).as_secs_f64().max(1e-9);

@@ -67,8 +67,10 @@ pub const fn slots_for(workers: usize) -> usize {
 /// server reading a slot laid out differently would misplace connections.
 /// Raise it with any change of a layout, a map's size or a counter index.
 /// Version 0 is a server from before versions were stored; 1 had a 64-bit
-/// bitmap of at most 64 workers.
-pub const LAYOUT_VERSION: u64 = 2;
+/// bitmap of at most 64 workers; 2 the bitmap and a Worker State Table of
+/// two cache lines per worker (run-queue delay and stall); 3 the list of
+/// eligible workers, maps sized for the server, and the two cache lines.
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Name of the program in the object (its C function name).
 pub const PROGRAM_NAME: &str = "hermes_dispatch";
@@ -203,6 +205,14 @@ pub struct WorkerState {
     /// Share of the recent ticks the worker's thread was busy (not parked),
     /// per mille, smoothed; written by the worker on each tick.
     pub util_permille: AtomicU32,
+    // The second cache line: what the worker reads of its own thread from
+    // the kernel's scheduler statistics on each tick.
+    /// Total nanoseconds the worker's thread was runnable but waiting for a
+    /// CPU (the kernel's run-queue delay: another thread held its core).
+    pub run_delay_ns: AtomicU64,
+    /// Share of the recent ticks the worker's thread waited for a CPU while
+    /// runnable, per mille, smoothed; written on each tick.
+    pub stall_permille: AtomicU32,
 }
 
 impl WorkerState {
@@ -232,7 +242,14 @@ impl WorkerState {
 
     /// Zeroes every field (a slot handed to a new worker).
     pub fn reset(&self) {
-        for f in [&self.heartbeat_ns, &self.busy_ns, &self.accepted, &self.requests, &self.service_ns] {
+        for f in [
+            &self.heartbeat_ns,
+            &self.busy_ns,
+            &self.accepted,
+            &self.requests,
+            &self.service_ns,
+            &self.run_delay_ns,
+        ] {
             f.store(0, Ordering::Relaxed);
         }
         for f in [
@@ -242,11 +259,12 @@ impl WorkerState {
             &self.state,
             &self.expected_us,
             &self.util_permille,
+            &self.stall_permille,
         ] {
             f.store(0, Ordering::Relaxed);
         }
     }
 }
 
-const _: () = assert!(size_of::<WorkerState>() == 64);
+const _: () = assert!(size_of::<WorkerState>() == 128);
 const _: () = assert!(align_of::<WorkerState>() == 64);

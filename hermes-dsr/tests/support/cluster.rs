@@ -6,7 +6,8 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
+    io::Write,
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::Query,
+    routing::get,
+};
 use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy, XdpPass};
 use hermes_runtime::{Builder, ServerHandle};
 
@@ -34,6 +40,8 @@ pub struct Cluster {
     pub xdp_pass: Option<XdpPass>,
     pub gate: Arc<AtomicBool>,
     pub port: u16,
+    /// The balancer's staleness limit.
+    pub max_stale: Duration,
     pub bed: Testbed,
 }
 
@@ -51,8 +59,22 @@ impl Drop for Cluster {
     }
 }
 
+/// What `/download` streams, chunk after chunk.
+static CHUNK: [u8; 1 << 16] = [b'x'; 1 << 16];
+
+/// `/download?ms=N`: a body streamed as fast as the client takes it, for
+/// `N` ms (at most 10 s): a bulk transfer whose segments fill the MTU.
+async fn download(Query(q): Query<std::collections::HashMap<String, u64>>) -> Body {
+    let ms = q.get("ms").copied().unwrap_or(1000).min(10_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    Body::from_stream(futures_util::stream::unfold(deadline, |deadline| async move {
+        (tokio::time::Instant::now() < deadline)
+            .then(|| (Ok::<_, std::convert::Infallible>(Bytes::from_static(&CHUNK)), deadline))
+    }))
+}
+
 fn app(name: String, gate: Arc<AtomicBool>) -> Router {
-    Router::new().route("/whoami", get(move || async move { name })).route(
+    Router::new().route("/whoami", get(move || async move { name })).route("/download", get(download)).route(
         "/hold",
         get(move || async move {
             // Held in flight until the test opens the gate (bounded).
@@ -92,6 +114,7 @@ impl Cluster {
             xdp_pass: None,
             gate: gate.clone(),
             port: 0,
+            max_stale,
             bed,
         };
         for i in 0..SERVERS {
@@ -107,7 +130,7 @@ impl Cluster {
             cluster.port = handle.local_addr().port();
             let handle = Arc::new(handle);
             cluster.servers.push(handle.clone());
-            let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP);
+            let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP, server_token(i));
             settings.interval = Duration::from_millis(2);
             let agent = in_ns(&cluster.bed.ns(&format!("s{i}")), move || {
                 Agent::start("eth0", settings, move || handle.snapshot())
@@ -131,23 +154,37 @@ impl Cluster {
                 .unwrap_or_else(|e| panic!("{test}: the XDP pass program did not attach: {e}"));
             cluster.xdp_pass = Some(pass);
         }
+        cluster.max_stale = max_stale;
+        cluster.balancer = Some(cluster.load_balancer(backends(SERVERS), datapath));
+        Some(cluster)
+    }
+
+    fn load_balancer(&self, servers: Vec<Backend>, datapath: Datapath) -> Balancer {
         let settings = BalancerSettings {
             vip: VIP,
-            port: cluster.port,
+            port: self.port,
             own_mac: BALANCER_MAC,
-            max_stale,
+            max_stale: self.max_stale,
             policy: Policy::Load,
         };
-        let backends: Vec<Backend> =
-            (0..SERVERS).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
-        let balancer = in_ns(&cluster.bed.ns("lb"), move || {
-            let mut b = Balancer::load(&settings, &backends)?;
+        in_ns(&self.bed.ns("lb"), move || {
+            let mut b = Balancer::load(&settings, &servers)?;
             b.attach_with("eth0", datapath)?;
             Ok::<_, hermes_dsr::Error>(b)
         })
-        .unwrap_or_else(|e| panic!("{test}: the balancer did not load: {e}"));
-        cluster.balancer = Some(balancer);
-        Some(cluster)
+        .unwrap_or_else(|e| panic!("the balancer did not load: {e}"))
+    }
+
+    /// Replaces the balancer by a new one that never saw a flow, as a
+    /// standby taking over does: the same settings, the servers listed in
+    /// reverse order (its `server_stats` are in that order).
+    pub fn take_over(&mut self) {
+        let datapath = self.lb().datapath();
+        // The old program is detached before the new one attaches.
+        self.balancer = None;
+        let mut servers = backends(SERVERS);
+        servers.reverse();
+        self.balancer = Some(self.load_balancer(servers, datapath));
     }
 
     pub fn lb(&self) -> &Balancer {
@@ -184,6 +221,38 @@ impl Cluster {
                 fetch(a, "/whoami");
             }
         });
+    }
+
+    /// `n` requests to `/hold` straight to each of `servers`, held in flight
+    /// until the gate opens; the connections to keep open meanwhile.
+    pub fn hold(&self, servers: &[usize], n: usize) -> Vec<TcpStream> {
+        let addrs: Vec<SocketAddr> = servers.iter().map(|&i| self.direct(i)).collect();
+        in_ns(&self.bed.ns("c"), move || {
+            let mut held = Vec::new();
+            for addr in addrs {
+                for _ in 0..n {
+                    let mut c = connect(addr);
+                    c.write_all(b"GET /hold HTTP/1.1\r\nHost: hermes\r\n\r\n").expect("send /hold");
+                    held.push(c);
+                }
+            }
+            held
+        })
+    }
+
+    /// A connection through the VIP that the balancer placed on server `i`
+    /// (new connections until one answers `/whoami` from it; 100 at most).
+    pub fn connection_on(&self, i: usize) -> TcpStream {
+        let vip = self.vip();
+        in_ns(&self.bed.ns("c"), move || {
+            for _ in 0..100 {
+                let mut c = connect(vip);
+                if request(&mut c, "/whoami") == format!("s{i}") {
+                    return c;
+                }
+            }
+            panic!("100 connections through the VIP, none on s{i}")
+        })
     }
 
     /// Touches `servers` until `cond` holds on the balancer (5 s at most).

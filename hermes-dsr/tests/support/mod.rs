@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod cluster;
+mod frames;
 
 use std::{
     io::{Read, Write},
@@ -13,18 +14,27 @@ use std::{
 };
 
 pub use cluster::*;
+// Not every test binary sends raw frames.
+#[allow(unused_imports)]
+pub use frames::*;
 pub use hermes_dsr_tools::testbed::*;
 pub use hermes_test_support::netns::privileged_or_skip;
 
 /// One HTTP/1.1 request on `conn`, returns the body (the server answers
 /// with Content-Length; the connection stays open).
 pub fn request(conn: &mut TcpStream, path: &str) -> String {
+    try_request(conn, path).unwrap_or_else(|e| panic!("request {path}: {e}"))
+}
+
+/// As [`request`], with the error when the connection fails (reset,
+/// closed, timed out) instead of a panic.
+pub fn try_request(conn: &mut TcpStream, path: &str) -> std::io::Result<String> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: hermes\r\n\r\n");
-    conn.write_all(req.as_bytes()).expect("send request");
+    conn.write_all(req.as_bytes())?;
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
-        conn.read_exact(&mut byte).expect("read response head");
+        conn.read_exact(&mut byte)?;
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
@@ -35,8 +45,8 @@ pub fn request(conn: &mut TcpStream, path: &str) -> String {
         .map(|v| v.trim().parse().expect("content-length"))
         .expect("content-length header");
     let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).expect("read body");
-    String::from_utf8(body).expect("utf-8 body")
+    conn.read_exact(&mut body)?;
+    Ok(String::from_utf8(body).expect("utf-8 body"))
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {

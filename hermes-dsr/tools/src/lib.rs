@@ -6,7 +6,10 @@
 //! - `dsr-bench` (`src/bin/dsr-bench.rs`): placement by hashing, by polling
 //!   and by in-band load side by side, in network namespaces;
 //! - [`testbed`]: the network-namespace testbed that `dsr-bench`, the
-//!   tier's end-to-end tests and the workspace's `dsr_workload` test run on.
+//!   tier's end-to-end tests and the workspace's `dsr_workload` test run on;
+//! - [`cgroup`]: CPU quotas for the servers of a test bed (`dsr-bench`'s
+//!   servers-bound scenario).
 #![deny(missing_docs)]
 
+pub mod cgroup;
 pub mod testbed;

@@ -33,6 +33,19 @@ pub fn server_mac(i: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, 0x11 + i as u8]
 }
 
+/// Server `i`'s token, the secret its metrics carry (a fixed test value: a
+/// deployment draws a random one per server).
+pub fn server_token(i: usize) -> u64 {
+    0x5eed_0000_0000_0011 + i as u64
+}
+
+/// The first `n` servers as the balancer knows them: address, MAC, token.
+pub fn backends(n: usize) -> Vec<hermes_dsr::Backend> {
+    (0..n)
+        .map(|i| hermes_dsr::Backend { mac: server_mac(i), addr: server_addr(i), token: server_token(i) })
+        .collect()
+}
+
 fn mac_str(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -157,6 +170,14 @@ impl Testbed {
         in_ns(&self.ns("c"), || tx_checksum_offload("eth0", false));
         let port = self.port("lb");
         in_ns(&self.ns("br"), move || hermes_dsr::XdpPass::attach(&port))
+    }
+
+    /// Makes host `role` send every TCP segment as a packet of its own
+    /// (`ip link set eth0 gso_max_segs 1`), as a host whose device does no
+    /// segmentation offload does: its bulk transfers leave as frames that
+    /// fill the MTU, with no room left for an IPv4 option.
+    pub fn full_size_segments(&self, role: &str) {
+        ip(&["-n", &self.ns(role), "link", "set", "dev", "eth0", "gso_max_segs", "1"]);
     }
 
     /// The namespace of `role` (`c`, `lb`, `s0`, ...).

@@ -29,7 +29,7 @@ fn the_hermes_lb_program_balances_and_prints_its_stats_as_json() {
         .args(["--max-stale-ms", "2000", "--stats", "--stats-every-ms", "50"]);
     for i in 0..SERVERS {
         let mac: Vec<String> = server_mac(i).iter().map(|b| format!("{b:02x}")).collect();
-        cmd.args(["--server", &format!("{}={}", server_addr(i), mac.join(":"))]);
+        cmd.args(["--server", &format!("{}={},{:x}", server_addr(i), mac.join(":"), server_token(i))]);
     }
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start hermes-lb");
     // Killed if the test fails before it stops it.
@@ -84,4 +84,23 @@ fn the_hermes_lb_program_balances_and_prints_its_stats_as_json() {
     assert!(status.success(), "hermes-lb exited with {status}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(!rest.is_empty(), "no last stats line after SIGTERM");
+}
+
+/// A server given without its token, or with token 0, is refused with a
+/// message that says what is expected, before anything is loaded.
+#[test]
+fn a_server_without_a_token_is_refused_with_a_clear_error() {
+    for (server, expected) in [
+        ("192.0.2.11=02:00:00:00:00:11", "expected ADDR=MAC,TOKEN"),
+        ("192.0.2.11=02:00:00:00:00:11,0", "a token must not be 0"),
+        ("192.0.2.11=02:00:00:00:00:11,secret", "1 to 16 hex digits"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hermes-lb"))
+            .args(["--interface", "eth0", "--vip", "198.51.100.10", "--server", server])
+            .output()
+            .expect("run hermes-lb");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{server}: {stderr}");
+        assert!(stderr.contains(expected), "{server}: {stderr}");
+    }
 }

@@ -253,24 +253,33 @@ impl WorkerRef {
 /// placed there, see [`crate::placement`]) on a worker's slot for as long as
 /// it lives: made by the placement decision, dropped where the request ends
 /// (on completion, cancellation or unwinding alike, on whichever thread).
+///
+/// The slot's gauge saturates at `u32::MAX` (about 71 minutes of work)
+/// rather than wrapping to a small value: a guard adds what fits and takes
+/// back exactly what it added.
 #[derive(Debug)]
 pub struct ExpectedWork {
     /// Whose table (a clone of the deciding worker's handle).
     worker: WorkerRef,
     /// The slot the work counts on.
     slot: usize,
+    /// What this guard added (less than asked at saturation).
     us: u32,
 }
 
 impl ExpectedWork {
-    /// Adds `us` to the expected work of slot `slot` of `worker`'s table.
+    /// Adds `us` to the expected work of slot `slot` of `worker`'s table,
+    /// up to `u32::MAX`.
     pub(crate) fn start(worker: WorkerRef, slot: usize, us: u32) -> Self {
-        // fetch_add/fetch_sub (not load + store): the guard may be dropped on
+        // Read-modify-write (not load + store): the guard may be dropped on
         // another thread than the one that created it, and a lost update
         // would skew the worker's score for its whole life. Relaxed: a lone
         // gauge, read as an independent value.
-        worker.slot(slot).expected_us.fetch_add(us, Relaxed);
-        Self { worker, slot, us }
+        let gauge = &worker.slot(slot).expected_us;
+        let before = gauge.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(us)));
+        let before = before.unwrap_or_else(|v| v);
+        let added = before.saturating_add(us) - before;
+        Self { worker, slot, us: added }
     }
 }
 
@@ -357,5 +366,19 @@ mod tests {
         .join();
         assert!(result.is_err());
         assert_eq!(slot(&table, 0), (0, 1, 0));
+    }
+
+    #[test]
+    fn expected_work_saturates_and_gives_back_what_it_added() {
+        let table: WorkerTable = Arc::new(Region::<WorkerState>::in_memory(1));
+        let worker = WorkerRef::new(0, table.clone());
+        let gauge = || table[0].expected_us.load(Ordering::Relaxed);
+        let a = ExpectedWork::start(worker.clone(), 0, u32::MAX / 2 + 1);
+        let b = ExpectedWork::start(worker.clone(), 0, u32::MAX / 2 + 1);
+        assert_eq!(gauge(), u32::MAX, "saturated, not wrapped to a small value");
+        drop(a);
+        assert_eq!(gauge(), u32::MAX / 2, "the first guard took back its whole part");
+        drop(b);
+        assert_eq!(gauge(), 0);
     }
 }

@@ -7,7 +7,7 @@ use std::{
 
 use hermes_bpf::{WorkerTable, layout::WorkerState};
 
-use crate::state::ServerState;
+use crate::state::{LoadSource, ServerState};
 
 struct Inner {
     id: usize,
@@ -65,6 +65,12 @@ impl WorkerRef {
     /// Slot `id` of the same table.
     pub(crate) fn slot(&self, id: usize) -> &WorkerState {
         &self.0.table[id]
+    }
+
+    /// A reader of the host's load ([`LoadSource`]) of this worker's
+    /// server; `None` for a worker made by hand, without a server.
+    pub fn load_source(&self) -> Option<LoadSource> {
+        self.0.server.as_ref().map(LoadSource::of)
     }
 
     /// The server this worker belongs to, if it has one.

@@ -71,19 +71,20 @@ pub struct HermesListener {
     max_connections: Option<u32>,
     /// Refusals not logged yet, and when the last log line was written.
     refusals: (u64, Option<std::time::Instant>),
-    /// Taking the connections queued on hung workers' listeners
+    /// Taking the connections queued on hung or starved workers' listeners
     /// ([`crate::Builder::rescue_hung_queues`]).
     rescue: Option<Rescue>,
 }
 
 /// A worker's share of [`crate::Builder::rescue_hung_queues`]: once a tick,
 /// it looks for workers of its server that hang (heartbeat older than the
-/// hang threshold) and accepts what their listeners hold.
+/// hang threshold) or starve (kept off their core) and accepts what their
+/// listeners hold.
 struct Rescue {
     tick_every: Duration,
     /// Fires once a tick.
     tick: Pin<Box<Sleep>>,
-    /// At the last look, a hung worker's listener gave a connection: look
+    /// At the last look, a stuck worker's listener gave a connection: look
     /// again before waiting for the next tick.
     active: bool,
     /// Rescues not logged yet, and when the last log line was written.
@@ -131,7 +132,7 @@ impl HermesListener {
         }
     }
 
-    /// Takes the connections queued on hung workers' listeners once a tick
+    /// Takes the connections queued on hung or starved workers' listeners once a tick
     /// (see [`crate::Builder::rescue_hung_queues`]).
     pub(crate) fn rescue_hung(mut self, tick_every: Duration) -> Self {
         let tick = Box::pin(tokio::time::sleep(tick_every));
@@ -247,8 +248,8 @@ impl HermesListener {
         }
     }
 
-    /// A connection taken from a hung worker's listener, when the tick came
-    /// (or the last look found one) and a hung worker's listener holds one.
+    /// A connection taken from a stuck worker's listener, when the tick came
+    /// (or the last look found one) and a stuck worker's listener holds one.
     /// Costs one timer poll per call otherwise.
     fn poll_rescue(&mut self, cx: &mut Context<'_>) -> Option<(HermesStream, SocketAddr)> {
         let me = self.worker.id();
@@ -273,7 +274,7 @@ impl HermesListener {
             rescue.active = false;
             return None;
         }
-        let Some((stream, addr, hung)) = self.worker.server().and_then(|s| s.take_from_hung(me)) else {
+        let Some((stream, addr, hung)) = self.worker.server().and_then(|s| s.take_from_stuck(me)) else {
             rescue.active = false;
             return None;
         };
@@ -286,7 +287,7 @@ impl HermesListener {
                 hung,
                 rescued = rescue.logged.0,
                 total,
-                "took connections queued on a hung worker's listener"
+                "took connections queued on a hung or starved worker's listener"
             );
             rescue.logged = (0, Some(now));
         }

@@ -114,20 +114,34 @@ fn serving(w: &WorkerState) -> bool {
     w.phase() == WorkerPhase::Serving
 }
 
+/// A worker's load as the default policy weighs it: [`WorkerState::load`],
+/// plus its stall counted as connections (`stall_permille / 32`: up to 31
+/// for a worker kept off its core all the time). A worker that waits for
+/// a CPU half the time serves at half speed, whatever its own load says.
+fn weighted_load(w: &WorkerState) -> u64 {
+    // Relaxed: a lone gauge (see `WorkerState`).
+    w.load() + u64::from(w.stall_permille.load(Ordering::Relaxed) >> 5)
+}
+
 impl Policy for LeastLoaded {
     /// O(workers): one pass for the least load, one for the margin; the top
     /// up scans once more per worker it adds (`min_candidates` is small).
     fn eligible(&self, input: &PassInput<'_>, out: &mut WorkerSet) {
         let fresh = |i: usize, w: &WorkerState| serving(w) && input.is_fresh(i);
-        let Some(least) =
-            input.workers.iter().enumerate().filter(|&(i, w)| fresh(i, w)).map(|(_, w)| w.load()).min()
+        let Some(least) = input
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|&(i, w)| fresh(i, w))
+            .map(|(_, w)| weighted_load(w))
+            .min()
         else {
             return;
         };
         let limit = least.saturating_add(self.absolute.max(least.saturating_mul(self.percent) / 100));
         let mut added = 0;
         for (i, w) in input.workers.iter().enumerate() {
-            if fresh(i, w) && w.load() <= limit {
+            if fresh(i, w) && weighted_load(w) <= limit {
                 out.insert(i);
                 added += 1;
             }
@@ -139,7 +153,7 @@ impl Policy for LeastLoaded {
                 .iter()
                 .enumerate()
                 .filter(|&(i, w)| !out.contains(i) && fresh(i, w))
-                .min_by_key(|(_, w)| w.load());
+                .min_by_key(|(_, w)| weighted_load(w));
             match best {
                 Some((i, _)) => {
                     out.insert(i);

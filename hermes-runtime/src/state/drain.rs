@@ -84,7 +84,8 @@ pub(crate) struct DrainWait {
 
 impl DrainWait {
     /// Whether worker `id` may exit now, checked on each of its ticks once
-    /// it drains; logs the connections the timeout cuts.
+    /// it drains. The worker's runtime says what its stop cuts (at WARN);
+    /// this says why.
     pub(crate) fn done(&mut self, server: &ServerState, id: usize) -> bool {
         let started = *self.started.get_or_insert_with(Instant::now);
         // Relaxed: a lone gauge (see `WorkerState`).
@@ -93,7 +94,7 @@ impl DrainWait {
             return true;
         }
         if started.elapsed() >= server.config.drain_timeout {
-            tracing::warn!(worker = id, open, "drain timeout; closing the remaining connections");
+            tracing::info!(worker = id, open, "drain timeout; stopping the worker with connections open");
             return true;
         }
         false

@@ -15,6 +15,8 @@
 //!     successor's);
 //! - `open`: opening a server (afresh, from systemd's sockets, or as a
 //!   successor);
+//! - `load`: the host's load as balancers read it ([`HostLoad`]),
+//!   refreshed by the tick; `load_source`, its reader ([`LoadSource`]);
 //! - `tick`: what a worker does for the server each tick (heartbeat;
 //!   once per half tick for the whole server: accept-queue sample, scheduler
 //!   pass, placement target) and the rescue of a hung worker's queue;
@@ -28,6 +30,8 @@ mod dispatch;
 mod drain;
 pub(crate) mod handover;
 mod holders;
+mod load;
+mod load_source;
 pub(crate) mod open;
 mod pass;
 mod pass_state;
@@ -39,6 +43,8 @@ mod workers;
 
 pub(crate) use drain::DrainWait;
 pub use drain::SHUTDOWN_GRACE;
+pub use load::{HostLoad, LOAD_WINDOW};
+pub use load_source::LoadSource;
 pub(crate) use selfcheck::SelfCheck;
 pub(crate) use server::ServerState;
 pub(crate) use tick::WorkerTick;

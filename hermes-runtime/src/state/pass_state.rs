@@ -1,5 +1,5 @@
 //! [`PassState`]: what the scheduler pass (`pass`) keeps between runs: its
-//! output buffer and the set of hung workers it found.
+//! output buffer and the set of hung or starved workers it found.
 
 use std::sync::{
     Mutex, MutexGuard,
@@ -14,10 +14,10 @@ pub(crate) struct PassState {
     /// while a pass runs (passes never overlap).
     scratch: Mutex<WorkerSet>,
     /// The workers the last pass found hung (serving, heartbeat older than
-    /// the hang threshold), one bit each.
-    hung: Box<[AtomicU64]>,
-    /// Whether any bit of `hung` is set: the common case, none, is one load.
-    any_hung: AtomicBool,
+    /// the hang threshold) or starved, one bit each.
+    stuck: Box<[AtomicU64]>,
+    /// Whether any bit of `stuck` is set: the common case, none, is one load.
+    any_stuck: AtomicBool,
 }
 
 impl PassState {
@@ -25,8 +25,8 @@ impl PassState {
     pub(crate) fn new(workers: usize) -> Self {
         Self {
             scratch: Mutex::new(WorkerSet::with_capacity(workers)),
-            hung: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            any_hung: AtomicBool::new(false),
+            stuck: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            any_stuck: AtomicBool::new(false),
         }
     }
 
@@ -35,23 +35,23 @@ impl PassState {
         self.scratch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The words of the hung set, for the pass to store.
-    pub(crate) fn hung_words(&self) -> &[AtomicU64] {
-        &self.hung
+    /// The words of the stuck set, for the pass to store.
+    pub(crate) fn stuck_words(&self) -> &[AtomicU64] {
+        &self.stuck
     }
 
-    /// Records whether any worker was found hung.
-    pub(crate) fn set_any_hung(&self, any: bool) {
-        // Relaxed: a hint, see `PassState::hung`.
-        self.any_hung.store(any, Ordering::Relaxed);
+    /// Records whether any worker was found hung or starved.
+    pub(crate) fn set_any_stuck(&self, any: bool) {
+        // Relaxed: a hint, see `PassState::stuck`.
+        self.any_stuck.store(any, Ordering::Relaxed);
     }
 
-    /// The workers the last pass found hung, in id order.
-    pub(crate) fn hung(&self) -> impl Iterator<Item = usize> + '_ {
+    /// The workers the last pass found hung or starved, in id order.
+    pub(crate) fn stuck(&self) -> impl Iterator<Item = usize> + '_ {
         // Relaxed: a hint refreshed every tick; the caller checks the worker
         // again before acting on it.
-        let any = self.any_hung.load(Ordering::Relaxed);
-        self.hung.iter().enumerate().take_while(move |_| any).flat_map(|(i, word)| {
+        let any = self.any_stuck.load(Ordering::Relaxed);
+        self.stuck.iter().enumerate().take_while(move |_| any).flat_map(|(i, word)| {
             let mut rest = word.load(Ordering::Relaxed);
             std::iter::from_fn(move || {
                 (rest != 0).then(|| {

@@ -19,8 +19,12 @@
 //!   each tick. A worker whose heartbeat is older than two ticks is busy now
 //!   (blocked in a handler), whatever it last stored.
 //!
-//! A worker's *score* is its expected work plus its utilisation as
-//! microseconds of the last tick. At each tick every worker looks for the
+//! - **Stall** ([`WorkerState::stall_permille`]): the share of the last ticks
+//!   the worker's thread waited for a CPU while it had work, which a
+//!   per-core worker whose core another process holds spends doing nothing.
+//!
+//! A worker's *score* is its expected work plus its utilisation and stall
+//! as microseconds of the last tick. At each tick every worker looks for the
 //! serving worker with the lowest score and stores it as the target of the
 //! moment; a request moves to that target when the owner's score exceeds the
 //! target's by more than [`MOVE_MARGIN_US`], and, for a request of a light
@@ -100,6 +104,13 @@ struct Moves {
     offloaded: AtomicU64,
     /// Connections of this worker closed for their age or request count.
     recycled: AtomicU64,
+    /// Requests of this worker's connections on its blocking pool now.
+    offloading: AtomicU32,
+    /// Requests of this worker's connections refused because as many were
+    /// on its blocking pool as `max_offloaded` allows.
+    shed: AtomicU64,
+    /// `CLOCK_MONOTONIC` ns of the last warning about shed requests.
+    shed_logged_ns: AtomicU64,
 }
 
 /// The placement state of one server: the workers' runtime handles, the
@@ -121,6 +132,8 @@ pub(crate) struct Placement {
     /// Requests of a class learned to cost at least this many microseconds
     /// run on the blocking pool; `u32::MAX`: never.
     offload_us: u32,
+    /// At most this many requests of one worker on its blocking pool at once.
+    max_offloaded: u32,
 }
 
 impl fmt::Debug for Placement {
@@ -155,6 +168,7 @@ impl Placement {
             enabled: config.place_requests,
             reconnect_every: config.reconnect_every,
             offload_us,
+            max_offloaded: config.max_offloaded.unwrap_or(u32::MAX),
         }
     }
 
@@ -326,9 +340,39 @@ impl Placement {
         self.moves[target].into.fetch_add(1, Relaxed);
     }
 
-    /// Counts a request of worker `from`'s connection run on its blocking pool.
-    pub(crate) fn count_offload(&self, from: usize) {
-        self.moves[from].offloaded.fetch_add(1, Relaxed);
+    /// Admits a request of worker `from`'s connection to its blocking pool,
+    /// counting it there until [`Placement::end_offload`], unless as many as
+    /// `max_offloaded` are there already: then counts it as shed and says
+    /// no. Called on worker `from`'s thread; the count is a lone admission
+    /// counter (Relaxed: it guards no other memory), decremented wherever
+    /// the request ends.
+    pub(crate) fn admit_offload(&self, from: usize) -> bool {
+        let moves = &self.moves[from];
+        if moves.offloading.fetch_add(1, Relaxed) >= self.max_offloaded {
+            moves.offloading.fetch_sub(1, Relaxed);
+            let total = moves.shed.fetch_add(1, Relaxed) + 1;
+            let now = hermes_bpf::monotonic_ns();
+            let last = moves.shed_logged_ns.load(Relaxed);
+            if now.saturating_sub(last) >= 1_000_000_000
+                && moves.shed_logged_ns.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+            {
+                tracing::warn!(
+                    worker = from,
+                    shed = total,
+                    max_offloaded = self.max_offloaded,
+                    "requests of routes that hold their thread refused (503): as many run on the worker's \
+                     blocking pool as max_offloaded allows"
+                );
+            }
+            return false;
+        }
+        moves.offloaded.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// An admitted request of worker `from` left its blocking pool.
+    pub(crate) fn end_offload(&self, from: usize) {
+        self.moves[from].offloading.fetch_sub(1, Relaxed);
     }
 
     /// Counts a connection of worker `from` closed for its age or request count.
@@ -365,16 +409,24 @@ impl Placement {
         self.moves[id].recycled.load(Relaxed)
     }
 
+    /// Requests of worker `id`'s connections shed at the offload bound.
+    pub(crate) fn shed(&self, id: usize) -> u64 {
+        self.moves[id].shed.load(Relaxed)
+    }
+
     /// Moved requests cancelled because their target stopped.
     pub(crate) fn lost(&self) -> u64 {
         self.lost.load(Relaxed)
     }
 }
 
-/// Expected work plus utilisation, in microseconds.
+/// Expected work plus utilisation plus stall (the share of the tick the
+/// worker waited for a CPU), in microseconds.
 #[inline]
 fn own_score(slot: &WorkerState, tick_us: u64) -> u64 {
-    u64::from(slot.expected_us.load(Relaxed)) + u64::from(slot.util_permille.load(Relaxed)) * tick_us / 1_000
+    let busy_permille =
+        u64::from(slot.util_permille.load(Relaxed)) + u64::from(slot.stall_permille.load(Relaxed));
+    u64::from(slot.expected_us.load(Relaxed)) + busy_permille * tick_us / 1_000
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use std::sync::{Mutex, atomic::AtomicBool};
 use hermes_bpf::WorkerTable;
 
 use super::{
-    dispatch::Dispatch, holders::Holders, pass_state::PassState, placement::Placement, workers::Workers,
+    dispatch::Dispatch, holders::Holders, load::LoadCell, pass_state::PassState, placement::Placement,
+    workers::Workers,
 };
 use crate::{config::Config, upgrade::protocol::Inherited};
 
@@ -30,6 +31,8 @@ pub(crate) struct ServerState {
     pub(crate) sample_cursor: std::sync::atomic::AtomicUsize,
     /// The scheduler pass's scratch and its set of hung workers (see `pass`).
     pub(crate) pass: PassState,
+    /// The host's load, refreshed by the tick (see `load`).
+    pub(crate) load: std::sync::Arc<LoadCell>,
 }
 
 /// Where the server is in an upgrade.
@@ -73,6 +76,7 @@ impl ServerState {
             sampled_ns: std::sync::atomic::AtomicU64::new(0),
             sample_cursor: std::sync::atomic::AtomicUsize::new(0),
             pass: PassState::new(config_workers),
+            load: Default::default(),
         }
     }
 

@@ -1,14 +1,19 @@
 //! The work every worker does for the server on each tick: its heartbeat and
-//! utilisation ([`WorkerTick`]); and, by the first worker to tick in each
-//! half tick, for the whole server: the accept-queue sample of the
-//! listeners, the scheduler pass that publishes the list (`pass`), the
-//! placement target and the dispatch self-check. And, between ticks, taking
-//! the connections queued on a hung worker's listener. The server's work per
-//! tick is O(workers), whatever their number.
+//! utilisation ([`WorkerTick`]) and its stall; and, by the first worker to
+//! tick in each half tick, for the whole server: the accept-queue sample of
+//! the listeners, the scheduler pass that publishes the list (`pass`), the
+//! placement target, the dispatch self-check and the host's load (see
+//! `load`). And, between ticks, taking the connections queued on a hung or
+//! starved worker's listener. The server's work per tick is O(workers),
+//! whatever their number.
 
-use std::{net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
-use hermes_bpf::{Counters, layout::WorkerState, layout::counter, monotonic_ns};
+use hermes_bpf::{CounterRegion, Counters, layout::WorkerState, layout::counter, monotonic_ns};
 
 use super::{selfcheck::Finding, selfcheck::Reading, server::ServerState};
 use crate::sys;
@@ -18,48 +23,84 @@ use crate::sys;
 /// number of workers (at 1024, each queue is read every fourth sample).
 const SAMPLE_AT_MOST: usize = 256;
 
+/// The self-check's reading of this server's workers, `workers` (its
+/// slots of the table), whose placements the program counts from `base`.
+/// Reads only those counters: O(this server's workers), no allocation.
+fn reading(now: u64, counters: &CounterRegion, workers: &[WorkerState], base: usize) -> Reading {
+    // Relaxed: independent counters and gauges (see `WorkerState`).
+    let accepted = workers.iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
+    let queued: u64 = workers.iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
+    let placed: u64 = (base..base + workers.len()).map(|slot| Counters::recent(counters, slot)).sum();
+    Reading { at_ns: now, accepted, runs: Counters::get(counters, counter::RUNS), pending: queued + placed }
+}
+
 /// One worker's share of the tick.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WorkerTick {
-    util: UtilMeter,
+    util: ShareMeter,
+    stall: ShareMeter,
+    /// The worker thread's scheduler statistics (`None` where the kernel
+    /// gives none: the stall then reads 0).
+    sched: Option<sys::SchedStat>,
 }
 
 impl WorkerTick {
-    /// Worker `id`'s tick: its heartbeat and utilisation; then, unless
-    /// another worker did within half a tick, the server's accept-queue
-    /// sample, a scheduler pass published as `id`, and the placement target.
+    /// The tick of the worker whose thread calls this.
+    pub(crate) fn on_this_thread() -> Self {
+        let sched = match sys::SchedStat::of_this_thread() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "no scheduler statistics for the worker's thread; its stall reads 0");
+                None
+            }
+        };
+        Self { util: ShareMeter::default(), stall: ShareMeter::default(), sched }
+    }
+
+    /// Worker `id`'s tick: its heartbeat, utilisation and stall; then,
+    /// unless another worker did within half a tick, the server's
+    /// accept-queue sample, a scheduler pass published as `id`, the
+    /// placement target and the host's load.
     pub(crate) fn run(&mut self, server: &ServerState, id: usize) {
         let now = monotonic_ns();
         let slot = &server.table[id];
-        // Relaxed: a lone timestamp (see `WorkerState`).
+        // Relaxed: a lone timestamp and lone gauges (see `WorkerState`).
         slot.heartbeat_ns.store(now, Ordering::Relaxed);
-        self.util.sample(slot, now);
+        self.util.sample(slot.busy_ns.load(Ordering::Relaxed), now, &slot.util_permille);
+        if let Some(delay) = self.sched.as_ref().and_then(|s| s.run_delay_ns().ok()) {
+            slot.run_delay_ns.store(delay, Ordering::Relaxed);
+            self.stall.sample(delay, now, &slot.stall_permille);
+        }
         if server.sample_accept_queues() {
-            server.schedule(id);
+            let eligible = server.schedule(id);
             server.placement.refresh_target(now);
+            server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, eligible);
         }
     }
 }
 
-/// Smooths a worker's utilisation from its busy time, one sample per tick.
+/// Smooths the share of time a cumulative counter of nanoseconds grows by
+/// (the busy time: utilisation; the run-queue delay: stall), one sample per
+/// tick.
 #[derive(Debug, Default)]
-struct UtilMeter {
-    last_busy_ns: u64,
+struct ShareMeter {
+    last_total_ns: u64,
     last_ns: u64,
 }
 
-impl UtilMeter {
-    /// Stores the worker's utilisation since the last call, averaged with
-    /// the previous value (weight 1/2), into its slot.
-    fn sample(&mut self, slot: &WorkerState, now_ns: u64) {
-        // Relaxed: the busy time is written by this same thread.
-        let busy = slot.busy_ns.load(Ordering::Relaxed);
+impl ShareMeter {
+    /// Stores the share of the time since the last call that `total_ns`
+    /// grew by, per mille, averaged with the previous value (weight 1/2),
+    /// into `gauge`.
+    fn sample(&mut self, total_ns: u64, now_ns: u64, gauge: &AtomicU32) {
         if self.last_ns != 0 && now_ns > self.last_ns {
-            let share = (busy.saturating_sub(self.last_busy_ns) * 1_000 / (now_ns - self.last_ns)).min(1_000);
-            let old = u64::from(slot.util_permille.load(Ordering::Relaxed));
-            slot.util_permille.store(((old + share) / 2) as u32, Ordering::Relaxed);
+            let grown = total_ns.saturating_sub(self.last_total_ns);
+            let share = (grown * 1_000 / (now_ns - self.last_ns)).min(1_000);
+            // Relaxed: a lone gauge, written by this thread only.
+            let old = u64::from(gauge.load(Ordering::Relaxed));
+            gauge.store(((old + share) / 2) as u32, Ordering::Relaxed);
         }
-        self.last_busy_ns = busy;
+        self.last_total_ns = total_ns;
         self.last_ns = now_ns;
     }
 }
@@ -143,19 +184,7 @@ impl ServerState {
         let Some(counters) = self.dispatch.counters() else { return };
         let n = self.config.workers;
         let base = self.dispatch.slot_base;
-        let finding = self.dispatch.selfcheck.observe(now, || {
-            // Relaxed: independent counters and gauges (see `WorkerState`).
-            let accepted = self.table[..n].iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
-            let queued: u64 =
-                self.table[..n].iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
-            let recent: u64 = (base..base + n).map(|slot| Counters::recent(counters, slot)).sum();
-            Reading {
-                at_ns: now,
-                accepted,
-                runs: Counters::get(counters, counter::RUNS),
-                pending: queued + recent,
-            }
-        });
+        let finding = self.dispatch.selfcheck.observe(now, || reading(now, counters, &self.table[..n], base));
         let addr: SocketAddr = self.dispatch.addr;
         match finding {
             Finding::Nothing => {}
@@ -182,31 +211,33 @@ impl ServerState {
     }
 
     /// One connection from the listener of a worker other than `me` that
-    /// hangs (heartbeat older than the hang threshold), or `None` when no
-    /// hung worker's listener holds one. Looks only at the workers the last
-    /// pass found hung (one load when none is) and checks each again, and
-    /// accepts only from a listener whose last sample showed a queue (or on
-    /// which the program placed connections since): an `accept` on an empty
-    /// listener still costs a socket allocation, and every worker looks
-    /// every tick. Takes the stop lock of a worker only once that worker
-    /// hangs: never on a healthy server. Returns the connection, its peer
-    /// and the hung worker.
-    pub(crate) fn take_from_hung(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
+    /// hangs (heartbeat older than the hang threshold) or starves (it waited
+    /// for a CPU most of its recent ticks: another process holds its core),
+    /// or `None` when no such worker's listener holds one. Looks only at
+    /// the workers the last pass found hung or starved (one load when none
+    /// is) and checks each again, and accepts only from a listener whose
+    /// last sample showed a queue (or on which the program placed
+    /// connections since): an `accept` on an empty listener still costs a
+    /// socket allocation, and every worker looks every tick. Takes the stop
+    /// lock of a worker only once that worker hangs or starves: never on a
+    /// healthy server. Returns the connection, its peer and the worker.
+    pub(crate) fn take_from_stuck(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
         let threshold = u64::try_from(self.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
         let counters = self.dispatch.counters();
-        for id in self.pass.hung() {
+        for id in self.pass.stuck() {
             let (state, control) = (&self.table[id], self.workers.control(id));
             // Relaxed: lone timestamps, states and gauges (see `WorkerState`);
             // a stale reading costs one look too many or too few.
             let heartbeat = state.heartbeat_ns.load(Ordering::Relaxed);
+            let hung = heartbeat != 0 && now.saturating_sub(heartbeat) >= threshold;
+            let starved = state.stall_permille.load(Ordering::Relaxed) >= STARVED_PERMILLE;
             let queued = state.accept_queue.load(Ordering::Relaxed) > 0
                 || counters.is_some_and(|c| Counters::recent(c, self.dispatch.slot_base + id) > 0);
             if id == me
                 || !queued
                 || state.phase() != hermes_bpf::layout::WorkerPhase::Serving
-                || heartbeat == 0
-                || now.saturating_sub(heartbeat) < threshold
+                || !(hung || starved)
             {
                 continue;
             }
@@ -214,7 +245,7 @@ impl ServerState {
                 Some(Ok((stream, addr))) => return Some((stream, addr, id)),
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Some(Err(e)) => {
-                    tracing::debug!(worker = me, hung = id, error = %e, "accepting from a hung worker's listener")
+                    tracing::debug!(worker = me, stuck = id, error = %e, "accepting from a stuck worker's listener")
                 }
                 None => {}
             }
@@ -223,9 +254,20 @@ impl ServerState {
     }
 }
 
+/// A worker that waited for a CPU at least this share of its recent ticks
+/// (per mille) starves: the others take the connections queued on its
+/// listener.
+pub(super) const STARVED_PERMILLE: u32 = 500;
+
 #[cfg(test)]
 mod tests {
-    use std::{sync::Barrier, thread, time::Duration};
+    use std::{
+        sync::{Barrier, atomic::Ordering},
+        thread,
+        time::Duration,
+    };
+
+    use hermes_bpf::layout::WorkerState;
 
     use crate::{Builder, Mode};
 
@@ -258,5 +300,21 @@ mod tests {
         assert!(!server.sample_accept_queues(), "sampled again within the tick");
         thread::sleep(Duration::from_millis(20));
         assert!(server.sample_accept_queues(), "sampled again a tick later");
+    }
+
+    /// A successor's workers use the slots from its base: the placements
+    /// the self-check counts as pending are those of its slots, not of the
+    /// first ones (the older server's).
+    #[test]
+    fn the_self_check_reads_the_placements_of_its_own_slots() {
+        use hermes_bpf::layout::{DEFAULT_SLOTS, counter};
+        let counters: hermes_bpf::CounterRegion =
+            std::sync::Arc::new(hermes_bpf::Region::in_memory(counter::len(DEFAULT_SLOTS)));
+        let recent = |slot: usize, n: u64| counters[counter::recent(slot)].store(n, Ordering::Relaxed);
+        recent(0, 100); // the older server's worker 0
+        recent(2, 3); // this server's worker 0
+        recent(3, 4); // this server's worker 1
+        let workers = [WorkerState::default(), WorkerState::default()];
+        assert_eq!(super::reading(0, &counters, &workers, 2).pending, 7);
     }
 }

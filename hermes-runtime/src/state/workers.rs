@@ -179,6 +179,10 @@ pub(crate) struct Workers {
     /// the first burst of connections to them alone, while the kernel's hash
     /// (what an unpublished list means) spreads it over every listener.
     started: AtomicUsize,
+    /// Set once the server stops waiting for its workers to start (every
+    /// one did, or the start-up wait ended without some): from then on
+    /// bitmaps are published with the workers that serve.
+    start_over: AtomicBool,
     /// The CPU of each worker (by id, modulo their number); empty: unpinned.
     cpus: Vec<usize>,
 }
@@ -189,6 +193,7 @@ impl Workers {
         Self {
             controls: (0..n).map(|_| Arc::new(WorkerControl::new())).collect(),
             started: AtomicUsize::new(0),
+            start_over: AtomicBool::new(false),
             cpus: if pin { sys::allowed_cpus() } else { Vec::new() },
         }
     }
@@ -213,6 +218,13 @@ impl Workers {
         (!self.cpus.is_empty()).then(|| self.cpus[id % self.cpus.len()])
     }
 
+    /// Every CPU the process could run on when the server was made, if
+    /// workers are pinned (threads a worker starts would otherwise inherit
+    /// its one CPU).
+    pub(crate) fn process_cpus(&self) -> Option<&[usize]> {
+        (!self.cpus.is_empty()).then_some(&self.cpus[..])
+    }
+
     /// Workers that reached `Serving` at least once.
     pub(crate) fn started(&self) -> usize {
         // Acquire pairs with the Release increment in `count_started`.
@@ -230,5 +242,19 @@ impl Workers {
     /// Whether every worker has started.
     pub(crate) fn all_started(&self) -> bool {
         self.started() >= self.len()
+    }
+
+    /// Whether bitmaps may be published: every worker started, or the
+    /// server stopped waiting for the ones that did not.
+    pub(crate) fn may_publish(&self) -> bool {
+        // Acquire pairs with the Release store in `stop_waiting`.
+        self.all_started() || self.start_over.load(Ordering::Acquire)
+    }
+
+    /// The server stops waiting for its workers to start: a worker that
+    /// never starts must not keep the others out of the bitmap.
+    pub(crate) fn stop_waiting(&self) {
+        // Release: pairs with the Acquire load in `may_publish`.
+        self.start_over.store(true, Ordering::Release);
     }
 }

@@ -11,11 +11,13 @@ use crate::state::{SelfCheck, ServerState};
 ///
 /// Metrics (label `worker` on all but the server-wide ones):
 /// gauges `hermes_open_connections`, `hermes_in_flight`,
-/// `hermes_accept_queue`, `hermes_eligible`, `hermes_heartbeat_age_seconds`;
+/// `hermes_accept_queue`, `hermes_eligible`, `hermes_heartbeat_age_seconds`,
+/// `hermes_stall_ratio` (the smoothed share of the recent ticks the worker
+/// waited for a CPU);
 /// counters `hermes_accepted_total`, `hermes_requests_total`,
-/// `hermes_busy_seconds_total`, `hermes_dispatched_total`,
+/// `hermes_busy_seconds_total`, `hermes_run_delay_seconds_total`, `hermes_dispatched_total`,
 /// `hermes_placed_out_total`, `hermes_placed_in_total`,
-/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_recycled_total`,
+/// `hermes_reconnects_total`, `hermes_offloaded_total`, `hermes_shed_total`, `hermes_recycled_total`,
 /// `hermes_refused_total`, `hermes_rescued_total`; server-wide gauge
 /// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
 /// other: in Hermes mode, `kernel-hash` with the self-check's reason while
@@ -34,11 +36,14 @@ pub(crate) struct WorkerMetrics {
     accepted: metrics::Counter,
     requests: metrics::Counter,
     busy: metrics::Gauge,
+    run_delay: metrics::Gauge,
+    stall: metrics::Gauge,
     dispatched: metrics::Counter,
     placed_out: metrics::Counter,
     placed_in: metrics::Counter,
     reconnects: metrics::Counter,
     offloaded: metrics::Counter,
+    shed: metrics::Counter,
     recycled: metrics::Counter,
     refused: metrics::Counter,
     rescued: metrics::Counter,
@@ -64,11 +69,14 @@ impl WorkerMetrics {
             accepted: metrics::counter!("hermes_accepted_total", "worker" => w.clone()),
             requests: metrics::counter!("hermes_requests_total", "worker" => w.clone()),
             busy: metrics::gauge!("hermes_busy_seconds_total", "worker" => w.clone()),
+            run_delay: metrics::gauge!("hermes_run_delay_seconds_total", "worker" => w.clone()),
+            stall: metrics::gauge!("hermes_stall_ratio", "worker" => w.clone()),
             dispatched: metrics::counter!("hermes_dispatched_total", "worker" => w.clone()),
             placed_out: metrics::counter!("hermes_placed_out_total", "worker" => w.clone()),
             placed_in: metrics::counter!("hermes_placed_in_total", "worker" => w.clone()),
             reconnects: metrics::counter!("hermes_reconnects_total", "worker" => w.clone()),
             offloaded: metrics::counter!("hermes_offloaded_total", "worker" => w.clone()),
+            shed: metrics::counter!("hermes_shed_total", "worker" => w.clone()),
             recycled: metrics::counter!("hermes_recycled_total", "worker" => w.clone()),
             refused: metrics::counter!("hermes_refused_total", "worker" => w.clone()),
             rescued: metrics::counter!("hermes_rescued_total", "worker" => w),
@@ -103,11 +111,14 @@ impl WorkerMetrics {
         self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
         self.requests.absolute(w.requests.load(Ordering::Relaxed));
         self.busy.set(w.busy_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        self.run_delay.set(w.run_delay_ns.load(Ordering::Relaxed) as f64 / 1e9);
+        self.stall.set(f64::from(w.stall_permille.load(Ordering::Relaxed)) / 1e3);
         let (out, into) = placement.moves(id);
         self.placed_out.absolute(out);
         self.placed_in.absolute(into);
         self.reconnects.absolute(placement.reconnects(id));
         self.offloaded.absolute(placement.offloaded(id));
+        self.shed.absolute(placement.shed(id));
         self.recycled.absolute(placement.recycled(id));
         self.refused.absolute(control.refused());
         self.rescued.absolute(control.rescued());

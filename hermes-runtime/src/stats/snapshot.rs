@@ -1,21 +1,32 @@
 //! [`Snapshot`]: the server's table, list of eligible workers and kernel
-//! counters at one instant, serializable (the JSON of `/_hermes/stats`).
+//! counters at one instant, serializable (the JSON of `/_hermes/stats`) and
+//! read back by the tools that watch a server (`hermes-top`).
 
 use std::sync::atomic::Ordering;
 
 use hermes_bpf::{layout::WorkerPhase, monotonic_ns};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{config::Mode, state::ServerState};
 
 /// The server's state at one instant: per-worker table values, eligibility
 /// and kernel dispatch counts, fallbacks by reason, and the mode.
 ///
+/// The JSON reads back into the same value; a field missing from it (a
+/// server of another version) reads as its default, and an age never
+/// published (written `null`) as infinity.
+///
 /// ```
-/// let json = serde_json::to_value(hermes_runtime::Snapshot::default()).unwrap();
-/// assert!(json["workers"].is_array());
+/// use hermes_runtime::Snapshot;
+///
+/// let json = serde_json::to_string(&Snapshot::default()).unwrap();
+/// let back: Snapshot = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back, Snapshot::default());
+/// let old: Snapshot = serde_json::from_str(r#"{"pid": 7, "list_age_ms": null}"#).unwrap();
+/// assert_eq!((old.pid, old.list_age_ms), (7, f64::INFINITY));
 /// ```
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Snapshot {
     /// The server's process id (after an upgrade, the successor's).
     pub pid: u32,
@@ -35,7 +46,9 @@ pub struct Snapshot {
     /// The workers (ids) of that list, in list order (each worker's
     /// `eligible` says the same per worker).
     pub eligible: Vec<usize>,
-    /// Milliseconds since that list was published.
+    /// Milliseconds since that list was published (infinite, `null` in
+    /// JSON, before the first publish).
+    #[serde(deserialize_with = "infinite_when_null")]
     pub list_age_ms: f64,
     /// Whether locality is on (`Builder::locality`).
     pub locality: bool,
@@ -58,7 +71,8 @@ pub struct Snapshot {
 }
 
 /// Request placement in a [`Snapshot`] (see [`crate::placement`]).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct PlacementSnapshot {
     /// Whether requests may move (`Builder::place_requests`).
     pub enabled: bool,
@@ -74,7 +88,8 @@ pub struct PlacementSnapshot {
 
 /// Connections the kernel program left to the kernel's hash, by reason
 /// (all zero outside Hermes mode).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Fallbacks {
     /// Fewer candidates than the kernel's minimum.
     pub too_few: u64,
@@ -85,7 +100,8 @@ pub struct Fallbacks {
 }
 
 /// One worker in a [`Snapshot`].
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct WorkerSnapshot {
     /// Worker id (its slot in the table and the kernel's socket array).
     pub id: usize,
@@ -113,7 +129,9 @@ pub struct WorkerSnapshot {
     pub requests: u64,
     /// Nanoseconds the worker's runtime spent not parked.
     pub busy_ns: u64,
-    /// Milliseconds since the worker's last heartbeat.
+    /// Milliseconds since the worker's last heartbeat (infinite, `null` in
+    /// JSON, before the first one).
+    #[serde(deserialize_with = "infinite_when_null")]
     pub heartbeat_age_ms: f64,
     /// Where the worker is in its life (`starting`, `serving`, `draining` or
     /// `stopped` in JSON).
@@ -127,6 +145,9 @@ pub struct WorkerSnapshot {
     /// Requests of this worker's connections run on its blocking pool
     /// (their class holds a thread for at least `Builder::offload_heavy`).
     pub offloaded: u64,
+    /// Requests of this worker's connections refused (`503`) because as
+    /// many ran on its blocking pool as `Builder::max_offloaded` allows.
+    pub shed: u64,
     /// Keep-alive connections of this worker closed for their age or request
     /// count (`Builder::max_connection_age`, `max_requests_per_connection`).
     pub recycled: u64,
@@ -134,6 +155,12 @@ pub struct WorkerSnapshot {
     pub expected_us: u32,
     /// Smoothed share of the recent ticks the worker was busy, per mille.
     pub util_permille: u32,
+    /// Smoothed share of the recent ticks the worker's thread waited for a
+    /// CPU while it had work (another thread held its core), per mille.
+    pub stall_permille: u32,
+    /// Nanoseconds the worker's thread waited for a CPU while it had work,
+    /// in total (the kernel's run-queue delay).
+    pub run_delay_ns: u64,
 }
 
 /// Where a worker is in its life, as a [`WorkerSnapshot`] shows it.
@@ -144,7 +171,7 @@ pub struct WorkerSnapshot {
 /// assert_eq!(serde_json::to_string(&WorkerStatus::Stopped).unwrap(), r#""stopped""#);
 /// assert_eq!(WorkerStatus::Serving.to_string(), "serving");
 /// ```
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerStatus {
     /// Not serving: never started in this slot, or exited.
@@ -185,6 +212,11 @@ impl From<WorkerPhase> for WorkerStatus {
             WorkerPhase::Draining => WorkerStatus::Draining,
         }
     }
+}
+
+/// An age read back from JSON, which writes an infinite one as `null`.
+fn infinite_when_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
@@ -229,9 +261,12 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
                 placed_in,
                 reconnects: placement.reconnects(id),
                 offloaded: placement.offloaded(id),
+                shed: placement.shed(id),
                 recycled: placement.recycled(id),
                 expected_us: w.expected_us.load(Ordering::Relaxed),
                 util_permille: w.util_permille.load(Ordering::Relaxed),
+                stall_permille: w.stall_permille.load(Ordering::Relaxed),
+                run_delay_ns: w.run_delay_ns.load(Ordering::Relaxed),
             }
         })
         .collect();

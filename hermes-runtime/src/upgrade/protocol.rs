@@ -241,12 +241,21 @@ impl fmt::Debug for Inherited {
 }
 
 /// The successor's end of the hand-over socket, if [`UPGRADE_FD_ENV`] names one.
+/// The first server of the process to look takes it; any later one starts
+/// as usual (the variable stays in the environment: unsetting it races with
+/// every other thread that reads the environment).
 pub(crate) fn channel_from_env() -> Result<Option<OwnedFd>, UpgradeError> {
-    match std::env::var_os(UPGRADE_FD_ENV) {
-        Some(value) => channel_from(&value),
-        None => Ok(None),
+    let Some(value) = std::env::var_os(UPGRADE_FD_ENV) else { return Ok(None) };
+    if !crate::sys::take_once(&CHANNEL_TAKEN) {
+        tracing::info!("{UPGRADE_FD_ENV} was taken by another server of this process; starting as usual");
+        return Ok(None);
     }
+    channel_from(&value)
 }
+
+/// Whether a server of this process took the descriptor of
+/// [`UPGRADE_FD_ENV`] already.
+static CHANNEL_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The hand-over socket named by `value` (a descriptor number), taken over
 /// by this process; `None` when the number is open but no hand-over socket.

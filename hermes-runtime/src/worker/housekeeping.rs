@@ -16,7 +16,7 @@ pub(super) async fn housekeeping(server: Arc<ServerState>, id: usize) {
     let metrics = WorkerMetrics::new(&server, id);
     let export_every = (Duration::from_millis(100).as_nanos() / server.config.tick.as_nanos()).max(1) as u64;
     let mut ticks = 0u64;
-    let mut tick = WorkerTick::default();
+    let mut tick = WorkerTick::on_this_thread();
     let mut drain = DrainWait::default();
     loop {
         // On the worker's grid of ticks (see `until_next_tick`): one

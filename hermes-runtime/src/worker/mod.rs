@@ -51,6 +51,11 @@ fn worker_thread<F, Fut>(
     {
         tracing::debug!(worker = id, cpu, error = %e, "could not pin the worker");
     }
+    if let Some(slice) = server.config.worker_slice
+        && let Err(e) = sys::request_slice(slice)
+    {
+        tracing::debug!(worker = id, ?slice, error = %e, "the kernel did not take the worker's time slice");
+    }
     // Everything the worker runs, handlers included, is inside this span.
     let _span = tracing::info_span!("hermes_worker", worker = id).entered();
     let worker = WorkerRef::of(&server, id);
@@ -66,6 +71,9 @@ fn worker_thread<F, Fut>(
             Err(_) if control.is_draining() => break,
             Err(_) => {
                 tracing::error!(worker = id, "the worker's runtime panicked; restarting it");
+                // Its runtime is gone: no request may be moved to it until
+                // the new one is up.
+                server.placement.set_handle(id, None);
                 // Nobody accepts from the old listener until the restart: a
                 // replacement joins the group now (so the group and its
                 // program outlive the old one), then the old one leaves it.

@@ -22,9 +22,10 @@ use std::{
 };
 
 use hermes_bpf::monotonic_ns;
+use tokio::{runtime::Runtime, task::LocalSet};
 
 use super::run::worker_loop;
-use crate::{context::WorkerRef, net::HermesListener, state::ServerState};
+use crate::{context::WorkerRef, net::HermesListener, state::ServerState, sys};
 
 /// Builds the worker's runtime and runs the worker on it until it exits.
 pub(super) fn run<F, Fut>(
@@ -38,6 +39,18 @@ pub(super) fn run<F, Fut>(
 {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
+    if let Some(cpus) = server.workers.process_cpus() {
+        // The blocking pool's threads are started by the worker thread and
+        // would inherit its one CPU: an offloaded handler would then compete
+        // with its own worker while other cores idle. They get every CPU the
+        // process had. Set before the application's hook, which may replace it.
+        let (cpus, id) = (cpus.to_vec(), worker.id());
+        builder.on_thread_start(move || {
+            if let Err(e) = sys::run_on(&cpus) {
+                tracing::warn!(worker = id, error = %e, "could not unpin a blocking-pool thread");
+            }
+        });
+    }
     if let Some(hook) = &server.config.on_runtime {
         (hook.0)(worker.id(), &mut builder);
     }
@@ -53,10 +66,11 @@ pub(super) fn run<F, Fut>(
             let now = monotonic_ns();
             let slot = on_park.state();
             let since = park_since.load(Ordering::Relaxed);
-            // Relaxed: single writer (this thread); readers take each
-            // counter as an independent value.
+            // Relaxed: readers take each counter as an independent value. A
+            // read-modify-write, as the pool threads of offloaded requests
+            // add their time too (see `placement::Learner`).
             if since != 0 {
-                slot.busy_ns.store(slot.busy_ns.load(Ordering::Relaxed) + (now - since), Ordering::Relaxed);
+                slot.busy_ns.fetch_add(now - since, Ordering::Relaxed);
             }
             slot.heartbeat_ns.store(now, Ordering::Relaxed);
         })
@@ -67,35 +81,89 @@ pub(super) fn run<F, Fut>(
         })
         .build();
     let rt = match rt {
-        Ok(rt) => rt,
+        Ok(rt) => Bounded(Some(rt)),
         Err(e) => {
             tracing::error!(worker = worker.id(), error = %e, "could not build the worker's runtime");
             thread::sleep(Duration::from_secs(1));
             panic!("runtime build failed");
         }
     };
+    let handle = rt.0.as_ref().expect("just built").handle().clone();
     // Moved requests reach this worker through its runtime's handle.
-    server.placement.set_handle(worker.id(), Some(rt.handle().clone()));
+    server.placement.set_handle(worker.id(), Some(handle));
+    let local = LocalSet::new();
     let on_start = server.config.on_start.clone();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
+    local.block_on(rt.0.as_ref().expect("just built"), async {
         if let Some(hook) = on_start {
             (hook.0)(worker.id());
         }
         worker_loop(server.clone(), worker.clone(), serve.clone(), listener).await;
     });
+    // Read before the `LocalSet` drops its tasks, which closes the
+    // connections and ends the requests they hold.
+    let cut = Cut::read(worker);
     drop(local);
+    cut.log(worker.id(), rt.0.as_ref().map_or(0, |rt| rt.metrics().num_alive_tasks()));
     // Dropping the runtime would wait for every `spawn_blocking` task without
-    // bound; the drain timeout has passed already, so give them a moment.
-    let left = rt.metrics().num_alive_tasks();
-    if left > 0 {
-        tracing::warn!(
-            worker = worker.id(),
-            tasks = left,
-            "abandoning the tasks left on the worker's runtime (blocking tasks get {RUNTIME_GRACE:?} more)"
-        );
+    // bound; the drain is over already, so `Bounded` gives them a moment
+    // as it drops here.
+    drop(rt);
+}
+
+/// The worker's runtime, shut down with a bound when it drops, also while
+/// unwinding from a panic of the worker's runtime: a plain drop would wait
+/// for every blocking task (an offloaded handler that holds its thread for
+/// minutes), and the worker would not restart meanwhile.
+struct Bounded(Option<Runtime>);
+
+impl Drop for Bounded {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_timeout(RUNTIME_GRACE);
+        }
     }
-    rt.shutdown_timeout(RUNTIME_GRACE);
+}
+
+/// What stopping a worker's runtime cuts: the requests still in flight on it
+/// and the connections still open. Both are zero after a drain that
+/// finished (an idle stop); they are not after a drain timeout, or with a
+/// request moved here from a worker that still serves. The tasks left on the
+/// runtime say nothing by themselves: on an idle stop they are helpers
+/// waiting on the drain (axum's shutdown watcher) or the application's own.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    requests: u32,
+    connections: u32,
+}
+
+impl Cut {
+    fn read(worker: &WorkerRef) -> Self {
+        let slot = worker.state();
+        // Relaxed: lone gauges (see `WorkerState`), read once the worker's
+        // loop has returned.
+        Self {
+            requests: slot.in_flight.load(Ordering::Relaxed),
+            connections: slot.open_conns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Logs the stop: at WARN when it cuts work in flight, saying how much,
+    /// otherwise at INFO.
+    fn log(self, worker: usize, tasks: usize) {
+        let Self { requests, connections } = self;
+        if requests > 0 || connections > 0 {
+            tracing::warn!(
+                worker,
+                requests,
+                connections,
+                tasks,
+                "the worker stops with work in flight; cutting it (blocking tasks get {RUNTIME_GRACE:?} more)"
+            );
+        } else {
+            tracing::debug!(worker, tasks, "dropping the tasks left on the stopped worker's runtime");
+            tracing::info!(worker, "worker stopped");
+        }
+    }
 }
 
 /// How long a stopping worker's runtime waits for its blocking tasks.

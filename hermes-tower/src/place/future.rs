@@ -112,6 +112,8 @@ pin_project! {
             _cancel: oneshot::Sender<()>,
             worker: WorkerRef,
         },
+        // The request is refused (the worker's offload bound): answered 503.
+        Shed,
     }
 }
 
@@ -135,6 +137,10 @@ impl<F, B, E> PlaceFuture<F, B, E> {
         reconnect: bool,
     ) -> Self {
         Self { state: State::Offloaded { task: AbortOnDrop(task), _cancel: cancel, worker }, reconnect }
+    }
+
+    pub(crate) fn shed(reconnect: bool) -> Self {
+        Self { state: State::Shed, reconnect }
     }
 
     /// Whether the request runs on another worker than its connection's.
@@ -196,6 +202,7 @@ where
                 // this side).
                 Ok(None) | Err(_) => Poll::Ready(Ok(lost(worker))),
             },
+            Proj::Shed => Poll::Ready(Ok(shed())),
         }
     }
 }
@@ -209,6 +216,15 @@ fn lost<B: Default>(worker: &WorkerRef) -> http::Response<B> {
     response
 }
 
+/// The answer to a request refused at its worker's offload bound: `503
+/// Service Unavailable`, to be retried in a second.
+fn shed<B: Default>() -> http::Response<B> {
+    let mut response = http::Response::new(B::default());
+    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
 impl<F, B, E> fmt::Debug for PlaceFuture<F, B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
@@ -219,6 +235,7 @@ impl<F, B, E> fmt::Debug for PlaceFuture<F, B, E> {
             State::Offloaded { worker, .. } => {
                 f.debug_struct("PlaceFuture::Offloaded").field("owner", &worker.id()).finish()
             }
+            State::Shed => f.write_str("PlaceFuture::Shed"),
         }
     }
 }

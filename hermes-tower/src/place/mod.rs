@@ -69,7 +69,9 @@
 //! stops before it ends is answered `503 Service Unavailable`, logged and
 //! counted (`placement.lost` in the snapshot). A client that goes away
 //! cancels the moved or offloaded handler too (an offloaded one at its next
-//! wake-up: a handler holding its thread cannot be interrupted).
+//! wake-up: a handler holding its thread cannot be interrupted). A request
+//! of a heavy route past the worker's offload bound (`Builder::max_offloaded`)
+//! is answered `503 Service Unavailable` with `Retry-After: 1`, not run.
 
 use std::{
     mem,
@@ -107,7 +109,7 @@ impl ConnectionLimits {
     /// requests (this one included; 0 when not counted) is due to close.
     /// Without limits, one branch and no clock read.
     #[inline]
-    fn due(&self, served: u64, opened: Instant) -> bool {
+    pub(crate) fn due(&self, served: u64, opened: Instant) -> bool {
         if self.max_requests.is_none() && self.max_age.is_none() {
             return false;
         }
@@ -215,6 +217,26 @@ where
             let served = self.served.as_ref().map_or(0, |n| n.fetch_add(1, Relaxed) + 1);
             if self.limits.due(served, self.opened) { Reconnect::Due } else { Reconnect::May }
         };
+        self.call_with(request, reconnect)
+    }
+}
+
+impl<S> Place<S> {
+    /// Places `request`, whose connection's limits were checked by the
+    /// caller (`reconnect`): for a service shared by several connections,
+    /// which counts each connection's requests itself (`serve_tonic`'s).
+    pub(crate) fn call_with<B, RB>(
+        &mut self,
+        request: http::Request<B>,
+        reconnect: Reconnect,
+    ) -> PlaceFuture<S::Future, RB, S::Error>
+    where
+        S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        RB: Default + Send + 'static,
+    {
         // Decided without cloning the worker handle: the decision clones
         // only what outlives the call.
         let decision = placement::decide(request.uri().path().as_bytes(), reconnect);
@@ -236,14 +258,15 @@ where
                 });
                 PlaceFuture::remote(task, owner, reconnect)
             }
-            Some(Decision::Offload { runtime, learner, owner, reconnect }) => {
+            Some(Decision::Shed { reconnect }) => PlaceFuture::shed(reconnect),
+            Some(Decision::Offload { runtime, permit, learner, owner, reconnect }) => {
                 // Called here, on the connection's worker, so the layers
                 // inside count the request in flight on this worker (which
                 // waits to write its response); only the future moves.
                 // In the caller's span (the worker's `hermes_worker` span), so
                 // the handler's logs still carry the worker id.
                 let future =
-                    Timed::new(self.inner.call(request), learner).instrument(tracing::Span::current());
+                    Timed::new(self.inner.call(request), Some(learner)).instrument(tracing::Span::current());
                 let (cancel, cancelled) = oneshot::channel::<()>();
                 let driver = Arc::clone(&runtime);
                 // The pool thread acts for this worker: the handler sees it
@@ -256,6 +279,8 @@ where
                 // connections. Dropping the response future drops `cancel`,
                 // which ends the handler at its next wake-up.
                 let task = runtime.spawn_blocking(move || {
+                    // Held until the handler ends, here or by cancellation.
+                    let _permit = permit;
                     let _entered = acting_for.enter();
                     driver.block_on(async move {
                         tokio::select! {

@@ -10,7 +10,7 @@ use std::{
 use hermes_runtime::HermesStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::timeouts::{Activity, Timeouts, Timer, Watch};
+use super::timeouts::{Activity, Timeouts, Timer};
 
 /// An accepted connection, plain or TLS, counted as open on the worker that
 /// accepted it (see [`HermesStream`]).
@@ -47,20 +47,10 @@ impl Connection {
         Self { inner: Stream::Tls(Box::new(stream)), timer: None }
     }
 
-    /// Starts the connection's timer (none when both timeouts are off),
-    /// watching what `watch` says.
-    pub(crate) fn with_timer(mut self, timeouts: Timeouts, watch: Watch) -> Self {
+    /// Starts the connection's timer (none when both timeouts are off).
+    pub(crate) fn with_timer(mut self, timeouts: Timeouts) -> Self {
         if timeouts.any() {
-            self.timer = Some(match watch {
-                Watch::Requests => {
-                    #[cfg(feature = "tls")]
-                    let h2 = self.tls_session().is_some_and(|s| s.alpn_protocol() == Some(b"h2"));
-                    #[cfg(not(feature = "tls"))]
-                    let h2 = false;
-                    Timer::new(timeouts, h2)
-                }
-                Watch::FirstHead => Timer::first_head(timeouts),
-            });
+            self.timer = Some(Timer::new(timeouts, Arc::default()));
         }
         self
     }
@@ -68,7 +58,7 @@ impl Connection {
     /// What the connection's service reports its requests to, when the
     /// connection has timeouts.
     pub(crate) fn activity(&self) -> Option<Arc<Activity>> {
-        self.timer.as_ref().and_then(|t| t.activity.clone())
+        self.timer.as_ref().map(|t| t.activity.clone())
     }
 
     fn hermes(&self) -> &HermesStream {
@@ -141,14 +131,7 @@ impl AsyncRead for Connection {
         let result = delegate!(this, s => s.poll_read(cx, buf));
         let Some(timer) = &mut this.timer else { return result };
         match result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                timer.on_read(&buf.filled()[before..]);
-                if timer.finished() {
-                    // A tonic connection past its first head: nothing more to
-                    // watch, and its sleep leaves the timer wheel.
-                    this.timer = None;
-                }
-            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => timer.on_read(&buf.filled()[before..], cx),
             Poll::Pending => {
                 if let Some(what) = timer.poll_expired(cx) {
                     tracing::debug!(worker = this.worker_id(), "{what}: closing the connection");

@@ -26,12 +26,14 @@ use tower_service::Service;
 
 use super::{
     IntoBindAddr, Serve,
+    body::{InProgress, MinDataRate, MinRateBody},
     listener::IncomingStream,
     protocol::{DRAIN_IDLE_GRACE, Sealed, WorkerSettings},
-    timeouts::{ActiveGuard, Activity, Watch},
+    timeouts::Activity,
 };
 use crate::{
     hermes::{Hermes, HermesLayer},
+    orca::{Reports, future::HeaderFuture},
     place::{ConnectionLimits, Place, future::PlaceFuture},
     stats,
 };
@@ -100,6 +102,8 @@ where
             layer: settings.layer,
             stats: settings.stats,
             limits: settings.limits,
+            body_rate: settings.body_rate,
+            reports: settings.reports.for_worker(),
         };
         let worker = listener.worker_id();
         // Called on the worker thread: the worker's own drain.
@@ -114,7 +118,7 @@ where
             drain.await;
             tokio::time::sleep(DRAIN_IDLE_GRACE).await;
         };
-        let listener = settings.listener(listener, Watch::Requests).tapped();
+        let listener = settings.listener(listener).tapped();
         Box::pin(async move {
             if let Err(e) = axum::serve(listener, make).with_graceful_shutdown(drain).await {
                 tracing::error!(worker, error = %e, "axum stopped serving");
@@ -131,6 +135,8 @@ struct WorkerMakeService<M> {
     layer: Option<HermesLayer>,
     stats: bool,
     limits: ConnectionLimits,
+    body_rate: Option<MinDataRate>,
+    reports: Option<Arc<Reports>>,
 }
 
 impl<'a, M, S> Service<IncomingStream<'a>> for WorkerMakeService<M>
@@ -152,6 +158,8 @@ where
             layer: self.layer,
             stats: self.stats,
             limits: self.limits,
+            body_rate: self.body_rate,
+            reports: self.reports.clone(),
             activity,
         }
     }
@@ -165,6 +173,8 @@ pin_project! {
         layer: Option<HermesLayer>,
         stats: bool,
         limits: ConnectionLimits,
+        body_rate: Option<MinDataRate>,
+        reports: Option<Arc<Reports>>,
         activity: Option<Arc<Activity>>,
     }
 }
@@ -187,40 +197,30 @@ where
             },
             *this.limits,
         );
-        Poll::Ready(Ok(WorkerService { app, stats: *this.stats, activity: this.activity.take() }))
+        Poll::Ready(Ok(WorkerService {
+            app,
+            stats: *this.stats,
+            body_rate: *this.body_rate,
+            reports: this.reports.take(),
+            activity: this.activity.take(),
+        }))
     }
 }
 
 /// One connection's service: `/_hermes/stats` when mounted, otherwise the
-/// application behind [`Place`] and [`HermesLayer`] (when on).
+/// application behind [`Place`] and [`HermesLayer`] (when on), its
+/// responses with the ORCA header (when on).
 #[derive(Clone)]
 struct WorkerService<S> {
     app: Place<tower::util::Either<Hermes<S>, S>>,
     stats: bool,
+    /// The minimum rate of request bodies, when on.
+    body_rate: Option<MinDataRate>,
+    reports: Option<Arc<Reports>>,
     /// The connection's [`Activity`], when it has timeouts: a request in
-    /// progress is never cut by the idle timeout.
+    /// progress (its response's body included) is never cut by the idle
+    /// timeout.
     activity: Option<Arc<Activity>>,
-}
-
-pin_project! {
-    /// A request's future, counted as in progress on its connection until
-    /// it completes or is dropped.
-    struct Tracked<F> {
-        #[pin]
-        inner: F,
-        guard: Option<ActiveGuard>,
-    }
-}
-
-impl<F: Future> Future for Tracked<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let out = std::task::ready!(this.inner.poll(cx));
-        this.guard.take();
-        Poll::Ready(out)
-    }
 }
 
 type AppFuture<S> = PlaceFuture<
@@ -236,7 +236,8 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Tracked<Either<AppFuture<S>, std::future::Ready<Result<Response, Infallible>>>>;
+    type Future =
+        InProgress<Either<HeaderFuture<AppFuture<S>>, std::future::Ready<Result<Response, Infallible>>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.app.poll_ready(cx)
@@ -247,8 +248,15 @@ where
         let inner = if self.stats && req.uri().path() == stats::STATS_PATH {
             Either::Right(std::future::ready(Ok(stats::response(req.method()).map(axum::body::Body::from))))
         } else {
-            Either::Left(self.app.call(req))
+            let req = match self.body_rate {
+                // A request with a body to come: one allocation for its watch.
+                Some(rate) if !http_body::Body::is_end_stream(req.body()) => {
+                    req.map(|body| axum::body::Body::new(MinRateBody::new(body, rate)))
+                }
+                _ => req,
+            };
+            Either::Left(HeaderFuture::new(self.app.call(req), self.reports.clone()))
         };
-        Tracked { inner, guard }
+        InProgress::new(inner, guard)
     }
 }

@@ -14,12 +14,9 @@ use axum::serve::{ListenerExt, TapIo};
 use futures_util::Stream;
 use hermes_runtime::HermesListener;
 
+use super::{conn::Connection, timeouts::Timeouts};
 #[cfg(feature = "tls")]
-use super::tls::{RustlsConfig, TlsListener};
-use super::{
-    conn::Connection,
-    timeouts::{Timeouts, Watch},
-};
+use super::{handshake::TlsListener, tls::RustlsConfig};
 
 /// What a make-service given to [`serve()`](super::serve()) is called with,
 /// once per connection: axum's `IncomingStream` over the worker's listener
@@ -68,7 +65,6 @@ pub type IncomingStream<'a> = axum::serve::IncomingStream<'a, TapIo<WorkerListen
 pub struct WorkerListener {
     inner: Inner,
     timeouts: Timeouts,
-    watch: Watch,
 }
 
 enum Inner {
@@ -95,16 +91,15 @@ impl WorkerListener {
     /// Plain connections from `listener`, with no timeouts: the listener a
     /// server of your own hands to `axum::serve` or tonic.
     pub fn new(listener: HermesListener) -> Self {
-        Self { inner: Inner::Plain(listener), timeouts: Timeouts::NONE, watch: Watch::Requests }
+        Self { inner: Inner::Plain(listener), timeouts: Timeouts::NONE }
     }
 
     /// Connections from `listener`, over TLS when `tls` is given, with
-    /// `timeouts` watching what `watch` says.
+    /// `timeouts`.
     pub(crate) fn with(
         listener: HermesListener,
         #[cfg(feature = "tls")] tls: Option<RustlsConfig>,
         timeouts: Timeouts,
-        watch: Watch,
     ) -> Self {
         #[cfg(feature = "tls")]
         let inner = match tls {
@@ -113,7 +108,7 @@ impl WorkerListener {
         };
         #[cfg(not(feature = "tls"))]
         let inner = Inner::Plain(listener);
-        Self { inner, timeouts, watch }
+        Self { inner, timeouts }
     }
 
     /// `self` in the form [`IncomingStream`] names (axum's `TapIo`, which
@@ -149,7 +144,7 @@ impl WorkerListener {
             #[cfg(feature = "tls")]
             Inner::Tls(l) => l.poll_accept(cx).map(|c| c.map(|(s, a)| (Connection::tls(s), a))),
         };
-        next.map(|c| c.map(|(conn, addr)| (conn.with_timer(self.timeouts, self.watch), addr)))
+        next.map(|c| c.map(|(conn, addr)| (conn.with_timer(self.timeouts), addr)))
     }
 }
 

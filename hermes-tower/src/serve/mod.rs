@@ -48,8 +48,12 @@
 //! application's public surface. Turn it on with [`Serve::with_stats`].
 
 mod addr;
+mod body;
 mod conn;
+mod frames;
 mod grpc;
+#[cfg(feature = "tls")]
+mod handshake;
 mod http;
 mod listener;
 mod options;
@@ -66,8 +70,9 @@ use std::{
 };
 
 pub use addr::IntoBindAddr;
+pub use body::{InProgress, MinDataRate, RequestBodyTooSlow};
 pub use conn::Connection;
-pub use grpc::{Grpc, ServeTonic, TonicService, serve_tonic};
+pub use grpc::{Grpc, GrpcConnectInfo, ServeTonic, TonicService, serve_tonic};
 pub use http::{Http, serve};
 pub use listener::{IncomingStream, WorkerListener};
 pub use options::Serve;

@@ -13,11 +13,11 @@ use tokio::signal::unix::{SignalKind, signal as unix_signal};
 use super::tls::RustlsConfig;
 use super::{
     IntoBindAddr, ServeFuture,
+    body::MinDataRate,
     protocol::{Protocol, WorkerSettings},
     signals::{StopSignals, shutdown_all_on, shutdown_all_when, upgrade_on},
-    timeouts::Timeouts,
 };
-use crate::{hermes::HermesLayer, place::ConnectionLimits};
+use crate::hermes::HermesLayer;
 
 /// An application about to be served by a Hermes server; made by
 /// [`serve()`](super::serve()) (axum) or [`serve_tonic`](super::serve_tonic)
@@ -51,7 +51,7 @@ pub struct Serve<A, P> {
     also: Vec<io::Result<SocketAddr>>,
     pub(super) protocol: P,
     builder: Builder,
-    settings: WorkerSettings,
+    pub(crate) settings: WorkerSettings,
     signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     upgrades: bool,
 }
@@ -151,11 +151,10 @@ impl<A, P> Serve<A, P> {
         self
     }
 
-    /// How long a client may take to send a whole request head (request
-    /// line and headers), from its first byte; a connection still short of
-    /// a head then is closed. `None` waits for ever. A gRPC connection is
-    /// watched until its first head or HTTP/2 preface is complete; after
-    /// that it is tonic's. Default:
+    /// How long a client may take to send a whole request head, from its
+    /// first byte: an HTTP/1 request line and headers, the HTTP/2 preface, an
+    /// HTTP/2 header block (HEADERS and its CONTINUATIONs); a connection
+    /// still short of it then is closed. `None` waits for ever. Default:
     /// [`DEFAULT_HEADER_READ_TIMEOUT`](super::DEFAULT_HEADER_READ_TIMEOUT)
     /// (30 s, hyper's own default when it has a timer).
     pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -163,17 +162,29 @@ impl<A, P> Serve<A, P> {
         self
     }
 
-    /// How long a connection may stay open with no request in progress and
-    /// nothing read or written (a keep-alive connection between requests, a
-    /// client that connected and sent nothing) before it is closed. A
-    /// request being served is never cut by it, however long its handler
-    /// takes. `None` keeps idle connections for ever. A gRPC connection is
-    /// watched until its first byte only: an established channel may idle
-    /// between calls, as with tonic's own server (its HTTP/2 keep-alive
-    /// settings find dead peers). Default:
+    /// How long a connection may stay open with no request in progress
+    /// before it is closed: an HTTP/1 keep-alive connection between requests
+    /// (nothing read or written), an HTTP/2 connection (a gRPC channel too)
+    /// with no stream open, whatever PINGs or other frames it sends (as Go's
+    /// HTTP/2 server counts it), a client that connected and sent nothing. A
+    /// request is in progress from its head until its response's body ends,
+    /// so neither a handler that takes long nor a quiet streamed response is
+    /// cut by it. `None` keeps idle connections for ever. Default:
     /// [`DEFAULT_IDLE_TIMEOUT`](super::DEFAULT_IDLE_TIMEOUT) (60 s).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.timeouts.idle = timeout;
+        self
+    }
+
+    /// The least rate at which a client must send a request body while its
+    /// handler waits for it, after a grace period (see [`MinDataRate`]); a
+    /// slower body fails the handler's read, so a client trickling a body
+    /// holds neither the handler nor the connection. `None` waits for ever.
+    /// `serve` only: gRPC streams may idle between messages (tonic's
+    /// `timeout` bounds a call). Default: [`MinDataRate::DEFAULT`] (240
+    /// bytes/s after 5 s).
+    pub fn min_request_body_rate(mut self, rate: Option<MinDataRate>) -> Self {
+        self.settings.body_rate = rate;
         self
     }
 
@@ -181,8 +192,9 @@ impl<A, P> Serve<A, P> {
     /// requests (`Connection: close` on the last response), so that clients
     /// reconnect and the kernel places their new connections with the
     /// current table; `None` sets no limit. HTTP/2 connections are not
-    /// closed: their streams are placed one by one. Counted as `recycled`
-    /// in the snapshot and metrics. Default: `None`.
+    /// closed: their streams are placed one by one. Each connection counts
+    /// its own requests (with `serve_tonic`, those it serves over HTTP/1).
+    /// Counted as `recycled` in the snapshot and metrics. Default: `None`.
     pub fn max_requests_per_connection(mut self, max: Option<u64>) -> Self {
         self.settings.limits.max_requests = max;
         self
@@ -306,8 +318,9 @@ impl<A: IntoBindAddr, P: Protocol> Serve<A, P> {
     /// # Errors
     /// As [`Serve::start`], for any address; the servers already started
     /// are then stopped.
-    pub fn start_all(self) -> io::Result<Vec<ServerHandle>> {
+    pub fn start_all(mut self) -> io::Result<Vec<ServerHandle>> {
         self.settings.validate()?;
+        let agent = self.settings.reports.agent.take();
         let mut addrs = vec![self.addr.into_bind_addr()?];
         for addr in self.also {
             addrs.push(addr?);
@@ -332,6 +345,9 @@ impl<A: IntoBindAddr, P: Protocol> Serve<A, P> {
                 server.serve(move |listener: HermesListener| protocol.serve_worker(listener, &settings))?;
             log_start(&handle);
             handles.push(handle);
+        }
+        if let Some(agent) = agent {
+            agent.start(handles.iter().map(ServerHandle::load_source).collect())?;
         }
         Ok(handles)
     }
@@ -400,25 +416,6 @@ impl<A: IntoBindAddr, P> Serve<A, P> {
             signal: self.signal,
             upgrades: self.upgrades,
         })
-    }
-}
-
-impl WorkerSettings {
-    /// Refuses a zero timeout or limit (`None` turns one off).
-    fn validate(&self) -> io::Result<()> {
-        let Timeouts { header, idle } = self.timeouts;
-        let ConnectionLimits { max_requests, max_age } = self.limits;
-        for (name, zero) in [
-            ("header_read_timeout", header.is_some_and(|t| t.is_zero())),
-            ("idle_timeout", idle.is_some_and(|t| t.is_zero())),
-            ("max_requests_per_connection", max_requests == Some(0)),
-            ("max_connection_age", max_age.is_some_and(|t| t.is_zero())),
-        ] {
-            if zero {
-                return Err(invalid(format!("{name} must not be zero (None sets no limit)")));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,6 +1,6 @@
 //! TLS for [`serve()`](super::serve()): [`RustlsConfig`], a rustls server
-//! configuration that can be reloaded while serving, and the per-worker
-//! handshakes.
+//! configuration that can be reloaded while serving, with the settings of
+//! the per-worker handshakes (run by `handshake.rs`).
 //!
 //! Built on `tokio-rustls` directly rather than an `axum-server` acceptor:
 //! the connections must keep going through `axum::serve` (it alone can call
@@ -16,27 +16,19 @@
 
 use std::{
     fmt, io,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use futures_util::{StreamExt, stream::FuturesUnordered};
-use hermes_runtime::{HermesListener, HermesStream};
-use pin_project_lite::pin_project;
 use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
-use tokio::time::{Timeout, error::Elapsed};
-use tokio_rustls::{Accept, TlsAcceptor, server::TlsStream};
 
 /// The ALPN protocols offered by the configurations made from PEM: HTTP/2
 /// first, then HTTP/1.1.
@@ -63,17 +55,19 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// ```
 #[derive(Clone)]
 pub struct RustlsConfig {
-    shared: Arc<Shared>,
-    handshake_timeout: Duration,
-    max_handshakes: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) first_byte_timeout: Duration,
+    pub(super) handshake_timeout: Duration,
+    pub(super) max_handshakes: usize,
 }
 
-struct Shared {
-    config: ArcSwap<ServerConfig>,
+pub(super) struct Shared {
+    pub(super) config: ArcSwap<ServerConfig>,
     /// The files read by [`RustlsConfig::reload`], when made from files.
     files: Option<(PathBuf, PathBuf)>,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) timed_out: AtomicU64,
+    pub(super) evicted: AtomicU64,
     reloads: AtomicU64,
 }
 
@@ -83,8 +77,12 @@ pub struct TlsStats {
     /// Handshakes that failed (a client that does not trust the
     /// certificate, no common protocol or ALPN, a client that went away).
     pub failed: u64,
-    /// Handshakes stopped by the handshake timeout.
+    /// Handshakes stopped by a timeout: the first-byte timeout (a client
+    /// that sent nothing) or the handshake timeout.
     pub timed_out: u64,
+    /// Connections that had sent nothing, closed to give their handshake
+    /// slot to a new connection (see [`RustlsConfig::max_handshakes`]).
+    pub evicted: u64,
     /// Successful reloads.
     pub reloads: u64,
 }
@@ -94,6 +92,7 @@ impl fmt::Debug for RustlsConfig {
         f.debug_struct("RustlsConfig")
             .field("files", &self.shared.files)
             .field("alpn", &self.shared.config.load().alpn_protocols)
+            .field("first_byte_timeout", &self.first_byte_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_handshakes", &self.max_handshakes)
             .field("stats", &self.stats())
@@ -154,6 +153,8 @@ fn server_config(
 }
 
 impl RustlsConfig {
+    /// Default of [`RustlsConfig::first_byte_timeout`].
+    pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
     /// Default of [`RustlsConfig::handshake_timeout`].
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default of [`RustlsConfig::max_handshakes`].
@@ -166,8 +167,10 @@ impl RustlsConfig {
                 files,
                 failed: AtomicU64::new(0),
                 timed_out: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
                 reloads: AtomicU64::new(0),
             }),
+            first_byte_timeout: Self::DEFAULT_FIRST_BYTE_TIMEOUT,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             max_handshakes: Self::DEFAULT_MAX_HANDSHAKES,
         }
@@ -203,19 +206,34 @@ impl RustlsConfig {
         Self::new(config, None)
     }
 
+    /// How long a new connection may stay silent: one that has sent no
+    /// byte of its ClientHello that long after it was accepted is closed
+    /// and counted in [`TlsStats::timed_out`]. A real client sends its
+    /// ClientHello with its first packet; a lost packet is sent again well
+    /// within the default. Default: [`Self::DEFAULT_FIRST_BYTE_TIMEOUT`]
+    /// (3 s).
+    pub fn first_byte_timeout(mut self, timeout: Duration) -> Self {
+        self.first_byte_timeout = timeout;
+        self
+    }
+
     /// How long a handshake may take, from accept to its end
     /// (the ClientHello included); a connection still handshaking then is closed and
-    /// counted in [`TlsStats::timed_out`], so slow or silent clients cannot
-    /// hold connections. Default: [`Self::DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
+    /// counted in [`TlsStats::timed_out`], so slow clients cannot hold
+    /// connections. Default: [`Self::DEFAULT_HANDSHAKE_TIMEOUT`] (10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
-    /// How many handshakes one worker runs at once, at least 1. At the
-    /// limit the worker stops accepting until one finishes; the waiting
-    /// connections stay in its accept queue, which the scheduler counts as
-    /// load. Default: [`Self::DEFAULT_MAX_HANDSHAKES`] (256).
+    /// How many handshakes one worker runs at once, at least 1: its slots.
+    /// With every slot taken, a new connection takes the slot of the
+    /// connection that has waited longest without sending a byte (closed,
+    /// counted in [`TlsStats::evicted`]), so idle sockets cannot keep real
+    /// clients out; when every slot holds a handshake under way, the worker
+    /// stops accepting until one finishes (the waiting connections stay in
+    /// its accept queue, which the scheduler counts as load). Default:
+    /// [`Self::DEFAULT_MAX_HANDSHAKES`] (256).
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n.max(1);
         self
@@ -303,113 +321,14 @@ impl RustlsConfig {
         self.shared.config.load_full()
     }
 
-    /// Handshake failures, timeouts and reloads so far.
+    /// Handshake failures, timeouts, evictions and reloads so far.
     pub fn stats(&self) -> TlsStats {
         // Relaxed: independent counters read for display.
         TlsStats {
             failed: self.shared.failed.load(Ordering::Relaxed),
             timed_out: self.shared.timed_out.load(Ordering::Relaxed),
+            evicted: self.shared.evicted.load(Ordering::Relaxed),
             reloads: self.shared.reloads.load(Ordering::Relaxed),
-        }
-    }
-}
-
-pin_project! {
-    /// One connection's handshake, bounded by the handshake timeout.
-    struct Handshake {
-        #[pin]
-        accept: Timeout<Accept<HermesStream>>,
-        peer: SocketAddr,
-    }
-}
-
-impl Future for Handshake {
-    type Output = (SocketAddr, Result<io::Result<TlsStream<HermesStream>>, Elapsed>);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        this.accept.poll(cx).map(|r| (*this.peer, r))
-    }
-}
-
-/// A worker's TLS listener: accepts from the worker's [`HermesListener`]
-/// and runs the handshakes on this worker, several at once, handing out the
-/// connections whose handshake finished. A failed or timed-out handshake is
-/// logged at debug level, counted, and the connection closed; the accept
-/// loop goes on.
-pub(crate) struct TlsListener {
-    inner: HermesListener,
-    config: RustlsConfig,
-    handshakes: FuturesUnordered<Handshake>,
-    closed: bool,
-}
-
-impl fmt::Debug for TlsListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsListener")
-            .field("inner", &self.inner)
-            .field("handshaking", &self.handshakes.len())
-            .finish()
-    }
-}
-
-impl TlsListener {
-    pub(crate) fn new(inner: HermesListener, config: RustlsConfig) -> Self {
-        Self { inner, config, handshakes: FuturesUnordered::new(), closed: false }
-    }
-
-    pub(crate) fn worker_id(&self) -> usize {
-        self.inner.worker_id()
-    }
-
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.inner.local_addr()
-    }
-
-    /// The next connection whose handshake succeeded; `Ready(None)` once
-    /// the worker's listener closed and no handshake is left.
-    pub(crate) fn poll_accept(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<(TlsStream<HermesStream>, SocketAddr)>> {
-        loop {
-            // Start the handshakes of the connections waiting, up to the limit.
-            while !self.closed && self.handshakes.len() < self.config.max_handshakes {
-                match self.inner.poll_accept(cx) {
-                    Poll::Ready(Some((stream, peer))) => {
-                        // One atomic load: the configuration current now.
-                        let acceptor = TlsAcceptor::from(self.config.shared.config.load_full());
-                        let accept =
-                            tokio::time::timeout(self.config.handshake_timeout, acceptor.accept(stream));
-                        self.handshakes.push(Handshake { accept, peer });
-                    }
-                    Poll::Ready(None) => self.closed = true,
-                    Poll::Pending => break,
-                }
-            }
-            let (peer, result) = match self.handshakes.poll_next_unpin(cx) {
-                Poll::Ready(Some(done)) => done,
-                Poll::Ready(None) if self.closed => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            };
-            let worker = self.inner.worker_id();
-            let shared = &self.config.shared;
-            // Relaxed on the counters below: stats only, they order nothing.
-            match result {
-                Ok(Ok(stream)) => return Poll::Ready(Some((stream, peer))),
-                Ok(Err(e)) => {
-                    shared.failed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "error")
-                        .increment(1);
-                    tracing::debug!(worker, %peer, error = %e, "TLS handshake failed");
-                }
-                Err(_elapsed) => {
-                    shared.timed_out.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("hermes_tls_handshake_failures_total", "reason" => "timeout")
-                        .increment(1);
-                    tracing::debug!(worker, %peer, timeout = ?self.config.handshake_timeout, "TLS handshake timed out");
-                }
-            }
         }
     }
 }

@@ -7,13 +7,17 @@
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 //! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
-//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/block?ms=N`
+//! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/cpu?us=N`
+//! (the same, N µs of the thread's CPU time: see `cpu`), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
 //! panics: its connection closes, the worker serves on), `/_hermes/stats`
 //! (the snapshot as JSON). `--cost-scale X` multiplies the costs of `/work`
 //! and `/block` (their responses say the cost applied in `x-hermes-cost`).
-//! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP`
-//! sends the host's load to the balancer in band (`hermes_dsr::Agent`).
+//! On a host behind `hermes-lb`, `--dsr-balancer ADDR=MAC --dsr-vip VIP
+//! --dsr-token HEX` sends the host's load to the balancer in band
+//! (`hermes_dsr::Agent`). `--grpc` serves `hermes.bench.Workload/Work`
+//! (see `grpc`); `--orca` and `--agent-port` give a balancer of the
+//! user's the host's load (`fleet`).
 //! A cost above its maximum is answered 400. Every
 //! response carries `x-hermes-worker: ID` and `x-hermes-pid: PID`. Ctrl-C or
 //! SIGTERM drains and exits, within the drain timeout plus 2 s even with a
@@ -44,7 +48,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -54,9 +58,20 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
 use hermes_tower::HermesLayer;
+
+#[path = "hermes-workload/cpu.rs"]
+mod cpu;
+#[path = "hermes-workload/fleet.rs"]
+mod fleet;
+#[path = "hermes-workload/grpc.rs"]
+mod grpc;
+#[path = "hermes-workload/options.rs"]
+mod options;
+
+use options::{Fine, Peer, Switch, parse_balancer, parse_scale};
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -64,7 +79,8 @@ use hermes_tower::HermesLayer;
 /// Prints `listening on ADDR mode=MODE workers=N` once every worker accepts;
 /// MODE is the mode in effect (`reuseport` when `hermes` fell back to the
 /// kernel's hash, with the reason on stderr). Endpoints: `/`, `/work?us=N`
-/// (spins the worker's CPU for N µs, at most 10000000), `/block?ms=N` (blocks
+/// (spins the worker's CPU for N µs, at most 10000000), `/cpu?us=N` (N µs of
+/// CPU time), `/block?ms=N` (blocks
 /// the worker thread for N ms, at most 60000), `/panic` (the handler panics),
 /// `/_hermes/stats`. A cost above its maximum is answered 400. Ctrl-C or
 /// SIGTERM drains and exits; SIGUSR2 hands the server over to a new process
@@ -107,6 +123,15 @@ struct Args {
     /// traffic for this many milliseconds (0: never).
     #[arg(long, value_name = "N", default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Hermes modes: the least rate, in bytes per second, at which a client
+    /// must send a request body once its handler has waited
+    /// `--body-grace-ms` for it; slower, the handler's read fails (0: no
+    /// minimum).
+    #[arg(long, value_name = "N", default_value_t = 240)]
+    min_body_rate: u64,
+    /// Hermes modes: the grace period of `--min-body-rate`, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    body_grace_ms: u64,
     /// Hermes modes: how long a drain (on SIGTERM, or after handing over on
     /// SIGUSR2) waits for the requests in progress; SIGTERM exits within
     /// this plus 2 s, even with a worker blocked.
@@ -116,6 +141,10 @@ struct Args {
     /// once and counted as `refused` (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     max_connections: u32,
+    /// Hermes modes: the time slice each worker thread asks the kernel for,
+    /// in microseconds (`Builder::worker_slice`; 0: the kernel's default).
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    worker_slice_us: u64,
     /// Multiplies the cost of `/work?us=N` and `/block?ms=N` (every mode), so
     /// hosts of one test bed can be made slower or faster than each other;
     /// the maxima apply to the scaled cost.
@@ -124,8 +153,8 @@ struct Args {
     /// Hermes mode, on a host behind `hermes-lb`: the balancer as `ADDR=MAC`
     /// (its address and its interface's MAC). This host's load then travels
     /// to it in band (`hermes_dsr::Agent`: the feedback program at egress of
-    /// `--dsr-interface`); needs `--dsr-vip` and CAP_BPF + CAP_NET_ADMIN.
-    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires = "dsr_vip")]
+    /// `--dsr-interface`); needs `--dsr-vip`, `--dsr-token` and CAP_BPF + CAP_NET_ADMIN.
+    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires_all = ["dsr_vip", "dsr_token"])]
     dsr_balancer: Option<(Ipv4Addr, [u8; 6])>,
     /// The VIP this host serves (held on its loopback), with `--dsr-balancer`.
     #[arg(long, value_name = "ADDR", requires = "dsr_balancer")]
@@ -133,25 +162,15 @@ struct Args {
     /// The interface the host's replies leave by, with `--dsr-balancer`.
     #[arg(long, value_name = "IFACE", default_value = "eth0")]
     dsr_interface: String,
+    /// This host's secret token (1 to 16 hex digits, not 0), as given to the
+    /// balancer for it (`hermes-lb --server ADDR=MAC,TOKEN`), with `--dsr-balancer`.
+    #[arg(long, value_name = "HEX", value_parser = hermes_dsr::parse_token, requires = "dsr_balancer")]
+    dsr_token: Option<u64>,
     /// At most one metric per this many milliseconds, with `--dsr-balancer`.
     #[arg(long, value_name = "N", default_value_t = 10)]
     dsr_interval_ms: u64,
-}
-
-/// `ADDR=MAC` of `--dsr-balancer`.
-fn parse_balancer(s: &str) -> Result<(Ipv4Addr, [u8; 6]), String> {
-    let (addr, mac) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ADDR=MAC"))?;
-    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    Ok((addr, hermes_dsr::parse_mac(mac)?))
-}
-
-/// A cost scale: finite and above 0.
-fn parse_scale(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(_) => Err(format!("{s} is not a positive, finite number")),
-        Err(e) => Err(e.to_string()),
-    }
+    #[command(flatten)]
+    fleet: fleet::FleetArgs,
 }
 
 /// `n` scaled by `scale`, rounded, saturating at `u64::MAX`.
@@ -173,40 +192,6 @@ fn too_large(what: &str, max: u64) -> (StatusCode, String) {
 /// `Some(d)` for `ms` milliseconds, `None` for 0.
 fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
-}
-
-/// The server under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Peer {
-    /// Hermes dispatch: the kernel program places each connection on an eligible worker.
-    Hermes,
-    /// Hermes dispatch with every request kept on its connection's worker: no request
-    /// placement, no offload to the blocking pool, no reconnect asks.
-    HermesLocal,
-    /// Hermes workers with plain SO_REUSEPORT hashing.
-    Reuseport,
-    /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
-    Shared,
-    /// The stock multi-thread Tokio runtime with one listener, as `axum::serve`.
-    Tokio,
-}
-
-/// A setting turned on or off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Switch {
-    /// On.
-    On,
-    /// Off.
-    Off,
-}
-
-/// The kernel program's fine filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Fine {
-    /// The less loaded of two candidates drawn from the connection hash.
-    TwoChoices,
-    /// One candidate drawn from the connection hash.
-    Hash,
 }
 
 fn default_workers() -> usize {
@@ -238,20 +223,8 @@ fn worker_id() -> usize {
 fn endpoints(scale: f64) -> Router {
     Router::new()
         .route("/", get(|| async { "ok" }))
-        .route(
-            "/work",
-            get(move |Query(cost): Query<Cost>| async move {
-                let us = scaled(cost.us, scale);
-                if us > MAX_WORK_US {
-                    return Err(too_large("us", MAX_WORK_US));
-                }
-                let end = Instant::now() + Duration::from_micros(us);
-                while Instant::now() < end {
-                    std::hint::spin_loop();
-                }
-                Ok(([("x-hermes-cost", format!("us={us}"))], "worked"))
-            }),
-        )
+        .route("/work", cpu::spin_route(scale, cpu::spin_wall))
+        .route("/cpu", cpu::spin_route(scale, cpu::spin_cpu))
         .route(
             "/block",
             get(move |Query(cost): Query<Cost>| async move {
@@ -300,10 +273,14 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
         .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
         .build()?;
     let workers = args.workers.unwrap_or_else(default_workers);
+    args.fleet.check_tokio()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
         println!("listening on {} mode=tokio workers={workers}", listener.local_addr()?);
         std::io::stdout().flush()?;
+        if args.fleet.grpc {
+            return grpc::serve_tokio(listener, args.cost_scale, signal()).await;
+        }
         let stats = Router::new().route(
             "/_hermes/stats",
             get(|| async {
@@ -312,16 +289,16 @@ fn run_tokio(args: &Args) -> std::io::Result<()> {
             }),
         );
         let app = app(stats, args.cost_scale);
-        let signal = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        axum::serve(listener, app).with_graceful_shutdown(signal).await
+        axum::serve(listener, app).with_graceful_shutdown(signal()).await
     })
+}
+
+/// Ctrl-C or SIGTERM, for mode `tokio`.
+async fn signal() {
+    if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
+        eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
+        std::future::pending::<()>().await;
+    }
 }
 
 fn run_hermes(args: &Args) -> std::io::Result<()> {
@@ -357,6 +334,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         // Started by systemd (or anything speaking LISTEN_FDS): serve there.
         .socket_activation(true)
         .max_connections_per_worker((args.max_connections > 0).then_some(args.max_connections))
+        .worker_slice((args.worker_slice_us > 0).then(|| Duration::from_micros(args.worker_slice_us)))
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
@@ -376,12 +354,13 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
-    let handle = hermes_tower::serve(args.addr, app(hermes_tower::stats_router(), args.cost_scale))
-        .with_builder(builder)
-        .without_layer()
-        .header_read_timeout(millis(args.header_timeout_ms))
-        .idle_timeout(millis(args.idle_timeout_ms))
-        .start()?;
+    // gRPC: the default layer, and the stats on the gRPC port (HTTP/2).
+    let (handle, agent) = if args.fleet.grpc {
+        fleet::start(args.fleet.grpc(args.addr, args.cost_scale).with_stats(), args, builder)?
+    } else {
+        let app = app(hermes_tower::stats_router(), args.cost_scale);
+        fleet::start(hermes_tower::serve(args.addr, app).without_layer(), args, builder)?
+    };
     if let Some(reason) = handle.mode_reason() {
         eprintln!("warning: Hermes dispatch unavailable, using plain SO_REUSEPORT hashing: {reason}");
     }
@@ -395,9 +374,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     };
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
-    let _agent = match (args.dsr_balancer, args.dsr_vip) {
-        (Some((balancer_addr, balancer_mac)), Some(vip)) => {
-            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip);
+    let _agent = match (args.dsr_balancer, args.dsr_vip, args.dsr_token) {
+        (Some((balancer_addr, balancer_mac)), Some(vip), Some(token)) => {
+            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip, token);
             settings.interval = Duration::from_millis(args.dsr_interval_ms.max(1));
             let source = handle.snapshot_source();
             let agent = hermes_dsr::Agent::start(&args.dsr_interface, settings, move || {
@@ -409,6 +388,9 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         _ => None,
     };
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), handle.snapshot().workers.len());
+    if let Some(agent) = agent {
+        println!("agent on {agent}");
+    }
     std::io::stdout().flush()?;
     rt.block_on(hermes_tower::serve::upgrade_on(handle, usr2, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {

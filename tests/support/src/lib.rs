@@ -16,15 +16,26 @@
 //! - [`child`]: re-running one test in a child process without CAP_BPF.
 //! - [`workload`]: the `hermes-workload` binary as a child process: started,
 //!   its announced address read, stopped.
+//! - [`process`]: a child process whose output lines are read as they come.
+//! - [`cargo`]: the workspace's examples and other packages' binaries, built
+//!   with cargo for the running test.
 //! - [`netns`]: the gate of the tests that make network namespaces.
+//! - [`rawh2`]: a raw HTTP/2 client that sends frames one by one (pings
+//!   alone, a header block left open).
+//! - [`fleet`]: hosts behind a balancer users already run: the consumers'
+//!   tools, and the fleet benchmarks' load generator.
 #![deny(missing_docs)]
 
+pub mod cargo;
 pub mod child;
 pub mod client;
 pub mod ebpf;
+pub mod fleet;
 pub mod http;
 pub mod kernel;
 pub mod netns;
+pub mod process;
+pub mod rawh2;
 pub mod server;
 pub mod snapshot;
 pub mod wait;

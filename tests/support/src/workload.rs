@@ -6,15 +6,12 @@
 //! itself (an upgraded successor).
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    thread,
+    process::{Command, ExitStatus},
     time::Duration,
 };
 
-use crate::wait::poll_until;
+use crate::process::Process;
 
 /// How long a workload may take to print its first line.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,24 +33,6 @@ pub struct Workload {
     process: Process,
 }
 
-/// A child whose stdout is read line by line on a thread of its own (and
-/// its stderr, when piped); killed (and reaped) when dropped.
-#[derive(Debug)]
-struct Process {
-    child: Child,
-    /// Its stdout lines not read yet.
-    lines: mpsc::Receiver<String>,
-    /// Its stderr so far, when the command piped it.
-    stderr: Option<Arc<Mutex<String>>>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Workload {
     /// Starts `cmd` (its stdout is piped here; its stderr is the command's:
     /// inherited unless set, and when piped it is echoed on the test's stderr
@@ -63,7 +42,7 @@ impl Workload {
     /// When it cannot start, or its first line is not `listening on ADDR
     /// mode=MODE workers=N` within [`START_TIMEOUT`] (the child is killed).
     pub fn start(cmd: &mut Command) -> Self {
-        Self::announced(Self::spawn(cmd))
+        Self::announced(Process::spawn(cmd))
     }
 
     /// Starts every command at once, then waits for each one's first line:
@@ -72,37 +51,14 @@ impl Workload {
     /// # Panics
     /// As [`Workload::start`] does; every workload started is killed.
     pub fn start_all(cmds: &mut [Command]) -> Vec<Self> {
-        let spawned: Vec<Process> = cmds.iter_mut().map(Self::spawn).collect();
+        let spawned: Vec<Process> = cmds.iter_mut().map(Process::spawn).collect();
         spawned.into_iter().map(Self::announced).collect()
     }
 
-    fn spawn(cmd: &mut Command) -> Process {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start hermes-workload");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = child.stderr.take().map(|err| {
-            let kept = Arc::new(Mutex::new(String::new()));
-            let sink = kept.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    eprintln!("[hermes-workload] {line}");
-                    sink.lock().unwrap_or_else(|e| e.into_inner()).push_str(&(line + "\n"));
-                }
-            });
-            kept
-        });
-        Process { child, lines, stderr }
-    }
-
     fn announced(process: Process) -> Self {
-        let line = process.lines.recv_timeout(START_TIMEOUT).unwrap_or_else(|e| {
-            panic!("hermes-workload printed no first line within {START_TIMEOUT:?}: {e}")
-        });
+        let line = process
+            .next_line(START_TIMEOUT)
+            .unwrap_or_else(|| panic!("hermes-workload printed no first line within {START_TIMEOUT:?}"));
         let (addr, mode, workers) =
             parse_listening(&line).unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         Self { line, addr, mode, workers, process }
@@ -110,7 +66,7 @@ impl Workload {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.process.child.id()
+        self.process.pid()
     }
 
     /// Sends `sig` to the process.
@@ -124,16 +80,12 @@ impl Workload {
     /// The next line it (or a successor on the same pipe) prints on stdout,
     /// within `timeout`.
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
-        self.process.lines.recv_timeout(timeout).ok()
+        self.process.next_line(timeout)
     }
 
     /// Its stderr so far, when the command piped it (empty otherwise).
     pub fn stderr(&self) -> String {
-        self.process
-            .stderr
-            .as_ref()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .unwrap_or_default()
+        self.process.stderr()
     }
 
     /// Waits (up to `timeout`) for the process to exit; its status, or
@@ -142,7 +94,7 @@ impl Workload {
     /// # Panics
     /// When its status cannot be read.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        poll_until(timeout, || self.process.child.try_wait().expect("wait for hermes-workload"))
+        self.process.wait_exit(timeout)
     }
 
     /// Sends `SIGTERM` and waits (up to [`STOP_TIMEOUT`]) for a clean exit.

@@ -1,13 +1,22 @@
 //! Side by side, in network namespaces on this machine: new flows placed by
 //! plain Maglev hashing, by load learned from polling each server's
 //! `/_hermes/stats` every 100 ms and every 1 s, and by load learned in band
-//! (the option). Three Hermes servers of unequal speed (a request costs 1×,
-//! 2× and 4× on s0, s1, s2), a client in its own namespace opening a new
-//! connection per request, closed loop, with a mix that changes every two
-//! seconds (cheap requests, then costly ones). Prints requests per second and
-//! p99 per mode, and last `rps ratio in-band/polling-1s = X.XX`.
+//! (the option). Prints requests per second and p99 per mode, and last
+//! `rps ratio in-band/polling-1s = X.XX`. Two scenarios:
 //!
-//! `cargo run --release -p hermes-dsr-tools --bin dsr-bench -- --quick [--datapath tc|xdp]`
+//! - `servers-bound` (the default; see `capacity`): three Hermes servers,
+//!   each a process whose CPU a cgroup limits (1 : 2 : 4, and the largest
+//!   one's quota halves for a while in every run), so that the servers, not
+//!   the client, bound throughput; three runs of every mode, medians.
+//! - `handshakes`: three Hermes servers of unequal speed in this process (a
+//!   request costs 1×, 2× and 4× on s0, s1, s2), the machine shared by all;
+//!   a mix that changes every two seconds (cheap requests, then costly
+//!   ones). On two vCPUs the client's handshakes bound throughput here.
+//!
+//! In both, a client in its own namespace opens a new connection per
+//! request, closed loop.
+//!
+//! `cargo run --release -p hermes-dsr-tools --bin dsr-bench -- --quick [--scenario servers-bound|handshakes] [--datapath tc|xdp]`
 //! (as root). `--datapath` picks where the balancer's program runs (tc
 //! ingress by default; XDP with a pass program on the bridge's port).
 //! Figures mean something only on a quiet machine.
@@ -24,9 +33,16 @@ use std::{
 };
 
 use axum::{Router, extract::Query, routing::get};
-use hermes_dsr::{Agent, Backend, Balancer, BalancerSettings, Datapath, HostSettings, Policy};
-use hermes_dsr_tools::testbed::{BALANCER, BALANCER_MAC, Testbed, VIP, in_ns, server_addr, server_mac};
+use hermes_dsr::{Agent, Balancer, BalancerSettings, Datapath, HostSettings, Policy};
+use hermes_dsr_tools::testbed::{
+    BALANCER, BALANCER_MAC, Testbed, VIP, backends, in_ns, server_addr, server_token,
+};
 use hermes_runtime::{Builder, ServerHandle};
+
+#[path = "dsr-bench/capacity.rs"]
+mod capacity;
+#[path = "dsr-bench/host.rs"]
+mod host;
 
 const SCALES: [u64; 3] = [1, 2, 4];
 const CLIENTS: usize = 12;
@@ -79,6 +95,21 @@ struct Mode {
     poll: Option<Duration>,
 }
 
+/// The four modes, in the order they run.
+fn modes() -> [Mode; 4] {
+    [
+        Mode { name: "hashing", policy: Policy::Hash, in_band: false, poll: None },
+        Mode {
+            name: "polling-100ms",
+            policy: Policy::Load,
+            in_band: false,
+            poll: Some(Duration::from_millis(100)),
+        },
+        Mode { name: "polling-1s", policy: Policy::Load, in_band: false, poll: Some(Duration::from_secs(1)) },
+        Mode { name: "in-band", policy: Policy::Load, in_band: true, poll: None },
+    ]
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -86,8 +117,86 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// The value after `flag`, if given.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// Polls every server's `/_hermes/stats` every `every` from the balancer's
+/// namespace and writes their loads into the balancer's map, until `stop`.
+fn spawn_poller(
+    stop: Arc<AtomicBool>,
+    balancer: Arc<Balancer>,
+    ns: String,
+    every: Duration,
+    port: u16,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        in_ns(&ns, move || {
+            // Relaxed: the flag carries no data.
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..SCALES.len() {
+                    let addr = SocketAddr::from((server_addr(i), port));
+                    if let Some((load, eligible)) =
+                        http_get(addr, "/_hermes/stats").ok().as_deref().and_then(polled_load)
+                    {
+                        balancer.store_load(i, load, eligible);
+                    }
+                }
+                thread::sleep(every);
+            }
+        })
+    })
+}
+
+/// [`CLIENTS`] closed-loop clients in namespace `ns`, each opening a new
+/// connection per request to `vip` for `per_mode` from `start`, the path
+/// given by `path(elapsed)`. Every answer's completion time (since `start`)
+/// and latency, and the errors.
+fn run_clients(
+    ns: &str,
+    vip: SocketAddr,
+    start: Instant,
+    per_mode: Duration,
+    path: fn(Duration) -> String,
+) -> (Vec<(Duration, Duration)>, u64) {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let ns = ns.to_owned();
+            thread::spawn(move || {
+                in_ns(&ns, move || {
+                    let mut done = Vec::new();
+                    let mut errors = 0u64;
+                    while start.elapsed() < per_mode {
+                        let t = Instant::now();
+                        match http_get(vip, &path(start.elapsed())) {
+                            Ok(_) => done.push((start.elapsed(), t.elapsed())),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (done, errors)
+                })
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    let mut errors = 0;
+    for c in clients {
+        let (d, e) = c.join().expect("client thread");
+        done.extend(d);
+        errors += e;
+    }
+    (done, errors)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--host") {
+        let port = flag_value(&args, "--port").and_then(|p| p.parse().ok()).expect("--host needs --port N");
+        let index =
+            flag_value(&args, "--index").and_then(|i| i.parse().ok()).expect("--host needs --index N");
+        return host::main(port, index);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let datapath: Datapath = match args.iter().position(|a| a == "--datapath") {
         None => Datapath::Tc,
@@ -103,12 +212,24 @@ fn main() {
             }
         },
     };
-    let per_mode = if quick { Duration::from_secs(4) } else { Duration::from_secs(20) };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("dsr-bench needs root (network namespaces, CAP_BPF, CAP_NET_ADMIN)");
+        eprintln!("dsr-bench needs root (network namespaces, CAP_BPF, CAP_NET_ADMIN, cgroups)");
         std::process::exit(2);
     }
+    match flag_value(&args, "--scenario").unwrap_or("servers-bound") {
+        "servers-bound" => capacity::run(quick, datapath),
+        "handshakes" => handshakes(quick, datapath),
+        other => {
+            eprintln!("dsr-bench: unknown --scenario {other} (servers-bound or handshakes)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The `handshakes` scenario (see the module).
+fn handshakes(quick: bool, datapath: Datapath) {
+    let per_mode = if quick { Duration::from_secs(4) } else { Duration::from_secs(20) };
     let bed = Testbed::new(SCALES.len());
     let mut port = 0;
     let mut servers: Vec<Arc<ServerHandle>> = Vec::new();
@@ -127,7 +248,7 @@ fn main() {
         port = handle.local_addr().port();
         let handle = Arc::new(handle);
         servers.push(handle.clone());
-        let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP);
+        let mut settings = HostSettings::new(BALANCER_MAC, BALANCER, VIP, server_token(i));
         settings.interval = Duration::from_millis(2);
         agents.push(
             in_ns(&ns, move || Agent::start("eth0", settings, move || handle.snapshot()))
@@ -141,8 +262,7 @@ fn main() {
         max_stale: Duration::from_millis(200),
         policy: Policy::Load,
     };
-    let backends: Vec<Backend> =
-        (0..SCALES.len()).map(|i| Backend { mac: server_mac(i), addr: server_addr(i) }).collect();
+    let backends = backends(SCALES.len());
     // XDP_TX on the balancer's veth reaches the bridge only if its port
     // runs an XDP program too.
     let _pass = (datapath == Datapath::Xdp)
@@ -157,17 +277,7 @@ fn main() {
     );
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
-    let modes = [
-        Mode { name: "hashing", policy: Policy::Hash, in_band: false, poll: None },
-        Mode {
-            name: "polling-100ms",
-            policy: Policy::Load,
-            in_band: false,
-            poll: Some(Duration::from_millis(100)),
-        },
-        Mode { name: "polling-1s", policy: Policy::Load, in_band: false, poll: Some(Duration::from_secs(1)) },
-        Mode { name: "in-band", policy: Policy::Load, in_band: true, poll: None },
-    ];
+    let modes = modes();
     println!(
         "servers: 3 Hermes servers of 2 workers, request cost x1 / x2 / x4; {CLIENTS} closed-loop clients,"
     );
@@ -182,57 +292,17 @@ fn main() {
         balancer.set_policy(mode.policy);
         balancer.set_max_stale(mode.poll.map_or(Duration::from_millis(200), |p| p * 3));
         let stop = Arc::new(AtomicBool::new(false));
-        let poller = mode.poll.map(|every| {
-            let (stop, balancer, ns) = (stop.clone(), balancer.clone(), bed.ns("lb"));
-            thread::spawn(move || {
-                in_ns(&ns, move || {
-                    // Relaxed: the flag carries no data.
-                    while !stop.load(Ordering::Relaxed) {
-                        for i in 0..SCALES.len() {
-                            let addr = SocketAddr::from((server_addr(i), port));
-                            if let Some((load, eligible)) =
-                                http_get(addr, "/_hermes/stats").ok().as_deref().and_then(polled_load)
-                            {
-                                balancer.store_load(i, load, eligible);
-                            }
-                        }
-                        thread::sleep(every);
-                    }
-                })
-            })
-        });
+        let poller =
+            mode.poll.map(|every| spawn_poller(stop.clone(), balancer.clone(), bed.ns("lb"), every, port));
         thread::sleep(Duration::from_millis(300));
         let before: Vec<u64> = balancer.server_stats().iter().map(|s| s.new_flows).collect();
         let start = Instant::now();
         let vip = SocketAddr::from((VIP, port));
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let ns = bed.ns("c");
-                thread::spawn(move || {
-                    in_ns(&ns, move || {
-                        let mut lat = Vec::new();
-                        let mut errors = 0u64;
-                        while start.elapsed() < per_mode {
-                            let us =
-                                if (start.elapsed().as_secs() / 2).is_multiple_of(2) { 200 } else { 1000 };
-                            let t = Instant::now();
-                            match http_get(vip, &format!("/work?us={us}")) {
-                                Ok(_) => lat.push(t.elapsed()),
-                                Err(_) => errors += 1,
-                            }
-                        }
-                        (lat, errors)
-                    })
-                })
-            })
-            .collect();
-        let mut lat = Vec::new();
-        let mut errors = 0;
-        for c in clients {
-            let (l, e) = c.join().expect("client thread");
-            lat.extend(l);
-            errors += e;
-        }
+        let (done, errors) = run_clients(&bed.ns("c"), vip, start, per_mode, |elapsed| {
+            let us = if (elapsed.as_secs() / 2).is_multiple_of(2) { 200 } else { 1000 };
+            format!("/work?us={us}")
+        });
+        let mut lat: Vec<Duration> = done.into_iter().map(|(_, latency)| latency).collect();
         let elapsed = start.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
         if let Some(p) = poller {

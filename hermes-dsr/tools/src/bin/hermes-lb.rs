@@ -6,8 +6,13 @@
 //!
 //! ```text
 //! hermes-lb --interface eth0 --vip 198.51.100.10 --port 80 \
-//!     --server 192.0.2.11=02:00:00:00:00:11 --server 192.0.2.12=02:00:00:00:00:12 --stats
+//!     --server 192.0.2.11=02:00:00:00:00:11,5eed0011 \
+//!     --server 192.0.2.12=02:00:00:00:00:12,5eed0012 --stats
 //! ```
+//!
+//! Each server's token (after the comma) is the secret its host's agent
+//! sends with every metric (`HostSettings::token`, `hermes-workload
+//! --dsr-token`); a metric without it is not learned.
 //!
 //! Needs root (or CAP_BPF and CAP_NET_ADMIN). The figures are those of
 //! [`Balancer::counters`] and [`Balancer::server_stats`]; a program that
@@ -26,7 +31,7 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
-use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy, parse_mac};
+use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy, parse_mac, parse_token};
 use serde_json::{Value, json};
 
 /// A load-aware Direct Server Return balancer for Hermes hosts.
@@ -42,8 +47,10 @@ struct Args {
     /// The service port (0: every TCP port of the VIP).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     port: u16,
-    /// A server: its address and the MAC of its interface on the segment (repeat for each).
-    #[arg(long = "server", value_name = "ADDR=MAC", required = true, value_parser = parse_server)]
+    /// A server: its address, the MAC of its interface on the segment, and
+    /// the secret token its metrics carry (1 to 16 hex digits, not 0; the
+    /// host's `--dsr-token`). Repeat for each.
+    #[arg(long = "server", value_name = "ADDR=MAC,TOKEN", required = true, value_parser = parse_server)]
     servers: Vec<Backend>,
     /// A server whose in-band metric is older than this takes no new flows (ms).
     #[arg(long, value_name = "MS", default_value_t = 500)]
@@ -66,16 +73,20 @@ struct Args {
 /// The new-flow policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum PolicyArg {
-    /// The less loaded of two fresh servers by the in-band metric; Maglev when all are stale.
+    /// The less loaded of the flow's Maglev server and another fresh server by the in-band
+    /// metric (ties to the Maglev server); Maglev when all are stale.
     Load,
     /// Maglev consistent hashing always.
     Hash,
 }
 
 fn parse_server(s: &str) -> Result<Backend, String> {
-    let (addr, mac) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ADDR=MAC"))?;
+    let (addr, rest) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ADDR=MAC,TOKEN"))?;
+    let (mac, token) = rest.split_once(',').ok_or_else(|| {
+        format!("{s:?}: expected ADDR=MAC,TOKEN (the server's secret token, as its host has it)")
+    })?;
     let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    Ok(Backend { addr, mac: parse_mac(mac)? })
+    Ok(Backend { addr, mac: parse_mac(mac)?, token: parse_token(token)? })
 }
 
 fn mac_str(m: [u8; 6]) -> String {
@@ -133,9 +144,14 @@ fn stats_json(balancer: &Balancer, started: Instant) -> Value {
             "no_flow": c.no_flow,
             "feedback": c.feedback,
             "feedback_unknown": c.feedback_unknown,
+            "feedback_rejected": c.feedback_rejected,
             "reply_seen": c.reply_seen,
             "passed": c.passed,
             "hashed": c.hashed,
+            "recoverable": c.recoverable,
+            "promoted": c.promoted,
+            "fragments": c.fragments,
+            "fragments_unmatched": c.fragments_unmatched,
         },
         "servers": servers,
     })

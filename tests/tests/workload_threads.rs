@@ -1,0 +1,86 @@
+//! The threads of the `hermes-workload` binary, as the benchmarks run it
+//! (Hermes mode, workers pinned by default): after keep-alive requests of a
+//! route that holds its thread, which run on the workers' blocking pools,
+//! only the workers are pinned to one CPU.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use hermes_test_support::{
+    client::{get_h1, h1},
+    ebpf,
+    http::get,
+    wait::poll_every,
+    workload::Workload,
+};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
+
+/// `(name, allowed CPUs)` of every thread of process `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's tasks");
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
+            Some((name, cpus))
+        })
+        .collect()
+}
+
+/// Whether a `Cpus_allowed_list` names exactly one CPU.
+fn one_cpu(list: &str) -> bool {
+    !list.contains(['-', ','])
+}
+
+/// The workers' offloaded counts in `/_hermes/stats`, summed.
+fn offloaded(addr: std::net::SocketAddr) -> Option<u64> {
+    let resp = get(addr, "/_hermes/stats").ok()?;
+    let json: Value = serde_json::from_str(&resp.body).ok()?;
+    Some(json["workers"].as_array()?.iter().filter_map(|w| w["offloaded"].as_u64()).sum())
+}
+
+#[test]
+fn ebpf_after_offloaded_requests_only_the_workers_are_pinned_to_one_cpu() {
+    let mut args = vec!["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0"];
+    if ebpf::required() {
+        args.push("--require-ebpf");
+    }
+    let workload = Workload::start(Command::new(BIN).args(&args).stderr(Stdio::inherit()));
+    let addr = workload.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+    runtime.block_on(async {
+        // Keep-alive, as a client does: a connection the server asks to
+        // close (an overloaded worker asks some to reconnect) is replaced.
+        let mut conn = h1(addr).await;
+        for i in 0..40 {
+            if conn.ready().await.is_err() {
+                conn = h1(addr).await;
+            }
+            let (status, _) = get_h1(&mut conn, addr, "/work?us=5000").await.expect("a /work request");
+            assert_eq!(status, 200, "request {i}");
+        }
+    });
+    let offloaded = poll_every(Duration::from_secs(5), Duration::from_millis(20), || {
+        offloaded(addr).filter(|&n| n >= 30)
+    });
+    assert!(offloaded.is_some(), "the learned-heavy /work requests ran on the blocking pools");
+
+    let threads = threads(workload.pid());
+    let process = threads.iter().find(|(name, _)| name == "hermes-workload").map(|(_, c)| c.clone());
+    let process = process.expect("the main thread");
+    assert!(!one_cpu(&process), "this test needs a process allowed two CPUs or more: {process}");
+    let workers: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("hermes-worker-")).collect();
+    assert_eq!(workers.len(), 2, "{threads:?}");
+    assert!(workers.iter().all(|(_, cpus)| one_cpu(cpus)), "the workers are pinned: {threads:?}");
+    let pinned_others: Vec<_> =
+        threads.iter().filter(|(name, cpus)| !name.starts_with("hermes-worker-") && one_cpu(cpus)).collect();
+    assert!(pinned_others.is_empty(), "threads other than the workers pinned to one CPU: {pinned_others:?}");
+    assert!(threads.len() > 3, "the blocking pools' threads are among them: {threads:?}");
+    workload.stop();
+}
