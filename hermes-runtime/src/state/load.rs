@@ -149,9 +149,9 @@ impl LoadCell {
 impl LoadCell {
     /// Refreshes the [`HostLoad`] of a server of `workers` workers from its
     /// `slots` of the table, unless it was refreshed within the last half
-    /// `tick` (the sampler of each half tick calls this; a concurrent caller
-    /// finds the meter taken or fresh). `eligible` is how many workers the
-    /// scheduler pass of the caller's tick found eligible. Not a per-request path: one
+    /// `tick` (every worker's tick calls this; one of them does the work,
+    /// the others find the meter taken or fresh). `eligible` is how many
+    /// workers the last scheduler pass found eligible. Not a per-request path: one
     /// `clock_gettime` system call and one allocation (the published `Arc`)
     /// per refresh.
     pub(crate) fn refresh(&self, slots: &[WorkerState], tick: Duration, now_ns: u64, eligible: usize) {

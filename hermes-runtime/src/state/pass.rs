@@ -41,6 +41,7 @@ impl ServerState {
         scheduler::eligible_serving(&*self.config.policy, &input, &mut set);
         self.dispatch.publish(input.now_ns, publisher, |list| self.fill(&set, list));
         self.find_stuck(&input);
+        self.pass.set_eligible(set.len());
         set.len()
     }
 

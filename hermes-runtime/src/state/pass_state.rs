@@ -3,7 +3,7 @@
 
 use std::sync::{
     Mutex, MutexGuard,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
 use crate::scheduler::WorkerSet;
@@ -18,6 +18,8 @@ pub(crate) struct PassState {
     stuck: Box<[AtomicU64]>,
     /// Whether any bit of `stuck` is set: the common case, none, is one load.
     any_stuck: AtomicBool,
+    /// How many workers the last pass found eligible.
+    eligible: AtomicUsize,
 }
 
 impl PassState {
@@ -27,12 +29,25 @@ impl PassState {
             scratch: Mutex::new(WorkerSet::with_capacity(workers)),
             stuck: (0..workers.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             any_stuck: AtomicBool::new(false),
+            eligible: AtomicUsize::new(0),
         }
     }
 
     /// The pass's output buffer, held for the pass (passes never overlap).
     pub(crate) fn scratch(&self) -> MutexGuard<'_, WorkerSet> {
         self.scratch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how many workers the pass found eligible.
+    pub(crate) fn set_eligible(&self, n: usize) {
+        // Relaxed: a lone gauge, read for the host's load.
+        self.eligible.store(n, Ordering::Relaxed);
+    }
+
+    /// How many workers the last pass found eligible.
+    pub(crate) fn eligible(&self) -> usize {
+        // Relaxed: as in `set_eligible`.
+        self.eligible.load(Ordering::Relaxed)
     }
 
     /// The words of the stuck set, for the pass to store.

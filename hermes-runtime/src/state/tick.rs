@@ -59,8 +59,9 @@ impl WorkerTick {
 
     /// Worker `id`'s tick: its heartbeat, utilisation and stall; then,
     /// unless another worker did within half a tick, the server's
-    /// accept-queue sample, a scheduler pass published as `id`, the
-    /// placement target and the host's load.
+    /// accept-queue sample, a scheduler pass published as `id` and the
+    /// placement target; and the host's load, unless refreshed within half
+    /// a tick.
     pub(crate) fn run(&mut self, server: &ServerState, id: usize) {
         let now = monotonic_ns();
         let slot = &server.table[id];
@@ -72,10 +73,12 @@ impl WorkerTick {
             self.stall.sample(delay, now, &slot.stall_permille);
         }
         if server.sample_accept_queues() {
-            let eligible = server.schedule(id);
+            server.schedule(id);
             server.placement.refresh_target(now);
-            server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, eligible);
         }
+        // Every worker offers; the load takes one refresh per half tick.
+        let eligible = server.pass.eligible();
+        server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, eligible);
     }
 }
 
