@@ -114,10 +114,14 @@ fn hang_scenario(mode: Mode, rescue: bool) -> HangOutcome {
     // list. The list seen was published `list_age_ms` ago, so it was
     // computed `heartbeat_age_ms - list_age_ms` after the last heartbeat: an
     // upper bound of the exclusion delay that leaves out the test's own polling.
+    // Its heartbeat past the hang threshold (two ticks) is what takes it out;
+    // on a loaded machine a worker may also be out for a moment because it
+    // waits for a CPU (its stall), which is not what is timed here.
+    let hang_ms = 2.0 * TICK.as_secs_f64() * 1e3;
     let excluded_after = poll_until(Duration::from_secs(1), || {
         let s = h.snapshot();
         let w = &s.workers[blocked];
-        (!w.eligible).then_some(w.heartbeat_age_ms - s.list_age_ms)
+        (!w.eligible && w.heartbeat_age_ms >= hang_ms).then_some(w.heartbeat_age_ms - s.list_age_ms)
     })
     .expect("the blocked worker stayed eligible");
     eprintln!("{mode}: worker {blocked} excluded {excluded_after:.1} ms after its last heartbeat");
@@ -125,6 +129,14 @@ fn hang_scenario(mode: Mode, rescue: bool) -> HangOutcome {
         // Three ticks, plus 2 ms for the other workers' timer wake-ups.
         assert!(excluded_after <= 3.0 * TICK.as_secs_f64() * 1e3 + 2.0, "excluded too late");
     }
+    // The burst starts once the worker is surely in its handler: a heartbeat
+    // ten ticks old. A worker only kept off its CPU for a few ticks would
+    // otherwise come back, take new connections and serve them before it
+    // reads the blocking request.
+    poll_until(Duration::from_secs(1), || {
+        (h.snapshot().workers[blocked].heartbeat_age_ms >= 10.0 * TICK.as_secs_f64() * 1e3).then_some(())
+    })
+    .expect("the blocked worker's heartbeat stopped");
 
     let landed = Arc::new(AtomicUsize::new(0));
     let waited = Arc::new(AtomicUsize::new(0));

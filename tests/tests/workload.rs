@@ -104,6 +104,7 @@ fn every_mode_serves_the_same_endpoints() {
     // `hermes` itself is the test above; its fallback is `reuseport`.
     for (mode, stats_mode) in [
         ("hermes-local", "hermes"),
+        ("hermes-userspace", "kernel-hash"),
         ("reuseport", "kernel-hash"),
         ("shared", "shared-listener"),
         ("tokio", "tokio"),
@@ -122,9 +123,11 @@ fn every_mode_serves_the_same_endpoints() {
         let stats: Value = serde_json::from_str(&stats.body).expect("stats are JSON");
         assert_eq!(stats["mode"], stats_mode);
         if mode != "tokio" {
-            // Only `hermes` places requests; the other per-core peers keep
-            // every request on its connection's worker.
-            assert_eq!(stats["placement"]["enabled"], false, "{mode}: {stats}");
+            // Only `hermes` and `hermes-userspace` (Hermes without its kernel
+            // program) place requests; the other per-core peers keep every
+            // request on its connection's worker.
+            let places = mode == "hermes-userspace";
+            assert_eq!(stats["placement"]["enabled"], places, "{mode}: {stats}");
         }
         workload.stop();
     }
@@ -140,6 +143,7 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
         "--workers",
         "--addr",
         "--require-ebpf",
+        "--pin",
         "--tick-ms",
         "--fine",
         "--margin",
@@ -155,7 +159,7 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
     }
-    for value in ["hermes", "reuseport", "shared", "tokio", "two-choices", "hash"] {
+    for value in ["hermes", "hermes-userspace", "reuseport", "shared", "tokio", "two-choices", "hash"] {
         assert!(text.contains(value), "--help lacks {value}:\n{text}");
     }
 
@@ -174,6 +178,46 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     ] {
         let bad = Command::new(BIN).args(args).output().expect("run with bad DSR flags");
         assert_eq!(bad.status.code(), Some(2), "{args:?}: {bad:?}");
+    }
+}
+
+/// The CPUs each `hermes-worker-N` thread of process `pid` may run on (the
+/// `Cpus_allowed_list` of its status), by thread name.
+fn worker_cpus(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    let mut cpus: Vec<(String, String)> = tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let allowed =
+                status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
+            name.starts_with("hermes-worker-").then_some((name, allowed))
+        })
+        .collect();
+    cpus.sort();
+    cpus
+}
+
+/// Workers are pinned by default, one CPU each; `--pin off` leaves them on
+/// every CPU the process may use, and says so in the announced mode, so a
+/// report never takes an unpinned run for a pinned one.
+#[test]
+fn pin_off_leaves_the_workers_unpinned_and_says_so() {
+    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (pin, mode) in [("on", "hermes-userspace"), ("off", "hermes-userspace-unpinned")] {
+        let args = ["--mode", "hermes-userspace", "--workers", "2", "--addr", "127.0.0.1:0", "--pin", pin];
+        let w = start_workload(&args);
+        assert_eq!(w.mode, mode);
+        assert_eq!(get(w.addr, "/").expect("GET /").status, 200);
+        let cpus = worker_cpus(w.pid());
+        assert_eq!(cpus.len(), 2, "{cpus:?}");
+        // One CPU is a single number; several are a range or a list.
+        let single = |list: &str| !list.contains(['-', ',']);
+        if allowed > 1 {
+            assert!(cpus.iter().all(|(_, list)| single(list) == (pin == "on")), "--pin {pin}: {cpus:?}");
+        }
+        w.stop();
     }
 }
 

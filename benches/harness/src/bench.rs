@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use tokio::runtime::Runtime;
 
 use crate::Args;
+use crate::cpus::CpuList;
 use crate::measure::PeerRun;
+use crate::modes::Balancing;
 use crate::peer::{self, Binary, Peer};
 use crate::report::PeerRow;
 use crate::scenario::{self, Scenario, Size};
@@ -37,8 +39,13 @@ pub struct Bench {
     pub rt: Runtime,
     /// What every report starts with: the command, the machine, how heavy work is emulated.
     pub header: String,
+    /// ntex's balancing mode: one, or the best of them per scenario (`auto`).
+    pub ntex_balancing: Balancing,
+    /// The CPUs the servers start on (`--server-cpus`); `None`: every CPU the harness may use.
+    pub server_cpus: Option<CpuList>,
     workload_bin: Built,
     ntex_bin: Built,
+    actix_bin: Built,
 }
 
 impl Bench {
@@ -48,14 +55,34 @@ impl Bench {
         if args.rate_scale.is_nan() || args.rate_scale <= 0.0 {
             return Err(format!("--rate-scale must be positive, got {}", args.rate_scale));
         }
-        let workers = args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let workers = match (args.workers, &args.server_cpus) {
+            (Some(n), _) => n,
+            (None, Some(cpus)) => cpus.len(),
+            (None, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        };
         if workers == 0 {
             return Err("--workers must be at least 1".to_owned());
         }
         if args.client_threads == 0 {
             return Err("--client-threads must be at least 1".to_owned());
+        }
+        // Binaries: given, or built once (on every CPU: the builds come before the generator's
+        // CPUs are set).
+        let needs_workload = args.validate || args.peers.iter().any(|p| p.binary() == Binary::Workload);
+        let workload_bin = needs_workload.then(|| given_or_built(&args.workload_bin, peer::build_workload));
+        let needs = |p: Peer| args.runs_scenarios() && args.peers.contains(&p);
+        let ntex_bin = needs(Peer::Ntex).then(|| given_or_built(&args.ntex_bin, peer::build_ntex));
+        let actix_bin = needs(Peer::Actix).then(|| given_or_built(&args.actix_bin, peer::build_actix));
+        for (what, built) in [("workload", &workload_bin), ("ntex", &ntex_bin), ("actix", &actix_bin)] {
+            if let Some(Err(e)) = built {
+                eprintln!("warning: {what}: {e}");
+            }
+        }
+        // Before the generator's runtime starts, so that its threads inherit the CPUs (and
+        // after reading the machine's core count, which they change).
+        let machine = machine();
+        if let Some(cpus) = &args.client_cpus {
+            cpus.apply_here()?;
         }
         let rt = if args.client_threads == 1 {
             tokio::runtime::Builder::new_current_thread().enable_all().build()
@@ -68,22 +95,13 @@ impl Bench {
         .map_err(|e| format!("starting the generator's runtime: {e}"))?;
         let header = format!(
             "Run: `hermes-bench {}` on {}; {workers} workers per server; load generator: {} thread(s) \
-             sharing the machine with the server.\n\n{}",
+             {}.\n\n{}",
             command.join(" "),
-            machine(),
+            machine,
             args.client_threads,
+            placement(args),
             scenario::EMULATION_NOTE
         );
-        // Binaries: given, or built once.
-        let needs_workload = args.validate || args.peers.iter().any(|p| p.binary() == Binary::Workload);
-        let workload_bin = needs_workload.then(|| given_or_built(&args.workload_bin, peer::build_workload));
-        let needs_ntex = args.runs_scenarios() && args.peers.contains(&Peer::Ntex);
-        let ntex_bin = needs_ntex.then(|| given_or_built(&args.ntex_bin, peer::build_ntex));
-        for (what, built) in [("workload", &workload_bin), ("ntex", &ntex_bin)] {
-            if let Some(Err(e)) = built {
-                eprintln!("warning: {what}: {e}");
-            }
-        }
         Ok(Bench {
             workers,
             out: args.out.clone(),
@@ -94,8 +112,11 @@ impl Bench {
             client_threads: args.client_threads,
             rt,
             header,
+            ntex_balancing: args.ntex_balancing,
+            server_cpus: args.server_cpus.clone(),
             workload_bin,
             ntex_bin,
+            actix_bin,
         })
     }
 
@@ -109,6 +130,7 @@ impl Bench {
         let (bin, what) = match peer.binary() {
             Binary::Workload => (&self.workload_bin, "workload"),
             Binary::Ntex => (&self.ntex_bin, "ntex"),
+            Binary::Actix => (&self.actix_bin, "actix"),
         };
         match bin {
             Some(Ok(path)) => Ok(path),
@@ -120,7 +142,18 @@ impl Bench {
     /// Runs every peer on the scenario, `repeat` times; returns one row per peer, in the order
     /// asked for.
     pub fn run_scenario(&self, scenario: &Scenario) -> Vec<PeerRow> {
+        self.run_phase(scenario, "")
+    }
+
+    /// [`Bench::run_scenario`] for a phase of a scenario, `tag` naming it in the progress lines
+    /// and the server logs (empty for a scenario's only phase).
+    pub fn run_phase(&self, scenario: &Scenario, tag: &str) -> Vec<PeerRow> {
         let mut rows: Vec<PeerRow> = self.peers.iter().map(|&p| PeerRow::new(p)).collect();
+        // Each peer's mode for the scenario, chosen before its runs (ntex's by a probe).
+        let launches: Vec<_> = self.peers.iter().map(|&p| self.launch(scenario, p, tag)).collect();
+        for (row, launch) in rows.iter_mut().zip(&launches) {
+            row.notes.extend(launch.notes.iter().cloned());
+        }
         let n = self.peers.len();
         let name = scenario.name;
         for run in 0..self.repeat {
@@ -128,10 +161,11 @@ impl Bench {
             // alike; the order is rotated per scenario and repeat so that no peer always runs
             // first. The report keeps the given order.
             let offset = (name.index() + run) % n.max(1);
-            for &peer in self.peers.iter().cycle().skip(offset).take(n) {
-                let r = self.run_peer(&PeerRun { scenario, peer, run });
+            for i in (0..n).cycle().skip(offset).take(n) {
+                let (peer, args) = (self.peers[i], launches[i].args.as_slice());
+                let r = self.run_peer(&PeerRun { scenario, peer, run, args, tag });
                 eprintln!(
-                    "  {name}/{peer} (run {}/{}): {}",
+                    "  {name}{tag}/{peer} (run {}/{}): {}",
                     run + 1,
                     self.repeat,
                     r.failure.clone().unwrap_or_else(|| format!(
@@ -139,9 +173,7 @@ impl Bench {
                         r.throughput, r.p99_ms, r.errors
                     ))
                 );
-                if let Some(row) = rows.iter_mut().find(|row| row.peer == peer) {
-                    row.runs.push(r);
-                }
+                rows[i].runs.push(r);
             }
         }
         rows
@@ -160,6 +192,21 @@ fn given_or_built(
 }
 
 /// The machine, for the reports' header: cores, CPU model and kernel.
+/// Where the generator runs beside the servers, for the header.
+fn placement(args: &Args) -> String {
+    match (&args.client_cpus, &args.server_cpus) {
+        (None, None) => "sharing the machine with the server".to_owned(),
+        (client, server) => {
+            let on = |cpus: &Option<CpuList>| {
+                cpus.as_ref().map_or("every CPU".to_owned(), |c| format!("CPUs {c}"))
+            };
+            let own = matches!((client, server), (Some(c), Some(s)) if !c.overlaps(s));
+            let shared = if own { "each on CPUs of its own" } else { "sharing CPUs" };
+            format!("on {}, the servers on {} ({shared})", on(client), on(server))
+        }
+    }
+}
+
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

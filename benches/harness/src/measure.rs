@@ -7,7 +7,7 @@ use crate::bench::Bench;
 use crate::load::{self, Outcome};
 use crate::peer::{Peer, Server};
 use crate::progress::RunProgress;
-use crate::report::{PeerResult, Placement};
+use crate::report::{PERCENTILES, PeerResult, Placement};
 use crate::scenario::Scenario;
 use crate::stats::{self, Snapshot};
 
@@ -17,6 +17,11 @@ pub struct PeerRun<'a> {
     pub scenario: &'a Scenario,
     pub peer: Peer,
     pub run: usize,
+    /// Arguments for the peer's server beyond the usual ones (e.g. ntex's balancing mode).
+    pub args: &'a [String],
+    /// Added to the server log's name, to keep apart the runs of one scenario that are not the
+    /// table's (a probe, a second phase); empty for the table's.
+    pub tag: &'a str,
 }
 
 impl PeerRun<'_> {
@@ -64,22 +69,24 @@ impl Bench {
         let bin = self.binary(peer)?;
         let logs = self.out.join("logs");
         let _ = std::fs::create_dir_all(&logs);
-        let log = logs.join(format!("{}-{peer}.log", sc.name));
-        let server = Server::start(bin, peer, self.workers, &log).map_err(|e| e.to_string())?;
+        let log = logs.join(format!("{}{}-{peer}.log", sc.name, run.tag));
+        let cpus = self.server_cpus.as_ref();
+        let server =
+            Server::start(bin, peer, self.workers, &log, run.args, cpus).map_err(|e| e.to_string())?;
         r.mode = server.mode.clone();
         if server.workers != self.workers {
             r.notes
                 .push(format!("asked for {} workers, the server announced {}", self.workers, server.workers));
         }
         let addr = server.addr;
-        let pid = server.pid().to_string();
-        let label = format!("{}/{peer} (run {}/{})", sc.name, run.run + 1, self.repeat);
+        let pid = Some(server.pid());
+        let label = format!("{}{}/{peer} (run {}/{})", sc.name, run.tag, run.run + 1, self.repeat);
         let progress = RunProgress::new(label, sc.plan.duration);
         let (before, outcome, after, cpu) = self.rt.block_on(async {
             let before = stats::fetch(addr).await;
-            let cpu_before = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
+            let cpu_before = (stats::cpu_seconds(pid), stats::cpu_seconds(None), Instant::now());
             let outcome = progress.during(load::run(addr, &sc.plan, run.seed())).await;
-            let cpu_after = (stats::cpu_seconds(&pid), stats::cpu_seconds("self"), Instant::now());
+            let cpu_after = (stats::cpu_seconds(pid), stats::cpu_seconds(None), Instant::now());
             let after = stats::fetch(addr).await;
             (before, outcome, after, (cpu_before, cpu_after))
         });
@@ -106,6 +113,9 @@ impl Bench {
             return Err(format!("no successful response ({})", error_kinds(&outcome)));
         }
         self.record(sc, &outcome, &snapshots, r);
+        // Over the same span as the requests: from before the load's first connection to its
+        // last answer.
+        r.cpu_us_per_req = server0.zip(server1).map(|(a, b)| (b - a) * 1e6 / outcome.ok as f64);
         Ok(())
     }
 
@@ -141,6 +151,11 @@ impl Bench {
             r.busy_sd_ms = stats::spread(&ms).map(|s| s.sd);
         }
         r.offered_rps = outcome.offered_rate();
+        let open_loop = sc.plan.streams.iter().all(|s| s.rate.is_some());
+        r.delivered = (open_loop && r.offered_rps > 0.0).then(|| r.throughput / r.offered_rps);
+        // Only the percentiles the run's sample reaches: a 99.99th of 1000 requests is their maximum.
+        let reached = |p: f64| 100.0 / (100.0 - p) <= outcome.ok as f64;
+        r.percentiles = PERCENTILES.iter().filter(|&&p| reached(p)).map(|&p| (p, ms(p / 100.0))).collect();
         r.wake_p99_ms = outcome.wake.value_at_quantile(0.99) as f64 / 1000.0;
         r.wake_max_ms = outcome.wake.max() as f64 / 1000.0;
         for (i, (stream, counts)) in sc.plan.streams.iter().zip(&outcome.streams).enumerate() {

@@ -10,31 +10,58 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-/// A peer, as named on the command line, in the reports and in the workload server's `--mode`;
-/// `hermes` first because ratios are taken against it.
+use crate::cpus::CpuList;
+
+/// A peer, as named on the command line and in the reports (and, but for `hermes-unpinned`, in
+/// its server's `--mode`); `hermes` first because ratios are taken against it.
 ///
 /// `hermes-local` is Hermes with every request kept on its connection's worker (no request
 /// placement, no offload, no reconnect asks): the server as it was before request placement, to
-/// measure what placement costs or gains in the same run. It is not in the default peer list.
-///
-/// `hermes-locality` is Hermes with locality on (`hermes-workload --locality on`): the eligible
-/// worker on the CPU that received a connection is the kernel program's first candidate. It is not
-/// in the default peer list either; it measures what locality costs or gains beside `hermes`.
+/// measure what placement costs or gains in the same run. `hermes-unpinned` is Hermes with its
+/// workers not pinned to CPUs, to measure what pinning costs or gains. `hermes-locality` is Hermes
+/// with locality on (`hermes-workload --locality on`: the eligible worker on the CPU that received a
+/// connection is the kernel program's first candidate), to measure what locality costs or gains.
+/// None of the three is in the default peer list. `hermes-userspace` is Hermes without its kernel
+/// program (the kernel's hash places connections; request placement, offload, reconnect asks and
+/// queue rescue stay on): what a container without CAP_BPF gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
     Hermes,
     HermesLocal,
+    HermesUserspace,
+    HermesUnpinned,
     HermesLocality,
     Reuseport,
     Shared,
     Tokio,
+    Actix,
     Ntex,
 }
 
 impl Peer {
     /// The binary serving the peer.
     pub fn binary(self) -> Binary {
-        if self == Peer::Ntex { Binary::Ntex } else { Binary::Workload }
+        match self {
+            Peer::Ntex => Binary::Ntex,
+            Peer::Actix => Binary::Actix,
+            _ => Binary::Workload,
+        }
+    }
+
+    /// The server's `--mode` and the arguments that make it this peer, beside the ones every peer
+    /// gets (workers, address).
+    fn server_args(self) -> Vec<String> {
+        let mode = |m: &str| vec!["--mode".to_owned(), m.to_owned()];
+        match self {
+            Peer::HermesUnpinned => [mode("hermes"), vec!["--pin".to_owned(), "off".to_owned()]].concat(),
+            Peer::HermesLocality => [mode("hermes"), vec!["--locality".to_owned(), "on".to_owned()]].concat(),
+            _ => mode(&self.to_string()),
+        }
+    }
+
+    /// True for the peers whose kernel program must load where eBPF is required.
+    fn needs_ebpf(self) -> bool {
+        matches!(self, Peer::Hermes | Peer::HermesLocal | Peer::HermesUnpinned | Peer::HermesLocality)
     }
 }
 
@@ -60,6 +87,8 @@ pub enum Binary {
     Workload,
     /// The ntex workload server in `benches/ntex-workload`, outside the workspace.
     Ntex,
+    /// The actix-web workload server in `benches/actix-workload`, outside the workspace.
+    Actix,
 }
 
 /// The workspace root, two levels above this crate.
@@ -108,6 +137,14 @@ pub fn build_ntex() -> io::Result<PathBuf> {
     Ok(target_dir(workspace_root().join("benches/ntex-workload/target")).join("release/ntex-workload"))
 }
 
+/// Builds the actix-web workload server (its own workspace) and returns its path.
+pub fn build_actix() -> io::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--manifest-path", "benches/actix-workload/Cargo.toml"]);
+    run_build(cmd, "the actix-web workload server (--actix-bin)")?;
+    Ok(target_dir(workspace_root().join("benches/actix-workload/target")).join("release/actix-workload"))
+}
+
 /// A workload server process, killed on drop.
 #[derive(Debug)]
 pub struct Server {
@@ -138,22 +175,28 @@ pub fn parse_first_line(line: &str) -> Option<(SocketAddr, String, usize)> {
 }
 
 impl Server {
-    /// Starts `bin --mode PEER --workers N --addr 127.0.0.1:0` (`hermes-locality`: `--mode hermes
-    /// --locality on`) and waits for its first line. The server's stderr goes to `log`.
-    pub fn start(bin: &Path, peer: Peer, workers: usize, log: &Path) -> io::Result<Server> {
+    /// Starts `bin --mode PEER --workers N --addr 127.0.0.1:0 EXTRA..` (`extra`: e.g. ntex's
+    /// `--balancing`), on `cpus` when given, and waits for its first line. The server's stderr
+    /// goes to `log`.
+    pub fn start(
+        bin: &Path,
+        peer: Peer,
+        workers: usize,
+        log: &Path,
+        extra: &[String],
+        cpus: Option<&CpuList>,
+    ) -> io::Result<Server> {
         let log_file = std::fs::File::create(log)?;
         let mode = peer.to_string();
         let mut cmd = Command::new(bin);
-        if peer == Peer::HermesLocality {
-            cmd.args(["--mode", "hermes", "--locality", "on"]);
-        } else {
-            cmd.args(["--mode", &mode]);
+        cmd.args(peer.server_args()).args(["--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
+        cmd.args(extra);
+        if let Some(cpus) = cpus {
+            cpus.apply_to(&mut cmd)?;
         }
-        cmd.args(["--workers", &workers.to_string(), "--addr", "127.0.0.1:0"]);
         // Where eBPF is required (CI), a `hermes` peer that fell back to
         // kernel hashing must fail to start rather than be measured as hermes.
-        let hermes = matches!(peer, Peer::Hermes | Peer::HermesLocal | Peer::HermesLocality);
-        if hermes && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
+        if peer.needs_ebpf() && std::env::var_os("HERMES_REQUIRE_BPF").is_some_and(|v| v == "1") {
             cmd.arg("--require-ebpf");
         }
         let mut child = cmd
@@ -218,9 +261,34 @@ mod tests {
         let names: Vec<String> = Peer::value_variants().iter().map(Peer::to_string).collect();
         assert_eq!(
             names,
-            ["hermes", "hermes-local", "hermes-locality", "reuseport", "shared", "tokio", "ntex"]
+            [
+                "hermes",
+                "hermes-local",
+                "hermes-userspace",
+                "hermes-unpinned",
+                "hermes-locality",
+                "reuseport",
+                "shared",
+                "tokio",
+                "actix",
+                "ntex"
+            ]
         );
         assert_eq!(Peer::Ntex.binary(), Binary::Ntex);
+        assert_eq!(Peer::Actix.binary(), Binary::Actix);
         assert_eq!(Peer::HermesLocal.binary(), Binary::Workload);
+        assert_eq!(Peer::HermesUserspace.binary(), Binary::Workload);
+    }
+
+    #[test]
+    fn each_peer_names_its_server_mode() {
+        assert_eq!(Peer::HermesUserspace.server_args(), ["--mode", "hermes-userspace"]);
+        assert_eq!(Peer::HermesUnpinned.server_args(), ["--mode", "hermes", "--pin", "off"]);
+        assert_eq!(Peer::Actix.server_args(), ["--mode", "actix"]);
+        // The userspace peer runs without the program, so it never asks for it.
+        assert!(!Peer::HermesUserspace.needs_ebpf());
+        assert!(Peer::HermesUnpinned.needs_ebpf());
+        assert_eq!(Peer::HermesLocality.server_args(), ["--mode", "hermes", "--locality", "on"]);
+        assert!(Peer::HermesLocality.needs_ebpf());
     }
 }

@@ -26,6 +26,8 @@ pub enum Name {
     Churn,
     Hang,
     H2,
+    Capacity,
+    CapacityH2,
 }
 
 impl Name {
@@ -37,6 +39,12 @@ impl Name {
     /// The scenario's place in report order.
     pub fn index(self) -> usize {
         Name::all().iter().position(|n| *n == self).expect("every scenario is listed")
+    }
+
+    /// True for the scenarios measured at saturation and then at a fixed rate near it (see
+    /// `capacity.rs`).
+    pub fn is_capacity(self) -> bool {
+        matches!(self, Name::Capacity | Name::CapacityH2)
     }
 }
 
@@ -99,10 +107,26 @@ pub const EMULATION_NOTE: &str = "Heavy work is emulated with `/block?ms=N` (the
      the cores, and spinning would take CPU from the generator. `mixed-spin` spins for real, at a \
      rate that leaves the generator its share of the cores.";
 
+/// Keep-alive connections of `capacity`: with each sending its next request as soon as the last is
+/// answered, enough to keep every worker of a small server busy.
+pub const CAPACITY_CONNS: usize = 64;
+
+/// HTTP/2 connections of `capacity-h2`, and the streams each keeps in flight (as `h2load -c 8
+/// -m 16`).
+pub const CAPACITY_H2_CONNS: usize = 8;
+pub const CAPACITY_H2_STREAMS: usize = 16;
+
+/// The cap on the requests in flight per stream of the open-loop scenarios.
+const MAX_IN_FLIGHT: usize = 2000;
+
+/// Seconds of the fixed-rate phase of the capacity scenarios, at `--quick`.
+const FIXED_SECS: f64 = 4.0;
+
 /// How long and how hard to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
-    /// A few seconds per scenario and peer: all scenarios for five peers in under 5 minutes.
+    /// A few seconds per scenario and peer: all scenarios for the default peers in about 10
+    /// minutes.
     Quick,
     /// Three times longer than quick.
     Full,
@@ -135,20 +159,22 @@ fn stream(transport: Transport, rate: Option<f64>, mix: Vec<(f64, String)>) -> S
     Stream { transport, rate, mix, label: None }
 }
 
+/// The window of a scenario of `secs` seconds at `--quick`.
+fn window(secs: f64, size: Size) -> Duration {
+    match size {
+        Size::Quick => Duration::from_secs_f64(secs),
+        Size::Full => Duration::from_secs_f64(secs * 3.0),
+        Size::Smoke => Duration::from_secs(1),
+    }
+}
+
 fn plan(streams: Vec<Stream>, secs: f64, size: Size) -> Plan {
-    let scale = match size {
-        Size::Quick => 1.0,
-        Size::Full => 3.0,
-        Size::Smoke => 0.0,
-    };
-    let duration =
-        if size == Size::Smoke { Duration::from_secs(1) } else { Duration::from_secs_f64(secs * scale) };
     Plan {
         streams,
         hang: None,
-        duration,
+        duration: window(secs, size),
         drain: Duration::from_secs(3),
-        max_in_flight: 2000,
+        max_in_flight: MAX_IN_FLIGHT,
         request_timeout: Duration::from_secs(8),
     }
 }
@@ -220,7 +246,43 @@ pub fn build(name: Name, size: Size, rate_scale: f64) -> Scenario {
                  of blocked worker time, 1500 req/s",
             plan: plan(vec![stream(Transport::H2 { conns: 8 }, r(1500.0), mixed_mix())], 4.0, size),
         },
+        Name::Capacity => Scenario {
+            name,
+            description: "`/` over 64 HTTP/1.1 keep-alive connections at saturation: closed loop, each \
+                 connection sends its next request as soon as the last is answered",
+            plan: plan(
+                vec![stream(Transport::KeepAlive { conns: CAPACITY_CONNS }, None, light_mix())],
+                3.0,
+                size,
+            ),
+        },
+        Name::CapacityH2 => {
+            let mut p =
+                plan(vec![stream(Transport::H2 { conns: CAPACITY_H2_CONNS }, None, light_mix())], 3.0, size);
+            // In a closed loop the cap is the streams kept in flight.
+            p.max_in_flight = CAPACITY_H2_CONNS * CAPACITY_H2_STREAMS;
+            Scenario {
+                name,
+                description: "`/` over 8 HTTP/2 connections at saturation: closed loop, 16 streams in \
+                     flight on each, each sending its next request as soon as the last is answered",
+                plan: p,
+            }
+        }
     }
+}
+
+/// The fixed-rate phase of a capacity scenario: its traffic, open loop (Poisson arrivals), at
+/// `rate` requests per second in all (a tenth of it for the smoke run, as every smoke rate).
+pub fn at_rate(sc: &Scenario, rate: f64, size: Size) -> Scenario {
+    let mut fixed = sc.clone();
+    let rate = rate * if size == Size::Smoke { 0.1 } else { 1.0 };
+    let streams = fixed.plan.streams.len().max(1) as f64;
+    for s in &mut fixed.plan.streams {
+        s.rate = Some(rate / streams);
+    }
+    fixed.plan.duration = window(FIXED_SECS, size);
+    fixed.plan.max_in_flight = MAX_IN_FLIGHT;
+    fixed
 }
 
 #[cfg(test)]
@@ -229,21 +291,50 @@ mod tests {
 
     #[test]
     fn every_scenario_builds_and_quick_fits_the_budget() {
-        let peers = 5.0;
+        // The default peers; ntex probes its three balancing modes on a quarter of each window.
+        let peers = 7.0;
         let mut secs = 0.0;
         for &name in Name::all() {
             let s = build(name, Size::Quick, 1.0);
             assert_eq!(s.name, name);
-            // Window, a worst-case drain, and about two seconds of server start and stop.
-            secs += (s.plan.duration.as_secs_f64() + 2.0) * peers;
+            let mut windows = vec![s.plan.duration.as_secs_f64()];
+            if name.is_capacity() {
+                windows.push(at_rate(&s, 1000.0, Size::Quick).plan.duration.as_secs_f64());
+            }
+            for w in windows {
+                // Window and about two seconds of server start and stop, per peer and per probe.
+                secs += (w + 2.0) * peers + (w / 4.0 + 2.0) * 3.0;
+            }
         }
-        assert!(secs < 280.0, "quick would take about {secs} s");
+        assert!(secs < 660.0, "quick would take about {secs} s");
+    }
+
+    #[test]
+    fn capacity_saturates_closed_loop_then_runs_open_at_a_fixed_rate() {
+        for name in [Name::Capacity, Name::CapacityH2] {
+            let sat = build(name, Size::Quick, 1.0);
+            assert!(name.is_capacity());
+            assert!(sat.plan.streams.iter().all(|s| s.rate.is_none()), "{name}: closed loop");
+            let fixed = at_rate(&sat, 8000.0, Size::Quick);
+            let rates: f64 = fixed.plan.streams.iter().map(|s| s.rate.expect("open loop")).sum();
+            assert_eq!(rates, 8000.0);
+            assert_eq!(fixed.plan.streams[0].transport, sat.plan.streams[0].transport);
+            assert_eq!(fixed.plan.duration, Duration::from_secs_f64(FIXED_SECS));
+            assert_eq!(at_rate(&sat, 8000.0, Size::Smoke).plan.streams[0].rate, Some(800.0));
+        }
+        let h2 = build(Name::CapacityH2, Size::Quick, 1.0);
+        assert_eq!(h2.plan.max_in_flight, CAPACITY_H2_CONNS * CAPACITY_H2_STREAMS);
+        assert!(at_rate(&h2, 1.0, Size::Quick).plan.max_in_flight > h2.plan.max_in_flight);
+        assert!(!Name::H2.is_capacity());
     }
 
     #[test]
     fn names_keep_their_command_line_spellings() {
         let names: Vec<String> = Name::all().iter().map(Name::to_string).collect();
-        assert_eq!(names, ["light", "mixed", "mixed-spin", "skew", "churn", "hang", "h2"]);
+        assert_eq!(
+            names,
+            ["light", "mixed", "mixed-spin", "skew", "churn", "hang", "h2", "capacity", "capacity-h2"]
+        );
         assert_eq!(Choice::from_str("all", false), Ok(Choice::All));
         assert_eq!(Choice::All.names(), Name::all());
         assert_eq!(Choice::from_str("mixed-spin", false), Ok(Choice::One(Name::MixedSpin)));

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use nix::time::{ClockId, clock_getcpuclockid, clock_gettime};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::load;
@@ -143,18 +145,17 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-/// CPU time (user and system, all threads) a process has used so far, in seconds, from
-/// `/proc/PROC/stat`; `proc` is a pid or `self`. `None` when it cannot be read.
-pub fn cpu_seconds(proc: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the file (utime, stime), in clock ticks; `rest` starts at field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_sec > 0).then(|| ticks as f64 / per_sec as f64)
+/// CPU time (user and system, of all its threads, those that ended included) a process has used
+/// so far, in seconds, from its CPU-time clock: nanoseconds, where `/proc/PID/stat` counts 10 ms
+/// ticks, too coarse for the CPU per request of a one-second run. `pid` `None` is this process.
+/// `None` when it cannot be read (the process is gone).
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let clock = match pid {
+        Some(pid) => clock_getcpuclockid(Pid::from_raw(i32::try_from(pid).ok()?)).ok()?,
+        None => ClockId::CLOCK_PROCESS_CPUTIME_ID,
+    };
+    let t = clock_gettime(clock).ok()?;
+    Some(t.tv_sec() as f64 + t.tv_nsec() as f64 * 1e-9)
 }
 
 #[cfg(test)]
@@ -201,14 +202,31 @@ mod tests {
 
     #[test]
     fn reads_this_process_cpu_time() {
-        let before = cpu_seconds("self").expect("/proc/self/stat");
-        // Spins until the counter moves (one clock tick of CPU), or gives up after 10 s.
+        let before = cpu_seconds(None).expect("this process's CPU clock");
+        // Spins until the clock moves, or gives up after 10 s.
         let give_up = std::time::Instant::now() + Duration::from_secs(10);
         let mut now = before;
         while now <= before && std::time::Instant::now() < give_up {
             std::hint::spin_loop();
-            now = cpu_seconds("self").unwrap();
+            now = cpu_seconds(None).unwrap();
         }
         assert!(now > before && now - before < 10.0, "CPU time went from {before} to {now} s");
+    }
+
+    #[test]
+    fn reads_another_process_cpu_time_until_it_is_gone() {
+        let mut child =
+            std::process::Command::new("yes").stdout(std::process::Stdio::null()).spawn().unwrap();
+        let pid = Some(child.id());
+        // `yes` spins: waits until a millisecond of its CPU time shows, or gives up after 10 s.
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        let mut used = 0.0;
+        while used < 0.001 && std::time::Instant::now() < give_up {
+            used = cpu_seconds(pid).expect("the child's CPU clock");
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(used >= 0.001, "the child used {used} s");
+        assert_eq!(cpu_seconds(pid), None, "a reaped process has no clock");
     }
 }

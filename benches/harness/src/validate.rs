@@ -33,8 +33,8 @@ pub fn wrk_vs_ours(bench: &Bench, workers: usize) -> Result<String, String> {
     let threads = bench.client_threads;
     let log = bench.out.join("logs");
     std::fs::create_dir_all(&log).map_err(|e| e.to_string())?;
-    let server =
-        Server::start(bin, peer::BASELINE, workers, &log.join("validate.log")).map_err(|e| e.to_string())?;
+    let (log, cpus) = (log.join("validate.log"), bench.server_cpus.as_ref());
+    let server = Server::start(bin, peer::BASELINE, workers, &log, &[], cpus).map_err(|e| e.to_string())?;
     let url = format!("http://{}/", server.addr);
     let plan = Plan {
         streams: vec![Stream {
@@ -92,7 +92,8 @@ pub fn h2load_note(bench: &Bench) -> Option<String> {
     }
     let bin = bench.workload_bin()?;
     let log = bench.out.join("logs/h2load.log");
-    let server = Server::start(bin, peer::BASELINE, bench.workers, &log).ok()?;
+    let server =
+        Server::start(bin, peer::BASELINE, bench.workers, &log, &[], bench.server_cpus.as_ref()).ok()?;
     let output = match Command::new("h2load")
         .args(["-c", "8", "-m", "16", "-D", "3", &format!("http://{}/", server.addr)])
         .output()

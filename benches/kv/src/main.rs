@@ -56,6 +56,10 @@ struct Args {
     /// Worker threads (Hermes workers, or Tokio's); default: one per CPU.
     #[arg(long)]
     workers: Option<usize>,
+    /// Hermes: the time slice each worker asks the kernel for, in µs
+    /// (`Builder::worker_slice`); default: the kernel's.
+    #[arg(long, value_name = "US")]
+    worker_slice_us: Option<u64>,
 }
 
 type Store = Arc<RwLock<HashMap<String, Bytes>>>;
@@ -120,6 +124,7 @@ fn main() -> std::io::Result<()> {
             if let Some(n) = args.workers {
                 builder.workers(n);
             }
+            builder.worker_slice(args.worker_slice_us.map(std::time::Duration::from_micros));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let handle = hermes_tower::serve(args.addr, app()).with_builder(builder).start()?;

@@ -1,18 +1,25 @@
-//! The ntex peer of `hermes-bench`: the workload server built on ntex-server with its
-//! `LeastLoaded` balancing (one accept loop hands each connection to the less loaded of two
-//! sampled workers, skipping workers whose runtime is blocked).
+//! The ntex peer of `hermes-bench`: the workload server built on ntex-server, in the balancing
+//! mode asked for (`--balancing`): `incoming-cpu` (ntex's default: the worker on the CPU that
+//! received the connection's packets, unless it is busier than the least loaded choice),
+//! `least-loaded` (the less loaded of two sampled workers) or `round-robin`; each skips workers
+//! whose runtime is blocked. Workers keep ntex's default CPU affinity (each pinned to a core).
 //!
 //! Same contract as `hermes-workload`:
 //!
 //! ```text
 //! cargo build --release --ignore-rust-version --manifest-path benches/ntex-workload/Cargo.toml
-//! target/release/ntex-workload --mode ntex --workers 2 --addr 127.0.0.1:0
+//! target/release/ntex-workload --mode ntex --workers 2 --addr 127.0.0.1:0 --balancing least-loaded
 //! ```
 //!
-//! Its first stdout line is `listening on ADDR mode=ntex workers=N`. Endpoints: `/`, `/work?us=N`
-//! (spins the worker's CPU), `/block?ms=N` (blocks the worker thread), `/_hermes/stats` (per-worker
-//! connections accepted, open connections and busy time from ntex-server's metrics). Every response
-//! carries `x-hermes-worker: ID`, the worker's index in the order the workers started.
+//! Its first stdout line is `listening on ADDR mode=ntex-BALANCING workers=N` (`ntex-h2-BALANCING`
+//! with `--h2`). Endpoints: `/`, `/work?us=N` (spins the worker's CPU), `/block?ms=N` (blocks the
+//! worker thread), `/_hermes/stats` (per-worker connections accepted, open connections and busy
+//! time from ntex-server's metrics). Every response carries `x-hermes-worker: ID`, the worker's
+//! index in the order the workers started.
+//!
+//! ntex's HTTP service speaks HTTP/2 over plaintext only as an HTTP/2-only service (it picks
+//! HTTP/2 after TLS ALPN otherwise): `--h2` serves that, with prior knowledge, for the HTTP/2
+//! scenarios; the stats endpoint is then reached over HTTP/2 only.
 
 use std::cell::Cell;
 use std::io::{self, Write as _};
@@ -21,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ntex::SharedCfg;
+use ntex::http::HttpService;
 use ntex::web::{self, App, HttpRequest, HttpResponse, HttpServer};
 use ntex_server::LoadBalancing;
 
@@ -95,19 +103,41 @@ async fn stats() -> HttpResponse {
     HttpResponse::Ok()
         .header("x-hermes-worker", WORKER.with(Cell::get).to_string())
         .content_type("application/json")
-        .body(format!("{{\"mode\":\"ntex\",\"balancing\":\"LeastLoaded\",\"workers\":[{workers}]}}"))
+        .body(format!("{{\"mode\":\"ntex\",\"balancing\":\"{}\",\"workers\":[{workers}]}}", balancing_name()))
+}
+
+/// The balancing modes, by their command-line names.
+const BALANCING: [(&str, LoadBalancing); 3] = [
+    ("incoming-cpu", LoadBalancing::IncomingCpu),
+    ("least-loaded", LoadBalancing::LeastLoaded),
+    ("round-robin", LoadBalancing::RoundRobin),
+];
+
+/// The balancing mode in force, by name (for the stats endpoint).
+static BALANCING_NAME: Mutex<&str> = Mutex::new("incoming-cpu");
+
+fn balancing_name() -> &'static str {
+    BALANCING_NAME.lock().map(|n| *n).unwrap_or("?")
 }
 
 struct Args {
     workers: usize,
     addr: std::net::SocketAddr,
+    balancing: (&'static str, LoadBalancing),
+    h2: bool,
 }
 
 fn args() -> Result<Args, String> {
     let mut workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut addr = "127.0.0.1:0".parse().expect("valid address");
+    let mut balancing = BALANCING[0];
+    let mut h2 = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--h2" {
+            h2 = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--mode" if value == "ntex" => {}
@@ -119,10 +149,43 @@ fn args() -> Result<Args, String> {
                 }
             }
             "--addr" => addr = value.parse().map_err(|_| format!("--addr: not an address: {value:?}"))?,
-            _ => return Err(format!("unknown option {flag}; usage: --mode ntex --workers N --addr ADDR")),
+            "--balancing" => {
+                balancing = *BALANCING.iter().find(|(name, _)| *name == value).ok_or_else(|| {
+                    let names: Vec<&str> = BALANCING.iter().map(|(n, _)| *n).collect();
+                    format!("--balancing: {value:?} is none of {}", names.join(", "))
+                })?;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {flag}; usage: --mode ntex --workers N --addr ADDR \
+                     [--balancing incoming-cpu|least-loaded|round-robin] [--h2]"
+                ));
+            }
         }
     }
-    Ok(Args { workers, addr })
+    Ok(Args { workers, addr, balancing, h2 })
+}
+
+/// Gives the worker of this thread its index, the first time it builds its app.
+fn register_worker() {
+    WORKER.with(|w| {
+        if w.get() == usize::MAX {
+            // Relaxed: the counter only hands out distinct indices.
+            w.set(NEXT_WORKER.fetch_add(1, Ordering::Relaxed));
+        }
+    });
+}
+
+/// The app of every worker (a macro: its type is ntex's to name).
+macro_rules! app {
+    () => {{
+        register_worker();
+        App::new()
+            .service(web::resource("/").to(light))
+            .service(web::resource("/work").to(work))
+            .service(web::resource("/block").to(block))
+            .service(web::resource("/_hermes/stats").to(stats))
+    }};
 }
 
 #[ntex::main]
@@ -130,24 +193,24 @@ async fn main() -> io::Result<()> {
     let args = args().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = std::net::TcpListener::bind(args.addr)?;
     let local = listener.local_addr()?;
-    let server = HttpServer::new(async |_| {
-        WORKER.with(|w| {
-            if w.get() == usize::MAX {
-                w.set(NEXT_WORKER.fetch_add(1, Ordering::Relaxed));
-            }
-        });
-        App::new()
-            .service(web::resource("/").to(light))
-            .service(web::resource("/work").to(work))
-            .service(web::resource("/block").to(block))
-            .service(web::resource("/_hermes/stats").to(stats))
-    })
-    .workers(args.workers)
-    .load_balancing(LoadBalancing::LeastLoaded)
-    .listen(listener, SharedCfg::default())?
-    .run();
+    let (name, balancing) = args.balancing;
+    *BALANCING_NAME.lock().map_err(|_| io::Error::other("balancing lock poisoned"))? = name;
+    let server = if args.h2 {
+        ntex::server::build()
+            .workers(args.workers)
+            .load_balancing(balancing)
+            .listen("ntex-h2", listener, SharedCfg::default(), async |_| HttpService::h2(app!()))?
+            .run()
+    } else {
+        HttpServer::new(async |_| app!())
+            .workers(args.workers)
+            .load_balancing(balancing)
+            .listen(listener, SharedCfg::default())?
+            .run()
+    };
     *SERVER.lock().map_err(|_| io::Error::other("server handle lock poisoned"))? = Some(server.clone());
-    println!("listening on {local} mode=ntex workers={}", args.workers);
+    let protocol = if args.h2 { "-h2" } else { "" };
+    println!("listening on {local} mode=ntex{protocol}-{name} workers={}", args.workers);
     io::stdout().flush()?;
     server.await
 }

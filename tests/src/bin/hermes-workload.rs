@@ -1,12 +1,13 @@
 //! The workload server the benchmarks drive.
 //!
 //! ```text
-//! cargo run --release -p hermes-tests --bin hermes-workload -- --mode hermes|reuseport|shared|tokio --workers N --addr 127.0.0.1:0
+//! cargo run --release -p hermes-tests --bin hermes-workload -- --mode hermes|hermes-userspace|reuseport|shared|tokio --workers N --addr 127.0.0.1:0
 //! ```
 //!
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
-//! kernel's hash; the reason goes to stderr). Endpoints: `/` (light),
+//! kernel's hash; the reason goes to stderr; `-unpinned` added with
+//! `--pin off`). Endpoints: `/` (light),
 //! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/cpu?us=N`
 //! (the same, N µs of the thread's CPU time: see `cpu`), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
@@ -29,7 +30,7 @@
 //! `ReusePort=yes`), the Hermes modes serve on the passed listeners (`--addr`
 //! is ignored).
 //!
-//! The Hermes modes (`hermes`, `reuseport`, `shared`) are served as the
+//! The Hermes modes (`hermes`, `hermes-userspace`, `reuseport`, `shared`) are served as the
 //! README tells users to serve an axum app: through `hermes_tower::serve`,
 //! with [`HermesLayer`] at its default settings counting every request into
 //! the Worker State Table and `/_hermes/stats` mounted outside the layer,
@@ -45,7 +46,7 @@
 use std::{
     cell::Cell,
     io::Write,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     process::ExitCode,
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
@@ -64,6 +65,8 @@ use hermes_tower::HermesLayer;
 
 #[path = "hermes-workload/cpu.rs"]
 mod cpu;
+#[path = "hermes-workload/dsr.rs"]
+mod dsr;
 #[path = "hermes-workload/fleet.rs"]
 mod fleet;
 #[path = "hermes-workload/grpc.rs"]
@@ -71,7 +74,7 @@ mod grpc;
 #[path = "hermes-workload/options.rs"]
 mod options;
 
-use options::{Fine, Peer, Switch, parse_balancer, parse_scale};
+use options::{Fine, Peer, Switch, parse_scale};
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -101,6 +104,9 @@ struct Args {
     /// Fail instead of falling back to the kernel's hash when the dispatch program cannot be loaded.
     #[arg(long)]
     require_ebpf: bool,
+    /// Hermes modes: pin each worker to a CPU (`Builder::pin_workers`).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pin: Switch,
     /// Scheduler tick of the Hermes modes, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 5)]
     tick_ms: u64,
@@ -150,25 +156,8 @@ struct Args {
     /// the maxima apply to the scaled cost.
     #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = parse_scale)]
     cost_scale: f64,
-    /// Hermes mode, on a host behind `hermes-lb`: the balancer as `ADDR=MAC`
-    /// (its address and its interface's MAC). This host's load then travels
-    /// to it in band (`hermes_dsr::Agent`: the feedback program at egress of
-    /// `--dsr-interface`); needs `--dsr-vip`, `--dsr-token` and CAP_BPF + CAP_NET_ADMIN.
-    #[arg(long, value_name = "ADDR=MAC", value_parser = parse_balancer, requires_all = ["dsr_vip", "dsr_token"])]
-    dsr_balancer: Option<(Ipv4Addr, [u8; 6])>,
-    /// The VIP this host serves (held on its loopback), with `--dsr-balancer`.
-    #[arg(long, value_name = "ADDR", requires = "dsr_balancer")]
-    dsr_vip: Option<Ipv4Addr>,
-    /// The interface the host's replies leave by, with `--dsr-balancer`.
-    #[arg(long, value_name = "IFACE", default_value = "eth0")]
-    dsr_interface: String,
-    /// This host's secret token (1 to 16 hex digits, not 0), as given to the
-    /// balancer for it (`hermes-lb --server ADDR=MAC,TOKEN`), with `--dsr-balancer`.
-    #[arg(long, value_name = "HEX", value_parser = hermes_dsr::parse_token, requires = "dsr_balancer")]
-    dsr_token: Option<u64>,
-    /// At most one metric per this many milliseconds, with `--dsr-balancer`.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    dsr_interval_ms: u64,
+    #[command(flatten)]
+    dsr: dsr::DsrArgs,
     #[command(flatten)]
     fleet: fleet::FleetArgs,
 }
@@ -304,12 +293,12 @@ async fn signal() {
 fn run_hermes(args: &Args) -> std::io::Result<()> {
     let mode = match args.mode {
         Peer::Hermes | Peer::HermesLocal => Mode::Hermes,
-        Peer::Reuseport => Mode::KernelHash,
+        Peer::HermesUserspace | Peer::Reuseport => Mode::KernelHash,
         Peer::Shared => Mode::SharedListener,
         Peer::Tokio => unreachable!("served by run_tokio"),
     };
     let mut builder = Builder::new();
-    if args.mode != Peer::Hermes {
+    if !matches!(args.mode, Peer::Hermes | Peer::HermesUserspace) {
         // The peers stand for plain thread-per-core servers: the kernel (or
         // the shared listener) places connections, and nothing places requests.
         builder.place_requests(false).reconnect_overloaded(None);
@@ -325,6 +314,7 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         builder.workers(n);
     }
     builder
+        .pin_workers(args.pin == Switch::On)
         .mode(mode)
         .require_ebpf(args.require_ebpf)
         .tick(Duration::from_millis(args.tick_ms))
@@ -369,24 +359,14 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         // The harness's `hermes-locality` peer.
         Mode::Hermes if args.locality == Switch::On => "hermes-locality",
         Mode::Hermes => "hermes",
+        Mode::KernelHash if args.mode == Peer::HermesUserspace => "hermes-userspace",
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
     };
+    let shown = if args.pin == Switch::On { shown.to_owned() } else { format!("{shown}-unpinned") };
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
-    let _agent = match (args.dsr_balancer, args.dsr_vip, args.dsr_token) {
-        (Some((balancer_addr, balancer_mac)), Some(vip), Some(token)) => {
-            let mut settings = hermes_dsr::HostSettings::new(balancer_mac, balancer_addr, vip, token);
-            settings.interval = Duration::from_millis(args.dsr_interval_ms.max(1));
-            let source = handle.snapshot_source();
-            let agent = hermes_dsr::Agent::start(&args.dsr_interface, settings, move || {
-                source.snapshot().unwrap_or_default()
-            })
-            .map_err(|e| std::io::Error::other(format!("--dsr-balancer: {e}")))?;
-            Some(agent)
-        }
-        _ => None,
-    };
+    let _agent = dsr::start_agent(&args.dsr, &handle)?;
     println!("listening on {} mode={shown} workers={}", handle.local_addr(), handle.snapshot().workers.len());
     if let Some(agent) = agent {
         println!("agent on {agent}");

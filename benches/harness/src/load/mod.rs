@@ -11,6 +11,7 @@ mod churn;
 mod client;
 mod h1;
 mod h2;
+mod h2_closed;
 mod hang;
 mod outcome;
 mod schedule;
@@ -55,8 +56,9 @@ pub enum Transport {
 pub struct Stream {
     /// How the requests reach the server.
     pub transport: Transport,
-    /// Total arrival rate in requests per second; `None` sends back to back on each connection
-    /// (closed loop, used only to compare with wrk, which works that way).
+    /// Total arrival rate in requests per second; `None` sends back to back (closed loop, as wrk
+    /// and h2load do): one request at a time on each keep-alive connection, the plan's
+    /// `max_in_flight` spread over the HTTP/2 connections as streams; not for fresh connections.
     pub rate: Option<f64>,
     /// Request paths with their relative weights.
     pub mix: Vec<(f64, String)>,
@@ -169,7 +171,12 @@ pub async fn run(addr: SocketAddr, plan: &Plan, seed: u64) -> io::Result<Outcome
             Pool::H2(senders) => {
                 let (rate, cap) = (per_conn(senders.len()), (plan.max_in_flight / senders.len()).max(1));
                 for sender in senders {
-                    tasks.spawn(h2::h2_conn(ctx.clone(), traffic(rate), sender, cap));
+                    match rate {
+                        Some(_) => tasks.spawn(h2::h2_conn(ctx.clone(), traffic(rate), sender, cap)),
+                        None => {
+                            tasks.spawn(h2_closed::h2_closed_conn(ctx.clone(), traffic(None), sender, cap))
+                        }
+                    };
                 }
             }
             Pool::None => {

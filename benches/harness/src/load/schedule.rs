@@ -39,6 +39,11 @@ impl Rng {
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A generator of its own for a task this one's task starts, seeded from this one.
+    pub(super) fn fork(&mut self) -> Self {
+        Self::new((self.next_f64() * u64::MAX as f64) as u64)
+    }
+
     /// Exponentially distributed gap for a Poisson process of `rate` per second.
     pub(super) fn gap(&mut self, rate: f64) -> Duration {
         Duration::from_secs_f64(-(1.0 - self.next_f64()).ln() / rate)

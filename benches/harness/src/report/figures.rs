@@ -19,6 +19,9 @@ pub struct Placement {
     pub others_p99_ms: Option<f64>,
 }
 
+/// The percentiles of the percentile chart.
+pub const PERCENTILES: [f64; 10] = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999];
+
 /// What one peer achieved in one run of a scenario.
 #[derive(Debug, Clone, Default)]
 pub struct PeerResult {
@@ -51,6 +54,14 @@ pub struct PeerResult {
     pub server_cpu: Option<f64>,
     /// CPU the generator used during the run, as a share of one core.
     pub generator_cpu: Option<f64>,
+    /// The server process's CPU time (user and system) over the run per successful request, in
+    /// microseconds.
+    pub cpu_us_per_req: Option<f64>,
+    /// The share of the offered rate completed in the window; `None` for a closed loop, which
+    /// offers what the server takes.
+    pub delivered: Option<f64>,
+    /// Latency by percentile: `(percentile, ms)` at [`PERCENTILES`], for the percentile chart.
+    pub percentiles: Vec<(f64, f64)>,
     /// Where the labelled streams landed.
     pub placements: Vec<Placement>,
     /// Free-form remarks (hung worker, cross-checks).
@@ -132,6 +143,21 @@ impl PeerRow {
     pub fn median(&self, f: Figure) -> Option<f64> {
         stats::median(&self.values(f))
     }
+
+    /// Latency by percentile, `(percentile, ms)`: at each percentile the median over the runs
+    /// that served.
+    pub fn percentiles(&self) -> Vec<(f64, f64)> {
+        PERCENTILES
+            .iter()
+            .filter_map(|&p| {
+                let at: Vec<f64> = self
+                    .served_runs()
+                    .filter_map(|r| r.percentiles.iter().find(|(q, _)| *q == p).map(|(_, ms)| *ms))
+                    .collect();
+                stats::median(&at).map(|ms| (p, ms))
+            })
+            .collect()
+    }
 }
 
 /// The figures of the table and the summary.
@@ -182,5 +208,11 @@ pub mod fig {
     }
     pub fn generator_cpu(r: &PeerResult) -> Option<f64> {
         r.generator_cpu
+    }
+    pub fn cpu_us_per_req(r: &PeerResult) -> Option<f64> {
+        r.cpu_us_per_req
+    }
+    pub fn delivered(r: &PeerResult) -> Option<f64> {
+        r.delivered
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::ScenarioReport;
 use super::figures::{Figure, fig};
-use super::format::{count, list, range, with_ratio};
+use super::format::{count, list, percent, range, with_ratio};
 use super::notes::peer_notes;
 use super::placement::placement_notes;
 use crate::peer::BASELINE;
@@ -29,14 +29,14 @@ pub(super) fn markdown(report: &ScenarioReport<'_>) -> String {
     }
     let _ = writeln!(
         s,
-        "| peer | mode | req/s | p50 ms | p99 ms | p99.9 ms | conns/worker SD | conns max/mean | busy SD ms | >1 s | errors |"
+        "| peer | mode | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | delivered | conns/worker SD | conns max/mean | busy SD ms | >1 s | errors |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         if let Some(f) = r.failure() {
             let _ = writeln!(
                 s,
-                "| {} | {} | failed: {} | | | | | | | | |",
+                "| {} | {} | failed: {} | | | | | | | | | | |",
                 r.peer,
                 r.mode(),
                 f.replace('|', "/")
@@ -45,13 +45,15 @@ pub(super) fn markdown(report: &ScenarioReport<'_>) -> String {
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.peer,
             r.mode(),
             with_ratio(r.median(fig::rps), b(fig::rps), 0),
             with_ratio(r.median(fig::p50), b(fig::p50), 2),
             with_ratio(r.median(fig::p99), b(fig::p99), 2),
             with_ratio(r.median(fig::p999), b(fig::p999), 2),
+            with_ratio(r.median(fig::cpu_us_per_req), b(fig::cpu_us_per_req), 1),
+            percent(r.median(fig::delivered)),
             with_ratio(r.median(fig::conn_sd), b(fig::conn_sd), 1),
             with_ratio(r.median(fig::conn_max_mean), b(fig::conn_max_mean), 2),
             with_ratio(r.median(fig::busy_sd), b(fig::busy_sd), 1),
@@ -62,7 +64,10 @@ pub(super) fn markdown(report: &ScenarioReport<'_>) -> String {
     let _ = writeln!(
         s,
         "\nRatios in parentheses are against `{BASELINE}`. Latency runs from each request's scheduled \
-         send time (open loop, Poisson arrivals), so stalls are not hidden by coordinated omission."
+         send time (open loop, Poisson arrivals), so stalls are not hidden by coordinated omission; in \
+         a closed loop, from its send. CPU µs/req: the server process's user and system time over the \
+         run per successful request. Delivered: the share of the offered rate completed in the window \
+         (– for a closed loop, which offers what the server takes)."
     );
     if repeats > 1 {
         let _ = writeln!(s, "\n### Spread over {repeats} runs\n");
@@ -116,6 +121,8 @@ mod tests {
         let rows = [row(vec![result(Peer::Hermes, 1000.0, 2.0)]), row(vec![result(Peer::Tokio, 900.0, 4.0)])];
         let md = markdown(&report("light", &rows));
         assert!(md.contains("| tokio | tokio | 900 (0.90×) | 1.00 (1.00×) | 4.00 (2.00×)"), "{md}");
+        // p99.9, CPU per request and the share delivered (none: the fixture's runs are closed).
+        assert!(md.contains("| 8.00 (2.00×) | 25.0 (1.00×) | – |"), "{md}");
         assert!(!md.contains("Spread over"), "{md}");
     }
 

@@ -8,6 +8,7 @@ mod figures;
 mod format;
 mod markdown;
 mod notes;
+mod percentiles;
 mod placement;
 mod summary;
 mod svg;
@@ -19,7 +20,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use self::figures::{PeerResult, PeerRow, Placement};
+pub use self::figures::{PERCENTILES, PeerResult, PeerRow, Placement, fig};
 pub use self::summary::{Summary, has_every_figure};
 
 /// One scenario's results, as every report of it shows them.
@@ -34,16 +35,20 @@ pub struct ScenarioReport<'a> {
     pub rows: &'a [PeerRow],
 }
 
-/// Writes the scenario's markdown and SVG into `out`; returns both paths.
+/// Writes the scenario's markdown and SVG charts (`NAME.svg`, the bars, and
+/// `NAME-percentiles.svg`, latency by percentile) into `out`; returns the markdown's and the bars'
+/// paths.
 pub fn write(out: &Path, report: &ScenarioReport<'_>) -> io::Result<(PathBuf, PathBuf)> {
     let name = report.name;
     std::fs::create_dir_all(out)?;
     let md = out.join(format!("{name}.md"));
     let chart = out.join(format!("{name}.svg"));
+    let by_percentile = percentiles::path(out, name);
     let mut text = markdown::markdown(report);
-    let _ = writeln!(text, "\n![{name}]({name}.svg)");
+    let _ = writeln!(text, "\n![{name}]({name}.svg) ![{name} by percentile]({name}-percentiles.svg)");
     std::fs::write(&md, text)?;
     svg::svg(&chart, report)?;
+    percentiles::svg(&by_percentile, report)?;
     Ok((md, chart))
 }
 
@@ -62,8 +67,16 @@ mod tests {
         ];
         let report = ScenarioReport { name: "light", description: "d", header: "h", rows: &rows };
         let (md, chart) = write(&dir, &report).unwrap();
-        assert!(std::fs::read_to_string(md).unwrap().contains("ntex"));
+        let text = std::fs::read_to_string(md).unwrap();
+        assert!(text.contains("ntex"));
+        assert!(text.contains("(light-percentiles.svg)"), "{text}");
         assert!(std::fs::read_to_string(chart).unwrap().starts_with("<svg"));
+        let by_percentile = std::fs::read_to_string(dir.join("light-percentiles.svg")).unwrap();
+        assert!(by_percentile.starts_with("<svg"));
+        // One line per peer, named in the legend.
+        for peer in ["hermes", "ntex"] {
+            assert!(by_percentile.contains(peer), "{peer}: {by_percentile}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

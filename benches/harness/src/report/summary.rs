@@ -12,7 +12,6 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use super::ScenarioReport;
 use super::figures::{Figure, PeerRow, Placement, fig};
 use crate::peer::Peer;
-use crate::scenario::Name;
 use crate::stats;
 
 /// A figure of every run, `null` for a run that did not serve.
@@ -97,6 +96,12 @@ struct PeerSummary {
     generator_wake_p99_ms_runs: Runs,
     server_cpu_runs: Runs,
     generator_cpu_runs: Runs,
+    /// The server's CPU time per successful request, in microseconds.
+    cpu_us_per_req: Option<f64>,
+    /// The share of the offered rate completed in the window (`null` for a closed loop).
+    delivered: Option<f64>,
+    cpu_us_per_req_runs: Runs,
+    delivered_runs: Runs,
     /// The modes the runs reported, e.g. `hermes`, or `hermes/kernel-hash` when they differ.
     mode: String,
     runs: usize,
@@ -133,6 +138,10 @@ impl PeerSummary {
             generator_wake_p99_ms_runs: runs(fig::wake_p99),
             server_cpu_runs: runs(fig::server_cpu),
             generator_cpu_runs: runs(fig::generator_cpu),
+            cpu_us_per_req: median(fig::cpu_us_per_req),
+            delivered: median(fig::delivered),
+            cpu_us_per_req_runs: runs(fig::cpu_us_per_req),
+            delivered_runs: runs(fig::delivered),
             mode: r.mode(),
             runs: r.runs.len(),
             runs_failed: r.runs.iter().filter(|x| !x.served()).count(),
@@ -205,9 +214,12 @@ impl Serialize for LabelledStreams {
     }
 }
 
+/// The figures every entry has a number for, for every peer that served.
+const EVERY_FIGURE: [&str; 7] = ["p99_ms", "p50_ms", "rps", "over_1s", "errors", "p999_ms", "cpu_us_per_req"];
+
 /// The smoke run's check of the file it wrote: it reads back with a number for each documented
-/// figure of every scenario and peer.
-pub fn has_every_figure(path: &Path, scenarios: &[Name], peers: &[Peer]) -> bool {
+/// figure of every report (a scenario's, or a phase's) and peer.
+pub fn has_every_figure(path: &Path, scenarios: &[String], peers: &[Peer]) -> bool {
     let doc: Option<serde_json::Value> =
         std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
     let Some(doc) = doc else {
@@ -217,8 +229,8 @@ pub fn has_every_figure(path: &Path, scenarios: &[Name], peers: &[Peer]) -> bool
     let mut ok = true;
     for s in scenarios {
         for p in peers {
-            for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
-                if !doc["scenarios"][s.to_string()]["peers"][p.to_string()][key].is_number() {
+            for key in EVERY_FIGURE {
+                if !doc["scenarios"][s]["peers"][p.to_string()][key].is_number() {
                     eprintln!("smoke: summary.json has no number at scenarios.{s}.peers.{p}.{key}");
                     ok = false;
                 }
@@ -252,9 +264,10 @@ mod tests {
         assert_eq!(v["peers"]["tokio"]["runs_failed"], 1);
         assert_eq!(v["peers"]["tokio"]["failures"], json!(["did not start"]));
         assert!(v["peers"]["hermes"].get("failures").is_none(), "{v}");
-        for key in ["p99_ms", "p50_ms", "rps", "over_1s", "errors"] {
+        for key in EVERY_FIGURE {
             assert!(v["peers"]["tokio"][key].is_number(), "{key}: {v}");
         }
+        assert_eq!(v["peers"]["tokio"]["cpu_us_per_req_runs"], json!([25.0, null, 25.0]));
     }
 
     #[test]
@@ -285,8 +298,12 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["command"], "hermes-bench --smoke");
-        assert!(has_every_figure(&path, &[Name::Light], &[Peer::Hermes, Peer::Tokio]), "{text}");
-        assert!(!has_every_figure(&path, &[Name::Light], &[Peer::Ntex]));
+        let light = ["light".to_owned()];
+        assert!(has_every_figure(&path, &light, &[Peer::Hermes, Peer::Tokio]), "{text}");
+        assert!(!has_every_figure(&path, &light, &[Peer::Ntex]));
+        assert!(!has_every_figure(&path, &["capacity".to_owned()], &[Peer::Hermes]));
+        assert_eq!(doc["scenarios"]["light"]["peers"]["hermes"]["cpu_us_per_req"], 25.0);
+        assert_eq!(doc["scenarios"]["light"]["peers"]["hermes"]["delivered"], Value::Null);
         let _ = std::fs::remove_file(path);
     }
 }

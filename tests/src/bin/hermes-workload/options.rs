@@ -1,17 +1,7 @@
 //! The value types of `hermes-workload`'s command line: the server under
-//! test, the fine filter, on/off switches, and the parsers of `--dsr-balancer`
-//! and `--cost-scale`.
-
-use std::net::Ipv4Addr;
+//! test, the fine filter, on/off switches, and the parser of `--cost-scale`.
 
 use clap::ValueEnum;
-
-/// `ADDR=MAC` of `--dsr-balancer`.
-pub(crate) fn parse_balancer(s: &str) -> Result<(Ipv4Addr, [u8; 6]), String> {
-    let (addr, mac) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ADDR=MAC"))?;
-    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    Ok((addr, hermes_dsr::parse_mac(mac)?))
-}
 
 /// A cost scale: finite and above 0.
 pub(crate) fn parse_scale(s: &str) -> Result<f64, String> {
@@ -30,6 +20,10 @@ pub(crate) enum Peer {
     /// Hermes dispatch with every request kept on its connection's worker: no request
     /// placement, no offload to the blocking pool, no reconnect asks.
     HermesLocal,
+    /// Hermes without the kernel program, as a container without CAP_BPF runs it: the
+    /// kernel's hash places connections; request placement, offload, reconnect asks and
+    /// the rescue of a hung worker's queue stay on.
+    HermesUserspace,
     /// Hermes workers with plain SO_REUSEPORT hashing.
     Reuseport,
     /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
