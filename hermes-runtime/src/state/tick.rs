@@ -60,13 +60,14 @@ impl WorkerTick {
     /// Worker `id`'s tick: its heartbeat, utilisation and stall; then,
     /// unless another worker did within half a tick, the server's
     /// accept-queue sample, a scheduler pass published as `id` and the
-    /// placement target; and the host's load, unless refreshed within half
-    /// a tick.
+    /// placement target (also refreshed by a worker back from a block); and
+    /// the host's load, unless refreshed within half a tick.
     pub(crate) fn run(&mut self, server: &ServerState, id: usize) {
         let now = monotonic_ns();
         let slot = &server.table[id];
+        let tick_ns = server.config.tick.as_nanos() as u64;
         // Relaxed: a lone timestamp and lone gauges (see `WorkerState`).
-        slot.heartbeat_ns.store(now, Ordering::Relaxed);
+        let last_beat = slot.heartbeat_ns.swap(now, Ordering::Relaxed);
         self.util.sample(slot.busy_ns.load(Ordering::Relaxed), now, &slot.util_permille);
         if let Some(delay) = self.sched.as_ref().and_then(|s| s.run_delay_ns().ok()) {
             slot.run_delay_ns.store(delay, Ordering::Relaxed);
@@ -74,6 +75,11 @@ impl WorkerTick {
         }
         if server.sample_accept_queues() {
             server.schedule(id);
+            server.placement.refresh_target(now);
+        } else if now.saturating_sub(last_beat) > 2 * tick_ns {
+            // Back from a handler that held the thread: the requests it is
+            // about to read waited behind that, and their placement wants
+            // the target as of now, with this worker counted again.
             server.placement.refresh_target(now);
         }
         // Every worker offers; the load takes one refresh per half tick.
