@@ -4,19 +4,16 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{
-    Region,
-    layout::{MAX_WORKERS, counter},
-};
+use crate::{Region, layout::counter};
 
 /// A read of the program's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Counters {
-    /// New connections the program placed on each worker.
-    pub dispatched: [u64; MAX_WORKERS],
+    /// New connections the program placed on each slot.
+    pub dispatched: Vec<u64>,
     /// Connections left to the kernel hash because too few candidates were set.
     pub fallback_too_few: u64,
-    /// Connections left to the kernel hash because the bitmap was stale or never published.
+    /// Connections left to the kernel hash because the list was stale or never published.
     pub fallback_stale: u64,
     /// Connections left to the kernel hash because the chosen slots had no listener.
     pub fallback_no_socket: u64,
@@ -24,55 +21,66 @@ pub struct Counters {
     pub migrated: u64,
     /// Times the program ran.
     pub runs: u64,
-    /// Connections placed on each worker since its accept queue was last sampled.
-    pub recent: [u64; MAX_WORKERS],
+    /// Connections placed on the worker of the CPU that received them
+    /// (locality on).
+    pub local: u64,
+    /// Connections placed on each slot since its accept queue was last sampled.
+    pub recent: Vec<u64>,
 }
 
 impl Counters {
-    /// Reads the counters region. Each value is read once with `Relaxed`:
-    /// they are independent monotonic counts, and a read racing with the
-    /// program may be one connection behind.
+    /// Reads the counters region (every slot's). Each value is read once
+    /// with `Relaxed`: they are independent monotonic counts, and a read
+    /// racing with the program may be one connection behind.
     pub fn read(region: &Region<AtomicU64>) -> Self {
-        let get = |i: usize| region[i].load(Ordering::Relaxed);
+        let get = |i: usize| region.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+        let slots = region.len().saturating_sub(counter::FIXED) / 2;
         Self {
-            dispatched: std::array::from_fn(get),
+            dispatched: (0..slots).map(|s| get(counter::dispatched(s))).collect(),
             fallback_too_few: get(counter::FALLBACK_TOO_FEW),
             fallback_stale: get(counter::FALLBACK_STALE),
             fallback_no_socket: get(counter::FALLBACK_NO_SOCKET),
             migrated: get(counter::MIGRATED),
             runs: get(counter::RUNS),
-            recent: std::array::from_fn(|i| get(counter::RECENT + i)),
+            local: get(counter::LOCAL),
+            recent: (0..slots).map(|s| get(counter::recent(s))).collect(),
         }
     }
 
-    /// Worker `worker`'s count of connections placed since its last
-    /// accept-queue sample (0 for a worker beyond the map). Read it before
+    /// One counter (an index of [`counter`]; 0 beyond the map), without
+    /// reading the others: what a per-tick reader takes, allocation-free.
+    pub fn get(region: &Region<AtomicU64>, index: usize) -> u64 {
+        // Relaxed: a lone counter; the program adds to it atomically.
+        region.get(index).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Slot `slot`'s count of connections placed since its last
+    /// accept-queue sample (0 for a slot beyond the map). Read it before
     /// sampling the queue, and hand it to [`Counters::consume_recent`] after
     /// storing the sample.
-    pub fn recent(region: &Region<AtomicU64>, worker: usize) -> u64 {
-        // Relaxed: a lone counter; the program adds to it atomically.
-        region.get(counter::RECENT + worker).map_or(0, |c| c.load(Ordering::Relaxed))
+    pub fn recent(region: &Region<AtomicU64>, slot: usize) -> u64 {
+        Self::get(region, counter::recent(slot))
     }
 
     /// Subtracts `seen` (a [`Counters::recent`] read taken before the queue
-    /// sample now stored) from worker `worker`'s count: those placements are
+    /// sample now stored) from slot `worker`'s count: those placements are
     /// in the sample's queue or among its open connections now, while the
     /// ones the program made since the read stay counted. Zeroing instead
     /// would lose the placements made between the read and the store.
     /// Relaxed: the program's increments are atomic adds, and this is an
     /// atomic read-modify-write that never goes below zero.
     pub fn consume_recent(region: &Region<AtomicU64>, worker: usize, seen: u64) {
-        if let Some(c) = region.get(counter::RECENT + worker) {
+        if let Some(c) = region.get(counter::recent(worker)) {
             let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(seen)));
         }
     }
 
-    /// Zeroes worker `worker`'s count of connections placed since its last
+    /// Zeroes slot `worker`'s count of connections placed since its last
     /// accept-queue sample; call it right after storing a sample. Relaxed: a
     /// placement racing with the store may be lost from this count, and it
     /// is then in the next sample's queue or in the open connections.
     pub fn clear_recent(region: &Region<AtomicU64>, worker: usize) {
-        if let Some(c) = region.get(counter::RECENT + worker) {
+        if let Some(c) = region.get(counter::recent(worker)) {
             c.store(0, Ordering::Relaxed);
         }
     }

@@ -7,8 +7,8 @@
 
 use std::{
     fmt,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
-    sync::{Arc, atomic::AtomicU64},
+    os::fd::{AsFd, AsRawFd},
+    sync::atomic::AtomicU64,
 };
 
 use aya::{
@@ -20,8 +20,8 @@ use aya::{
 use crate::{
     ControlRegion, CounterRegion, Counters, KernelFds, OBJECT, ProgramStats, WorkerTable,
     error::{self, Error},
-    layout::{self, COUNTERS_LEN, Control, LAYOUT_VERSION, MAX_WORKERS, WorkerState},
-    region::{LayoutMismatch, Region, TakeArrayError},
+    layout::{self, Control, DEFAULT_SLOTS, LAYOUT_VERSION, MAX_SLOTS, WorkerState, counter, slots_for},
+    mapping::{map_entries, map_fd, map_region, take_map},
 };
 
 /// How new connections will be placed on workers: by the loaded program,
@@ -60,8 +60,11 @@ pub struct Dispatcher {
     control: ControlRegion,
     table: WorkerTable,
     counters: CounterRegion,
-    filled: u64,
+    /// Whether each of this server's workers has a listener in its slot.
+    filled: Vec<bool>,
     slot_base: usize,
+    /// The slots of the maps (table, counters' per-slot pairs, socket array).
+    slots: usize,
 }
 
 /// The program: loaded by this process, or inherited from the server it
@@ -69,76 +72,70 @@ pub struct Dispatcher {
 /// an inherited one is kept as its descriptor and attached with
 /// `setsockopt` directly).
 enum Program {
-    Loaded(Ebpf),
+    /// Loaded from the embedded object: the object and the program's name.
+    Loaded(Ebpf, &'static str),
     Inherited,
 }
 
 impl fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Dispatcher").field("filled", &format_args!("{:#x}", self.filled)).finish()
-    }
-}
-
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Error> {
-    ebpf.take_map(name).ok_or(Error::KernelRefused {
-        what: "reading the embedded object",
-        detail: format!("map `{name}` is missing"),
-    })
-}
-
-fn map_region<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    len: usize,
-) -> Result<(Arc<Region<T>>, OwnedFd), Error> {
-    // SAFETY: the map was declared in `bpf/hermes.bpf.c` as an mmapable array
-    // of values laid out as `T` (checked by the layout test); `take_array`
-    // checks the value size and the entry count with the kernel.
-    let (region, fd) = unsafe { Region::take_array(ebpf, name, len) }.map_err(|e| match e {
-        TakeArrayError::Missing { .. } | TakeArrayError::NotArray { .. } => {
-            Error::KernelRefused { what: "reading the embedded object", detail: e.to_string() }
-        }
-        TakeArrayError::Duplicate { map, source } => Error::Mmap { map, source },
-        TakeArrayError::Mmap { map, source } => mmap_error(map, source),
-    })?;
-    Ok((Arc::new(region), fd))
-}
-
-/// Maps elements `first..first + len` of the map behind `fd`.
-fn map_fd<T>(fd: &OwnedFd, name: &'static str, first: usize, len: usize) -> Result<Arc<Region<T>>, Error> {
-    // SAFETY: `fd` is one of the program's mmapable arrays, whose values are
-    // laid out as `T` (the layout test checks the object; an inherited map
-    // is refused before this when its layout version differs);
-    // `Region::map_range` checks the value size and the entry count.
-    let region = unsafe { Region::map_range(fd, first, len) }.map_err(|source| mmap_error(name, source))?;
-    Ok(Arc::new(region))
-}
-
-/// The error of a map that could not be mapped: [`Error::MapLayout`] when
-/// its sizes do not fit its Rust mirror, [`Error::Mmap`] otherwise.
-fn mmap_error(map: &'static str, source: std::io::Error) -> Error {
-    match source.get_ref().and_then(|e| e.downcast_ref::<LayoutMismatch>()) {
-        Some(&LayoutMismatch { value_size, entries, want_size, want_entries }) => {
-            Error::MapLayout { map, value_size, entries, want_size, want_entries }
-        }
-        None => Error::Mmap { map, source },
+        f.debug_struct("Dispatcher")
+            .field("slots", &self.slots)
+            .field("slot_base", &self.slot_base)
+            .field("filled", &self.filled.iter().filter(|&&f| f).count())
+            .finish()
     }
 }
 
 impl Dispatcher {
-    /// Loads the embedded program and creates its maps.
+    /// Loads the embedded program and creates its maps at their smallest
+    /// size ([`DEFAULT_SLOTS`] slots: a server of up to 32 workers and its
+    /// successor). [`Dispatcher::load_for`] sizes them for a server.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::load_for`].
+    pub fn load() -> Result<Self, Error> {
+        Self::load_for(DEFAULT_SLOTS / 2)
+    }
+
+    /// Loads the embedded program and creates its maps for a server of
+    /// `workers` workers: [`slots_for`] slots in the table, the counters and
+    /// the socket array (room for the server and a successor of as many
+    /// workers in an upgrade), one list of eligible workers.
     ///
     /// # Errors
     /// [`Error::MissingCapability`] without CAP_BPF; [`Error::KernelRefused`]
-    /// when the kernel rejects the object or program.
-    pub fn load() -> Result<Self, Error> {
-        let mut ebpf =
-            EbpfLoader::new().load(OBJECT).map_err(|e| error::classify("creating the maps", &e))?;
+    /// when the kernel rejects the object or program;
+    /// [`Error::WorkerOutOfRange`] for more than
+    /// [`MAX_WORKERS`](layout::MAX_WORKERS) workers.
+    pub fn load_for(workers: usize) -> Result<Self, Error> {
+        Self::load_program_for(layout::PROGRAM_NAME, workers)
+    }
+
+    /// [`Dispatcher::load_for`] with program `name` of the embedded object
+    /// (of the same maps) instead of [`layout::PROGRAM_NAME`]: for the
+    /// kernel cost bench's floor ([`layout::FLOOR_PROGRAM_NAME`]) and for
+    /// tests of a server whose program differs from another's.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::load_for`]; [`Error::KernelRefused`] when the
+    /// object has no such program.
+    pub fn load_program_for(name: &'static str, workers: usize) -> Result<Self, Error> {
+        if workers > layout::MAX_WORKERS {
+            return Err(Error::WorkerOutOfRange { worker: workers, max: layout::MAX_WORKERS });
+        }
+        let slots = slots_for(workers);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(layout::TABLE_MAP, slots as u32)
+            .map_max_entries(layout::COUNTERS_MAP, counter::len(slots) as u32)
+            .map_max_entries(layout::SOCKETS_MAP, slots as u32)
+            .load(OBJECT)
+            .map_err(|e| error::classify("creating the maps", &e))?;
         let program: &mut SkReuseport = ebpf
-            .program_mut(layout::PROGRAM_NAME)
+            .program_mut(name)
             .ok_or(Error::KernelRefused {
                 what: "reading the embedded object",
-                detail: format!("program `{}` is missing", layout::PROGRAM_NAME),
+                detail: format!("program `{name}` is missing"),
             })?
             .try_into()
             .map_err(|e| error::classify("reading the program", &e))?;
@@ -151,8 +148,9 @@ impl Dispatcher {
             .map_err(|e| Error::KernelRefused { what: "reading the program", detail: e.to_string() })?;
         // Taken only now: the program's load resolves the maps through their fds.
         let (control, control_fd) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1)?;
-        let (table, table_fd) = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS)?;
-        let (counters, counters_fd) = map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, COUNTERS_LEN)?;
+        let (table, table_fd) = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, slots)?;
+        let (counters, counters_fd) =
+            map_region::<AtomicU64>(&mut ebpf, layout::COUNTERS_MAP, counter::len(slots))?;
         let sockets_map = take_map(&mut ebpf, layout::SOCKETS_MAP)?;
         let sockets_fd = match &sockets_map {
             aya::maps::Map::ReusePortSockArray(data) => data.fd().as_fd().try_clone_to_owned().ok(),
@@ -173,14 +171,15 @@ impl Dispatcher {
             program: program_fd,
         };
         Ok(Self {
-            program: Program::Loaded(ebpf),
+            program: Program::Loaded(ebpf, name),
             sockets,
             fds,
             control,
             table,
             counters,
-            filled: 0,
+            filled: vec![false; slots],
             slot_base: 0,
+            slots,
         })
     }
 
@@ -197,23 +196,56 @@ impl Dispatcher {
     /// not fit this crate's mirrors; [`Error::Mmap`] when one cannot be
     /// mapped; [`Error::WorkerOutOfRange`] for a base beyond the table.
     pub fn inherit(fds: KernelFds, slot_base: usize) -> Result<Self, Error> {
-        if slot_base >= MAX_WORKERS {
-            return Err(Error::WorkerOutOfRange { worker: slot_base, max: MAX_WORKERS });
-        }
         let control = map_fd::<Control>(&fds.control, layout::CONTROL_MAP, 0, 1)?;
         let found = control[0].layout_version();
         if found != LAYOUT_VERSION {
             return Err(Error::LayoutVersion { found, want: LAYOUT_VERSION });
         }
-        let table = map_fd::<WorkerState>(&fds.table, layout::TABLE_MAP, slot_base, MAX_WORKERS - slot_base)?;
-        let counters = map_fd::<AtomicU64>(&fds.counters, layout::COUNTERS_MAP, 0, COUNTERS_LEN)?;
+        let slots = Self::inherited_slots(&fds)?;
+        if slot_base >= slots {
+            return Err(Error::WorkerOutOfRange { worker: slot_base, max: slots });
+        }
+        let table = map_fd::<WorkerState>(&fds.table, layout::TABLE_MAP, slot_base, slots - slot_base)?;
+        let counters = map_fd::<AtomicU64>(&fds.counters, layout::COUNTERS_MAP, 0, counter::len(slots))?;
         let sockets_data = MapData::from_fd(
             fds.sockets.try_clone().map_err(|source| Error::Mmap { map: layout::SOCKETS_MAP, source })?,
         )
         .map_err(|e| error::classify("opening the inherited socket array", &e))?;
         let sockets = ReusePortSockArray::try_from(aya::maps::Map::ReusePortSockArray(sockets_data))
             .map_err(|e| error::classify("opening the inherited socket array", &e))?;
-        Ok(Self { program: Program::Inherited, sockets, fds, control, table, counters, filled: 0, slot_base })
+        Ok(Self {
+            program: Program::Inherited,
+            sockets,
+            fds,
+            control,
+            table,
+            counters,
+            filled: vec![false; slots - slot_base],
+            slot_base,
+            slots,
+        })
+    }
+
+    /// The slots of maps received in an upgrade (the table's entries; the
+    /// socket array must have as many).
+    ///
+    /// # Errors
+    /// [`Error::MapLayout`] when the socket array's size differs from the
+    /// table's or is beyond [`MAX_SLOTS`]; the kernel's error when the maps
+    /// cannot be read.
+    pub fn inherited_slots(fds: &KernelFds) -> Result<usize, Error> {
+        let slots = map_entries(&fds.table, layout::TABLE_MAP)?;
+        let sockets = map_entries(&fds.sockets, layout::SOCKETS_MAP)?;
+        if sockets != slots || slots > MAX_SLOTS {
+            return Err(Error::MapLayout {
+                map: layout::SOCKETS_MAP,
+                value_size: size_of::<u32>(),
+                entries: sockets,
+                want_size: size_of::<u32>(),
+                want_entries: slots.min(MAX_SLOTS),
+            });
+        }
+        Ok(slots)
     }
 
     /// Duplicates of the descriptors of the program and its maps, to hand
@@ -227,10 +259,17 @@ impl Dispatcher {
         self.slot_base
     }
 
-    /// Loads the program, or says why new connections will be placed by the
-    /// kernel's hash instead. Logs the fallback once as a warning.
-    pub fn load_or_fallback() -> DispatchMode {
-        match Self::load() {
+    /// The slots of the maps (every server's that shares them).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Loads the program for a server of `workers` workers
+    /// ([`Dispatcher::load_for`]), or says why new connections will be
+    /// placed by the kernel's hash instead. Logs the fallback once as a
+    /// warning.
+    pub fn load_or_fallback(workers: usize) -> DispatchMode {
+        match Self::load_for(workers) {
             Ok(d) => DispatchMode::Ebpf(Box::new(d)),
             Err(e) => {
                 tracing::warn!(error = %e, "Hermes dispatch unavailable; new connections use plain SO_REUSEPORT hashing");
@@ -239,7 +278,7 @@ impl Dispatcher {
         }
     }
 
-    /// The settings and bitmap, shared with the program.
+    /// The settings and list, shared with the program.
     pub fn control(&self) -> &ControlRegion {
         &self.control
     }
@@ -272,53 +311,53 @@ impl Dispatcher {
     /// [`Error::KernelRefused`] for a program inherited in an upgrade (aya
     /// 0.14 reads the statistics of programs it loaded only).
     pub fn program_stats(&self) -> Result<ProgramStats, Error> {
-        let Program::Loaded(ebpf) = &self.program else {
+        let Program::Loaded(ebpf, name) = &self.program else {
             return Err(Error::KernelRefused {
                 what: "reading the program's info",
                 detail: "the program was inherited from the server this one replaced".into(),
             });
         };
         let info = ebpf
-            .program(layout::PROGRAM_NAME)
+            .program(name)
             .map(|p| p.info())
             .expect("the program exists once loaded")
             .map_err(|e| error::classify("reading the program's info", &e))?;
         Ok(ProgramStats::from(&info))
     }
 
-    /// Bitmap of the worker slots that hold a listener.
-    pub fn filled(&self) -> u64 {
-        self.filled
+    /// Whether worker `worker` (slot `slot_base + worker`) holds a listener.
+    pub fn is_filled(&self, worker: usize) -> bool {
+        self.filled.get(worker).copied().unwrap_or(false)
     }
 
-    fn check(worker: usize) -> Result<u32, Error> {
-        if worker < MAX_WORKERS {
-            Ok(worker as u32)
+    /// The slot of worker `worker`, when the maps have it.
+    fn check(&self, worker: usize) -> Result<u32, Error> {
+        if worker < self.filled.len() {
+            Ok((self.slot_base + worker) as u32)
         } else {
-            Err(Error::WorkerOutOfRange { worker, max: MAX_WORKERS })
+            Err(Error::WorkerOutOfRange { worker, max: self.filled.len() })
         }
     }
 
-    /// Places `listener` in slot `worker`, replacing what was there. The
-    /// listener must belong to the group the program is (or will be) attached to.
+    /// Places `listener` in worker `worker`'s slot, replacing what was
+    /// there. The listener must belong to the group the program is (or will
+    /// be) attached to.
     pub fn insert(&mut self, worker: usize, listener: &impl AsRawFd) -> Result<(), Error> {
-        let slot = Self::check(worker)?;
-        let slot = Self::check(slot as usize + self.slot_base)?;
+        let slot = self.check(worker)?;
         self.sockets.set(slot, listener, 0).map_err(|e| Error::Socket {
             what: "placing",
             worker,
             detail: error_chain(&e),
         })?;
-        self.filled |= 1 << worker;
+        self.filled[worker] = true;
         Ok(())
     }
 
-    /// Empties slot `worker`. Emptying an empty slot is not an error. Closing
-    /// a listener empties its slot by itself.
+    /// Empties worker `worker`'s slot. Emptying an empty slot is not an
+    /// error. Closing a listener empties its slot by itself.
     pub fn remove(&mut self, worker: usize) -> Result<(), Error> {
-        let bit = Self::check(worker)?;
-        let slot = Self::check(bit as usize + self.slot_base)?;
-        if self.filled & (1 << bit) == 0 {
+        let slot = self.check(worker)?;
+        if !self.filled[worker] {
             return Ok(());
         }
         match self.sockets.clear_index(&slot) {
@@ -329,42 +368,44 @@ impl Dispatcher {
                 return Err(Error::Socket { what: "removing", worker, detail: error_chain(&e) });
             }
         }
-        self.filled &= !(1 << bit);
+        self.filled[worker] = false;
         Ok(())
     }
 
     /// Attaches the program to the `SO_REUSEPORT` group of `listener` (the
-    /// whole group: any member will do).
+    /// whole group: any member will do), replacing the group's program if
+    /// it has one. By its descriptor, loaded or inherited alike (aya 0.14
+    /// cannot make an `SkReuseport` of an inherited one).
     pub fn attach(&self, listener: &impl AsFd) -> Result<(), Error> {
-        let ebpf = match &self.program {
-            Program::Loaded(ebpf) => ebpf,
-            Program::Inherited => {
-                let prog = self.fds.program.as_raw_fd();
-                // SAFETY: plain setsockopt with an int-sized value; both
-                // descriptors are open for the call.
-                let ret = unsafe {
-                    libc::setsockopt(
-                        listener.as_fd().as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_ATTACH_REUSEPORT_EBPF,
-                        (&raw const prog).cast(),
-                        size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if ret != 0 {
-                    return Err(Error::Attach {
-                        what: "attaching",
-                        detail: std::io::Error::last_os_error().to_string(),
-                    });
-                }
-                return Ok(());
-            }
+        let prog = self.fds.program.as_raw_fd();
+        // SAFETY: plain setsockopt with an int-sized value; both
+        // descriptors are open for the call.
+        let ret = unsafe {
+            libc::setsockopt(
+                listener.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_EBPF,
+                (&raw const prog).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
         };
-        let program: &SkReuseport = ebpf
-            .program(layout::PROGRAM_NAME)
-            .and_then(|p| p.try_into().ok())
-            .expect("the program was loaded as SkReuseport in Dispatcher::load");
-        program.attach(listener).map_err(|e| Error::Attach { what: "attaching", detail: error_chain(&e) })
+        if ret != 0 {
+            return Err(Error::Attach {
+                what: "attaching",
+                detail: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The kernel's tag of the program (a hash of its instructions, the
+    /// same for the same program whatever maps it uses): a successor
+    /// compares its own program's with the one it was offered.
+    ///
+    /// # Errors
+    /// As [`KernelFds::program_tag`].
+    pub fn program_tag(&self) -> Result<u64, Error> {
+        self.fds.program_tag()
     }
 
     /// Detaches whatever program the group of `listener` has; the kernel hash
@@ -377,44 +418,4 @@ impl Dispatcher {
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     error::chain(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The real maps, created by the kernel from the embedded object: a Rust
-    /// mirror of the wrong size, or more entries than the map has, is
-    /// refused before anything is mapped.
-    #[test]
-    fn ebpf_mapping_checks_value_size_and_entries_with_the_kernel() {
-        let mut ebpf = match EbpfLoader::new().load(OBJECT) {
-            Ok(e) => e,
-            Err(e) if std::env::var("HERMES_REQUIRE_BPF").as_deref() == Ok("1") => {
-                panic!("HERMES_REQUIRE_BPF=1 but the maps could not be created: {e}")
-            }
-            Err(e) => {
-                eprintln!(
-                    "\n*** SKIPPED ebpf_mapping_checks_value_size_and_entries_with_the_kernel: {e} ***\n"
-                );
-                return;
-            }
-        };
-        // The counters hold u64 values: a 64-byte `Control` does not fit.
-        let err = map_region::<Control>(&mut ebpf, layout::COUNTERS_MAP, 1).unwrap_err();
-        assert!(
-            matches!(err, Error::MapLayout { value_size: 8, want_size: 64, .. }),
-            "wrong value size refused: {err:?}"
-        );
-        assert!(err.to_string().contains("hermes_counters"), "the message names the map: {err}");
-        // One entry more than the table has.
-        let err = map_region::<WorkerState>(&mut ebpf, layout::TABLE_MAP, MAX_WORKERS + 1).unwrap_err();
-        assert!(
-            matches!(err, Error::MapLayout { entries: MAX_WORKERS, want_entries, .. } if want_entries == MAX_WORKERS + 1),
-            "too many entries refused: {err:?}"
-        );
-        // The right mirror maps.
-        let (control, _) = map_region::<Control>(&mut ebpf, layout::CONTROL_MAP, 1).unwrap();
-        assert!(control.is_kernel_map());
-    }
 }

@@ -72,7 +72,8 @@ pub enum Error {
         /// This crate's version.
         want: u64,
     },
-    /// A worker id beyond the bitmap's 64 bits.
+    /// A worker id beyond the maps' slots (or a server of more workers than
+    /// [`MAX_WORKERS`](crate::layout::MAX_WORKERS)).
     #[error("worker id {worker} is out of range: a dispatch group holds at most {max} workers")]
     WorkerOutOfRange {
         /// The id given.

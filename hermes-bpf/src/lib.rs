@@ -1,13 +1,17 @@
 //! The kernel side of Hermes: an eBPF program attached to a `SO_REUSEPORT`
-//! group that places each new connection on a worker chosen from a candidate
-//! bitmap published by userspace, and the Rust loader that owns its maps.
+//! group that places each new connection on a worker chosen from the list of
+//! eligible workers published by userspace, and the Rust loader that owns its
+//! maps. Up to [`layout::MAX_WORKERS`] workers per server; the program is
+//! loop-free and O(1) at any size, and the maps are sized for the server
+//! ([`layout::slots_for`]).
 //!
 //! Modules:
 //!
 //! - [`layout`]: the `#[repr(C)]` mirrors of the program's maps, names and indexes;
 //! - `region`: [`Region`], a map `mmap`ed into the process (or plain memory of the same
 //!   layout), and [`Region::take_array`], how every loader of the workspace maps its arrays;
-//! - `dispatcher`: [`Dispatcher`], the loader that owns the program and its maps;
+//! - `dispatcher`: [`Dispatcher`], the loader that owns the program and its maps
+//!   (`mapping`: how it maps them into the process);
 //! - `counters`: [`Counters`], the program's counters, and [`ProgramStats`], the kernel's
 //!   run statistics of a program (the dispatch program's, and `hermes-dsr`'s);
 //! - `kernel_fds`: [`KernelFds`], the descriptors an upgrade hands to the successor;
@@ -15,16 +19,21 @@
 //!   workspace's other loaders report their errors with.
 //!
 //! Userspace and the program share three `BPF_F_MMAPABLE` arrays, mapped
-//! into this process so that publishing a bitmap, updating a worker's state
-//! and reading the counters are plain memory operations, never syscalls:
+//! into this process so that publishing the eligible workers, updating a
+//! worker's state and reading the counters are plain memory operations,
+//! never syscalls:
 //!
-//! - [`layout::Control`]: the candidate bitmap, its publish time and the settings;
+//! - [`layout::Control`]: the list of eligible workers (double-buffered, with
+//!   a locality table per CPU), its publish time and the settings;
 //! - [`layout::WorkerState`]: the Worker State Table, one cache line per worker;
 //! - the counters: new connections placed per worker, fallbacks by reason, migrations.
 //!
-//! For each new connection the program falls back to the kernel's own hash
-//! when the bitmap was never published or is older than the staleness limit,
-//! when fewer than the minimum candidates are set, or when the chosen
+//! For each new connection the program draws two candidates from the list
+//! with the connection's hash (with locality on, the worker on the CPU that
+//! received the connection is the first) and takes the less loaded. It falls
+//! back to the kernel's own hash when the list was never published or is
+//! older than the staleness limit, when it has fewer than the minimum
+//! candidates, or when the chosen
 //! workers have no listener; each fallback is counted by reason. When a
 //! listener closes, its queued connections migrate to another worker.
 //!
@@ -34,14 +43,14 @@
 //!
 //! # fn listeners() -> Vec<TcpListener> { vec![] }
 //! let listeners: Vec<TcpListener> = listeners(); // SO_REUSEPORT, one per worker
-//! let mut dispatcher = Dispatcher::load()?;
+//! let mut dispatcher = Dispatcher::load_for(listeners.len())?;
 //! for (worker, listener) in listeners.iter().enumerate() {
 //!     dispatcher.insert(worker, listener)?;
 //! }
 //! dispatcher.attach(&listeners[0])?;
 //! dispatcher.settings().configure(1, 50_000_000, Default::default());
 //! // Workers 0 and 2 take new connections.
-//! dispatcher.settings().publish(0b101, monotonic_ns(), 0);
+//! dispatcher.settings().publish([0, 2], monotonic_ns(), 0);
 //! # Ok::<(), hermes_bpf::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -51,6 +60,7 @@ mod dispatcher;
 mod error;
 mod kernel_fds;
 pub mod layout;
+mod mapping;
 mod region;
 
 /// Helpers for reporting loader errors, for the workspace's other loaders.
@@ -79,7 +89,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The settings and bitmap region, shared by every scheduler.
+/// The settings and list region, shared by every scheduler.
 pub type ControlRegion = Arc<Region<Control>>;
 /// The Worker State Table, shared by every worker.
 pub type WorkerTable = Arc<Region<WorkerState>>;

@@ -14,7 +14,7 @@ fn ebpf_single_candidate_takes_every_connection() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 1 << 2);
+    steer(&mut d, &listeners, 1, &[2]);
 
     let _clients = connect(addr, 200);
     let accepted = accept_all(&refs(&listeners), 200);
@@ -32,7 +32,7 @@ fn ebpf_excluded_worker_gets_nothing_and_detach_restores_hash() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 0b1011);
+    steer(&mut d, &listeners, 1, &[0, 1, 3]);
 
     let _clients = connect(addr, 200);
     let accepted = accept_all(&refs(&listeners), 200);
@@ -60,7 +60,7 @@ fn ebpf_too_few_candidates_fall_back_to_kernel_hash() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 2, 1 << 1);
+    steer(&mut d, &listeners, 2, &[1]);
 
     let _clients = connect(addr, 200);
     let got = counts(&accept_all(&refs(&listeners), 200));
@@ -72,8 +72,8 @@ fn ebpf_too_few_candidates_fall_back_to_kernel_hash() {
 }
 
 #[test]
-fn ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash() {
-    let Some(mut d) = dispatcher_or_skip("ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash") else {
+fn ebpf_stale_or_unpublished_list_falls_back_to_kernel_hash() {
+    let Some(mut d) = dispatcher_or_skip("ebpf_stale_or_unpublished_list_falls_back_to_kernel_hash") else {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
@@ -82,7 +82,7 @@ fn ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash() {
     }
     d.attach(&listeners[0]).unwrap();
 
-    // Never published: the program must not trust the zeroed bitmap.
+    // Never published: the program must not trust the zeroed list.
     let _first = connect(addr, 100);
     let got = counts(&accept_all(&refs(&listeners), 100));
     assert_eq!(got.iter().sum::<usize>(), 100);
@@ -91,7 +91,7 @@ fn ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash() {
     // Published 1 s ago with a 10 ms limit: stale.
     let limit_ns = 10_000_000;
     d.settings().configure(1, limit_ns, FinePolicy::TwoChoices);
-    d.settings().publish(1 << 3, monotonic_ns() - 1_000_000_000, 0);
+    d.settings().publish([3], monotonic_ns() - 1_000_000_000, 0);
     let _second = connect(addr, 200);
     let got = counts(&accept_all(&refs(&listeners), 200));
     assert_eq!(got.iter().sum::<usize>(), 200);
@@ -100,14 +100,14 @@ fn ebpf_stale_or_unpublished_bitmap_falls_back_to_kernel_hash() {
     assert_eq!(c.fallback_stale, 300);
     assert_eq!(c.dispatched.iter().sum::<u64>(), 0);
 
-    // Fresh again, under a limit the test cannot outlive: the bitmap is obeyed.
+    // Fresh again, under a limit the test cannot outlive: the list is obeyed.
     d.settings().configure(1, 60_000_000_000, FinePolicy::TwoChoices);
-    d.settings().publish(1 << 3, monotonic_ns(), 0);
+    d.settings().publish([3], monotonic_ns(), 0);
     let _third = connect(addr, 50);
     assert_eq!(counts(&accept_all(&refs(&listeners), 50)), [0, 0, 0, 50]);
 }
 
-/// Default policy, bitmap {0,1}, worker 0's slot shows far more load: the
+/// Default policy, list {0,1}, worker 0's slot shows far more load: the
 /// two draws are always distinct when there are two candidates, so the
 /// expected share for worker 1 is 100%.
 #[test]
@@ -116,7 +116,7 @@ fn ebpf_two_choices_avoids_the_loaded_worker() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 0b11);
+    steer(&mut d, &listeners, 1, &[0, 1]);
     d.table()[0].open_conns.store(1000, Ordering::Relaxed);
     d.table()[0].in_flight.store(50, Ordering::Relaxed);
 
@@ -140,7 +140,7 @@ fn ebpf_burst_is_spread_by_recent_placements() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 0b11);
+    steer(&mut d, &listeners, 1, &[0, 1]);
 
     let _clients = connect(addr, 201);
     let got = counts(&accept_all(&refs(&listeners), 201));
@@ -164,7 +164,7 @@ fn ebpf_empty_slot_falls_back_and_is_counted() {
         return;
     };
     let (listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 1 << 2);
+    steer(&mut d, &listeners, 1, &[2]);
     d.remove(2).unwrap();
     d.remove(2).unwrap(); // idempotent
 
@@ -177,19 +177,19 @@ fn ebpf_empty_slot_falls_back_and_is_counted() {
 }
 
 /// 20 connections wait, not accepted, in worker 1's queue; worker 1 leaves
-/// the bitmap and closes. Every one is accepted elsewhere and works.
+/// the list and closes. Every one is accepted elsewhere and works.
 #[test]
 fn ebpf_closing_listener_migrates_its_queue_without_reset() {
     let Some(mut d) = dispatcher_or_skip("ebpf_closing_listener_migrates_its_queue_without_reset") else {
         return;
     };
     let (mut listeners, addr) = reuseport_group(4);
-    steer(&mut d, &listeners, 1, 1 << 1);
+    steer(&mut d, &listeners, 1, &[1]);
 
     let mut clients = connect(addr, 20);
     assert_eq!(d.counters().dispatched[1], 20);
 
-    d.settings().publish(0b1101, monotonic_ns(), 0);
+    d.settings().publish([0, 2, 3], monotonic_ns(), 0);
     drop(listeners.remove(1)); // closes worker 1's listener with its queue full
     let survivors = refs(&listeners); // workers 0, 2, 3
     let mut accepted: Vec<_> = accept_all(&survivors, 20).into_iter().flatten().collect();
@@ -245,7 +245,7 @@ fn ebpf_queue_sample_consumes_only_the_placements_it_saw() {
         return;
     };
     let (listeners, addr) = reuseport_group(2);
-    steer(&mut d, &listeners, 1, 1 << 1);
+    steer(&mut d, &listeners, 1, &[1]);
 
     let _before = connect(addr, 10);
     let seen = hermes_bpf::Counters::recent(d.counter_region(), 1);
@@ -256,4 +256,22 @@ fn ebpf_queue_sample_consumes_only_the_placements_it_saw() {
     hermes_bpf::Counters::consume_recent(d.counter_region(), 1, 99);
     assert_eq!(d.counters().recent[1], 0, "never below zero");
     assert_eq!(counts(&accept_all(&refs(&listeners), 15)), [0, 15]);
+}
+
+/// The program's kernel tag: the same for the same program loaded twice
+/// (other maps), another for another program of the same maps, and what a
+/// successor reads from the descriptors it was handed.
+#[test]
+fn ebpf_program_tags_tell_programs_apart() {
+    let Some(a) = dispatcher_or_skip("ebpf_program_tags_tell_programs_apart") else {
+        return;
+    };
+    let b = Dispatcher::load_for(300).expect("a second load, with larger maps");
+    let floor = Dispatcher::load_program_for(hermes_bpf::layout::FLOOR_PROGRAM_NAME, 2).expect("the floor");
+    let tag = a.program_tag().expect("a tag");
+    assert_ne!(tag, 0);
+    assert_eq!(b.program_tag().expect("a tag"), tag, "the same program, other maps");
+    assert_ne!(floor.program_tag().expect("a tag"), tag, "another program");
+    let handed = a.export_fds().expect("the descriptors");
+    assert_eq!(handed.program_tag().expect("a tag"), tag);
 }

@@ -4,7 +4,7 @@
 use aya_obj::{Object, ProgramSection, programs::SkReuseportAttachType};
 use hermes_bpf::{
     OBJECT,
-    layout::{self, COUNTERS_LEN, Control, MAX_WORKERS, WorkerState},
+    layout::{self, Control, DEFAULT_SLOTS, WorkerState, counter},
 };
 
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -28,9 +28,9 @@ fn embedded_object_matches_layout_mirrors() {
     let map = |name: &str| obj.maps.get(name).unwrap_or_else(|| panic!("map `{name}` present"));
     let cases: [(&str, u32, usize, usize, bool); 4] = [
         (layout::CONTROL_MAP, BPF_MAP_TYPE_ARRAY, size_of::<Control>(), 1, true),
-        (layout::TABLE_MAP, BPF_MAP_TYPE_ARRAY, size_of::<WorkerState>(), MAX_WORKERS, true),
-        (layout::COUNTERS_MAP, BPF_MAP_TYPE_ARRAY, size_of::<u64>(), COUNTERS_LEN, true),
-        (layout::SOCKETS_MAP, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, size_of::<u32>(), MAX_WORKERS, false),
+        (layout::TABLE_MAP, BPF_MAP_TYPE_ARRAY, size_of::<WorkerState>(), DEFAULT_SLOTS, true),
+        (layout::COUNTERS_MAP, BPF_MAP_TYPE_ARRAY, size_of::<u64>(), counter::len(DEFAULT_SLOTS), true),
+        (layout::SOCKETS_MAP, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY, size_of::<u32>(), DEFAULT_SLOTS, false),
     ];
     for (name, ty, value_size, entries, mmapable) in cases {
         let m = map(name);

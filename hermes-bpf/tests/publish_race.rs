@@ -1,5 +1,5 @@
 //! Several schedulers publishing into the real, kernel-mapped control map at
-//! once: the publish time never moves backwards, and the bitmap in force is
+//! once: the publish time never moves backwards, and the list in force is
 //! the one published with that time. Loads the program (names say `ebpf`);
 //! without CAP_BPF it skips loudly, or fails under `HERMES_REQUIRE_BPF=1`.
 
@@ -37,9 +37,9 @@ fn ebpf_racing_publishers_never_move_the_publish_time_back() {
                 let mut published = 0u64;
                 while !done.load(Ordering::Relaxed) {
                     let now = monotonic_ns();
-                    // The bitmap names its own time, so a reader can tell a
-                    // bitmap from one publish paired with the time of another.
-                    if control[0].publish_if_newer(now, now, id) {
+                    // The list names its own time, so a reader can tell a
+                    // list from one publish paired with the time of another.
+                    if control[0].publish_if_newer(time_list(now), now, id) {
                         published += 1;
                     }
                 }
@@ -67,10 +67,20 @@ fn ebpf_racing_publishers_never_move_the_publish_time_back() {
 
     assert!(published > 1000 && reads > 1000, "the race ran: {published} publishes, {reads} reads");
     assert_eq!(backwards, 0, "the publish time moved backwards {backwards} times in {reads} reads");
-    let (bitmap, time) =
-        (control[0].bitmap.load(Ordering::Relaxed), control[0].published_ns.load(Ordering::Relaxed));
-    assert_eq!(bitmap, time, "the bitmap in force is the one published with the time in force");
+    let (list, time) =
+        (control[0].eligible().collect::<Vec<_>>(), control[0].published_ns.load(Ordering::Relaxed));
+    assert_eq!(
+        list,
+        time_list(time).collect::<Vec<_>>(),
+        "the list in force is the one published with the time in force"
+    );
     assert!(time >= last, "the final publish time is the newest one seen");
+}
+
+/// A list of slots that spells `t` (ten bits per slot), its length too.
+fn time_list(t: u64) -> impl Iterator<Item = usize> {
+    let len = 1 + (t % 5) as usize;
+    (0..len).map(move |i| ((t >> (10 * i)) & 0x3ff) as usize)
 }
 
 /// Pins the calling thread to `cpu`, if this process may run there.

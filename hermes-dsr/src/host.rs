@@ -96,11 +96,12 @@ pub struct LoadSample {
 
 impl LoadSample {
     /// The sample of a Hermes server's snapshot: in flight plus accept queue
-    /// over its workers; eligible = serving workers in the published bitmap
+    /// over its workers; eligible = serving workers in the published list
     /// (every serving worker when the server hashes, which publishes none).
     pub fn from_snapshot(s: &Snapshot) -> Self {
         let serving = s.workers.iter().filter(|w| w.state == WorkerStatus::Serving);
-        let eligible = if s.bitmap == 0 { serving.count() } else { serving.filter(|w| w.eligible).count() };
+        let eligible =
+            if s.eligible_count == 0 { serving.count() } else { serving.filter(|w| w.eligible).count() };
         Self {
             load: s.workers.iter().map(|w| w.in_flight.saturating_add(w.accept_queue)).sum(),
             eligible: eligible as u32,

@@ -1,4 +1,5 @@
-//! One scheduler pass (default policy, then publish) over 8 and 64 workers.
+//! One scheduler pass (default policy, then publishing the list) over 8,
+//! 64, 256 and 1024 workers. The target: a pass at 1024 workers under 20 µs.
 //!
 //! `cargo bench -p hermes-runtime --bench scheduler`
 
@@ -10,11 +11,11 @@ use hermes_bpf::{
     layout::{Control, WorkerPhase, WorkerState},
     monotonic_ns,
 };
-use hermes_runtime::scheduler::{LeastLoaded, PassInput, pass};
+use hermes_runtime::scheduler::{LeastLoaded, PassInput, WorkerSet, pass};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("scheduler_pass");
-    for n in [8usize, 64] {
+    for n in [8usize, 64, 256, 1024] {
         let table: Region<WorkerState> = Region::in_memory(n);
         let now = monotonic_ns();
         for (i, w) in table.iter().enumerate() {
@@ -25,8 +26,9 @@ fn bench(c: &mut Criterion) {
         }
         // One hung worker.
         table[n / 2].heartbeat_ns.store(1, Ordering::Relaxed);
-        let control = Control::default();
+        let control: Region<Control> = Region::in_memory(1);
         let policy = LeastLoaded::default();
+        let mut out = WorkerSet::with_capacity(n);
         group.bench_function(format!("{n}_workers"), |b| {
             b.iter(|| {
                 let input = PassInput {
@@ -35,7 +37,7 @@ fn bench(c: &mut Criterion) {
                     hang_threshold_ns: 10_000_000,
                     min_candidates: 2,
                 };
-                black_box(pass(&policy, black_box(&input), &control, 0))
+                black_box(pass(&policy, black_box(&input), &control[0], 0, &mut out))
             })
         });
     }

@@ -43,7 +43,7 @@ use crate::{
 /// closure runs on the worker's blocking pool (sized with
 /// `max_blocking_threads` through [`Builder::on_worker_runtime`]) while the
 /// worker goes on serving. Blocking the worker thread itself stops its
-/// heartbeat, and the scheduler takes it out of the bitmap until it returns.
+/// heartbeat, and the scheduler takes it out of the list until it returns.
 ///
 /// ```no_run
 /// use hermes_runtime::Builder;
@@ -76,12 +76,16 @@ impl Builder {
         Self { settings: Settings::default() }
     }
 
-    /// Number of worker threads, 1 to 64. Default:
-    /// [`std::thread::available_parallelism`] (at most 64): the CPUs this
-    /// process may run on, lowered to its cgroup's CPU quota (`cpu.max`, or
+    /// Number of worker threads, 1 to
+    /// [`MAX_WORKERS`](hermes_bpf::layout::MAX_WORKERS) (1024); more is
+    /// refused by [`Builder::build`], naming the maximum. Default:
+    /// [`std::thread::available_parallelism`]: the CPUs this process may run
+    /// on, lowered to its cgroup's CPU quota (`cpu.max`, or
     /// `cpu.cfs_quota_us` under cgroup v1), so a container limited to 2 CPUs
-    /// on a 64-core host runs 2 workers rather than 64 throttled ones. Set
-    /// it explicitly when the quota is fractional or changes at run time.
+    /// on a 64-core host runs 2 workers rather than 64 throttled ones (a
+    /// machine of more CPUs than the maximum runs the maximum, and says so
+    /// in a warning). Set it explicitly when the quota is fractional or
+    /// changes at run time.
     pub fn workers(&mut self, n: usize) -> &mut Self {
         self.settings.workers = Some(n);
         self
@@ -112,8 +116,10 @@ impl Builder {
         self
     }
 
-    /// How often each worker stores its heartbeat, samples its accept queue,
-    /// runs a scheduler pass and exports metrics; 1 ms to 1 s. Default: 5 ms.
+    /// How often each worker stores its heartbeat and exports metrics, and
+    /// the server (one worker per half tick, whichever comes first) samples
+    /// the accept queues and runs a scheduler pass; 1 ms to 1 s. Default:
+    /// 5 ms.
     pub fn tick(&mut self, tick: Duration) -> &mut Self {
         self.settings.tick = tick;
         self
@@ -121,7 +127,7 @@ impl Builder {
 
     /// A worker whose heartbeat is older than this is hung and never
     /// eligible; it must exceed the tick. Default: two ticks, so a blocked
-    /// worker leaves the bitmap within three ticks.
+    /// worker leaves the list within three ticks.
     pub fn hang_threshold(&mut self, threshold: Duration) -> &mut Self {
         self.settings.hang_threshold = Some(threshold);
         self
@@ -129,15 +135,15 @@ impl Builder {
 
     /// The scheduler keeps at least this many candidates when that many
     /// fresh, serving workers exist, adding the least loaded ones; 1 to the
-    /// number of workers. Hung workers are never added, so the bitmap can
+    /// number of workers. Hung workers are never added, so the list can
     /// hold fewer: the kernel program is told to honour any non-empty
-    /// bitmap, since hashing would reach the hung workers again. Default: 1.
+    /// list, since hashing would reach the hung workers again. Default: 1.
     pub fn min_candidates(&mut self, n: u32) -> &mut Self {
         self.settings.min_candidates = n;
         self
     }
 
-    /// A bitmap older than this is ignored by the kernel program, which then
+    /// A list older than this is ignored by the kernel program, which then
     /// uses the kernel's hash (every worker hung or the schedulers stopped);
     /// it must exceed the hang threshold. Default: ten ticks.
     pub fn staleness_limit(&mut self, limit: Duration) -> &mut Self {
@@ -149,6 +155,20 @@ impl Builder {
     /// Default: [`FinePolicy::TwoChoices`].
     pub fn fine_policy(&mut self, policy: FinePolicy) -> &mut Self {
         self.settings.fine_policy = policy;
+        self
+    }
+
+    /// Locality: when several workers are eligible, the one pinned to the
+    /// CPU that received the connection's packets (the least loaded of them,
+    /// when several are) is the kernel program's first candidate, and wins
+    /// ties of the fine filter ([`FinePolicy::Hash`]: it always wins). Its
+    /// cache and the connection's stay on one CPU, as ntex's `IncomingCpu`
+    /// does; the fine filter still passes it over for a less loaded worker.
+    /// Needs pinned workers ([`Builder::pin_workers`]); connections received
+    /// on a CPU without an eligible worker are placed as without locality.
+    /// Default: off (see the README for how it measured).
+    pub fn locality(&mut self, on: bool) -> &mut Self {
+        self.settings.locality = on;
         self
     }
 
@@ -315,11 +335,11 @@ impl Builder {
     /// process it starts); without it, start as usual.
     ///
     /// A successor takes the running server's listeners and kernel state
-    /// (program, Worker State Table, bitmap, counters) instead of loading its
+    /// (program, Worker State Table, list, counters) instead of loading its
     /// own: [`Builder::build`] receives them, binds this server's listeners
     /// into the same `SO_REUSEPORT` group on the running server's address
     /// (a port set here must be that one; port 0 takes it), and
-    /// [`Server::serve`](crate::Server::serve) takes the bitmap over once
+    /// [`Server::serve`](crate::Server::serve) takes the list over once
     /// every worker serves, after which the running server drains. When the
     /// hand-over is refused (another [layout
     /// version](hermes_bpf::layout::LAYOUT_VERSION), another mode, no free

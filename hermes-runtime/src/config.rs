@@ -61,6 +61,7 @@ pub(crate) struct Config {
     pub(crate) min_candidates: u32,
     pub(crate) max_stale: Duration,
     pub(crate) fine_policy: FinePolicy,
+    pub(crate) locality: bool,
     pub(crate) mode: Mode,
     pub(crate) require_ebpf: bool,
     pub(crate) drain_timeout: Duration,
@@ -125,6 +126,7 @@ pub(crate) struct Settings {
     pub(crate) min_candidates: u32,
     pub(crate) max_stale: Option<Duration>,
     pub(crate) fine_policy: FinePolicy,
+    pub(crate) locality: bool,
     pub(crate) mode: Mode,
     pub(crate) require_ebpf: bool,
     pub(crate) drain_timeout: Duration,
@@ -156,6 +158,7 @@ impl Default for Settings {
             min_candidates: 1,
             max_stale: None,
             fine_policy: FinePolicy::default(),
+            locality: false,
             mode: Mode::Hermes,
             require_ebpf: false,
             drain_timeout: Duration::from_secs(30),
@@ -177,6 +180,19 @@ impl Default for Settings {
     }
 }
 
+/// The default worker count on `cpus` CPUs: one per CPU, at most
+/// [`MAX_WORKERS`]; above it, the maximum, with a warning saying so.
+fn default_workers(cpus: usize) -> usize {
+    if cpus > MAX_WORKERS {
+        tracing::warn!(
+            cpus,
+            workers = MAX_WORKERS,
+            "more CPUs than one server's most workers: running {MAX_WORKERS} workers (set `workers` to choose)"
+        );
+    }
+    cpus.clamp(1, MAX_WORKERS)
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
@@ -185,10 +201,12 @@ impl Settings {
     pub(crate) fn validate(&self) -> io::Result<Config> {
         let workers = match self.workers {
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS),
+            None => default_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
         };
         if !(1..=MAX_WORKERS).contains(&workers) {
-            return Err(invalid(format!("workers must be 1 to {MAX_WORKERS}, got {workers}")));
+            return Err(invalid(format!(
+                "workers must be 1 to {MAX_WORKERS} (the most one server holds), got {workers}"
+            )));
         }
         if self.backlog == 0 {
             return Err(invalid("backlog must be at least 1".into()));
@@ -255,6 +273,7 @@ impl Settings {
             min_candidates: self.min_candidates,
             max_stale,
             fine_policy: self.fine_policy,
+            locality: self.locality,
             mode: self.mode,
             require_ebpf: self.require_ebpf,
             drain_timeout: self.drain_timeout,
@@ -273,5 +292,24 @@ impl Settings {
             max_connections: self.max_connections,
             rescue_hung: self.rescue_hung,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No silent clamp: a default above the maximum is the maximum (with a
+    /// warning), an explicit count above it is refused with the maximum.
+    #[test]
+    fn worker_counts_beyond_the_maximum() {
+        assert_eq!(default_workers(2), 2);
+        assert_eq!(default_workers(0), 1);
+        assert_eq!(default_workers(MAX_WORKERS + 500), MAX_WORKERS);
+        let settings = Settings { workers: Some(MAX_WORKERS + 1), ..Settings::default() };
+        let err = settings.validate().unwrap_err();
+        assert!(err.to_string().contains(&format!("1 to {MAX_WORKERS}")), "{err}");
+        let settings = Settings { workers: Some(MAX_WORKERS), ..Settings::default() };
+        assert_eq!(settings.validate().unwrap().workers, MAX_WORKERS);
     }
 }

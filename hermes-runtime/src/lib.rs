@@ -7,7 +7,7 @@
 //! slot of the Worker State Table (open connections, accept queue,
 //! heartbeat, busy time; in-flight requests come from [`context::InFlight`]
 //! guards, which the Tower layer opens per request), runs a [`scheduler`]
-//! pass every tick, and any worker may publish the resulting bitmap of
+//! pass every tick, and any worker may publish the resulting list of
 //! eligible workers. The kernel program then places each new connection on
 //! an eligible worker, so a worker stuck in a handler stops receiving
 //! connections within a few ticks. Requests are placed too: [`placement`]
@@ -79,7 +79,7 @@
 //!
 //! # Shutdown
 //! [`ServerHandle::shutdown_worker`] and [`ServerHandle::shutdown`] take a
-//! worker out of the bitmap, stop its listener (in Hermes mode its queued
+//! worker out of the list, stop its listener (in Hermes mode its queued
 //! connections migrate to the other workers), resolve its
 //! [`shutdown_signal`], and wait up to the drain timeout for its open
 //! connections to finish. The queue of the last listener of a full shutdown,

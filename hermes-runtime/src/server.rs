@@ -107,7 +107,7 @@ impl Server {
             thread::sleep(Duration::from_millis(1));
         }
         self.server.workers.stop_waiting();
-        // A successor takes the bitmap over from the server it replaces now
+        // A successor takes the list over from the server it replaces now
         // that its workers serve.
         handover::complete(&self.server);
         Ok(ServerHandle { server: self.server, threads })
@@ -169,7 +169,7 @@ pub struct ServerHandle {
 common_accessors!(ServerHandle);
 
 impl ServerHandle {
-    /// The table, the bitmap and the kernel's counters, now.
+    /// The table, the list and the kernel's counters, now.
     pub fn snapshot(&self) -> Snapshot {
         stats::snapshot(&self.server)
     }
@@ -188,7 +188,7 @@ impl ServerHandle {
         LoadSource::of(&self.server)
     }
 
-    /// Drains worker `id`: it leaves the bitmap, its listener closes (its
+    /// Drains worker `id`: it leaves the list, its listener closes (its
     /// queued connections migrate to the other workers in Hermes mode), its
     /// [`shutdown_signal`](crate::shutdown_signal) resolves, and it exits
     /// once its connections have finished or the drain timeout passed.
@@ -236,7 +236,7 @@ impl ServerHandle {
     /// default the current binary with the same arguments; it must be built
     /// with [`Builder::upgrade_from_env`](crate::Builder::upgrade_from_env)),
     /// passes it the listeners and the kernel state, and waits until its
-    /// workers serve and it has taken the bitmap over. Then this server
+    /// workers serve and it has taken the list over. Then this server
     /// stops taking new connections: every worker begins its drain (in
     /// Hermes mode the listeners' queued connections migrate to the
     /// successor's), and the caller should [`ServerHandle::shutdown`] (which
@@ -258,7 +258,7 @@ impl ServerHandle {
     /// An [`UpgradeError`] saying why, when the successor cannot start,
     /// exits, refuses (another layout version, another mode) or does not
     /// take over within the timeout; the server then keeps serving (taking
-    /// the bitmap back if the successor had taken it) and logs the error.
+    /// the list back if the successor had taken it) and logs the error.
     pub fn upgrade(&self, upgrade: Upgrade) -> Result<Upgraded, UpgradeError> {
         handover::offer(&self.server, upgrade)
     }
@@ -284,55 +284,36 @@ impl Drop for ServerHandle {
 }
 
 #[cfg(test)]
+#[path = "server_program_tests.rs"]
+mod program_tests;
+
+#[cfg(test)]
 mod tests {
-    use std::{io::Read, process::Command};
+    use std::io::Read;
 
     use hermes_bpf::layout::LAYOUT_VERSION;
 
     use super::*;
     use crate::Builder;
 
-    const CHILD_ENV: &str = "HERMES_TEST_CHILD";
-    const MARKER_ENV: &str = "HERMES_TEST_MARKER";
+    use super::program_tests::{CHILD_ENV, MARKER_ENV, old_server, successor_command};
 
     /// A server whose maps carry another layout version (another release's)
     /// offers them to a successor: the successor's `build` fails with
     /// `UpgradeError::LayoutVersion`, the old server hears why
-    /// (`UpgradeError::Refused`), keeps the bitmap and keeps serving.
+    /// (`UpgradeError::Refused`), keeps the list and keeps serving.
     #[test]
     fn a_successor_of_another_layout_is_refused_and_the_old_server_keeps_serving() {
         if !hermes_test_support::ebpf::require_bpf("a_successor_of_another_layout_is_refused") {
             return;
         }
-        let server = Builder::new()
-            .workers(2)
-            .bind("127.0.0.1:0".parse().unwrap())
-            .require_ebpf(true)
-            .build()
-            .expect("build the old server");
-        let handle = server
-            .serve(|mut listener: HermesListener| async move {
-                while let Some((mut stream, _)) = listener.accept_connection().await {
-                    use tokio::io::AsyncWriteExt;
-                    let _ = stream.write_all(b"old").await;
-                }
-            })
-            .expect("serve");
+        let handle = old_server(b"old");
         // The maps as another release would have made them.
         handle.server.dispatch.control().set_layout_version(LAYOUT_VERSION + 1);
         let marker = std::env::temp_dir().join(format!("hermes-layout-child-{}", std::process::id()));
         let _ = std::fs::remove_file(&marker);
-        let mut successor = Command::new(std::env::current_exe().expect("the test binary"));
-        successor
-            .args([
-                "--ignored",
-                "--exact",
-                "server::tests::layout_successor",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "layout_successor")
-            .env(MARKER_ENV, &marker);
+        let mut successor = successor_command("server::tests::layout_successor", "layout_successor");
+        successor.env(MARKER_ENV, &marker);
         let err = handle
             .upgrade(Upgrade::new().command(successor).timeout(Duration::from_secs(30)))
             .expect_err("the hand-over is refused");
@@ -345,9 +326,9 @@ mod tests {
         assert_eq!(child, "refused with LayoutVersion");
         let _ = std::fs::remove_file(&marker);
         // Still the owner, still publishing, still serving.
-        assert!(handle.server.dispatch.owns_bitmap());
+        assert!(handle.server.dispatch.owns_list());
         thread::sleep(Duration::from_millis(50));
-        assert_ne!(handle.snapshot().bitmap, 0, "the old server keeps publishing its bitmap");
+        assert_ne!(handle.snapshot().eligible_count, 0, "the old server keeps publishing its list");
         let mut conn = std::net::TcpStream::connect(handle.local_addr()).expect("connect");
         let mut answer = String::new();
         conn.read_to_string(&mut answer).expect("read");
@@ -382,13 +363,13 @@ mod tests {
     struct PanicsOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
 
     impl crate::scheduler::Policy for PanicsOnce {
-        fn eligible(&self, input: &crate::scheduler::PassInput<'_>) -> u64 {
+        fn eligible(&self, input: &crate::scheduler::PassInput<'_>, out: &mut crate::scheduler::WorkerSet) {
             if thread::current().name() == Some("hermes-worker-1")
                 && self.0.swap(false, std::sync::atomic::Ordering::SeqCst)
             {
                 panic!("policy panic requested by the test");
             }
-            crate::scheduler::Policy::eligible(&crate::scheduler::LeastLoaded::default(), input)
+            crate::scheduler::Policy::eligible(&crate::scheduler::LeastLoaded::default(), input, out)
         }
     }
 

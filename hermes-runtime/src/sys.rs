@@ -1,14 +1,15 @@
 //! The Linux calls the runtime makes beyond `std`: listeners with
 //! `SO_REUSEPORT` (socket2), the listeners systemd passes (sd-notify), CPU
 //! affinity, `shutdown` of a listener and the per-worker epoll set of the
-//! shared-listener mode (nix), and the one call none of them wraps:
-//! `TCP_INFO` on a listening socket, and the process's CPU time and CPU
-//! quota (cgroup).
+//! shared-listener mode (nix), and the calls none of them wraps: `TCP_INFO`
+//! on a listening socket, a process's pidfd (`pidfd_open`), which tells
+//! when that very process exits, whatever reuses its pid later, and the
+//! process's CPU time and CPU quota (cgroup).
 
 use std::{
     io,
     net::{SocketAddr, TcpListener},
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use nix::{
@@ -155,6 +156,28 @@ pub(crate) fn accept_queue(fd: RawFd) -> io::Result<u32> {
 /// to accept on it.
 pub(crate) fn stop_listening(fd: RawFd) -> io::Result<()> {
     shutdown(fd, Shutdown::Read).map_err(io::Error::from)
+}
+
+/// A pidfd of process `pid` (`pidfd_open`): it refers to that process for
+/// as long as it is open, and becomes readable once the process exits.
+/// `Ok(None)` when no such process runs (`ESRCH`).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) { Ok(None) } else { Err(e) };
+    }
+    // SAFETY: a new descriptor that nothing else owns; pidfds are close-on-exec.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+}
+
+/// Whether the process behind `pidfd` has exited (its pidfd is readable).
+pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [nix::poll::PollFd::new(pidfd, nix::poll::PollFlags::POLLIN)];
+    // A failed poll reads as "still running": the slots stay held.
+    matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// The CPUs this thread may run on, in order.

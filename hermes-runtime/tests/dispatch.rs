@@ -111,8 +111,8 @@ fn hang_scenario(mode: Mode, rescue: bool) -> HangOutcome {
     let block_start = Instant::now();
 
     // Within 3 ticks of its last sign of life, the blocked worker leaves the
-    // bitmap. The bitmap seen was published `bitmap_age_ms` ago, so it was
-    // computed `heartbeat_age_ms - bitmap_age_ms` after the last heartbeat: an
+    // list. The list seen was published `list_age_ms` ago, so it was
+    // computed `heartbeat_age_ms - list_age_ms` after the last heartbeat: an
     // upper bound of the exclusion delay that leaves out the test's own polling.
     // Its heartbeat past the hang threshold (two ticks) is what takes it out;
     // on a loaded machine a worker may also be out for a moment because it
@@ -121,7 +121,7 @@ fn hang_scenario(mode: Mode, rescue: bool) -> HangOutcome {
     let excluded_after = poll_until(Duration::from_secs(1), || {
         let s = h.snapshot();
         let w = &s.workers[blocked];
-        (!w.eligible && w.heartbeat_age_ms >= hang_ms).then_some(w.heartbeat_age_ms - s.bitmap_age_ms)
+        (!w.eligible && w.heartbeat_age_ms >= hang_ms).then_some(w.heartbeat_age_ms - s.list_age_ms)
     })
     .expect("the blocked worker stayed eligible");
     eprintln!("{mode}: worker {blocked} excluded {excluded_after:.1} ms after its last heartbeat");

@@ -47,7 +47,7 @@ fn invalid_settings_are_errors() {
     let cases: [(&str, Builder); 4] = [
         ("workers", {
             let mut b = Builder::new();
-            b.workers(65);
+            b.workers(hermes_bpf::layout::MAX_WORKERS + 1);
             b
         }),
         ("min_candidates", {
@@ -70,5 +70,8 @@ fn invalid_settings_are_errors() {
         let err = b.build().expect_err(name);
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains(name), "{err}");
+        if name == "workers" {
+            assert!(err.to_string().contains("1 to 1024"), "the message names the maximum: {err}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use hermes_runtime::{
     Builder, HermesListener, Mode, ServerHandle, WorkerStatus,
-    scheduler::{PassInput, Policy},
+    scheduler::{PassInput, Policy, WorkerSet},
 };
 use hermes_test_support::{
     ebpf::require_bpf,
@@ -82,8 +82,9 @@ fn counts_return_to_zero_after_panic_and_hangup() {
 struct Steered(Arc<AtomicU64>);
 
 impl Policy for Steered {
-    fn eligible(&self, _input: &PassInput<'_>) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    fn eligible(&self, input: &PassInput<'_>, out: &mut WorkerSet) {
+        let mask = self.0.load(Ordering::Relaxed);
+        out.extend((0..input.workers.len().min(64)).filter(|&i| mask & (1 << i) != 0));
     }
 }
 
@@ -108,8 +109,8 @@ fn ebpf_shutdown_worker_migrates_queued_connections() {
             .rescue_hung_queues(false),
     );
     let addr = h.local_addr();
-    poll_until(Duration::from_secs(5), || (h.snapshot().bitmap == 1).then_some(()))
-        .expect("bitmap published");
+    poll_until(Duration::from_secs(5), || (h.snapshot().eligible == [0]).then_some(()))
+        .expect("list published");
     let mut blocker = TcpStream::connect(addr).unwrap();
     blocker.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     send(&mut blocker, "/", true).unwrap();

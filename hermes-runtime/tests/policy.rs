@@ -10,7 +10,7 @@ use std::{
 
 use hermes_runtime::{
     Builder, Mode,
-    scheduler::{LeastLoaded, PassInput, Policy},
+    scheduler::{LeastLoaded, PassInput, Policy, WorkerSet},
 };
 use hermes_test_support::{
     ebpf::require_bpf,
@@ -25,8 +25,8 @@ use hermes_test_support::{
 struct AllFresh;
 
 impl Policy for AllFresh {
-    fn eligible(&self, input: &PassInput<'_>) -> u64 {
-        (0..input.workers.len()).filter(|&i| input.is_fresh(i)).fold(0, |b, i| b | 1 << i)
+    fn eligible(&self, input: &PassInput<'_>, out: &mut WorkerSet) {
+        out.extend((0..input.workers.len()).filter(|&i| input.is_fresh(i)));
     }
 }
 

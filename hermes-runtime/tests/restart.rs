@@ -14,7 +14,7 @@ use std::{
 
 use hermes_runtime::{
     Builder, HermesListener, Mode, WorkerStatus,
-    scheduler::{LeastLoaded, PassInput, Policy},
+    scheduler::{LeastLoaded, PassInput, Policy, WorkerSet},
 };
 use hermes_test_support::{
     ebpf::require_bpf,
@@ -90,14 +90,14 @@ struct Trigger {
 struct PanicsOnce(Arc<Trigger>);
 
 impl Policy for PanicsOnce {
-    fn eligible(&self, input: &PassInput<'_>) -> u64 {
+    fn eligible(&self, input: &PassInput<'_>, out: &mut WorkerSet) {
         if std::thread::current().name() == Some("hermes-worker-1")
             && self.0.armed.load(Ordering::SeqCst)
             && !self.0.panicked.swap(true, Ordering::SeqCst)
         {
             panic!("policy panic requested by the test");
         }
-        LeastLoaded::default().eligible(input)
+        LeastLoaded::default().eligible(input, out);
     }
 }
 

@@ -47,13 +47,13 @@ fn ebpf_a_worker_that_never_starts_does_not_stop_the_bitmap() {
         &handle,
         Duration::from_secs(5),
         "a bitmap of the serving worker",
-        |s| s.bitmap == 0b01,
+        |s| s.eligible == [0],
     );
     assert_eq!(snapshot.workers[0].state, WorkerStatus::Serving, "{snapshot:#?}");
     assert_eq!(snapshot.workers[1].state, WorkerStatus::Starting, "{snapshot:#?}");
     release.store(true, Ordering::SeqCst);
     eventually_snapshot_blocking(&handle, Duration::from_secs(5), "both workers in the bitmap", |s| {
-        s.bitmap == 0b11
+        s.eligible == [0, 1]
     });
     handle.shutdown();
 }

@@ -63,7 +63,7 @@ fn ebpf_a_worker_kept_off_its_core_shows_its_stall_and_gets_no_new_connections()
         })
         .expect("serve");
     eventually_snapshot_blocking(&handle, Duration::from_secs(5), "both workers eligible", |s| {
-        s.bitmap == 0b11
+        s.eligible == [0, 1]
     });
 
     // Three threads spinning on worker 0's CPU: the worker gets about a
@@ -71,7 +71,7 @@ fn ebpf_a_worker_kept_off_its_core_shows_its_stall_and_gets_no_new_connections()
     let stop = Arc::new(AtomicBool::new(false));
     let spinners = spin_on(cpus[0], 3, &stop);
     let starved = eventually_snapshot_blocking(&handle, Duration::from_secs(10), "worker 0 starved", |s| {
-        s.workers[0].stall_permille >= 300 && s.bitmap == 0b10
+        s.workers[0].stall_permille >= 300 && s.eligible == [1]
     });
     assert!(starved.workers[0].run_delay_ns > 0, "{starved:#?}");
 
@@ -89,7 +89,7 @@ fn ebpf_a_worker_kept_off_its_core_shows_its_stall_and_gets_no_new_connections()
     stop.store(true, Ordering::Relaxed);
     spinners.into_iter().for_each(|s| s.join().expect("spinner"));
     eventually_snapshot_blocking(&handle, Duration::from_secs(10), "worker 0 back in the bitmap", |s| {
-        s.workers[0].stall_permille < 100 && s.bitmap == 0b11
+        s.workers[0].stall_permille < 100 && s.eligible == [0, 1]
     });
     handle.shutdown();
 }

@@ -32,7 +32,8 @@ pub struct History {
     pub latest: Option<Timed>,
     /// The one before it, for rates.
     previous: Option<Timed>,
-    /// The workers in the bitmap at each read of the last [`WINDOW`].
+    /// The workers in the list of eligible workers at each read of the last
+    /// [`WINDOW`].
     population: VecDeque<(Instant, u32)>,
     /// The last read's failure, when the last read failed.
     pub error: Option<(Instant, String)>,
@@ -73,7 +74,7 @@ pub struct Kernel {
     pub runs: Counter,
     /// Fewer eligible workers than the kernel's minimum.
     pub too_few: Counter,
-    /// The bitmap was never published or is stale.
+    /// The list was never published or is stale.
     pub stale: Counter,
     /// The chosen workers had no listener.
     pub no_socket: Counter,
@@ -88,7 +89,8 @@ impl History {
     pub fn push(&mut self, sample: Sample) {
         match sample.result {
             Ok(snapshot) => {
-                self.population.push_back((sample.at, snapshot.bitmap.count_ones()));
+                self.population
+                    .push_back((sample.at, u32::try_from(snapshot.eligible_count).unwrap_or(u32::MAX)));
                 while self.population.front().is_some_and(|&(t, _)| sample.at.duration_since(t) > WINDOW) {
                     self.population.pop_front();
                 }
@@ -157,7 +159,7 @@ impl History {
         })
     }
 
-    /// The fewest workers in the bitmap in each of `columns` equal slices
+    /// The fewest workers in the list in each of `columns` equal slices
     /// of the last [`WINDOW`] up to `now`, oldest first; `None` for a slice
     /// with no read.
     pub fn population(&self, columns: usize, now: Instant) -> Vec<Option<u64>> {
@@ -174,7 +176,7 @@ impl History {
         fewest
     }
 
-    /// Workers serving, and workers in the last bitmap.
+    /// Workers serving, and workers in the last list.
     pub fn serving_and_eligible(&self) -> (usize, usize) {
         let Some(latest) = &self.latest else { return (0, 0) };
         let workers = &latest.snapshot.workers;
@@ -193,13 +195,17 @@ fn rate(then: u64, now: u64, seconds: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// A read of `accepted` by worker, with the workers of `bitmap`
+    /// (bit `i`: worker `i`) eligible.
     fn sample(at: Instant, pid: u32, accepted: &[u64], bitmap: u64) -> Sample {
         let workers = accepted
             .iter()
             .enumerate()
             .map(|(id, &accepted)| WorkerSnapshot { id, accepted, ..Default::default() })
             .collect();
-        Sample { at, result: Ok(Snapshot { pid, bitmap, workers, ..Default::default() }) }
+        let eligible: Vec<usize> = (0..64).filter(|i| bitmap >> i & 1 == 1).collect();
+        let eligible_count = eligible.len();
+        Sample { at, result: Ok(Snapshot { pid, eligible_count, eligible, workers, ..Default::default() }) }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! One row per worker: its state and eligibility, heartbeat age, bars for
 //! requests in flight, utilisation and connections accepted per second,
 //! open connections, accept queue, requests placed in and out and
-//! offloaded per second, refused connections. Above the rows: the bitmap
+//! offloaded per second, refused connections. Above the rows: the list of eligible workers
 //! and how many workers it held over the last minute, the kernel program's
 //! runs and fallbacks, request placement. Rates are differences between
 //! two reads. Modules: [`fetch`] (the reads), [`history`] (the reads kept

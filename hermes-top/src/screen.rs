@@ -1,5 +1,5 @@
 //! One frame of the view, [`Screen`]: four header lines (the server and the
-//! last read, the bitmap and its population over the last minute, the
+//! last read, the list of eligible workers and its population over the last minute, the
 //! kernel's counters, request placement), the workers' table (a page of
 //! it), and the keys. The same widget draws the terminal view and the
 //! plain text of `--once`.
@@ -22,7 +22,7 @@ use crate::{
 
 /// Lines above the table.
 const HEADER_LINES: u16 = 4;
-/// Columns of the bitmap's population sparkline (one per second of the last minute).
+/// Columns of the list's population sparkline (one per second of the last minute).
 const SPARK_COLUMNS: u16 = 60;
 /// Width of a bar.
 const BAR: usize = 8;
@@ -117,12 +117,10 @@ impl Screen<'_> {
     fn render_bitmap(&self, area: Rect, buf: &mut Buffer) {
         let Some(latest) = &self.history.latest else { return };
         let s = &latest.snapshot;
-        let age =
-            if s.bitmap_age_ms.is_finite() { seconds(s.bitmap_age_ms / 1e3) } else { "never".to_owned() };
+        let age = if s.list_age_ms.is_finite() { seconds(s.list_age_ms / 1e3) } else { "never".to_owned() };
         let label = format!(
-            "bitmap {:#x}: {} eligible, published {age} ago  eligible over the last minute ",
-            s.bitmap,
-            s.bitmap.count_ones()
+            "list: {} eligible, published {age} ago  eligible over the last minute ",
+            s.eligible_count
         );
         let [text, spark] =
             Layout::horizontal([Constraint::Length(width_of(&label)), Constraint::Max(SPARK_COLUMNS)])
@@ -324,7 +322,8 @@ mod tests {
             })
             .collect();
         let mut history = History::default();
-        let snapshot = Snapshot { pid: 9, bitmap: 0b1011, workers, ..Default::default() };
+        let snapshot =
+            Snapshot { pid: 9, eligible_count: 3, eligible: vec![0, 1, 3], workers, ..Default::default() };
         history.push(Sample { at: now - Duration::from_secs(1), result: Ok(snapshot.clone()) });
         history.push(Sample { at: now, result: Ok(snapshot) });
         let order = Order::new(SortKey::Id);
@@ -350,7 +349,7 @@ mod tests {
             lines[0].contains("pid 9") && lines[0].contains("100 workers: 100 serving, 0 eligible"),
             "{lines:#?}"
         );
-        assert!(lines[1].starts_with("bitmap 0xb: 3 eligible"), "{lines:#?}");
+        assert!(lines[1].starts_with("list: 3 eligible"), "{lines:#?}");
         assert!(lines[5].trim_start().starts_with("10 serving"), "the page starts at row 11: {lines:#?}");
         assert!(lines[5 + shown - 1].trim_start().starts_with("23 serving"), "{lines:#?}");
         assert!(

@@ -447,6 +447,8 @@ fn sigusr2_upgrade_loses_no_request_and_plain_reuseport_is_measured() {
     if !ebpf::require_bpf("sigusr2_upgrade_loses_no_request_and_plain_reuseport_is_measured") {
         return;
     }
+    // One upgrade test at a time (see `upgrade_lock`).
+    let _serial = hermes_test_support::workload::upgrade_lock();
     let hermes = upgrade_under_load("hermes", true, true);
     let plain = upgrade_under_load("reuseport", false, false);
     for (name, o) in [("hermes", &hermes), ("reuseport", &plain)] {

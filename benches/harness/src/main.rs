@@ -53,7 +53,9 @@ struct Args {
     repeat: u32,
     /// Comma-separated peers; hermes-local is Hermes with every request kept on its connection's
     /// worker, for comparison with placement; hermes-unpinned is Hermes with its workers not
-    /// pinned to CPUs; hermes-userspace is Hermes without its kernel program.
+    /// pinned to CPUs; hermes-userspace is Hermes without its kernel program;
+    /// hermes-locality is Hermes with locality on (the worker on the CPU that received the connection
+    /// first), for comparison with hermes.
     #[arg(
         long,
         value_delimiter = ',',

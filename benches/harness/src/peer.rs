@@ -18,16 +18,19 @@ use crate::cpus::CpuList;
 /// `hermes-local` is Hermes with every request kept on its connection's worker (no request
 /// placement, no offload, no reconnect asks): the server as it was before request placement, to
 /// measure what placement costs or gains in the same run. `hermes-unpinned` is Hermes with its
-/// workers not pinned to CPUs, to measure what pinning costs or gains. Neither is in the default
-/// peer list. `hermes-userspace` is Hermes without its kernel program (the kernel's hash places
-/// connections; request placement, offload, reconnect asks and queue rescue stay on): what a
-/// container without CAP_BPF gets.
+/// workers not pinned to CPUs, to measure what pinning costs or gains. `hermes-locality` is Hermes
+/// with locality on (`hermes-workload --locality on`: the eligible worker on the CPU that received a
+/// connection is the kernel program's first candidate), to measure what locality costs or gains.
+/// None of the three is in the default peer list. `hermes-userspace` is Hermes without its kernel
+/// program (the kernel's hash places connections; request placement, offload, reconnect asks and
+/// queue rescue stay on): what a container without CAP_BPF gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
     Hermes,
     HermesLocal,
     HermesUserspace,
     HermesUnpinned,
+    HermesLocality,
     Reuseport,
     Shared,
     Tokio,
@@ -51,13 +54,14 @@ impl Peer {
         let mode = |m: &str| vec!["--mode".to_owned(), m.to_owned()];
         match self {
             Peer::HermesUnpinned => [mode("hermes"), vec!["--pin".to_owned(), "off".to_owned()]].concat(),
+            Peer::HermesLocality => [mode("hermes"), vec!["--locality".to_owned(), "on".to_owned()]].concat(),
             _ => mode(&self.to_string()),
         }
     }
 
     /// True for the peers whose kernel program must load where eBPF is required.
     fn needs_ebpf(self) -> bool {
-        matches!(self, Peer::Hermes | Peer::HermesLocal | Peer::HermesUnpinned)
+        matches!(self, Peer::Hermes | Peer::HermesLocal | Peer::HermesUnpinned | Peer::HermesLocality)
     }
 }
 
@@ -262,6 +266,7 @@ mod tests {
                 "hermes-local",
                 "hermes-userspace",
                 "hermes-unpinned",
+                "hermes-locality",
                 "reuseport",
                 "shared",
                 "tokio",
@@ -283,5 +288,7 @@ mod tests {
         // The userspace peer runs without the program, so it never asks for it.
         assert!(!Peer::HermesUserspace.needs_ebpf());
         assert!(Peer::HermesUnpinned.needs_ebpf());
+        assert_eq!(Peer::HermesLocality.server_args(), ["--mode", "hermes", "--locality", "on"]);
+        assert!(Peer::HermesLocality.needs_ebpf());
     }
 }

@@ -255,7 +255,10 @@ impl HermesListener {
         let me = self.worker.id();
         let rescue = self.rescue.as_mut()?;
         if rescue.tick.as_mut().poll(cx).is_ready() {
-            let next = Instant::now() + rescue.tick_every;
+            // On the worker's grid of ticks, with its housekeeping: one
+            // wake-up for both.
+            let until = self.worker.server().map_or(rescue.tick_every, |s| s.until_next_tick(me));
+            let next = Instant::now() + until;
             rescue.tick.as_mut().reset(next);
             // Registers this task for the next tick.
             let _ = rescue.tick.as_mut().poll(cx);

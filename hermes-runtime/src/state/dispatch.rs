@@ -1,8 +1,8 @@
 //! [`Dispatch`]: how new connections reach this server's workers. Either the
 //! Hermes program on the port's `SO_REUSEPORT` group (with its maps: the
-//! socket array, the bitmap and the counters), the kernel's hash, or one
-//! shared listener in every worker's epoll set; and the bitmap's ownership,
-//! which a successor takes over.
+//! socket array, the list of eligible workers and the counters), the
+//! kernel's hash, or one shared listener in every worker's epoll set; and
+//! the list's ownership, which a successor takes over.
 
 use std::{
     io,
@@ -10,7 +10,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use hermes_bpf::{ControlRegion, CounterRegion, Counters, Dispatcher, Region, monotonic_ns};
+use hermes_bpf::{
+    ControlRegion, CounterRegion, Counters, Dispatcher, Region, layout::ListWriter, monotonic_ns,
+};
 
 use super::{selfcheck::SelfCheck, workers::Workers};
 use crate::config::Mode;
@@ -32,18 +34,24 @@ pub(crate) struct Dispatch {
     /// The address every worker listens on (port resolved).
     pub(crate) addr: SocketAddr,
     placer: Placer,
-    /// The bitmap and the program's settings: the kernel's control map in
-    /// Hermes mode, process memory otherwise.
+    /// The list of eligible workers and the program's settings: the
+    /// kernel's control map in Hermes mode, process memory otherwise.
     control: ControlRegion,
     /// The first slot of this server's workers in the kernel's socket array,
-    /// table, counters and bitmap (0, unless it took over from a running
-    /// server whose workers use the first slots).
+    /// table and counters (0, unless it took over from a running server
+    /// whose workers use the first slots).
     pub(crate) slot_base: usize,
     /// This server's token in the control map's owner field: only the owner
-    /// publishes bitmaps.
+    /// publishes lists.
     owner: u64,
     /// Whether the program still sees the connections (Hermes mode).
     pub(crate) selfcheck: SelfCheck,
+    /// The control map of the server this successor replaces, when this
+    /// one runs a program of its own (with maps of its own): the takeover
+    /// attaches this server's program and takes the list's ownership there
+    /// too, so that the replaced server knows it no longer places
+    /// connections.
+    previous: Option<ControlRegion>,
 }
 
 impl Dispatch {
@@ -59,7 +67,20 @@ impl Dispatch {
             // Process memory: nobody else publishes there.
             control[0].claim(owner);
         }
-        Self { addr, placer, control, slot_base, owner, selfcheck: SelfCheck::default() }
+        Self { addr, placer, control, slot_base, owner, selfcheck: SelfCheck::default(), previous: None }
+    }
+
+    /// This successor runs its own program: `previous` is the control map
+    /// of the server it replaces (see the field).
+    pub(crate) fn replacing_program_of(mut self, previous: ControlRegion) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    /// Whether this successor runs its own program rather than the one of
+    /// the server it replaces.
+    pub(crate) fn runs_own_program(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// The mode this server was started in.
@@ -119,7 +140,7 @@ impl Dispatch {
         }
     }
 
-    /// The control map: the bitmap, its time and the program's settings.
+    /// The control map: the list, its time and the program's settings.
     pub(crate) fn control(&self) -> &hermes_bpf::layout::Control {
         &self.control[0]
     }
@@ -147,9 +168,9 @@ impl Dispatch {
         }
     }
 
-    /// Whether this server publishes the bitmap (a server whose maps a
-    /// successor took over does not).
-    pub(crate) fn owns_bitmap(&self) -> bool {
+    /// Whether this server publishes the list (a server whose maps a
+    /// successor took over does not, nor does it attach its program again).
+    pub(crate) fn owns_list(&self) -> bool {
         self.control().owner() == self.owner
     }
 
@@ -159,30 +180,47 @@ impl Dispatch {
         self.control().claim(self.owner);
     }
 
-    /// Makes this server the maps' owner and publishes `bitmap` (in worker
-    /// ids) at once.
-    pub(crate) fn take_over(&self, bitmap: u64) {
-        self.control().take_over(self.owner, bitmap << self.slot_base, monotonic_ns(), self.slot_base);
+    /// Makes this server the maps' owner and publishes the list `fill`
+    /// writes (in slots) at once. A publish lock that its holder kept past
+    /// the patience, or left behind when it died, is taken from it: logged
+    /// and counted (`hermes_publish_lock_taken_total`).
+    pub(crate) fn take_over(&self, fill: impl FnOnce(&mut ListWriter<'_>)) {
+        let now = monotonic_ns();
+        // The replaced server's list: ours from now on, and empty (its
+        // program no longer runs once ours is attached).
+        let previous = self.previous.as_ref().and_then(|p| p[0].take_over(self.owner, now, 0, |_| {}));
+        let stolen = self.control().take_over(self.owner, now, self.slot_base, fill);
+        for s in [previous, stolen].into_iter().flatten() {
+            tracing::warn!(
+                holder = s.holder,
+                holder_exited = s.exited,
+                waited = ?s.waited,
+                "taking over the list of eligible workers: the publish lock was held by pid {} ({}); taken from it",
+                s.holder,
+                if s.exited { "exited while holding it" } else { "held past the patience" }
+            );
+            metrics::counter!("hermes_publish_lock_taken_total").increment(1);
+        }
     }
 
-    /// Publishes `bitmap` (in worker ids), stamped `now_ns`, as worker
-    /// `publisher`, while this server owns the maps and no newer bitmap is
-    /// in place.
-    pub(crate) fn publish(&self, bitmap: u64, now_ns: u64, publisher: usize) {
-        self.control().publish_as(
-            Some(self.owner),
-            bitmap << self.slot_base,
-            now_ns,
-            self.slot_base + publisher,
-        );
+    /// Publishes the list `fill` writes (in slots), stamped `now_ns`, as
+    /// worker `publisher`, while this server owns the maps and no newer
+    /// list is in place.
+    pub(crate) fn publish(&self, now_ns: u64, publisher: usize, fill: impl FnOnce(&mut ListWriter<'_>)) {
+        self.control().publish_as(Some(self.owner), now_ns, self.slot_base + publisher, fill);
     }
 
-    /// The bitmap last published, in worker ids (0 once a successor owns it).
-    pub(crate) fn bitmap(&self) -> u64 {
-        // Relaxed: read after the caller's Acquire load of the publish time,
-        // or as a lone value for reporting.
-        let bitmap = self.control().bitmap.load(std::sync::atomic::Ordering::Relaxed);
-        if self.owns_bitmap() { bitmap >> self.slot_base } else { 0 }
+    /// The workers (ids) of the list in force, in list order; none once a
+    /// successor owns the list.
+    pub(crate) fn eligible(&self) -> impl Iterator<Item = usize> + '_ {
+        let base = self.slot_base;
+        let owned = self.owns_list();
+        self.control().eligible().filter(move |_| owned).filter_map(move |slot| slot.checked_sub(base))
+    }
+
+    /// Whether worker `id` is in the list in force (O(list)).
+    pub(crate) fn is_eligible(&self, id: usize) -> bool {
+        self.owns_list() && self.control().eligible().any(|slot| slot == self.slot_base + id)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Drain and shutdown: a worker leaves the bitmap, stops its listener (its
+//! Drain and shutdown: a worker leaves the list, stops its listener (its
 //! queued connections migrate to the others in Hermes mode) and finishes
 //! its connections within the drain timeout; the server's threads are
 //! waited for, at most that long plus [`SHUTDOWN_GRACE`].
@@ -20,7 +20,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 impl ServerState {
     /// Graceful drain of worker `id`, from any thread (even while the worker
-    /// is blocked): out of the bitmap first, then the listener stops (its
+    /// is blocked): out of the list first, then the listener stops (its
     /// queued connections migrate to the others), then the signal.
     pub(crate) fn begin_drain(&self, id: usize) {
         let control = self.workers.control(id);

@@ -150,11 +150,11 @@ impl LoadCell {
     /// Refreshes the [`HostLoad`] of a server of `workers` workers from its
     /// `slots` of the table, unless it was refreshed within the last half
     /// `tick` (every worker's tick calls this; one of them does the work,
-    /// the others find the meter taken or fresh). `bitmap` is the scheduler
-    /// pass of the caller's tick. Not a per-request path: one
+    /// the others find the meter taken or fresh). `eligible` is how many
+    /// workers the last scheduler pass found eligible. Not a per-request path: one
     /// `clock_gettime` system call and one allocation (the published `Arc`)
     /// per refresh.
-    pub(crate) fn refresh(&self, slots: &[WorkerState], tick: Duration, now_ns: u64, bitmap: u64) {
+    pub(crate) fn refresh(&self, slots: &[WorkerState], tick: Duration, now_ns: u64, eligible: usize) {
         let Ok(mut meter) = self.meter.try_lock() else { return };
         let half_tick = tick.as_nanos() as u64 / 2;
         if meter.at_ns != 0 && now_ns.saturating_sub(meter.at_ns) < half_tick {
@@ -184,8 +184,8 @@ impl LoadCell {
         let workers_cores = slots.len().max(1) as f64;
         next.cpu_capacity = meter.quota.map_or(workers_cores, |q| q.min(workers_cores));
         next.workers = workers;
-        next.eligible = bitmap.count_ones();
-        let ineligible_since = match (bitmap, meter.ineligible_since) {
+        next.eligible = u32::try_from(eligible).unwrap_or(u32::MAX);
+        let ineligible_since = match (eligible, meter.ineligible_since) {
             (0, since) => Some(since.unwrap_or(now_ns)),
             _ => None,
         };

@@ -69,7 +69,7 @@ impl LoadSource {
         let now = monotonic_ns();
         let stale = now.saturating_sub(load.at_ns);
         if stale > server.config.hang_threshold.as_nanos() as u64 {
-            load.eligible = server.eligible_now().count_ones();
+            load.eligible = server.eligible_now() as u32;
             // Ineligible since the last refresh at the latest.
             load.ineligible_ns = match load.eligible {
                 0 => stale + load.ineligible_ns,

@@ -5,13 +5,12 @@
 
 use std::{io, net::SocketAddr, os::fd::OwnedFd, sync::Arc, sync::Mutex, time::Duration};
 
-use hermes_bpf::{
-    Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::MAX_WORKERS, layout::WorkerPhase,
-};
+use hermes_bpf::{Counters, DispatchMode, Dispatcher, Region, WorkerTable, layout::WorkerPhase};
 
 use super::{
     dispatch::{Dispatch, Placer, bpf_error},
     handover,
+    holders::Holders,
     server::ServerState,
 };
 use crate::{
@@ -40,8 +39,8 @@ pub(crate) fn open(config: Config) -> io::Result<Opened> {
 /// in the kernel's socket array.
 fn open_fresh(config: Config) -> io::Result<Opened> {
     let program = match config.mode {
-        Mode::Hermes if config.require_ebpf => Some(Dispatcher::load().map_err(bpf_error)?),
-        Mode::Hermes => match Dispatcher::load_or_fallback() {
+        Mode::Hermes if config.require_ebpf => Some(Dispatcher::load_for(config.workers).map_err(bpf_error)?),
+        Mode::Hermes => match Dispatcher::load_or_fallback(config.workers) {
             DispatchMode::Ebpf(d) => Some(*d),
             DispatchMode::KernelHash { reason } => {
                 return open_bound(config, |_| Ok(Placer::Hash { reason: Some(reason.to_string()) }));
@@ -74,15 +73,16 @@ fn open_bound(
         None => placer(&listeners)?,
     };
     let dispatch = Dispatch::new(addr, placer, 0);
-    let table =
-        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+    let table = dispatch
+        .dispatcher()
+        .map_or_else(|| Arc::new(Region::in_memory(config.workers)), |d| d.table().clone());
     reset_slots(&table, config.workers);
-    // The kernel honours any non-empty bitmap: the scheduler itself keeps
-    // `min_candidates` when enough healthy workers exist, and a bitmap
+    // The kernel honours any non-empty list: the scheduler itself keeps
+    // `min_candidates` when enough healthy workers exist, and a list
     // without the hung workers beats the hash, which would include them.
-    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    configure(&dispatch, &config);
     dispatch.claim();
-    Ok((Arc::new(ServerState::new(config, table, dispatch, None)), listeners))
+    Ok((Arc::new(ServerState::new(config, table, dispatch, None, Holders::default())), listeners))
 }
 
 /// One listener per worker on the configured address (or systemd's), or
@@ -158,16 +158,37 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             (m, _) => m,
         };
         handover::check_offer(&offer, mode)?;
-        let base =
-            if kernel.is_some() { handover::successor_base(offer.slot_base, offer.workers, n)? } else { 0 };
-        let mut dispatcher = match kernel {
-            Some(k) => Some(Dispatcher::inherit(k, base).map_err(|e| match e {
-                hermes_bpf::Error::LayoutVersion { found, want } => {
-                    UpgradeError::LayoutVersion { found, want }
-                }
-                other => UpgradeError::Mismatch(other.to_string()),
-            })?),
-            None => None,
+        let bpf_mismatch = |e: hermes_bpf::Error| match e {
+            hermes_bpf::Error::LayoutVersion { found, want } => UpgradeError::LayoutVersion { found, want },
+            other => UpgradeError::Mismatch(other.to_string()),
+        };
+        // A binary that carries another program than the running server's
+        // (a fixed release of the same layout) runs its own, in maps of its
+        // own: nobody else holds slots there.
+        let own = kernel.as_ref().and_then(|k| own_program(n, k));
+        let previous = match (&own, &kernel) {
+            (Some(_), Some(k)) => Some(k.map_control().map_err(bpf_mismatch)?),
+            _ => None,
+        };
+        // The slots of the running server and of the older ones that still
+        // drain are watched now, while the running server certainly runs.
+        let holders = match (&kernel, &own) {
+            (Some(_), None) => Holders::watch(&offer)
+                .map_err(|e| UpgradeError::io("watching the servers holding slots", e))?,
+            _ => Holders::default(),
+        };
+        let base = match (&kernel, &own) {
+            (Some(k), None) => {
+                let slots =
+                    Dispatcher::inherited_slots(k).map_err(|e| UpgradeError::Mismatch(e.to_string()))?;
+                handover::successor_base(slots, n, &holders.live(), offer.pid)?
+            }
+            _ => 0,
+        };
+        let mut dispatcher = match (own, kernel) {
+            (Some(own), _) => Some(own),
+            (None, Some(k)) => Some(Dispatcher::inherit(k, base).map_err(bpf_mismatch)?),
+            (None, None) => None,
         };
         let addr = inherited.listeners[0]
             .local_addr()
@@ -189,9 +210,9 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
             }
             listeners.push(Some(l));
         }
-        Ok((base, dispatcher, addr, listeners))
+        Ok((base, dispatcher, previous, addr, listeners, holders))
     })();
-    let (base, dispatcher, addr, listeners) = match opened {
+    let (base, dispatcher, previous, addr, listeners, holders) = match opened {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, old = offer.pid, "upgrade: refusing the hand-over");
@@ -209,21 +230,33 @@ fn open_successor(config: Config, channel: OwnedFd) -> io::Result<Opened> {
         }
         None => Placer::Hash { reason: None },
     };
-    let dispatch = Dispatch::new(addr, placer, base);
+    let dispatch = match previous {
+        Some(p) => Dispatch::new(addr, placer, base).replacing_program_of(p),
+        None => Dispatch::new(addr, placer, base),
+    };
     let table: WorkerTable =
-        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(MAX_WORKERS)), |d| d.table().clone());
+        dispatch.dispatcher().map_or_else(|| Arc::new(Region::in_memory(n)), |d| d.table().clone());
     reset_slots(&table, n);
-    // The kernel honours any non-empty bitmap (see `open_bound`).
-    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    // The kernel honours any non-empty list (see `open_bound`).
+    configure(&dispatch, &config);
     tracing::info!(
         old = offer.pid,
         %addr,
         slot_base = base,
+        draining = ?offer.held.iter().map(|h| h.pid).collect::<Vec<_>>(),
         listeners = inherited.listeners.len(),
         kernel_state = dispatch.dispatcher().is_some(),
+        own_program = dispatch.runs_own_program(),
         "upgrade: took the running server's listeners and kernel state; starting the workers"
     );
-    Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited))), listeners))
+    Ok((Arc::new(ServerState::new(config, table, dispatch, Some(inherited), holders)), listeners))
+}
+
+/// Stores the program's settings: any non-empty list is honoured, the
+/// staleness limit, the fine filter and locality.
+fn configure(dispatch: &Dispatch, config: &Config) {
+    dispatch.control().configure(1, config.max_stale.as_nanos() as u64, config.fine_policy);
+    dispatch.control().set_locality(config.locality);
 }
 
 /// Empties the first `n` slots of `table` and marks them starting.
@@ -232,4 +265,46 @@ fn reset_slots(table: &WorkerTable, n: usize) {
         slot.reset();
         slot.set_phase(WorkerPhase::Starting);
     }
+}
+
+/// This binary's program, loaded with maps of its own for `workers`
+/// workers, when it differs from the running server's (`kernel`'s, by the
+/// kernel's tags): a successor that carries a fixed program runs it rather
+/// than inherit the old one. `None` when both are the same (the running
+/// server's maps carry on, counters and all), or when it cannot tell
+/// (logged; the running server's program carries on, as before).
+fn own_program(workers: usize, kernel: &hermes_bpf::KernelFds) -> Option<Dispatcher> {
+    let own = match Dispatcher::load_program_for(own_program_name(), workers) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "upgrade: this binary's dispatch program could not be loaded to compare it with the running server's; keeping the running server's");
+            return None;
+        }
+    };
+    match (own.program_tag(), kernel.program_tag()) {
+        (Ok(mine), Ok(running)) if mine == running => None,
+        (Ok(mine), Ok(running)) => {
+            tracing::info!(
+                own = format_args!("{mine:016x}"),
+                running = format_args!("{running:016x}"),
+                "upgrade: this binary carries another dispatch program than the running server's; running it, with maps of its own"
+            );
+            Some(own)
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "upgrade: could not compare the dispatch programs; keeping the running server's");
+            None
+        }
+    }
+}
+
+/// The program this binary runs: the dispatch program; in this crate's
+/// tests, the floor program when `HERMES_TEST_OWN_PROGRAM=floor` (a
+/// successor of the same maps' layout that carries another program).
+fn own_program_name() -> &'static str {
+    #[cfg(test)]
+    if std::env::var("HERMES_TEST_OWN_PROGRAM").as_deref() == Ok("floor") {
+        return hermes_bpf::layout::FLOOR_PROGRAM_NAME;
+    }
+    hermes_bpf::layout::PROGRAM_NAME
 }

@@ -282,8 +282,10 @@ impl Placement {
         (self.target.load(Relaxed) as usize).checked_sub(1)
     }
 
-    /// Refreshes the target from the live scores; run by every worker on
-    /// every tick (the last writer wins, each writes a fresh answer).
+    /// Refreshes the target from the live scores (O(workers)); run by the
+    /// worker that samples the queues in each half tick, and by a worker
+    /// back from a handler that held its thread (the last writer wins, each
+    /// writes a fresh answer).
     pub(crate) fn refresh_target(&self, now_ns: u64) {
         let best = (0..self.workers)
             .map(|id| (self.score(id, now_ns), id))

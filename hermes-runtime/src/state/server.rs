@@ -6,7 +6,10 @@ use std::sync::{Mutex, atomic::AtomicBool};
 
 use hermes_bpf::WorkerTable;
 
-use super::{dispatch::Dispatch, load::LoadCell, placement::Placement, workers::Workers};
+use super::{
+    dispatch::Dispatch, holders::Holders, load::LoadCell, pass_state::PassState, placement::Placement,
+    workers::Workers,
+};
 use crate::{config::Config, upgrade::protocol::Inherited};
 
 /// One running server (see the module).
@@ -23,6 +26,11 @@ pub(crate) struct ServerState {
     /// `CLOCK_MONOTONIC` nanoseconds of the last accept-queue sample (see
     /// `tick`).
     pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+    /// The first worker of the next accept-queue sample, past
+    /// `SAMPLE_AT_MOST` workers (see `tick`).
+    pub(crate) sample_cursor: std::sync::atomic::AtomicUsize,
+    /// The scheduler pass's scratch and its set of hung workers (see `pass`).
+    pub(crate) pass: PassState,
     /// The host's load, refreshed by the tick (see `load`).
     pub(crate) load: std::sync::Arc<LoadCell>,
 }
@@ -35,17 +43,23 @@ pub(crate) struct Handover {
     /// Set while this server hands over to a successor, and for good once
     /// one took over.
     pub(crate) upgrading: AtomicBool,
+    /// The older servers that still hold slots of the kernel maps (a
+    /// successor's; empty for a server that created the maps).
+    pub(crate) holders: Holders,
 }
 
 impl ServerState {
     /// The state of a server whose listeners are bound: `dispatch` places
-    /// its connections on `config.workers` workers in `table`.
+    /// its connections on `config.workers` workers in `table`; a successor
+    /// has what it `inherited` and the `holders` of other slots.
     pub(crate) fn new(
         config: Config,
         table: WorkerTable,
         dispatch: Dispatch,
         inherited: Option<Inherited>,
+        holders: Holders,
     ) -> Self {
+        let config_workers = config.workers;
         let workers = Workers::new(config.workers, config.pin_workers);
         let placement = Placement::new(table.clone(), &config);
         Self {
@@ -54,8 +68,14 @@ impl ServerState {
             dispatch,
             workers,
             placement,
-            handover: Handover { inherited: Mutex::new(inherited), upgrading: AtomicBool::new(false) },
+            handover: Handover {
+                inherited: Mutex::new(inherited),
+                upgrading: AtomicBool::new(false),
+                holders,
+            },
             sampled_ns: std::sync::atomic::AtomicU64::new(0),
+            sample_cursor: std::sync::atomic::AtomicUsize::new(0),
+            pass: PassState::new(config_workers),
             load: Default::default(),
         }
     }

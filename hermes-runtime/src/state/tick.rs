@@ -1,28 +1,37 @@
 //! The work every worker does for the server on each tick: its heartbeat and
-//! utilisation ([`WorkerTick`]), the accept-queue sample of every listener,
-//! the scheduler pass that publishes the bitmap, the placement target, the
-//! dispatch self-check, the host's load (see `load`); and, between ticks,
-//! taking the connections queued on a hung worker's listener.
+//! utilisation ([`WorkerTick`]) and its stall; and, by the first worker to
+//! tick in each half tick, for the whole server: the accept-queue sample of
+//! the listeners, the scheduler pass that publishes the list (`pass`), the
+//! placement target, the dispatch self-check and the host's load (see
+//! `load`). And, between ticks, taking the connections queued on a hung or
+//! starved worker's listener. The server's work per tick is O(workers),
+//! whatever their number.
 
-use std::{net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
-use hermes_bpf::{Counters, layout::WorkerState, monotonic_ns};
-use std::sync::atomic::AtomicU32;
+use hermes_bpf::{CounterRegion, Counters, layout::WorkerState, layout::counter, monotonic_ns};
 
 use super::{selfcheck::Finding, selfcheck::Reading, server::ServerState};
-use crate::{
-    scheduler::{self, PassInput},
-    sys,
-};
+use crate::sys;
+
+/// Most listeners one sample reads (one `getsockopt` each): beyond, the
+/// samples take the listeners in turn, so a sample stays short at any
+/// number of workers (at 1024, each queue is read every fourth sample).
+const SAMPLE_AT_MOST: usize = 256;
 
 /// The self-check's reading of this server's workers, `workers` (its
 /// slots of the table), whose placements the program counts from `base`.
-fn reading(now: u64, counters: &Counters, workers: &[WorkerState], base: usize) -> Reading {
+/// Reads only those counters: O(this server's workers), no allocation.
+fn reading(now: u64, counters: &CounterRegion, workers: &[WorkerState], base: usize) -> Reading {
     // Relaxed: independent counters and gauges (see `WorkerState`).
     let accepted = workers.iter().map(|w| w.accepted.load(Ordering::Relaxed)).sum();
     let queued: u64 = workers.iter().map(|w| u64::from(w.accept_queue.load(Ordering::Relaxed))).sum();
-    let placed: u64 = counters.recent[base..base + workers.len()].iter().sum();
-    Reading { at_ns: now, accepted, runs: counters.runs, pending: queued + placed }
+    let placed: u64 = (base..base + workers.len()).map(|slot| Counters::recent(counters, slot)).sum();
+    Reading { at_ns: now, accepted, runs: Counters::get(counters, counter::RUNS), pending: queued + placed }
 }
 
 /// One worker's share of the tick.
@@ -48,25 +57,34 @@ impl WorkerTick {
         Self { util: ShareMeter::default(), stall: ShareMeter::default(), sched }
     }
 
-    /// Worker `id`'s tick: its heartbeat, utilisation and stall, then the
-    /// server's accept-queue sample (if no other worker took it within half
-    /// a tick), a scheduler pass published as `id`, and the placement
-    /// target. Returns the bitmap of the pass.
-    pub(crate) fn run(&mut self, server: &ServerState, id: usize) -> u64 {
+    /// Worker `id`'s tick: its heartbeat, utilisation and stall; then,
+    /// unless another worker did within half a tick, the server's
+    /// accept-queue sample, a scheduler pass published as `id` and the
+    /// placement target (also refreshed by a worker back from a block); and
+    /// the host's load, unless refreshed within half a tick.
+    pub(crate) fn run(&mut self, server: &ServerState, id: usize) {
         let now = monotonic_ns();
         let slot = &server.table[id];
+        let tick_ns = server.config.tick.as_nanos() as u64;
         // Relaxed: a lone timestamp and lone gauges (see `WorkerState`).
-        slot.heartbeat_ns.store(now, Ordering::Relaxed);
+        let last_beat = slot.heartbeat_ns.swap(now, Ordering::Relaxed);
         self.util.sample(slot.busy_ns.load(Ordering::Relaxed), now, &slot.util_permille);
         if let Some(delay) = self.sched.as_ref().and_then(|s| s.run_delay_ns().ok()) {
             slot.run_delay_ns.store(delay, Ordering::Relaxed);
             self.stall.sample(delay, now, &slot.stall_permille);
         }
-        server.sample_accept_queues();
-        let bitmap = server.schedule(id);
-        server.placement.refresh_target(now);
-        server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, bitmap);
-        bitmap
+        if server.sample_accept_queues() {
+            server.schedule(id);
+            server.placement.refresh_target(now);
+        } else if now.saturating_sub(last_beat) > 2 * tick_ns {
+            // Back from a handler that held the thread: the requests it is
+            // about to read waited behind that, and their placement wants
+            // the target as of now, with this worker counted again.
+            server.placement.refresh_target(now);
+        }
+        // Every worker offers; the load takes one refresh per half tick.
+        let eligible = server.pass.eligible();
+        server.load.refresh(&server.table[..server.config.workers], server.config.tick, now, eligible);
     }
 }
 
@@ -97,38 +115,23 @@ impl ShareMeter {
 }
 
 impl ServerState {
-    /// The scheduler's input now: this server's slots.
-    fn pass_input(&self, now_ns: u64) -> PassInput<'_> {
-        PassInput {
-            workers: &self.table[..self.config.workers],
-            now_ns,
-            hang_threshold_ns: self.config.hang_threshold.as_nanos() as u64,
-            min_candidates: self.config.min_candidates,
-        }
+    /// How long until worker `id`'s next tick. A worker's ticks fall on a
+    /// grid of the tick's period (`CLOCK_MONOTONIC`), offset per worker to
+    /// spread the workers' wake-ups over the period, so that the timers a
+    /// worker runs once a tick (its housekeeping, its listener's look at
+    /// hung workers) fall due together and cost one wake-up, not one each.
+    pub(crate) fn until_next_tick(&self, id: usize) -> std::time::Duration {
+        let tick = u64::try_from(self.config.tick.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let offset = (id as u64 % self.config.workers as u64) * tick / self.config.workers as u64;
+        let since = (monotonic_ns() % tick + tick - offset) % tick;
+        std::time::Duration::from_nanos(tick - since)
     }
 
-    /// The workers eligible now, by the policy, among those serving.
-    pub(crate) fn eligible_now(&self) -> u64 {
-        scheduler::eligible_serving(&*self.config.policy, &self.pass_input(monotonic_ns()))
-    }
-
-    /// One scheduler pass, published as worker `publisher` while this
-    /// server owns the bitmap; 0 (and nothing published) until every worker
-    /// has started or the server stopped waiting for them. Returns the
-    /// bitmap in worker ids.
-    pub(crate) fn schedule(&self, publisher: usize) -> u64 {
-        if !self.workers.may_publish() {
-            return 0;
-        }
-        let input = self.pass_input(monotonic_ns());
-        let bitmap = scheduler::eligible_serving(&*self.config.policy, &input);
-        self.dispatch.publish(bitmap, input.now_ns, publisher);
-        bitmap
-    }
-
-    /// Samples the accept queue of every worker's listener (one
-    /// `getsockopt(TCP_INFO)` each) into the workers' slots, unless another
-    /// worker did within the last half tick. Returns whether it sampled.
+    /// Samples the accept queue of the workers' listeners (one
+    /// `getsockopt(TCP_INFO)` each, at most [`SAMPLE_AT_MOST`] of them, in
+    /// turn) into the workers' slots, unless another worker did within the
+    /// last half tick. Returns whether it sampled: the sampler then runs the
+    /// server's pass too.
     ///
     /// Any worker samples every listener, rather than only its own: a worker
     /// that is descheduled or stuck is exactly the one whose queue grows, and
@@ -155,7 +158,15 @@ impl ServerState {
             self.dispatch.shared_listener().map(|l| sys::accept_queue(l.as_raw_fd()).unwrap_or(0));
         let counters = self.dispatch.counters();
         let base = self.dispatch.slot_base;
-        for (id, (slot, control)) in self.table.iter().zip(self.workers.iter()).enumerate() {
+        let n = self.config.workers;
+        let (first, count) = match n <= SAMPLE_AT_MOST {
+            true => (0, n),
+            // Relaxed: the cursor only spreads the samples; the sampler is
+            // elected above.
+            false => (self.sample_cursor.fetch_add(SAMPLE_AT_MOST, Ordering::Relaxed) % n, SAMPLE_AT_MOST),
+        };
+        for id in (first..first + count).map(|i| i % n) {
+            let (slot, control) = (&self.table[id], self.workers.control(id));
             // The placements counted so far are in the queue about to be read
             // (or already accepted); those made after this read are not.
             let seen = counters.map(|c| Counters::recent(c, base + id));
@@ -182,10 +193,7 @@ impl ServerState {
         let Some(counters) = self.dispatch.counters() else { return };
         let n = self.config.workers;
         let base = self.dispatch.slot_base;
-        let finding = self
-            .dispatch
-            .selfcheck
-            .observe(now, || reading(now, &Counters::read(counters), &self.table[..n], base));
+        let finding = self.dispatch.selfcheck.observe(now, || reading(now, counters, &self.table[..n], base));
         let addr: SocketAddr = self.dispatch.addr;
         match finding {
             Finding::Nothing => {}
@@ -202,7 +210,11 @@ impl ServerState {
                          (mode kernel-hash until it places connections)"
                     );
                 }
-                self.dispatch.reattach(&self.workers);
+                // Not once a successor took the list over: the program
+                // found then is the successor's.
+                if self.dispatch.owns_list() {
+                    self.dispatch.reattach(&self.workers);
+                }
             }
         }
     }
@@ -210,20 +222,32 @@ impl ServerState {
     /// One connection from the listener of a worker other than `me` that
     /// hangs (heartbeat older than the hang threshold) or starves (it waited
     /// for a CPU most of its recent ticks: another process holds its core),
-    /// or `None` when no such worker's listener holds one. Takes the stop
+    /// or `None` when no such worker's listener holds one. Looks only at
+    /// the workers the last pass found hung or starved (one load when none
+    /// is) and checks each again, and accepts only from a listener whose
+    /// last sample showed a queue (or on which the program placed
+    /// connections since): an `accept` on an empty listener still costs a
+    /// socket allocation, and every worker looks every tick. Takes the stop
     /// lock of a worker only once that worker hangs or starves: never on a
     /// healthy server. Returns the connection, its peer and the worker.
     pub(crate) fn take_from_stuck(&self, me: usize) -> Option<(std::net::TcpStream, SocketAddr, usize)> {
         let threshold = u64::try_from(self.config.hang_threshold.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
-        for (id, control) in self.workers.iter().enumerate() {
-            let state = &self.table[id];
-            // Relaxed: a lone timestamp, gauge and state (see `WorkerState`);
+        let counters = self.dispatch.counters();
+        for id in self.pass.stuck() {
+            let (state, control) = (&self.table[id], self.workers.control(id));
+            // Relaxed: lone timestamps, states and gauges (see `WorkerState`);
             // a stale reading costs one look too many or too few.
             let heartbeat = state.heartbeat_ns.load(Ordering::Relaxed);
             let hung = heartbeat != 0 && now.saturating_sub(heartbeat) >= threshold;
             let starved = state.stall_permille.load(Ordering::Relaxed) >= STARVED_PERMILLE;
-            if id == me || state.phase() != hermes_bpf::layout::WorkerPhase::Serving || !(hung || starved) {
+            let queued = state.accept_queue.load(Ordering::Relaxed) > 0
+                || counters.is_some_and(|c| Counters::recent(c, self.dispatch.slot_base + id) > 0);
+            if id == me
+                || !queued
+                || state.phase() != hermes_bpf::layout::WorkerPhase::Serving
+                || !(hung || starved)
+            {
                 continue;
             }
             match control.with_listener(sys::accept_nonblocking) {
@@ -242,13 +266,17 @@ impl ServerState {
 /// A worker that waited for a CPU at least this share of its recent ticks
 /// (per mille) starves: the others take the connections queued on its
 /// listener.
-const STARVED_PERMILLE: u32 = 500;
+pub(super) const STARVED_PERMILLE: u32 = 500;
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Barrier, thread, time::Duration};
+    use std::{
+        sync::{Barrier, atomic::Ordering},
+        thread,
+        time::Duration,
+    };
 
-    use hermes_bpf::{Counters, layout::WorkerState};
+    use hermes_bpf::layout::WorkerState;
 
     use crate::{Builder, Mode};
 
@@ -288,10 +316,13 @@ mod tests {
     /// first ones (the older server's).
     #[test]
     fn the_self_check_reads_the_placements_of_its_own_slots() {
-        let mut counters = Counters::read(&hermes_bpf::Region::in_memory(hermes_bpf::layout::COUNTERS_LEN));
-        counters.recent[0] = 100; // the older server's worker 0
-        counters.recent[2] = 3; // this server's worker 0
-        counters.recent[3] = 4; // this server's worker 1
+        use hermes_bpf::layout::{DEFAULT_SLOTS, counter};
+        let counters: hermes_bpf::CounterRegion =
+            std::sync::Arc::new(hermes_bpf::Region::in_memory(counter::len(DEFAULT_SLOTS)));
+        let recent = |slot: usize, n: u64| counters[counter::recent(slot)].store(n, Ordering::Relaxed);
+        recent(0, 100); // the older server's worker 0
+        recent(2, 3); // this server's worker 0
+        recent(3, 4); // this server's worker 1
         let workers = [WorkerState::default(), WorkerState::default()];
         assert_eq!(super::reading(0, &counters, &workers, 2).pending, 7);
     }

@@ -174,10 +174,10 @@ impl WorkerControl {
 /// they are pinned to.
 pub(crate) struct Workers {
     controls: Box<[Arc<WorkerControl>]>,
-    /// Workers that reached `Serving` at least once. No bitmap is published
-    /// before every worker has: a bitmap of the first workers up would send
+    /// Workers that reached `Serving` at least once. No list is published
+    /// before every worker has: a list of the first workers up would send
     /// the first burst of connections to them alone, while the kernel's hash
-    /// (what an unpublished bitmap means) spreads it over every listener.
+    /// (what an unpublished list means) spreads it over every listener.
     started: AtomicUsize,
     /// Set once the server stops waiting for its workers to start (every
     /// one did, or the start-up wait ended without some): from then on

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use hermes_bpf::monotonic_ns;
+use hermes_bpf::{Counters, layout::counter, monotonic_ns};
 
 use crate::state::{SelfCheck, ServerState};
 
@@ -22,8 +22,10 @@ use crate::state::{SelfCheck, ServerState};
 /// `hermes_mode{mode, reason}` (1 for the mode in force, 0 for the
 /// other: in Hermes mode, `kernel-hash` with the self-check's reason while
 /// the program is found not running) and counters
-/// `hermes_fallbacks_total{reason}`, `hermes_migrated_total` and
-/// `hermes_dispatch_lost_total`.
+/// `hermes_fallbacks_total{reason}`, `hermes_migrated_total`,
+/// `hermes_dispatch_lost_total` and `hermes_publish_lock_taken_total` (a
+/// take-over found the publish lock held by a dead or stalled holder, see
+/// [`Control::take_over`](hermes_bpf::layout::Control::take_over)).
 pub(crate) struct WorkerMetrics {
     id: usize,
     open: metrics::Gauge,
@@ -94,7 +96,7 @@ impl WorkerMetrics {
     }
 
     /// Sets every metric from the worker's slot and the kernel's counters.
-    pub(crate) fn export(&self, server: &ServerState, bitmap: u64) {
+    pub(crate) fn export(&self, server: &ServerState) {
         let id = self.id;
         let w = &server.table[id];
         let control = server.workers.control(id);
@@ -103,7 +105,7 @@ impl WorkerMetrics {
         self.open.set(w.open_conns.load(Ordering::Relaxed) as f64);
         self.in_flight.set(w.in_flight.load(Ordering::Relaxed) as f64);
         self.queue.set(w.accept_queue.load(Ordering::Relaxed) as f64);
-        self.eligible.set(if bitmap & (1 << id) != 0 { 1.0 } else { 0.0 });
+        self.eligible.set(if server.dispatch.is_eligible(id) { 1.0 } else { 0.0 });
         let hb = w.heartbeat_ns.load(Ordering::Relaxed);
         self.heartbeat_age.set(monotonic_ns().saturating_sub(hb) as f64 / 1e9);
         self.accepted.absolute(w.accepted.load(Ordering::Relaxed));
@@ -126,14 +128,15 @@ impl WorkerMetrics {
             g.set(if lost { 1.0 } else { 0.0 });
         }
         self.dispatch_lost.absolute(server.dispatch.selfcheck.losses());
-        if let Some(c) = server.dispatch.read_counters() {
-            self.dispatched.absolute(c.dispatched[server.dispatch.slot_base + id]);
-            for (m, v) in
-                self.fallbacks.iter().zip([c.fallback_too_few, c.fallback_stale, c.fallback_no_socket])
-            {
-                m.absolute(v);
+        // The few counters this worker exports, read one by one: a full
+        // read of every slot's would cost O(workers) per worker.
+        if let Some(c) = server.dispatch.counters() {
+            self.dispatched.absolute(Counters::get(c, counter::dispatched(server.dispatch.slot_base + id)));
+            let reasons = [counter::FALLBACK_TOO_FEW, counter::FALLBACK_STALE, counter::FALLBACK_NO_SOCKET];
+            for (m, index) in self.fallbacks.iter().zip(reasons) {
+                m.absolute(Counters::get(c, index));
             }
-            self.migrated.absolute(c.migrated);
+            self.migrated.absolute(Counters::get(c, counter::MIGRATED));
         }
     }
 }

@@ -1,6 +1,6 @@
-//! [`Snapshot`]: the server's table, bitmap and kernel counters at one
-//! instant, serializable (the JSON of `/_hermes/stats`) and read back by
-//! the tools that watch a server (`hermes-top`).
+//! [`Snapshot`]: the server's table, list of eligible workers and kernel
+//! counters at one instant, serializable (the JSON of `/_hermes/stats`) and
+//! read back by the tools that watch a server (`hermes-top`).
 
 use std::sync::atomic::Ordering;
 
@@ -22,8 +22,8 @@ use crate::{config::Mode, state::ServerState};
 /// let json = serde_json::to_string(&Snapshot::default()).unwrap();
 /// let back: Snapshot = serde_json::from_str(&json).unwrap();
 /// assert_eq!(back, Snapshot::default());
-/// let old: Snapshot = serde_json::from_str(r#"{"pid": 7, "bitmap_age_ms": null}"#).unwrap();
-/// assert_eq!((old.pid, old.bitmap_age_ms), (7, f64::INFINITY));
+/// let old: Snapshot = serde_json::from_str(r#"{"pid": 7, "list_age_ms": null}"#).unwrap();
+/// assert_eq!((old.pid, old.list_age_ms), (7, f64::INFINITY));
 /// ```
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -40,13 +40,22 @@ pub struct Snapshot {
     pub mode: Mode,
     /// Why the server fell back from Hermes to the kernel's hash, if it did.
     pub mode_reason: Option<String>,
-    /// The candidate bitmap last published (bit `i` = worker `i`); 0 once a
-    /// successor took the bitmap over.
-    pub bitmap: u64,
-    /// Milliseconds since that bitmap was published (infinite, `null` in
+    /// How many workers the list last published has (the candidates the
+    /// kernel program draws from); 0 once a successor took the list over.
+    pub eligible_count: usize,
+    /// The workers (ids) of that list, in list order (each worker's
+    /// `eligible` says the same per worker).
+    pub eligible: Vec<usize>,
+    /// Milliseconds since that list was published (infinite, `null` in
     /// JSON, before the first publish).
     #[serde(deserialize_with = "infinite_when_null")]
-    pub bitmap_age_ms: f64,
+    pub list_age_ms: f64,
+    /// Whether locality is on (`Builder::locality`).
+    pub locality: bool,
+    /// New connections the kernel program placed on the worker of the CPU
+    /// that received them, while locality was on (the whole group's, across
+    /// upgrades).
+    pub placed_local: u64,
     /// One entry per worker, by id.
     pub workers: Vec<WorkerSnapshot>,
     /// New connections the kernel program left to the kernel's hash, by reason.
@@ -84,7 +93,7 @@ pub struct PlacementSnapshot {
 pub struct Fallbacks {
     /// Fewer candidates than the kernel's minimum.
     pub too_few: u64,
-    /// The bitmap was never published or older than the staleness limit.
+    /// The list was never published or older than the staleness limit.
     pub stale: u64,
     /// The chosen workers had no listener.
     pub no_socket: u64,
@@ -112,7 +121,7 @@ pub struct WorkerSnapshot {
     /// The listener's accept-queue length at the last tick (in the
     /// shared-listener mode, the shared listener's, the same for every worker).
     pub accept_queue: u32,
-    /// Whether the last published bitmap has this worker.
+    /// Whether the list last published has this worker.
     pub eligible: bool,
     /// New connections the kernel program placed on this worker (Hermes mode).
     pub dispatched: u64,
@@ -172,7 +181,7 @@ pub enum WorkerStatus {
     Starting,
     /// Accepting and serving connections.
     Serving,
-    /// Out of the bitmap, its listener closed, finishing its connections.
+    /// Out of the list, its listener closed, finishing its connections.
     Draining,
 }
 
@@ -213,10 +222,15 @@ fn infinite_when_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
     let now = monotonic_ns();
     let dispatch = &server.dispatch;
-    // Acquire pairs with the Release store of the publish time: the bitmap
+    // Acquire pairs with the Release store of the publish time: the list
     // read after it is that publish's or a newer one.
     let published = dispatch.control().published_ns.load(Ordering::Acquire);
-    let bitmap = dispatch.bitmap();
+    let n = server.config.workers;
+    let eligible: Vec<usize> = dispatch.eligible().filter(|&id| id < n).collect();
+    let mut in_list = vec![false; n];
+    for &id in &eligible {
+        in_list[id] = true;
+    }
     let counters = dispatch.read_counters();
     let base = dispatch.slot_base;
     let placement = &server.placement;
@@ -237,8 +251,8 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
                 rescued: control.rescued(),
                 in_flight: w.in_flight.load(Ordering::Relaxed),
                 accept_queue: w.accept_queue.load(Ordering::Relaxed),
-                eligible: bitmap & (1 << id) != 0,
-                dispatched: counters.as_ref().map_or(0, |c| c.dispatched[base + id]),
+                eligible: in_list[id],
+                dispatched: counters.as_ref().and_then(|c| c.dispatched.get(base + id).copied()).unwrap_or(0),
                 requests: w.requests.load(Ordering::Relaxed),
                 busy_ns: w.busy_ns.load(Ordering::Relaxed),
                 heartbeat_age_ms: if hb == 0 { f64::INFINITY } else { ms(now.saturating_sub(hb)) },
@@ -274,8 +288,11 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
         mode,
         mode_reason: reason.map(str::to_owned),
         dispatch_lost: dispatch.selfcheck.losses(),
-        bitmap,
-        bitmap_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
+        eligible_count: eligible.len(),
+        eligible,
+        list_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
+        locality: dispatch.control().locality(),
+        placed_local: counters.as_ref().map_or(0, |c| c.local),
         workers,
         fallbacks,
         migrated,

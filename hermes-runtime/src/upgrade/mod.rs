@@ -18,15 +18,19 @@
 //!    reset: the counters carry on), binds its own `SO_REUSEPORT` listeners
 //!    on the inherited address (they join the old listeners' group, and so
 //!    its program) and places them in its own slots of the socket array: the
-//!    slots next to the old server's, so the two servers never share a slot
-//!    of the array, the table or the bitmap.
+//!    lowest free run of slots beside the old server's and beside those of
+//!    older servers that still drain after earlier upgrades (the offer lists
+//!    them; the successor watches each with a pidfd until it exits), so no
+//!    two live servers ever share a slot of the array, the table or the
+//!    counters. With no room left it refuses, naming the pid that still
+//!    drains ([`UpgradeError::NoFreeSlots`]).
 //! 4. Once every worker of the successor serves, it takes the maps over
 //!    ([`Control::take_over`](hermes_bpf::layout::Control::take_over)): in
-//!    one step under the publish lock, the bitmap moves to its workers and
+//!    one step under the publish lock, the list moves to its workers and
 //!    the old server's schedulers stop publishing. It answers `ready`.
 //! 5. The old server then drains: its listeners leave the group and their
 //!    queued connections migrate to the successor's listeners (the program
-//!    is attached as `sk_reuseport/migrate`, and the bitmap names only the
+//!    is attached as `sk_reuseport/migrate`, and the list names only the
 //!    successor's workers), its requests in flight finish, and it exits
 //!    within its drain timeout.
 //!
@@ -39,6 +43,7 @@
 //! (machines often have none) and leaves nothing to clean up when both
 //! processes are gone.
 
+pub(crate) mod offer;
 pub(crate) mod protocol;
 
 use std::{process::Command, time::Duration};
@@ -113,6 +118,20 @@ pub enum UpgradeError {
     /// address, too many workers for the free slots).
     #[error("the successor's settings do not fit the running server's: {0}")]
     Mismatch(String),
+    /// The kernel maps have no run of free slots for the successor's
+    /// workers beside the slots live servers hold: the running server's,
+    /// and those of older servers that still drain after earlier upgrades
+    /// (their pids in `draining`). A slot is never shared with a live
+    /// server (its workers write it until they exit). The message names
+    /// each holder and what to do: wait for the draining servers to exit,
+    /// or start a successor of fewer workers.
+    #[error("the kernel maps have no room for the successor's workers: {detail}")]
+    NoFreeSlots {
+        /// The older servers that still drain and hold slots.
+        draining: Vec<u32>,
+        /// Who holds which slots, and what to do.
+        detail: String,
+    },
     /// The hand-over socket failed or carried something unexpected.
     #[error("hand-over protocol: {0}")]
     Protocol(String),
@@ -139,6 +158,7 @@ impl From<UpgradeError> for std::io::Error {
             UpgradeError::LayoutVersion { .. } | UpgradeError::Mismatch(_) => std::io::ErrorKind::InvalidData,
             UpgradeError::Unsupported { .. } => std::io::ErrorKind::Unsupported,
             UpgradeError::Timeout { .. } => std::io::ErrorKind::TimedOut,
+            UpgradeError::NoFreeSlots { .. } => std::io::ErrorKind::ResourceBusy,
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)

@@ -1,8 +1,8 @@
 //! The hand-over protocol between a running server and its successor: a
 //! `SOCK_SEQPACKET` socket pair, a short text header (the [`Offer`]) sent
 //! with the descriptors (`SCM_RIGHTS`), and the successor's one-line answer
-//! (`ready` or `refused <reason>`). What the two servers do with it is the
-//! hand-over logic, in `server::handover`.
+//! (`ready` or `refused <reason>`). The header itself is `offer`'s; what the
+//! two servers do with it is the hand-over logic, in `state::handover`.
 
 use std::{
     ffi::OsString,
@@ -24,15 +24,25 @@ use nix::{
     },
 };
 
+pub(crate) use super::offer::Offer;
 use super::{UPGRADE_FD_ENV, Upgrade, UpgradeError, Upgraded};
-use crate::config::Mode;
 
-/// The hand-over protocol's version (the first line of the offer).
-const PROTOCOL: &str = "hermes-upgrade 1";
+/// Most descriptors one message carries (the kernel's `SCM_MAX_FD`). An
+/// offer of more listeners sends the rest in messages of their own, each
+/// [`CONTINUED`] with up to this many.
+const MAX_FDS: usize = 253;
 
-/// Most descriptors one offer carries: a listener per worker and five
-/// kernel objects.
-const MAX_FDS: usize = hermes_bpf::layout::MAX_WORKERS + 5;
+/// The text of a message carrying more of the offer's listeners.
+const CONTINUED: &str = "listeners";
+
+/// The kernel objects an offer carries (program and four maps).
+const KERNEL_FDS: usize = 5;
+
+/// How many listeners the offer's first message carries (beside the
+/// kernel's descriptors); the others follow in [`CONTINUED`] messages.
+fn first_listeners(listeners: usize, kernel: bool) -> usize {
+    listeners.min(MAX_FDS - if kernel { KERNEL_FDS } else { 0 })
+}
 
 /// The current binary's path: `/proc/self/exe`'s target, without the
 /// ` (deleted)` the kernel appends once the file was replaced (an upgrade
@@ -44,66 +54,6 @@ fn current_exe() -> std::io::Result<PathBuf> {
         Some(path) => PathBuf::from(path),
         None => exe,
     })
-}
-
-/// The header of an offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Offer {
-    pub(crate) pid: u32,
-    pub(crate) mode: Mode,
-    pub(crate) layout: u64,
-    pub(crate) slot_base: usize,
-    pub(crate) workers: usize,
-    pub(crate) listeners: usize,
-    pub(crate) kernel: bool,
-}
-
-impl Offer {
-    fn encode(&self) -> String {
-        format!(
-            "{PROTOCOL}\npid={}\nmode={}\nlayout={}\nslot_base={}\nworkers={}\nlisteners={}\nkernel={}\n",
-            self.pid,
-            self.mode.as_str(),
-            self.layout,
-            self.slot_base,
-            self.workers,
-            self.listeners,
-            u8::from(self.kernel)
-        )
-    }
-
-    fn decode(text: &str) -> Result<Self, UpgradeError> {
-        let mut lines = text.lines();
-        let first = lines.next().unwrap_or_default();
-        if first != PROTOCOL {
-            return Err(UpgradeError::Protocol(format!("expected `{PROTOCOL}`, got `{first}`")));
-        }
-        let mut get = std::collections::HashMap::new();
-        for line in lines {
-            if let Some((k, v)) = line.split_once('=') {
-                get.insert(k, v);
-            }
-        }
-        let field = |k: &str| -> Result<u64, UpgradeError> {
-            get.get(k)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| UpgradeError::Protocol(format!("the offer has no valid `{k}`")))
-        };
-        let mode = match get.get("mode").copied() {
-            Some("hermes") => Mode::Hermes,
-            Some("kernel-hash") => Mode::KernelHash,
-            other => return Err(UpgradeError::Protocol(format!("the offer's mode {other:?} is unknown"))),
-        };
-        Ok(Self {
-            pid: field("pid")? as u32,
-            mode,
-            layout: field("layout")?,
-            slot_base: field("slot_base")? as usize,
-            workers: field("workers")? as usize,
-            listeners: field("listeners")? as usize,
-            kernel: field("kernel")? == 1,
-        })
-    }
 }
 
 /// Sends one message with descriptors.
@@ -147,6 +97,28 @@ fn recv(sock: &OwnedFd, timeout: Duration) -> Result<Option<(String, Vec<OwnedFd
     Ok(Some((String::from_utf8_lossy(&buf[..n]).into_owned(), fds)))
 }
 
+/// Sends the offer: the header, the first listeners and the kernel's
+/// descriptors in one message, then the other listeners, a message at most
+/// [`MAX_FDS`] at a time (more than 248 workers).
+fn send_offer(
+    sock: &OwnedFd,
+    offer: &Offer,
+    listeners: &[OwnedFd],
+    kernel: Option<&KernelFds>,
+) -> Result<(), UpgradeError> {
+    let first = first_listeners(listeners.len(), kernel.is_some());
+    let mut fds: Vec<RawFd> = listeners[..first].iter().map(AsRawFd::as_raw_fd).collect();
+    if let Some(k) = kernel {
+        fds.extend(k.iter().map(AsRawFd::as_raw_fd));
+    }
+    send(sock, offer.encode().as_bytes(), &fds)?;
+    for chunk in listeners[first..].chunks(MAX_FDS) {
+        let fds: Vec<RawFd> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
+        send(sock, CONTINUED.as_bytes(), &fds)?;
+    }
+    Ok(())
+}
+
 /// The old server's side: starts the successor, offers it `listeners` and
 /// `kernel`, and waits for its answer. Returns the successor's pid once it
 /// answered `ready`.
@@ -188,11 +160,7 @@ pub(crate) fn offer(
     let pid = child.id();
     tracing::info!(successor = pid, command = %shown, "upgrade: successor started; offering the listeners and the kernel state");
     let result = (|| {
-        let mut fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-        if let Some(k) = kernel {
-            fds.extend(k.iter().map(AsRawFd::as_raw_fd));
-        }
-        send(&ours, offer.encode().as_bytes(), &fds)?;
+        send_offer(&ours, offer, listeners, kernel)?;
         let deadline = Instant::now() + upgrade.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -343,24 +311,39 @@ pub(crate) fn receive(
         Ok(o) => o,
         Err(e) => return Err((channel, e)),
     };
-    let want = offer.listeners + if offer.kernel { 5 } else { 0 };
+    let first = first_listeners(offer.listeners, offer.kernel);
+    let want = first + if offer.kernel { KERNEL_FDS } else { 0 };
     if fds.len() != want || offer.listeners == 0 {
         return Err((
             channel,
             UpgradeError::Protocol(format!(
-                "the offer announced {want} descriptors ({} listeners), {} arrived",
+                "the offer announced {want} descriptors in its first message ({} listeners in all), {} arrived",
                 offer.listeners,
                 fds.len()
             )),
         ));
     }
     let kernel = if offer.kernel {
-        let k: Vec<OwnedFd> = fds.drain(offer.listeners..).collect();
-        let k: [OwnedFd; 5] = k.try_into().expect("five checked above");
+        let k: Vec<OwnedFd> = fds.drain(first..).collect();
+        let k: [OwnedFd; KERNEL_FDS] = k.try_into().expect("five checked above");
         Some(KernelFds::from_fds(k))
     } else {
         None
     };
+    while fds.len() < offer.listeners {
+        match recv(&channel, timeout) {
+            Ok(Some((text, more)))
+                if text == CONTINUED && !more.is_empty() && fds.len() + more.len() <= offer.listeners =>
+            {
+                fds.extend(more);
+            }
+            Ok(_) => {
+                let e = format!("the offer announced {} listeners, {} arrived", offer.listeners, fds.len());
+                return Err((channel, UpgradeError::Protocol(e)));
+            }
+            Err(e) => return Err((channel, e)),
+        }
+    }
     let listeners = fds.into_iter().map(TcpListener::from).collect();
     Ok((Inherited { channel, offer, listeners }, kernel))
 }
@@ -380,27 +363,39 @@ pub(crate) fn ready(channel: &OwnedFd) -> Result<(), UpgradeError> {
 
 #[cfg(test)]
 mod tests {
-    use hermes_bpf::layout::LAYOUT_VERSION;
-
     use super::*;
 
+    /// An offer of 600 listeners and the kernel's five descriptors: more
+    /// than one message carries (`SCM_MAX_FD`), so they arrive in three,
+    /// every one in order.
     #[test]
-    fn offer_round_trips_and_bad_headers_are_refused() {
-        let o = Offer {
-            pid: 42,
-            mode: Mode::Hermes,
-            layout: LAYOUT_VERSION,
-            slot_base: 4,
-            workers: 4,
-            listeners: 4,
+    fn an_offer_of_more_listeners_than_one_message_carries_arrives_whole() {
+        let (ours, theirs) =
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        let listeners: Vec<TcpListener> =
+            (0..600).map(|_| TcpListener::bind("127.0.0.1:0").expect("a listener")).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let owned: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
+        let null = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let kernel = KernelFds::from_fds([null(), null(), null(), null(), null()]);
+        let offer = Offer {
+            pid: 1,
+            mode: crate::config::Mode::Hermes,
+            layout: hermes_bpf::layout::LAYOUT_VERSION,
+            slot_base: 0,
+            workers: 600,
+            listeners: 600,
             kernel: true,
+            held: Vec::new(),
         };
-        assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
-        assert!(matches!(Offer::decode("hermes-upgrade 9\n"), Err(UpgradeError::Protocol(_))));
-        assert!(matches!(
-            Offer::decode("hermes-upgrade 1\npid=1\nmode=hermes\n"),
-            Err(UpgradeError::Protocol(m)) if m.contains("layout")
-        ));
+        // The socket's buffer holds the three messages; the reader comes after.
+        send_offer(&ours, &offer, &owned, Some(&kernel)).expect("sent");
+        drop(owned);
+        let (inherited, kernel) =
+            receive(theirs, Duration::from_secs(5)).map_err(|(_, e)| e).expect("received");
+        assert!(kernel.is_some());
+        let got: Vec<u16> = inherited.listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert_eq!(got, ports, "every listener, in order");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub use http::{Http, serve};
 pub use listener::{IncomingStream, WorkerListener};
 pub use options::Serve;
 pub use protocol::Protocol;
-pub use signals::{ctrl_c_or_sigterm, shutdown_on_signal, shutdown_when, upgrade_on_sigusr2};
+pub use signals::{ctrl_c_or_sigterm, shutdown_on_signal, shutdown_when, upgrade_on, upgrade_on_sigusr2};
 pub use timeouts::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 #[cfg(feature = "tls")]
 pub use tls::{ALPN, RustlsConfig, TlsStats};

@@ -210,9 +210,29 @@ where
 
 /// [`upgrade_on_sigusr2`] with the `SIGUSR2` handler installed earlier (an
 /// error: it could not be, and the server is shut down at once). Installed
-/// before the server starts, a `SIGUSR2` that comes while it starts waits
-/// in the stream: unhandled, the signal would kill the process.
-pub(crate) async fn upgrade_on<F>(handle: ServerHandle, usr2: io::Result<Signal>, stop: F) -> io::Result<()>
+/// before the server starts, or before it announces itself to whoever may
+/// signal it, a `SIGUSR2` that comes in between waits in the stream:
+/// unhandled, the signal would kill the process.
+///
+/// ```no_run
+/// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// use tokio::signal::unix::{SignalKind, signal};
+///
+/// let usr2 = signal(SignalKind::user_defined2());
+/// let mut builder = hermes_runtime::Builder::new();
+/// builder.upgrade_from_env(true);
+/// let handle = hermes_tower::serve("0.0.0.0:3000", app).with_builder(builder).start()?;
+/// println!("serving on {}", handle.local_addr());
+/// hermes_tower::serve::upgrade_on(handle, usr2, async {
+///     let _ = hermes_tower::serve::ctrl_c_or_sigterm().await;
+/// })
+/// .await
+/// # }
+/// ```
+///
+/// # Errors
+/// As [`upgrade_on_sigusr2`].
+pub async fn upgrade_on<F>(handle: ServerHandle, usr2: io::Result<Signal>, stop: F) -> io::Result<()>
 where
     F: Future<Output = ()>,
 {

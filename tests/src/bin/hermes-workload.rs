@@ -59,7 +59,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hermes_runtime::{Builder, FinePolicy, Mode, scheduler::LeastLoaded};
 use hermes_tower::HermesLayer;
 
@@ -71,6 +71,10 @@ mod dsr;
 mod fleet;
 #[path = "hermes-workload/grpc.rs"]
 mod grpc;
+#[path = "hermes-workload/options.rs"]
+mod options;
+
+use options::{Fine, Peer, Switch, parse_scale};
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -90,9 +94,10 @@ struct Args {
     /// How new connections reach the workers.
     #[arg(long, value_enum, default_value_t = Peer::Hermes)]
     mode: Peer,
-    /// Worker threads (default: one per CPU).
-    #[arg(long, value_name = "N", default_value_t = default_workers())]
-    workers: usize,
+    /// Worker threads (default: one per CPU; the Hermes modes take at most
+    /// 1024 and say so when the CPUs are more).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Address to listen on (port 0: the kernel picks one, printed on the first line).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     addr: SocketAddr,
@@ -108,6 +113,10 @@ struct Args {
     /// How the kernel program picks one worker among the eligible ones.
     #[arg(long, value_enum, default_value_t = Fine::TwoChoices)]
     fine: Fine,
+    /// Hermes modes: the eligible worker on the CPU that received a
+    /// connection is the kernel program's first candidate (`Builder::locality`).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = Switch::Off)]
+    locality: Switch,
     /// The scheduler's absolute margin: a worker is eligible within this many
     /// units of load of the least loaded (default: the policy's own).
     #[arg(long, value_name = "N")]
@@ -153,15 +162,6 @@ struct Args {
     fleet: fleet::FleetArgs,
 }
 
-/// A cost scale: finite and above 0.
-fn parse_scale(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(_) => Err(format!("{s} is not a positive, finite number")),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// `n` scaled by `scale`, rounded, saturating at `u64::MAX`.
 fn scaled(n: u64, scale: f64) -> u64 {
     // `as` saturates for floats out of range.
@@ -181,42 +181,6 @@ fn too_large(what: &str, max: u64) -> (StatusCode, String) {
 /// `Some(d)` for `ms` milliseconds, `None` for 0.
 fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
-}
-
-/// The server under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Peer {
-    /// Hermes dispatch: the kernel program places each connection on an eligible worker.
-    Hermes,
-    /// Hermes dispatch with every request kept on its connection's worker: no request
-    /// placement, no offload to the blocking pool, no reconnect asks.
-    HermesLocal,
-    /// Hermes without the kernel program, as a container without CAP_BPF runs it: the
-    /// kernel's hash places connections; request placement, offload, reconnect asks and
-    /// the rescue of a hung worker's queue stay on.
-    HermesUserspace,
-    /// Hermes workers with plain SO_REUSEPORT hashing.
-    Reuseport,
-    /// Hermes workers sharing one listener (EPOLLEXCLUSIVE).
-    Shared,
-    /// The stock multi-thread Tokio runtime with one listener, as `axum::serve`.
-    Tokio,
-}
-
-/// On or off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Switch {
-    On,
-    Off,
-}
-
-/// The kernel program's fine filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Fine {
-    /// The less loaded of two candidates drawn from the connection hash.
-    TwoChoices,
-    /// One candidate drawn from the connection hash.
-    Hash,
 }
 
 fn default_workers() -> usize {
@@ -292,12 +256,12 @@ fn app(stats: Router, scale: f64) -> Router {
 fn run_tokio(args: &Args) -> std::io::Result<()> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
+        .worker_threads(args.workers.unwrap_or_else(default_workers))
         .enable_all()
         // Relaxed: the counter only hands out distinct indices.
         .on_thread_start(|| TOKIO_WORKER.with(|id| id.set(NEXT.fetch_add(1, Ordering::Relaxed))))
         .build()?;
-    let workers = args.workers;
+    let workers = args.workers.unwrap_or_else(default_workers);
     args.fleet.check_tokio()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.addr).await?;
@@ -346,8 +310,10 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     if let Some(absolute) = args.margin {
         builder.policy(LeastLoaded { absolute, ..LeastLoaded::default() });
     }
+    if let Some(n) = args.workers {
+        builder.workers(n);
+    }
     builder
-        .workers(args.workers)
         .pin_workers(args.pin == Switch::On)
         .mode(mode)
         .require_ebpf(args.require_ebpf)
@@ -362,12 +328,19 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         .fine_policy(match args.fine {
             Fine::TwoChoices => FinePolicy::TwoChoices,
             Fine::Hash => FinePolicy::Hash,
-        });
+        })
+        .locality(args.locality == Switch::On);
     // The main thread's runtime (signals, the upgrade) exists before the
     // server announces itself: once clients may flood it past its
     // descriptor limit, creating one (epoll, eventfd) could fail with
     // `EMFILE`, and the process would exit while its workers serve.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // The SIGUSR2 handler too: whoever reads the announcement below may
+    // signal at once, and an unhandled SIGUSR2 would end the process.
+    let usr2 = {
+        let _entered = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+    };
     // The one-line entry, as the README tells users; `app` carries the
     // default layer and the stats route (see the module's docs). `start`
     // returns once every worker accepts: only then say so.
@@ -383,6 +356,8 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     }
     let shown = match handle.mode() {
         Mode::Hermes if args.mode == Peer::HermesLocal => "hermes-local",
+        // The harness's `hermes-locality` peer.
+        Mode::Hermes if args.locality == Switch::On => "hermes-locality",
         Mode::Hermes => "hermes",
         Mode::KernelHash if args.mode == Peer::HermesUserspace => "hermes-userspace",
         Mode::KernelHash => "reuseport",
@@ -392,12 +367,12 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
     let _agent = dsr::start_agent(&args.dsr, &handle)?;
-    println!("listening on {} mode={shown} workers={}", handle.local_addr(), args.workers);
+    println!("listening on {} mode={shown} workers={}", handle.local_addr(), handle.snapshot().workers.len());
     if let Some(agent) = agent {
         println!("agent on {agent}");
     }
     std::io::stdout().flush()?;
-    rt.block_on(hermes_tower::serve::upgrade_on_sigusr2(handle, async {
+    rt.block_on(hermes_tower::serve::upgrade_on(handle, usr2, async {
         if let Err(e) = hermes_tower::serve::ctrl_c_or_sigterm().await {
             eprintln!("hermes-workload: no SIGINT/SIGTERM handler: {e}");
             std::future::pending::<()>().await;

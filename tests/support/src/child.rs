@@ -1,7 +1,8 @@
-//! One test re-run in a child process without CAP_BPF: the parent test runs
-//! [`run_child`], the child test (marked `#[ignore]`, so only the parent runs
-//! it) starts with [`child_without_caps`] and prints a marker the parent
-//! looks for.
+//! One test re-run in a child process without CAP_BPF, or with CAP_BPF
+//! alone: the parent test runs [`run_child`], the child test (marked
+//! `#[ignore]`, so only the parent runs it) starts with
+//! [`child_without_caps`] or [`child_with_cap_bpf_only`] and prints a marker
+//! the parent looks for.
 
 use std::process::Command;
 
@@ -44,5 +45,27 @@ pub fn child_without_caps(child: &str) -> bool {
         caps::clear(None, set).expect("drop the capabilities");
     }
     assert!(!caps::has_cap(None, CapSet::Effective, Capability::CAP_BPF).expect("read the capabilities"));
+    true
+}
+
+/// In the child test `child`: keeps CAP_BPF alone on this thread (what a
+/// server granted `setcap cap_bpf+ep` has) and returns true; returns false
+/// when the test was not started by [`run_child`].
+///
+/// # Panics
+/// When the capabilities cannot be set, or CAP_BPF is not permitted.
+pub fn child_with_cap_bpf_only(child: &str) -> bool {
+    if std::env::var(CHILD_ENV).as_deref() != Ok(child) {
+        return false;
+    }
+    let only: caps::CapsHashSet = [Capability::CAP_BPF].into_iter().collect();
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &only).expect("keep CAP_BPF alone");
+    }
+    caps::clear(None, CapSet::Inheritable).expect("drop the inheritable capabilities");
+    assert!(
+        !caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).expect("read the capabilities")
+    );
+    assert!(!caps::has_cap(None, CapSet::Effective, Capability::CAP_PERFMON).expect("read the capabilities"));
     true
 }

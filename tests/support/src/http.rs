@@ -112,3 +112,14 @@ pub fn get_within(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result
     send(&mut s, path, false)?;
     read_response(&mut s)
 }
+
+/// `/_hermes/stats` of the server at `addr`, parsed; `None` when the
+/// request fails or is not answered 200 (under load, a request placed on a
+/// worker's blocking pool answers 503: ask again).
+///
+/// # Panics
+/// When a 200 answer is not JSON.
+pub fn stats(addr: SocketAddr) -> Option<serde_json::Value> {
+    let resp = get(addr, "/_hermes/stats").ok()?;
+    (resp.status == 200).then(|| serde_json::from_str(&resp.body).expect("stats JSON"))
+}

@@ -1,5 +1,6 @@
 //! `SO_REUSEPORT` groups on loopback port 0, client connections and accept
-//! counting, for the dispatch program's own tests.
+//! counting, the descriptor limit and thread pinning, for the dispatch
+//! program's own tests.
 
 use std::{
     io::{self, Read, Write},
@@ -99,15 +100,54 @@ pub fn round_trip(server: &mut TcpStream, client: &mut TcpStream) -> io::Result<
 }
 
 /// Places each listener in its slot, attaches the program to the group,
-/// sets the policy and publishes `bitmap` now.
+/// sets the policy and publishes the list `eligible` (slots) now.
 ///
 /// # Panics
 /// When a map update or the attach fails.
-pub fn steer(d: &mut Dispatcher, listeners: &[TcpListener], min: u32, bitmap: u64) {
+pub fn steer(d: &mut Dispatcher, listeners: &[TcpListener], min: u32, eligible: &[usize]) {
     for (i, l) in listeners.iter().enumerate() {
         d.insert(i, l).unwrap();
     }
     d.attach(&listeners[0]).unwrap();
     d.settings().configure(min, 0, Default::default());
-    d.settings().publish(bitmap, monotonic_ns(), 0);
+    d.settings().publish(eligible.iter().copied(), monotonic_ns(), 0);
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to at least `n` descriptors
+/// (at most the hard limit): groups of a thousand listeners and the
+/// connections to them need more than a default 1024.
+pub fn raise_nofile(n: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer; RLIMIT_NOFILE exists.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < n {
+        lim.rlim_cur = n.min(lim.rlim_max);
+        // SAFETY: a valid rlimit, at most the hard limit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+/// Pins the calling thread to `cpu`; `false` when this process may not run
+/// there.
+pub fn pin_thread(cpu: usize) -> bool {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * size_of::<libc::cpu_set_t>() {
+        return false;
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the stated size.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0 }
+}
+
+/// The CPUs this thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; the call fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the stated size.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: reading bits of a filled set, below CPU_SETSIZE.
+    (0..8 * size_of::<libc::cpu_set_t>()).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
 }

@@ -138,3 +138,42 @@ pub fn alive(pid: u32) -> bool {
         .and_then(|s| s.rsplit(')').next().map(|r| !r.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Processes a test started, directly or through upgrades (a successor is
+/// not the test's child): each still running is killed when this drops,
+/// whatever the test's outcome.
+#[derive(Debug, Default)]
+pub struct Pids(pub Vec<u32>);
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if alive(pid) {
+                // SAFETY: `kill` with a plain signal on a process the test started.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Upgrade tests run one at a time: the lock this returns is held until it
+/// drops, across threads and test binaries (an advisory lock on a file in
+/// the temporary directory, released by the kernel if the test dies). Each
+/// upgrade test starts servers that start successors, drain and exit on
+/// their own schedule; two at once on a two-core machine make each one's
+/// timing (a drain still running, a successor announcing itself) the
+/// other's accident.
+///
+/// # Panics
+/// When the lock file cannot be opened or locked.
+pub fn upgrade_lock() -> std::fs::File {
+    let path = std::env::temp_dir().join("hermes-upgrade-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.lock().unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    file
+}

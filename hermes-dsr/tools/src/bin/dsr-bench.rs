@@ -81,10 +81,10 @@ fn polled_load(body: &str) -> Option<(u32, u32)> {
         .iter()
         .map(|w| w["in_flight"].as_u64().unwrap_or(0) + w["accept_queue"].as_u64().unwrap_or(0))
         .sum::<u64>();
-    let bitmap = v["bitmap"].as_u64().unwrap_or(0);
+    let listed = v["eligible_count"].as_u64().unwrap_or(0);
     let serving = workers.iter().filter(|w| w["state"] == "serving");
     let eligible =
-        if bitmap == 0 { serving.count() } else { serving.filter(|w| w["eligible"] == true).count() };
+        if listed == 0 { serving.count() } else { serving.filter(|w| w["eligible"] == true).count() };
     Some((load as u32, eligible as u32))
 }
 
