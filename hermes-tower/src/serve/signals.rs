@@ -13,6 +13,10 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// resolves at once, leaving the remaining workers to end with the process.
 ///
 /// Call it from a Tokio runtime (its blocking pool waits for the workers).
+/// Called there, it installs the signal handlers at once, before the future
+/// is first polled: a signal that arrives in between (a supervisor's stop
+/// right after the address is printed) stops the server instead of killing
+/// the process.
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
@@ -29,8 +33,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// # Errors
 /// When the signal handlers cannot be installed (the server is then shut
 /// down before returning).
-pub async fn shutdown_on_signal(handle: ServerHandle) -> io::Result<()> {
-    shutdown_all_on_signal(vec![handle]).await
+pub fn shutdown_on_signal(handle: ServerHandle) -> impl Future<Output = io::Result<()>> + Send {
+    // Outside a runtime the handlers cannot be installed yet: then they are
+    // installed on the first poll.
+    let early = tokio::runtime::Handle::try_current().ok().map(|_| StopSignals::install());
+    async move {
+        let signals = early.unwrap_or_else(StopSignals::install);
+        shutdown_all_on(vec![handle], signals).await
+    }
 }
 
 /// `SIGINT` and `SIGTERM` as streams. The one-line serve installs them
@@ -58,13 +68,9 @@ impl StopSignals {
     }
 }
 
-/// [`shutdown_on_signal`] for several servers (one per address), stopped together.
-pub(crate) async fn shutdown_all_on_signal(handles: Vec<ServerHandle>) -> io::Result<()> {
-    shutdown_all_on(handles, StopSignals::install()).await
-}
-
-/// [`shutdown_all_on_signal`] with handlers installed earlier (an error:
-/// they could not be, and the servers are shut down at once).
+/// [`shutdown_on_signal`] for several servers (one per address), stopped
+/// together, with handlers installed earlier (an error: they could not be,
+/// and the servers are shut down at once).
 pub(crate) async fn shutdown_all_on(
     handles: Vec<ServerHandle>,
     signals: io::Result<StopSignals>,
