@@ -189,6 +189,38 @@ fn run_clients(
     (done, errors)
 }
 
+/// The balancer on `port` of the testbed's VIP in front of its first
+/// `servers` servers (placing by their load), loaded and attached in its
+/// namespace; with the XDP data path also the bridge port's pass program
+/// (XDP_TX on the balancer's veth reaches the bridge only if its port runs
+/// an XDP program too), which the caller keeps while the balancer runs.
+fn start_balancer(
+    bed: &Testbed,
+    port: u16,
+    servers: usize,
+    datapath: Datapath,
+) -> (Arc<Balancer>, Option<hermes_dsr::XdpPass>) {
+    let settings = BalancerSettings {
+        vip: VIP,
+        port,
+        own_mac: BALANCER_MAC,
+        max_stale: Duration::from_millis(200),
+        policy: Policy::Load,
+    };
+    let backends = backends(servers);
+    let pass = (datapath == Datapath::Xdp)
+        .then(|| bed.ready_for_xdp().expect("XDP pass program on the bridge port"));
+    let balancer = Arc::new(
+        in_ns(&bed.ns("lb"), move || {
+            let mut b = Balancer::load(&settings, &backends)?;
+            b.attach_with("eth0", datapath)?;
+            Ok::<_, hermes_dsr::Error>(b)
+        })
+        .expect("balancer program"),
+    );
+    (balancer, pass)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--host") {
@@ -255,26 +287,7 @@ fn handshakes(quick: bool, datapath: Datapath) {
                 .expect("host feedback program"),
         );
     }
-    let settings = BalancerSettings {
-        vip: VIP,
-        port,
-        own_mac: BALANCER_MAC,
-        max_stale: Duration::from_millis(200),
-        policy: Policy::Load,
-    };
-    let backends = backends(SCALES.len());
-    // XDP_TX on the balancer's veth reaches the bridge only if its port
-    // runs an XDP program too.
-    let _pass = (datapath == Datapath::Xdp)
-        .then(|| bed.ready_for_xdp().expect("XDP pass program on the bridge port"));
-    let balancer = Arc::new(
-        in_ns(&bed.ns("lb"), move || {
-            let mut b = Balancer::load(&settings, &backends)?;
-            b.attach_with("eth0", datapath)?;
-            Ok::<_, hermes_dsr::Error>(b)
-        })
-        .expect("balancer program"),
-    );
+    let (balancer, _pass) = start_balancer(&bed, port, SCALES.len(), datapath);
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
 
     let modes = modes();

@@ -26,10 +26,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_dsr::{Backend, Balancer, BalancerSettings, Datapath, Policy};
+use hermes_dsr::{Balancer, Datapath};
 use hermes_dsr_tools::{
     cgroup::CpuLimit,
-    testbed::{BALANCER_MAC, Testbed, VIP, backends, in_ns},
+    testbed::{Testbed, VIP},
 };
 
 use super::{Mode, percentile, run_clients, spawn_poller};
@@ -116,24 +116,7 @@ pub(crate) fn run(quick: bool, datapath: Datapath) {
     let per_mode = if quick { Duration::from_secs(6) } else { Duration::from_secs(18) };
     let bed = Testbed::new(QUOTAS.len());
     let mut hosts: Vec<Host> = (0..QUOTAS.len()).map(|i| Host::start(&bed, i)).collect();
-    let settings = BalancerSettings {
-        vip: VIP,
-        port: PORT,
-        own_mac: BALANCER_MAC,
-        max_stale: Duration::from_millis(200),
-        policy: Policy::Load,
-    };
-    let backends: Vec<Backend> = backends(QUOTAS.len());
-    let _pass = (datapath == Datapath::Xdp)
-        .then(|| bed.ready_for_xdp().expect("XDP pass program on the bridge port"));
-    let balancer = Arc::new(
-        in_ns(&bed.ns("lb"), move || {
-            let mut b = Balancer::load(&settings, &backends)?;
-            b.attach_with("eth0", datapath)?;
-            Ok::<_, hermes_dsr::Error>(b)
-        })
-        .expect("balancer program"),
-    );
+    let (balancer, _pass) = super::start_balancer(&bed, PORT, QUOTAS.len(), datapath);
     let modes = super::modes();
     println!(
         "servers: 3 Hermes servers of 1 worker, each its own process in a cgroup of {} / {} / {} CPU (s0/s1/s2);",
