@@ -104,9 +104,20 @@ impl Builder {
     /// Pin worker `i` to the `i`-th CPU this process may run on (modulo
     /// their number). A refused pin is logged at debug level and ignored.
     /// The workers' blocking pools are not pinned: their threads may run on
-    /// every CPU the process may. Default: on.
+    /// every CPU the process may.
+    ///
+    /// Default: pinned when the process may run on only some of the
+    /// machine's online CPUs (cores given to it: taskset, a cpuset, a
+    /// container's `--cpuset-cpus`, Kubernetes' static CPU manager) or when
+    /// [`Builder::locality`] is on; not pinned when it may run on all of
+    /// them. There it shares its cores with whatever else runs (sidecars,
+    /// other services, a load generator), and a pinned worker waits for its
+    /// one CPU while another is idle: with the load generator on the same two
+    /// cores, unpinned workers served 1.09× the requests at saturation (see
+    /// the README's "Pinning"). [`Snapshot::pinned`](crate::Snapshot::pinned)
+    /// says which was chosen.
     pub fn pin_workers(&mut self, pin: bool) -> &mut Self {
-        self.settings.pin_workers = pin;
+        self.settings.pin_workers = Some(pin);
         self
     }
 

@@ -4,7 +4,10 @@ use std::{fmt, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use hermes_bpf::layout::{FinePolicy, MAX_WORKERS};
 
-use crate::scheduler::{LeastLoaded, Policy};
+use crate::{
+    scheduler::{LeastLoaded, Policy},
+    sys,
+};
 
 /// How new connections are placed on workers.
 ///
@@ -119,7 +122,8 @@ pub(crate) const DEFAULT_MAX_OFFLOADED: u32 = 64;
 pub(crate) struct Settings {
     pub(crate) workers: Option<usize>,
     pub(crate) addr: SocketAddr,
-    pub(crate) pin_workers: bool,
+    /// `None`: decided when the settings are validated (see `Builder::pin_workers`).
+    pub(crate) pin_workers: Option<bool>,
     pub(crate) backlog: u32,
     pub(crate) tick: Duration,
     pub(crate) hang_threshold: Option<Duration>,
@@ -151,7 +155,7 @@ impl Default for Settings {
         Self {
             workers: None,
             addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            pin_workers: true,
+            pin_workers: None,
             backlog: 1024,
             tick: Duration::from_millis(5),
             hang_threshold: None,
@@ -263,10 +267,13 @@ impl Settings {
         if self.max_connections == Some(0) {
             return Err(invalid("max_connections_per_worker must be at least 1 (None: no limit)".into()));
         }
+        // Unless set: pinned where the process was given cores of its own, or
+        // where locality (which needs a worker per CPU) is on.
+        let pin_workers = self.pin_workers.unwrap_or_else(|| self.locality || sys::given_a_cpu_subset());
         Ok(Config {
             workers,
             addr: self.addr,
-            pin_workers: self.pin_workers,
+            pin_workers,
             backlog: self.backlog,
             tick: self.tick,
             hang_threshold,

@@ -381,7 +381,6 @@ mod tests {
         let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let server = Builder::new()
             .workers(2)
-            .pin_workers(false)
             .bind("127.0.0.1:0".parse().unwrap())
             .mode(Mode::KernelHash)
             .policy(PanicsOnce(armed.clone()))

@@ -188,6 +188,20 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Whether this process may run on only some of the machine's online CPUs:
+/// an operator gave it cores (taskset, a cpuset, a container's
+/// `--cpuset-cpus`, Kubernetes' static CPU manager). `false` when it may run
+/// on all of them, or when either count is unknown.
+pub(crate) fn given_a_cpu_subset() -> bool {
+    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let allowed = allowed_cpus().len();
+    allowed > 0 && allowed < online
+}
+
 /// Pins the calling thread to `cpu`.
 pub(crate) fn pin_to(cpu: usize) -> io::Result<()> {
     run_on(&[cpu])

@@ -63,7 +63,6 @@ fn two_servers_in_one_activated_process() {
     let build = || {
         Builder::new()
             .workers(1)
-            .pin_workers(false)
             .mode(Mode::KernelHash)
             .socket_activation(true)
             .bind("127.0.0.1:0".parse().unwrap())

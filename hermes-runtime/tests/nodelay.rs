@@ -11,7 +11,7 @@ use hermes_runtime::{Builder, HermesListener, Mode};
 /// `TCP_NODELAY` each accepted stream had, read on the server side.
 fn accepted_nodelay(mode: Mode, nodelay: Option<bool>, conns: usize) -> Vec<bool> {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false).mode(mode).bind("127.0.0.1:0".parse().expect("address"));
+    builder.workers(2).mode(mode).bind("127.0.0.1:0".parse().expect("address"));
     if mode == Mode::Hermes {
         builder.require_ebpf(true);
     }

@@ -34,9 +34,7 @@ fn ebpf_a_foreign_program_on_the_group_is_detected_reported_and_replaced() {
     else {
         return;
     };
-    let h = start(
-        Builder::new().workers(2).pin_workers(false).bind("127.0.0.1:0".parse().unwrap()).require_ebpf(true),
-    );
+    let h = start(Builder::new().workers(2).bind("127.0.0.1:0".parse().unwrap()).require_ebpf(true));
     let addr = h.local_addr();
     assert_eq!(h.mode(), Mode::Hermes);
     requests(addr, 20);

@@ -57,9 +57,12 @@ fn ebpf_a_worker_kept_off_its_core_shows_its_stall_and_gets_no_new_connections()
     }
     let cpus = allowed_cpus();
     assert!(cpus.len() >= 2, "this test needs two CPUs or more: {cpus:?}");
-    // Two workers, pinned (the default) to the first two CPUs.
+    // Two workers pinned to the first two CPUs, as the default pins them
+    // where the process was given its cores (a worker that is not pinned
+    // moves to an idle CPU instead of starving).
     let server = Builder::new()
         .workers(2)
+        .pin_workers(true)
         .bind("127.0.0.1:0".parse().unwrap())
         .mode(Mode::Hermes)
         .require_ebpf(true)

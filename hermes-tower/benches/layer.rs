@@ -134,7 +134,6 @@ fn server_worker() -> (ServerHandle, WorkerRef) {
     let (tx, rx) = std::sync::mpsc::channel();
     let server = Builder::new()
         .workers(1)
-        .pin_workers(false)
         .mode(Mode::KernelHash)
         .bind("127.0.0.1:0".parse().expect("an address"))
         .build()

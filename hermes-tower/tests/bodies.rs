@@ -103,7 +103,7 @@ async fn upgrade(mut request: axum::extract::Request) -> axum::response::Respons
 
 fn start(failed: &Failed) -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false).require_ebpf(ebpf::required());
+    builder.workers(2).require_ebpf(ebpf::required());
     hermes_tower::serve("127.0.0.1:0", app(failed.clone()))
         .with_builder(builder)
         .idle_timeout(Some(IDLE))

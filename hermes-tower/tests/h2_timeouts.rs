@@ -29,7 +29,7 @@ const EVERY: Duration = Duration::from_millis(50);
 
 fn builder() -> Builder {
     let mut b = Builder::new();
-    b.workers(2).pin_workers(false).require_ebpf(ebpf::required());
+    b.workers(2).require_ebpf(ebpf::required());
     b
 }
 

@@ -94,7 +94,7 @@ fn the_agents_answers_follow_the_load_and_drain_while_every_worker_hangs_ebpf() 
     let agent = HaproxyAgent::bind("127.0.0.1:0").expect("bind the agent");
     let agent_addr = agent.local_addr().expect("agent address");
     let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false).require_ebpf(true);
+    builder.workers(1).require_ebpf(true);
     let handle = hermes_tower::serve("127.0.0.1:0", app())
         .with_builder(builder)
         .with_haproxy_agent(agent)

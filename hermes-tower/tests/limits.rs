@@ -34,7 +34,7 @@ fn app() -> Router {
 
 fn builder(workers: usize) -> Builder {
     let mut b = Builder::new();
-    b.workers(workers).pin_workers(false).require_ebpf(ebpf::required());
+    b.workers(workers).require_ebpf(ebpf::required());
     b
 }
 

@@ -14,7 +14,7 @@ use hermes_test_support::{ebpf, http::get as http_get, wait::poll_until};
 
 fn builder() -> Builder {
     let mut b = Builder::new();
-    b.workers(2).pin_workers(false).require_ebpf(ebpf::required());
+    b.workers(2).require_ebpf(ebpf::required());
     b
 }
 

@@ -63,7 +63,7 @@ fn app() -> Router {
 /// One worker, so that every connection shares it.
 fn start(offload: Option<Duration>) -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false).offload_heavy(offload).on_worker_runtime(|id, runtime| {
+    builder.workers(1).offload_heavy(offload).on_worker_runtime(|id, runtime| {
         runtime.thread_name(format!("pool-of-{id}"));
     });
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")

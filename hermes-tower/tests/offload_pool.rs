@@ -1,5 +1,6 @@
-//! The blocking pool that offloaded requests run on, with the defaults
-//! users get (workers pinned to their CPUs): its threads are not pinned to
+//! The blocking pool that offloaded requests run on, with workers pinned to
+//! their CPUs (the default where the process was given its cores; set here,
+//! as the test runs on the whole machine): its threads are not pinned to
 //! their worker's CPU, the work they do for a worker counts in that worker's
 //! load, and past the worker's offload bound a request of a heavy route is
 //! answered `503` instead of queueing.
@@ -47,12 +48,14 @@ fn app() -> Router {
     Router::new().route("/heavy", get(heavy))
 }
 
-/// `workers` workers, pinned (the default), their pools' threads named.
+/// `workers` workers, pinned, their pools' threads named.
 fn start(workers: usize, max_offloaded: Option<u32>) -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(workers).max_offloaded(max_offloaded).on_worker_runtime(|id, runtime| {
-        runtime.thread_name(format!("pool-of-{id}"));
-    });
+    builder.workers(workers).pin_workers(true).max_offloaded(max_offloaded).on_worker_runtime(
+        |id, runtime| {
+            runtime.thread_name(format!("pool-of-{id}"));
+        },
+    );
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
 }
 

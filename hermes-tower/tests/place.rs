@@ -55,7 +55,7 @@ fn app() -> Router {
 /// blocking pool (tested in `offload.rs`) is off, or it would take them.
 fn start() -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false).offload_heavy(None);
+    builder.workers(2).offload_heavy(None);
     hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start the server")
 }
 
@@ -192,7 +192,7 @@ async fn in_flight_stays_exact_when_a_moved_request_is_cancelled_or_panics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_placement_off_every_request_runs_on_its_connections_worker() {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false).place_requests(false);
+    builder.workers(2).place_requests(false);
     let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
     let addr = handle.local_addr();
     let (owner, mut conns) = connections_on_one_worker(addr, 2).await;
@@ -210,11 +210,7 @@ async fn with_placement_off_every_request_runs_on_its_connections_worker() {
 async fn an_overloaded_worker_asks_a_keep_alive_connection_to_reconnect() {
     // Placement off, so the load stays on the connection's worker.
     let mut builder = Builder::new();
-    builder
-        .workers(2)
-        .pin_workers(false)
-        .place_requests(false)
-        .reconnect_overloaded(Some(Duration::from_millis(50)));
+    builder.workers(2).place_requests(false).reconnect_overloaded(Some(Duration::from_millis(50)));
     let handle = hermes_tower::serve("127.0.0.1:0", app()).with_builder(builder).start().expect("start");
     let addr = handle.local_addr();
     let (owner, mut conns) = connections_on_one_worker(addr, 1).await;
@@ -306,7 +302,7 @@ async fn a_handler_that_is_not_send_runs_on_its_connections_worker() {
 
     let server = {
         let mut builder = Builder::new();
-        builder.workers(2).pin_workers(false).bind("127.0.0.1:0".parse().expect("address"));
+        builder.workers(2).bind("127.0.0.1:0".parse().expect("address"));
         builder.build().expect("build")
     };
     let handle = server
@@ -367,7 +363,7 @@ async fn asks_to_close(conn: &mut H1, addr: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connections_close_at_their_maximum_request_count_or_age() {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
+    builder.workers(2);
     let handle = hermes_tower::serve("127.0.0.1:0", app())
         .with_builder(builder)
         .max_requests_per_connection(Some(3))

@@ -182,7 +182,7 @@ async fn each_connection_counts_its_own_requests_toward_the_limit() {
 
     let mut builder = hermes_runtime::Builder::new();
     // One worker: every connection is that worker's.
-    builder.workers(1).pin_workers(false);
+    builder.workers(1);
     let handle =
         hermes_tower::serve_tonic("127.0.0.1:0", || Routes::new(tonic_health::server::health_reporter().1))
             .with_builder(builder)

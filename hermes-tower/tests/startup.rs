@@ -21,7 +21,6 @@ async fn awaiting_serve_does_not_block_the_callers_executor_thread() {
     let mut builder = Builder::new();
     builder
         .workers(1)
-        .pin_workers(false)
         .require_ebpf(ebpf::required())
         .bind("127.0.0.1:0".parse().unwrap())
         .on_worker_start(|_| std::thread::sleep(Duration::from_millis(500)));

@@ -114,7 +114,7 @@ fn app(gate: Arc<Notify>) -> Router {
 /// A one-worker HTTPS server of [`app`] on `tls`, its gate never opened.
 fn one_worker(tls: &RustlsConfig) -> ServerHandle {
     let mut builder = Builder::new();
-    builder.workers(1).pin_workers(false);
+    builder.workers(1);
     hermes_tower::serve("127.0.0.1:0", app(Arc::new(Notify::new())))
         .with_builder(builder)
         .with_tls(tls.clone())

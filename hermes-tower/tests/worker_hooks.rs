@@ -86,7 +86,6 @@ async fn worker_hooks_configure_the_runtime_run_on_each_worker_and_logs_carry_th
     let mut builder = Builder::new();
     builder
         .workers(2)
-        .pin_workers(false)
         .worker_stack_size(1 << 20)
         .on_worker_runtime(|id, runtime| {
             runtime.max_blocking_threads(1).thread_name(format!("blocking-of-{id}"));

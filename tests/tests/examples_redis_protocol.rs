@@ -16,7 +16,6 @@ use hermes_test_support::wait::eventually_snapshot_blocking;
 fn start(workers: usize) -> (ServerHandle, std::net::SocketAddr) {
     let server = Builder::new()
         .workers(workers)
-        .pin_workers(false)
         .bind("127.0.0.1:0".parse().expect("address"))
         .build()
         .expect("build the server");

@@ -67,7 +67,7 @@ fn temp_dir(name: &str) -> PathBuf {
 async fn the_generated_certificate_serves_https_with_the_clients_address() {
     let dir = temp_dir("address");
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
+    builder.workers(2);
     let (handle, cert) = start(&dir, builder);
     let (me, response) = https_get(handle.local_addr(), &cert).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -96,7 +96,8 @@ async fn beside_1200_idle_tcp_connections_a_tls_client_is_served_within_a_second
     const IDLE: usize = 1200;
     raise_nofile(4096);
     let dir = temp_dir("idle");
-    // The example's defaults: a worker per CPU, pinned, every timeout at its default.
+    // The example's defaults: a worker per CPU, pinned only where the process
+    // was given its cores, every timeout at its default.
     let (handle, cert) = start(&dir, Builder::new());
     let addr = handle.local_addr();
     let mut idle = Vec::with_capacity(IDLE);

@@ -199,24 +199,68 @@ fn worker_cpus(pid: u32) -> Vec<(String, String)> {
     cpus
 }
 
-/// Workers are pinned by default, one CPU each; `--pin off` leaves them on
-/// every CPU the process may use, and says so in the announced mode, so a
-/// report never takes an unpinned run for a pinned one.
+/// The number of CPUs in a Linux CPU list (`0-3,6`).
+fn cpu_list_len(list: &str) -> usize {
+    list.trim()
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().expect("a CPU") - a.parse::<usize>().expect("a CPU") + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// Whether the workload's snapshot says its workers are pinned.
+fn pinned(addr: SocketAddr) -> bool {
+    let resp = get(addr, "/_hermes/stats").expect("GET /_hermes/stats");
+    let json: Value = serde_json::from_str(&resp.body).expect("stats are JSON");
+    json["pinned"].as_bool().expect("a pinned flag")
+}
+
+/// By default the workers are pinned only when the process was given some
+/// of the machine's CPUs (here by taskset, as a cpuset would), and left on
+/// every CPU when it may run on all of them; `--pin on` and `--pin off` set
+/// it and say so in the announced mode, so a report never takes one for the
+/// other. The snapshot says which was chosen.
 #[test]
-fn pin_off_leaves_the_workers_unpinned_and_says_so() {
-    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (pin, mode) in [("on", "hermes-userspace"), ("off", "hermes-userspace-unpinned")] {
-        let args = ["--mode", "hermes-userspace", "--workers", "2", "--addr", "127.0.0.1:0", "--pin", pin];
-        let w = start_workload(&args);
+fn workers_are_pinned_when_given_cpus_and_as_asked() {
+    let online =
+        cpu_list_len(&std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs"));
+    let status = std::fs::read_to_string("/proc/self/status").expect("own status");
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(cpu_list_len)
+        .expect("Cpus_allowed_list");
+    let args = ["--mode", "hermes-userspace", "--workers", "2", "--addr", "127.0.0.1:0"];
+    // One CPU is a single number; several are a range or a list.
+    let single = |list: &str| !list.contains(['-', ',']);
+    let cases: [(&[&str], &str, bool); 3] = [
+        (&["--pin", "on"], "hermes-userspace-pinned", true),
+        (&["--pin", "off"], "hermes-userspace-unpinned", false),
+        (&[], "hermes-userspace", allowed < online),
+    ];
+    for (pin, mode, expect_pinned) in cases {
+        let w = start_workload(&[&args[..], pin].concat());
         assert_eq!(w.mode, mode);
         assert_eq!(get(w.addr, "/").expect("GET /").status, 200);
+        assert_eq!(pinned(w.addr), expect_pinned, "{pin:?}");
         let cpus = worker_cpus(w.pid());
         assert_eq!(cpus.len(), 2, "{cpus:?}");
-        // One CPU is a single number; several are a range or a list.
-        let single = |list: &str| !list.contains(['-', ',']);
         if allowed > 1 {
-            assert!(cpus.iter().all(|(_, list)| single(list) == (pin == "on")), "--pin {pin}: {cpus:?}");
+            assert!(cpus.iter().all(|(_, list)| single(list) == expect_pinned), "{pin:?}: {cpus:?}");
         }
+        w.stop();
+    }
+    // Given one CPU of several, the default pins.
+    if online > 1 {
+        let w = Workload::start(
+            Command::new("taskset").args(["-c", "0", BIN]).args(args).stderr(Stdio::inherit()),
+        );
+        assert_eq!(w.mode, "hermes-userspace");
+        assert!(pinned(w.addr), "the default under taskset -c 0 left the workers unpinned");
+        assert_eq!(worker_cpus(w.pid()).iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>(), ["0", "0"]);
         w.stop();
     }
 }

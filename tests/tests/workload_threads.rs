@@ -1,5 +1,6 @@
 //! The threads of the `hermes-workload` binary, as the benchmarks run it
-//! (Hermes mode, workers pinned by default): after keep-alive requests of a
+//! (Hermes mode, workers pinned with `--pin on`, as the default pins them
+//! where the process was given its cores): after keep-alive requests of a
 //! route that holds its thread, which run on the workers' blocking pools,
 //! only the workers are pinned to one CPU.
 
@@ -47,7 +48,7 @@ fn offloaded(addr: std::net::SocketAddr) -> Option<u64> {
 
 #[test]
 fn ebpf_after_offloaded_requests_only_the_workers_are_pinned_to_one_cpu() {
-    let mut args = vec!["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0"];
+    let mut args = vec!["--mode", "hermes", "--workers", "2", "--addr", "127.0.0.1:0", "--pin", "on"];
     if ebpf::required() {
         args.push("--require-ebpf");
     }

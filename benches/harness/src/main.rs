@@ -52,8 +52,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// Comma-separated peers; hermes-local is Hermes with every request kept on its connection's
-    /// worker, for comparison with placement; hermes-unpinned is Hermes with its workers not
-    /// pinned to CPUs; hermes-userspace is Hermes without its kernel program;
+    /// worker, for comparison with placement; hermes runs the runtime's default pinning (pinned
+    /// only when given some of the machine's CPUs, as with --server-cpus), hermes-pinned and
+    /// hermes-unpinned set it; hermes-userspace is Hermes without its kernel program;
     /// hermes-locality is Hermes with locality on (the worker on the CPU that received the connection
     /// first), for comparison with hermes.
     #[arg(

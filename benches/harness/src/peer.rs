@@ -12,16 +12,19 @@ use clap::ValueEnum;
 
 use crate::cpus::CpuList;
 
-/// A peer, as named on the command line and in the reports (and, but for `hermes-unpinned`, in
-/// its server's `--mode`); `hermes` first because ratios are taken against it.
+/// A peer, as named on the command line and in the reports (and, but for `hermes-unpinned`,
+/// `hermes-pinned` and `hermes-locality`, in its server's `--mode`); `hermes` first because ratios
+/// are taken against it.
 ///
 /// `hermes-local` is Hermes with every request kept on its connection's worker (no request
 /// placement, no offload, no reconnect asks): the server as it was before request placement, to
-/// measure what placement costs or gains in the same run. `hermes-unpinned` is Hermes with its
-/// workers not pinned to CPUs, to measure what pinning costs or gains. `hermes-locality` is Hermes
+/// measure what placement costs or gains in the same run. `hermes` runs the runtime's default
+/// pinning (pinned when the server was given a subset of the machine's CPUs, as `--server-cpus`
+/// does; not pinned when it may run on all of them); `hermes-pinned` and `hermes-unpinned` set it,
+/// to measure what pinning costs or gains. `hermes-locality` is Hermes
 /// with locality on (`hermes-workload --locality on`: the eligible worker on the CPU that received a
 /// connection is the kernel program's first candidate), to measure what locality costs or gains.
-/// None of the three is in the default peer list. `hermes-userspace` is Hermes without its kernel
+/// None of these four is in the default peer list. `hermes-userspace` is Hermes without its kernel
 /// program (the kernel's hash places connections; request placement, offload, reconnect asks and
 /// queue rescue stay on): what a container without CAP_BPF gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,6 +32,7 @@ pub enum Peer {
     Hermes,
     HermesLocal,
     HermesUserspace,
+    HermesPinned,
     HermesUnpinned,
     HermesLocality,
     Reuseport,
@@ -53,6 +57,7 @@ impl Peer {
     fn server_args(self) -> Vec<String> {
         let mode = |m: &str| vec!["--mode".to_owned(), m.to_owned()];
         match self {
+            Peer::HermesPinned => [mode("hermes"), vec!["--pin".to_owned(), "on".to_owned()]].concat(),
             Peer::HermesUnpinned => [mode("hermes"), vec!["--pin".to_owned(), "off".to_owned()]].concat(),
             Peer::HermesLocality => [mode("hermes"), vec!["--locality".to_owned(), "on".to_owned()]].concat(),
             _ => mode(&self.to_string()),
@@ -61,7 +66,14 @@ impl Peer {
 
     /// True for the peers whose kernel program must load where eBPF is required.
     fn needs_ebpf(self) -> bool {
-        matches!(self, Peer::Hermes | Peer::HermesLocal | Peer::HermesUnpinned | Peer::HermesLocality)
+        matches!(
+            self,
+            Peer::Hermes
+                | Peer::HermesLocal
+                | Peer::HermesPinned
+                | Peer::HermesUnpinned
+                | Peer::HermesLocality
+        )
     }
 }
 
@@ -265,6 +277,7 @@ mod tests {
                 "hermes",
                 "hermes-local",
                 "hermes-userspace",
+                "hermes-pinned",
                 "hermes-unpinned",
                 "hermes-locality",
                 "reuseport",
@@ -283,6 +296,7 @@ mod tests {
     #[test]
     fn each_peer_names_its_server_mode() {
         assert_eq!(Peer::HermesUserspace.server_args(), ["--mode", "hermes-userspace"]);
+        assert_eq!(Peer::HermesPinned.server_args(), ["--mode", "hermes", "--pin", "on"]);
         assert_eq!(Peer::HermesUnpinned.server_args(), ["--mode", "hermes", "--pin", "off"]);
         assert_eq!(Peer::Actix.server_args(), ["--mode", "actix"]);
         // The userspace peer runs without the program, so it never asks for it.

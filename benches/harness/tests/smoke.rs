@@ -1,7 +1,7 @@
 //! End to end: the harness's smoke mode over loopback sockets, against the real servers it builds
 //! itself, as it does for users (so the packages that hold them are named in one place,
-//! `peer.rs`): every in-workspace peer (`hermes`, `hermes-userspace`, `hermes-unpinned`,
-//! `reuseport`, `shared`, `tokio`) on every scenario, both phases of the capacity scenarios
+//! `peer.rs`): every in-workspace peer (`hermes`, `hermes-userspace`, `hermes-pinned`,
+//! `hermes-unpinned`, `reuseport`, `shared`, `tokio`) on every scenario, both phases of the capacity scenarios
 //! included; the peers outside the workspace (`actix`, `ntex`, which take minutes to build the
 //! first time) on the scenarios that reach their every mode (HTTP/1.1 and HTTP/2, open and closed
 //! loop, the heavy routes); and the generator and the servers on CPUs of their own.
@@ -14,7 +14,8 @@ use nix::sched::{CpuSet, sched_getaffinity};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const PEERS: [&str; 6] = ["hermes", "hermes-userspace", "hermes-unpinned", "reuseport", "shared", "tokio"];
+const PEERS: [&str; 7] =
+    ["hermes", "hermes-userspace", "hermes-pinned", "hermes-unpinned", "reuseport", "shared", "tokio"];
 
 /// Every scenario, by the name of its reports: the capacity scenarios have a second, fixed-rate
 /// phase.
@@ -128,6 +129,7 @@ fn smoke_mode_serves_every_in_workspace_peer_on_every_scenario() {
     check_reports(&out, &doc, &REPORTS, &PEERS);
     // The peers' modes as their servers announced them.
     let capacity = &doc["scenarios"]["capacity"]["peers"];
+    assert_eq!(capacity["hermes-pinned"]["mode"], "hermes-pinned");
     assert_eq!(capacity["hermes-unpinned"]["mode"], "hermes-unpinned");
     assert_eq!(capacity["hermes-userspace"]["mode"], "hermes-userspace");
     let _ = std::fs::remove_dir_all(out);

@@ -121,7 +121,7 @@ impl Cluster {
             let (name, gate, port) = (format!("s{i}"), gate.clone(), cluster.port);
             let handle = in_ns(&cluster.bed.ns(&name), move || {
                 let mut builder = Builder::new();
-                builder.workers(1).pin_workers(false);
+                builder.workers(1);
                 hermes_tower::serve(SocketAddr::from(([0, 0, 0, 0], port)), app(name, gate))
                     .with_builder(builder)
                     .start()

@@ -52,6 +52,10 @@ pub struct Snapshot {
     pub list_age_ms: f64,
     /// Whether locality is on (`Builder::locality`).
     pub locality: bool,
+    /// Whether each worker is pinned to a CPU (`Builder::pin_workers`, set or
+    /// decided by default).
+    #[serde(default)]
+    pub pinned: bool,
     /// New connections the kernel program placed on the worker of the CPU
     /// that received them, while locality was on (the whole group's, across
     /// upgrades).
@@ -292,6 +296,7 @@ pub(crate) fn snapshot(server: &ServerState) -> Snapshot {
         eligible,
         list_age_ms: if published == 0 { f64::INFINITY } else { ms(now.saturating_sub(published)) },
         locality: dispatch.control().locality(),
+        pinned: server.config.pin_workers,
         placed_local: counters.as_ref().map_or(0, |c| c.local),
         workers,
         fallbacks,

@@ -6,8 +6,8 @@
 //!
 //! The first line on stdout is `listening on ADDR mode=MODE workers=N`, where
 //! MODE is the mode in effect (`reuseport` when `hermes` fell back to the
-//! kernel's hash; the reason goes to stderr; `-unpinned` added with
-//! `--pin off`). Endpoints: `/` (light),
+//! kernel's hash; the reason goes to stderr; `-pinned` added with
+//! `--pin on`, `-unpinned` with `--pin off`). Endpoints: `/` (light),
 //! `/work?us=N` (spins the worker's CPU for N µs, at most 10 s), `/cpu?us=N`
 //! (the same, N µs of the thread's CPU time: see `cpu`), `/block?ms=N`
 //! (blocks the worker thread for N ms, at most 60 s), `/panic` (the handler
@@ -74,7 +74,7 @@ mod grpc;
 #[path = "hermes-workload/options.rs"]
 mod options;
 
-use options::{Fine, Peer, Switch, parse_scale};
+use options::{Fine, Peer, Pin, Switch, parse_scale};
 
 /// The workload server of the Hermes benchmarks: the same endpoints on
 /// Hermes dispatch or on the servers users would pick instead.
@@ -104,9 +104,12 @@ struct Args {
     /// Fail instead of falling back to the kernel's hash when the dispatch program cannot be loaded.
     #[arg(long)]
     require_ebpf: bool,
-    /// Hermes modes: pin each worker to a CPU (`Builder::pin_workers`).
-    #[arg(long, value_enum, default_value_t = Switch::On)]
-    pin: Switch,
+    /// Hermes modes: pin each worker to a CPU (`Builder::pin_workers`); `auto`
+    /// leaves it to the runtime's default (pinned when the process may run on
+    /// only some of the machine's CPUs). `on` and `off` are announced in the
+    /// mode (`-pinned`, `-unpinned`).
+    #[arg(long, value_enum, default_value_t = Pin::Auto)]
+    pin: Pin,
     /// Scheduler tick of the Hermes modes, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 5)]
     tick_ms: u64,
@@ -313,8 +316,12 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     if let Some(n) = args.workers {
         builder.workers(n);
     }
+    match args.pin {
+        Pin::Auto => {}
+        Pin::On => _ = builder.pin_workers(true),
+        Pin::Off => _ = builder.pin_workers(false),
+    }
     builder
-        .pin_workers(args.pin == Switch::On)
         .mode(mode)
         .require_ebpf(args.require_ebpf)
         .tick(Duration::from_millis(args.tick_ms))
@@ -363,7 +370,11 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
         Mode::KernelHash => "reuseport",
         Mode::SharedListener => "shared",
     };
-    let shown = if args.pin == Switch::On { shown.to_owned() } else { format!("{shown}-unpinned") };
+    let shown = match args.pin {
+        Pin::Auto => shown.to_owned(),
+        Pin::On => format!("{shown}-pinned"),
+        Pin::Off => format!("{shown}-unpinned"),
+    };
     // After the start and before the announcement: a test bed that waits
     // for the line finds the host's feedback running.
     let _agent = dsr::start_agent(&args.dsr, &handle)?;

@@ -8,7 +8,7 @@ use hermes_runtime::{Builder, HermesListener, ServerHandle};
 /// Two workers, not pinned to CPUs (the test machine's cores are shared).
 pub fn two_workers() -> Builder {
     let mut builder = Builder::new();
-    builder.workers(2).pin_workers(false);
+    builder.workers(2);
     builder
 }
 

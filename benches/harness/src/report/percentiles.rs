@@ -13,7 +13,7 @@ use super::figures::PeerRow;
 use crate::peer::Peer;
 
 /// The colour of each peer, in the order of [`Peer`]'s variants: the same in every chart.
-const COLOURS: [RGBColor; 10] = [
+const COLOURS: [RGBColor; 11] = [
     RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
@@ -24,6 +24,7 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(0, 0, 0),
     RGBColor(188, 189, 34),
+    RGBColor(227, 119, 194),
 ];
 
 fn colour(peer: Peer) -> RGBColor {

@@ -41,6 +41,18 @@ pub(crate) enum Switch {
     Off,
 }
 
+/// Whether the workers are pinned to CPUs (`Builder::pin_workers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Pin {
+    /// The runtime's default: pinned when the process may run on only some
+    /// of the machine's CPUs (taskset, a cpuset), not when on all of them.
+    Auto,
+    /// Pinned, one CPU each.
+    On,
+    /// Not pinned: every CPU the process may use.
+    Off,
+}
+
 /// The kernel program's fine filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Fine {
