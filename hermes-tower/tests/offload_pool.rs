@@ -15,6 +15,7 @@ use axum::{Router, extract::Query, routing::get};
 use hermes_runtime::{Builder, ServerHandle, context};
 use hermes_test_support::{
     client::{H1, get_h1, h1},
+    cpus,
     server::shutdown,
     snapshot::settled,
     wait::eventually_snapshot as eventually,
@@ -23,13 +24,7 @@ use hermes_test_support::{
 /// The CPUs the calling thread may run on, as the kernel lists them
 /// (`0-1`, `1`).
 fn allowed_cpus() -> String {
-    let status = std::fs::read_to_string("/proc/thread-self/status").expect("/proc/thread-self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .expect("a Cpus_allowed_list line")
-        .trim()
-        .to_owned()
+    cpus::allowed_list("/proc/thread-self/status").expect("the thread's Cpus_allowed_list")
 }
 
 /// `/heavy?spin=MS`: holds the thread for `spin` ms, then answers the

@@ -12,7 +12,7 @@ use std::{
 };
 
 use hermes_test_support::{
-    ebpf,
+    cpus, ebpf,
     http::{get, get_within},
     wait::poll_every,
     workload::Workload,
@@ -181,34 +181,13 @@ fn help_lists_the_documented_flags_and_bad_flags_are_refused() {
     }
 }
 
-/// The CPUs each `hermes-worker-N` thread of process `pid` may run on (the
-/// `Cpus_allowed_list` of its status), by thread name.
+/// The CPUs each `hermes-worker-N` thread of process `pid` may run on, by
+/// thread name.
 fn worker_cpus(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    let mut cpus: Vec<(String, String)> = tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
-            let status = std::fs::read_to_string(dir.join("status")).ok()?;
-            let allowed =
-                status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
-            name.starts_with("hermes-worker-").then_some((name, allowed))
-        })
-        .collect();
+    let mut cpus: Vec<_> =
+        cpus::threads(pid).into_iter().filter(|(name, _)| name.starts_with("hermes-worker-")).collect();
     cpus.sort();
     cpus
-}
-
-/// The number of CPUs in a Linux CPU list (`0-3,6`).
-fn cpu_list_len(list: &str) -> usize {
-    list.trim()
-        .split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) => b.parse::<usize>().expect("a CPU") - a.parse::<usize>().expect("a CPU") + 1,
-            None => 1,
-        })
-        .sum()
 }
 
 /// Whether the workload's snapshot says its workers are pinned.
@@ -226,16 +205,9 @@ fn pinned(addr: SocketAddr) -> bool {
 #[test]
 fn workers_are_pinned_when_given_cpus_and_as_asked() {
     let online =
-        cpu_list_len(&std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs"));
-    let status = std::fs::read_to_string("/proc/self/status").expect("own status");
-    let allowed = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .map(cpu_list_len)
-        .expect("Cpus_allowed_list");
+        cpus::count(&std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs"));
+    let allowed = cpus::count(&cpus::allowed_list("/proc/self/status").expect("own Cpus_allowed_list"));
     let args = ["--mode", "hermes-userspace", "--workers", "2", "--addr", "127.0.0.1:0"];
-    // One CPU is a single number; several are a range or a list.
-    let single = |list: &str| !list.contains(['-', ',']);
     let cases: [(&[&str], &str, bool); 3] = [
         (&["--pin", "on"], "hermes-userspace-pinned", true),
         (&["--pin", "off"], "hermes-userspace-unpinned", false),
@@ -249,7 +221,7 @@ fn workers_are_pinned_when_given_cpus_and_as_asked() {
         let cpus = worker_cpus(w.pid());
         assert_eq!(cpus.len(), 2, "{cpus:?}");
         if allowed > 1 {
-            assert!(cpus.iter().all(|(_, list)| single(list) == expect_pinned), "{pin:?}: {cpus:?}");
+            assert!(cpus.iter().all(|(_, list)| cpus::is_one(list) == expect_pinned), "{pin:?}: {cpus:?}");
         }
         w.stop();
     }

@@ -11,7 +11,7 @@ use std::{
 
 use hermes_test_support::{
     client::{get_h1, h1},
-    ebpf,
+    cpus, ebpf,
     http::get,
     wait::poll_every,
     workload::Workload,
@@ -19,25 +19,6 @@ use hermes_test_support::{
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hermes-workload");
-
-/// `(name, allowed CPUs)` of every thread of process `pid`.
-fn threads(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's tasks");
-    tasks
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_owned();
-            let status = std::fs::read_to_string(dir.join("status")).ok()?;
-            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
-            Some((name, cpus))
-        })
-        .collect()
-}
-
-/// Whether a `Cpus_allowed_list` names exactly one CPU.
-fn one_cpu(list: &str) -> bool {
-    !list.contains(['-', ','])
-}
 
 /// The workers' offloaded counts in `/_hermes/stats`, summed.
 fn offloaded(addr: std::net::SocketAddr) -> Option<u64> {
@@ -72,15 +53,17 @@ fn ebpf_after_offloaded_requests_only_the_workers_are_pinned_to_one_cpu() {
     });
     assert!(offloaded.is_some(), "the learned-heavy /work requests ran on the blocking pools");
 
-    let threads = threads(workload.pid());
+    let threads = cpus::threads(workload.pid());
     let process = threads.iter().find(|(name, _)| name == "hermes-workload").map(|(_, c)| c.clone());
     let process = process.expect("the main thread");
-    assert!(!one_cpu(&process), "this test needs a process allowed two CPUs or more: {process}");
+    assert!(!cpus::is_one(&process), "this test needs a process allowed two CPUs or more: {process}");
     let workers: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("hermes-worker-")).collect();
     assert_eq!(workers.len(), 2, "{threads:?}");
-    assert!(workers.iter().all(|(_, cpus)| one_cpu(cpus)), "the workers are pinned: {threads:?}");
-    let pinned_others: Vec<_> =
-        threads.iter().filter(|(name, cpus)| !name.starts_with("hermes-worker-") && one_cpu(cpus)).collect();
+    assert!(workers.iter().all(|(_, list)| cpus::is_one(list)), "the workers are pinned: {threads:?}");
+    let pinned_others: Vec<_> = threads
+        .iter()
+        .filter(|(name, list)| !name.starts_with("hermes-worker-") && cpus::is_one(list))
+        .collect();
     assert!(pinned_others.is_empty(), "threads other than the workers pinned to one CPU: {pinned_others:?}");
     assert!(threads.len() > 3, "the blocking pools' threads are among them: {threads:?}");
     workload.stop();

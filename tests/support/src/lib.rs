@@ -7,7 +7,8 @@
 //! - [`http`]: HTTP/1.1 requests over real loopback sockets, async and blocking.
 //! - [`client`]: hyper clients holding a keep-alive HTTP/1.1 or an HTTP/2
 //!   connection, over TCP or TLS.
-//! - [`server`]: Hermes servers for tests: two unpinned workers, an app like
+//! - [`cpus`]: the CPUs a thread may run on, from its `Cpus_allowed_list`.
+//! - [`server`]: Hermes servers for tests: two workers, an app like
 //!   the workload's, a shutdown that does not block the test's runtime.
 //! - [`worker`]: an in-memory Worker State Table and a server thread that runs
 //!   as a Hermes worker would.
@@ -29,6 +30,7 @@
 pub mod cargo;
 pub mod child;
 pub mod client;
+pub mod cpus;
 pub mod ebpf;
 pub mod fleet;
 pub mod http;

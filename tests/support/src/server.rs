@@ -5,7 +5,8 @@ use std::time::Duration;
 use axum::{Router, extract::Query, http::HeaderValue, response::Response, routing::get as route_get};
 use hermes_runtime::{Builder, HermesListener, ServerHandle};
 
-/// Two workers, not pinned to CPUs (the test machine's cores are shared).
+/// Two workers, pinned as by default (not where the process may use every
+/// CPU of the machine).
 pub fn two_workers() -> Builder {
     let mut builder = Builder::new();
     builder.workers(2);
