@@ -316,10 +316,8 @@ fn run_hermes(args: &Args) -> std::io::Result<()> {
     if let Some(n) = args.workers {
         builder.workers(n);
     }
-    match args.pin {
-        Pin::Auto => {}
-        Pin::On => _ = builder.pin_workers(true),
-        Pin::Off => _ = builder.pin_workers(false),
+    if let Some(pin) = args.pin.setting() {
+        builder.pin_workers(pin);
     }
     builder
         .mode(mode)

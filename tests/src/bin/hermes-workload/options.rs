@@ -53,6 +53,17 @@ pub(crate) enum Pin {
     Off,
 }
 
+impl Pin {
+    /// What to hand `Builder::pin_workers`; `None` keeps the runtime's default.
+    pub(crate) fn setting(self) -> Option<bool> {
+        match self {
+            Pin::Auto => None,
+            Pin::On => Some(true),
+            Pin::Off => Some(false),
+        }
+    }
+}
+
 /// The kernel program's fine filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Fine {
