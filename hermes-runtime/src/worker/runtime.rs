@@ -60,6 +60,7 @@ pub(super) fn run<F, Fut>(
     let unparked_at = Arc::new(AtomicU64::new(monotonic_ns()));
     let (on_park, on_unpark) = (worker.clone(), worker.clone());
     let (park_since, unpark_at) = (unparked_at.clone(), unparked_at);
+    let long_stretch_ns = 2 * server.config.tick.as_nanos() as u64;
     // Set after the application's hook: the park hooks are the heartbeat.
     let rt = builder
         .on_thread_park(move || {
@@ -71,6 +72,14 @@ pub(super) fn run<F, Fut>(
             // add their time too (see `placement::Learner`).
             if since != 0 {
                 slot.busy_ns.fetch_add(now - since, Ordering::Relaxed);
+                // Back from a stretch longer than two ticks (a handler that
+                // held the thread): until the next tick samples the busy
+                // time, the utilisation gauge would show the worker as it
+                // was before, and placement would keep the requests that
+                // waited behind the block here. It shows it fully busy.
+                if now - since > long_stretch_ns {
+                    slot.util_permille.store(1_000, Ordering::Relaxed);
+                }
             }
             slot.heartbeat_ns.store(now, Ordering::Relaxed);
         })
